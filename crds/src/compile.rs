@@ -1,0 +1,421 @@
+//! The compiler: resources in, one sidecar configuration out.
+//!
+//! Pure and total: every invalid resource becomes a [`Problem`] naming the
+//! field, and is left out (or, when an earlier good version of it is known,
+//! that version stays in force). Valid resources always compile.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+
+use crate::config::{
+    AzureConfig, CredentialRef, Credentials, MockConfig, ProviderConfig, RouteConfig, SidecarConfig,
+    TargetConfig, TimeoutsConfig,
+};
+use crate::duration;
+use crate::resources::{CacheMode, LLMRoute, ProviderKind, ProviderSecret, RouteTarget};
+
+/// Everything the compiler reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs<'a> {
+    /// The namespace's `ProviderSecret`s.
+    pub providers: &'a [ProviderSecret],
+    /// The namespace's `LLMRoute`s.
+    pub routes: &'a [LLMRoute],
+    /// Which keys each referenced Secret has (values are never read here).
+    pub secrets: &'a SecretKeys,
+    /// The configuration in force, whose entries stand in for resources that
+    /// are now invalid.
+    pub previous: Option<&'a SidecarConfig>,
+}
+
+/// Secret name → the keys it holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretKeys(BTreeMap<String, BTreeSet<String>>);
+
+impl SecretKeys {
+    /// Indexes the keys of Secrets (both `data` and `stringData`).
+    pub fn from_secrets<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Self {
+        let mut index = Self::default();
+        for secret in secrets {
+            let keys = secret.data.iter().flat_map(|d| d.keys());
+            let string_keys = secret.string_data.iter().flat_map(|d| d.keys());
+            for key in keys.chain(string_keys) {
+                index.insert(&secret.name_any(), key);
+            }
+        }
+        index
+    }
+
+    /// Records that Secret `name` holds `key`.
+    pub fn insert(&mut self, name: &str, key: &str) {
+        self.0.entry(name.to_owned()).or_default().insert(key.to_owned());
+    }
+
+    fn check(&self, reference: &CredentialRef) -> Result<(), String> {
+        match self.0.get(&reference.secret) {
+            None => Err(format!("Secret {} not found", reference.secret)),
+            Some(keys) if !keys.contains(&reference.key) => {
+                Err(format!("Secret {} has no key {}", reference.secret, reference.key))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// The compiler's output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compiled {
+    /// The configuration to serve, sealed with its version.
+    pub config: SidecarConfig,
+    /// Why some resources are not (or not newly) in force.
+    pub problems: Vec<Problem>,
+}
+
+impl Compiled {
+    /// The problems of one resource, for its status condition.
+    pub fn problems_of<'a>(&'a self, kind: &'a str, name: &'a str) -> impl Iterator<Item = &'a Problem> {
+        self.problems.iter().filter(move |p| p.kind == kind && p.name == name)
+    }
+}
+
+/// Why one resource is not in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// `ProviderSecret` or `LLMRoute`.
+    pub kind: &'static str,
+    /// The resource's name.
+    pub name: String,
+    /// The path of the offending field, e.g. `spec.targets[0].provider`.
+    pub field: String,
+    /// What is wrong, in words a person can act on.
+    pub message: String,
+    /// Whether the previous good version of the resource is still served.
+    pub kept_previous: bool,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}: {}", self.kind, self.name, self.field, self.message)?;
+        if self.kept_previous {
+            f.write_str(" (the previous version stays in force)")?;
+        }
+        Ok(())
+    }
+}
+
+/// A problem before it is attached to a resource.
+type FieldError = (String, String);
+
+fn field_error(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    (field.into(), message.into())
+}
+
+/// Compiles a namespace's resources into one sidecar configuration.
+pub fn compile(inputs: Inputs<'_>) -> Compiled {
+    let mut config = SidecarConfig::default();
+    let mut problems = Vec::new();
+
+    for provider in sorted_by_name(inputs.providers) {
+        let name = provider.name_any();
+        match compile_provider(provider, inputs.secrets) {
+            Ok(compiled) => {
+                config.providers.insert(name, compiled);
+            }
+            Err(errors) => {
+                let previous = inputs.previous.and_then(|p| p.providers.get(&name));
+                if let Some(previous) = previous {
+                    config.providers.insert(name.clone(), previous.clone());
+                }
+                problems.extend(attach("ProviderSecret", &name, errors, previous.is_some()));
+            }
+        }
+    }
+
+    for route in sorted_by_name(inputs.routes) {
+        let name = route.name_any();
+        let alias = route.spec.model.clone().unwrap_or_else(|| name.clone());
+        let result = match config.routes.get(&alias) {
+            Some(taken) => Err(vec![field_error(
+                "spec.model",
+                format!("alias {alias} is already served by LLMRoute {}", taken.resource),
+            )]),
+            None => compile_route(route, &name, &config.providers, inputs.previous),
+        };
+        match result {
+            Ok(compiled) => {
+                config.routes.insert(alias, compiled);
+            }
+            Err(errors) => {
+                let previous = inputs
+                    .previous
+                    .and_then(|p| p.routes.get(&alias))
+                    .filter(|r| r.resource == name && !config.routes.contains_key(&alias))
+                    .filter(|r| r.targets.iter().all(|t| config.providers.contains_key(&t.provider)));
+                if let Some(previous) = previous {
+                    config.routes.insert(alias, previous.clone());
+                }
+                problems.extend(attach("LLMRoute", &name, errors, previous.is_some()));
+            }
+        }
+    }
+
+    Compiled { config: config.seal(), problems }
+}
+
+fn sorted_by_name<K: kube::Resource>(resources: &[K]) -> Vec<&K> {
+    let mut sorted: Vec<&K> = resources.iter().collect();
+    sorted.sort_by_key(|r| r.meta().name.clone());
+    sorted
+}
+
+fn attach(kind: &'static str, name: &str, errors: Vec<FieldError>, kept_previous: bool) -> Vec<Problem> {
+    errors
+        .into_iter()
+        .map(|(field, message)| Problem { kind, name: name.to_owned(), field, message, kept_previous })
+        .collect()
+}
+
+fn compile_provider(resource: &ProviderSecret, secrets: &SecretKeys) -> Result<ProviderConfig, Vec<FieldError>> {
+    let spec = &resource.spec;
+    let kind = spec.provider;
+    let mut errors = Vec::new();
+
+    if let Some(url) = &spec.base_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            errors.push(field_error("spec.baseUrl", format!("{url:?} must start with http:// or https://")));
+        }
+    } else if matches!(kind, ProviderKind::OpenaiCompatible | ProviderKind::AzureOpenai) {
+        errors.push(field_error("spec.baseUrl", format!("required for provider {}", kind.as_str())));
+    }
+
+    for (header, value) in &spec.headers {
+        if header.is_empty() || !header.bytes().all(is_header_name_byte) {
+            errors.push(field_error(format!("spec.headers.{header}"), "not a valid HTTP header name"));
+        }
+        if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            errors.push(field_error(format!("spec.headers.{header}"), "value contains control characters"));
+        }
+    }
+
+    let credentials = match (&spec.secret_ref, kind) {
+        (None, ProviderKind::Mock | ProviderKind::OpenaiCompatible) => Credentials::None,
+        (None, _) => {
+            errors.push(field_error("spec.secretRef", format!("required for provider {}", kind.as_str())));
+            Credentials::None
+        }
+        (Some(_), ProviderKind::Mock) => {
+            errors.push(field_error("spec.secretRef", "the mock provider takes no credential"));
+            Credentials::None
+        }
+        (Some(secret_ref), ProviderKind::Bedrock) => {
+            let reference = |key: &Option<String>, default: &str| CredentialRef {
+                secret: secret_ref.name.clone(),
+                key: key.clone().unwrap_or_else(|| default.to_owned()),
+            };
+            let access_key_id = reference(&secret_ref.access_key_id_key, "accessKeyId");
+            let secret_access_key = reference(&secret_ref.secret_access_key_key, "secretAccessKey");
+            let session_token = secret_ref
+                .session_token_key
+                .as_ref()
+                .map(|key| reference(&Some(key.clone()), key));
+            for reference in [Some(&access_key_id), Some(&secret_access_key), session_token.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                if let Err(message) = secrets.check(reference) {
+                    errors.push(field_error("spec.secretRef", message));
+                }
+            }
+            Credentials::Aws { access_key_id, secret_access_key, session_token }
+        }
+        (Some(secret_ref), _) => {
+            let api_key = CredentialRef {
+                secret: secret_ref.name.clone(),
+                key: secret_ref.key.clone().unwrap_or_else(|| "apiKey".to_owned()),
+            };
+            if let Err(message) = secrets.check(&api_key) {
+                errors.push(field_error("spec.secretRef", message));
+            }
+            Credentials::ApiKey { api_key }
+        }
+    };
+
+    if kind == ProviderKind::Bedrock && spec.region.is_none() {
+        errors.push(field_error("spec.region", "required for provider bedrock (the AWS region)"));
+    }
+
+    let azure = match (&spec.azure, kind) {
+        (Some(azure), ProviderKind::AzureOpenai) => {
+            Some(AzureConfig { api_version: azure.api_version.clone(), deployments: azure.deployments.clone() })
+        }
+        (None, ProviderKind::AzureOpenai) => {
+            errors.push(field_error("spec.azure", "required for provider azure-openai (apiVersion)"));
+            None
+        }
+        (Some(_), _) => {
+            errors.push(field_error("spec.azure", "only valid for provider azure-openai"));
+            None
+        }
+        (None, _) => None,
+    };
+
+    let mock = match (&spec.mock, kind) {
+        (settings, ProviderKind::Mock) => {
+            let settings = settings.clone().unwrap_or_default();
+            let mut millis = |field: &str, value: &Option<String>| match value.as_deref().map(duration::parse) {
+                Some(Ok(d)) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                Some(Err(message)) => {
+                    errors.push(field_error(format!("spec.mock.{field}"), message));
+                    0
+                }
+                None => 0,
+            };
+            let time_to_first_token_ms = millis("timeToFirstToken", &settings.time_to_first_token);
+            let per_token_ms = millis("perToken", &settings.per_token);
+            for (i, fault) in settings.faults.iter().enumerate() {
+                if fault.rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+                    errors.push(field_error(format!("spec.mock.faults[{i}].rate"), "must be between 0 and 1"));
+                }
+                if fault.status.is_some_and(|s| !(400..=599).contains(&s)) {
+                    errors.push(field_error(format!("spec.mock.faults[{i}].status"), "must be between 400 and 599"));
+                }
+            }
+            Some(MockConfig {
+                time_to_first_token_ms,
+                per_token_ms,
+                reply: settings.reply,
+                faults: settings.faults,
+            })
+        }
+        (Some(_), _) => {
+            errors.push(field_error("spec.mock", "only valid for provider mock"));
+            None
+        }
+        (None, _) => None,
+    };
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(ProviderConfig {
+        kind,
+        base_url: spec.base_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
+        credentials,
+        headers: spec.headers.clone(),
+        region: spec.region.clone(),
+        azure,
+        mock,
+    })
+}
+
+/// RFC 9110 token characters.
+fn is_header_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Fields the schema accepts but this release does not enforce yet: naming
+/// them is better than silently serving a route that ignores them.
+fn unsupported(field: &str, what: &str) -> FieldError {
+    field_error(field, format!("{what} is not supported yet; remove the field"))
+}
+
+fn compile_route(
+    route: &LLMRoute,
+    name: &str,
+    providers: &BTreeMap<String, ProviderConfig>,
+    previous: Option<&SidecarConfig>,
+) -> Result<RouteConfig, Vec<FieldError>> {
+    let spec = &route.spec;
+    let mut errors = Vec::new();
+
+    if spec.targets.is_empty() {
+        errors.push(field_error("spec.targets", "at least one target is required"));
+    }
+    if spec.targets.len() > 1 {
+        errors.push(unsupported("spec.targets", "more than one target per route"));
+    }
+    if spec.strategy.is_some() {
+        errors.push(unsupported("spec.strategy", "choosing a routing strategy"));
+    }
+    if !spec.fallbacks.is_empty() {
+        errors.push(unsupported("spec.fallbacks", "fallback"));
+    }
+    if spec.retries.is_some() {
+        errors.push(unsupported("spec.retries", "retrying"));
+    }
+    if spec.cache.as_ref().is_some_and(|c| c.mode != CacheMode::Off) {
+        errors.push(unsupported("spec.cache", "response caching"));
+    }
+    if !spec.rules.is_empty() {
+        errors.push(unsupported("spec.rules", "rule-based routing"));
+    }
+    if spec.mirror.is_some() {
+        errors.push(unsupported("spec.mirror", "mirroring"));
+    }
+
+    let mut millis = |field: &str, value: &Option<String>| match value.as_deref().map(duration::parse) {
+        Some(Ok(d)) if d.is_zero() => {
+            errors.push(field_error(field, "must be greater than zero"));
+            None
+        }
+        Some(Ok(d)) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        Some(Err(message)) => {
+            errors.push(field_error(field, message));
+            None
+        }
+        None => None,
+    };
+    let timeouts = spec.timeouts.clone().unwrap_or_default();
+    let timeouts = TimeoutsConfig {
+        total_ms: millis("spec.timeouts.total", &timeouts.total),
+        first_token_ms: millis("spec.timeouts.firstToken", &timeouts.first_token),
+        idle_ms: millis("spec.timeouts.idle", &timeouts.idle),
+    };
+    let targets: Vec<TargetConfig> = spec
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, target)| compile_target(target, &format!("spec.targets[{i}]"), &mut millis))
+        .collect();
+
+    for (i, target) in spec.targets.iter().enumerate() {
+        let field = format!("spec.targets[{i}]");
+        if target.price.is_some() {
+            errors.push(unsupported(&format!("{field}.price"), "a per-target price"));
+        }
+        if target.context_window.is_some() {
+            errors.push(unsupported(&format!("{field}.contextWindow"), "context-window-aware routing"));
+        }
+        if target.model.is_empty() {
+            errors.push(field_error(format!("{field}.model"), "must not be empty"));
+        }
+        if !providers.contains_key(&target.provider) {
+            let known = previous.is_some_and(|p| p.providers.contains_key(&target.provider));
+            let why = if known { "is not ready" } else { "does not exist" };
+            errors.push(field_error(format!("{field}.provider"), format!("ProviderSecret {} {why}", target.provider)));
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(RouteConfig { resource: name.to_owned(), targets, timeouts })
+}
+
+fn compile_target(
+    target: &RouteTarget,
+    field: &str,
+    millis: &mut impl FnMut(&str, &Option<String>) -> Option<u64>,
+) -> TargetConfig {
+    TargetConfig {
+        provider: target.provider.clone(),
+        model: target.model.clone(),
+        timeout_ms: millis(&format!("{field}.timeout"), &target.timeout),
+    }
+}
+
+#[cfg(test)]
+#[path = "compile/tests.rs"]
+mod tests;

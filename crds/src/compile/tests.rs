@@ -1,0 +1,207 @@
+//! Table-driven tests of the compiler: manifests in, config or problems out.
+
+use super::*;
+use crate::manifests::Manifests;
+
+const MOCK: &str = "
+apiVersion: llmesh.io/v1alpha1
+kind: ProviderSecret
+metadata: {name: mock}
+spec: {provider: mock}
+";
+
+const OPENAI: &str = "
+apiVersion: llmesh.io/v1alpha1
+kind: ProviderSecret
+metadata: {name: openai}
+spec: {provider: openai, secretRef: {name: openai-key}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: openai-key}
+stringData: {apiKey: sk-test}
+";
+
+fn route(name: &str, spec: &str) -> String {
+    format!("\n---\napiVersion: llmesh.io/v1alpha1\nkind: LLMRoute\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+}
+
+fn compile_yaml(yaml: &str, previous: Option<&SidecarConfig>) -> Compiled {
+    let mut manifests = Manifests::default();
+    let errors = manifests.add_yaml("test.yaml", yaml);
+    assert_eq!(errors, vec![], "fixture must parse");
+    let secrets = SecretKeys::from_secrets(&manifests.secrets);
+    compile(Inputs { providers: &manifests.providers, routes: &manifests.routes, secrets: &secrets, previous })
+}
+
+fn messages(compiled: &Compiled) -> Vec<String> {
+    compiled.problems.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn invalid_resources_are_reported_with_their_field() {
+    // (case, manifests, expected problem substrings; empty means valid)
+    let cases: &[(&str, String, &[&str])] = &[
+        ("mock route", format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: m}]}")), &[]),
+        ("openai route", format!("{OPENAI}{}", route("smart", "{targets: [{provider: openai, model: gpt-4o}]}")), &[]),
+        (
+            "missing provider",
+            route("smart", "{targets: [{provider: nope, model: m}]}"),
+            &["LLMRoute smart: spec.targets[0].provider: ProviderSecret nope does not exist"],
+        ),
+        (
+            "missing secret",
+            "apiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {name: a}\nspec: {provider: anthropic, secretRef: {name: gone}}".into(),
+            &["ProviderSecret a: spec.secretRef: Secret gone not found"],
+        ),
+        (
+            "missing secret key",
+            format!("{OPENAI}\n---\napiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {{name: b}}\nspec: {{provider: openai, secretRef: {{name: openai-key, key: token}}}}"),
+            &["ProviderSecret b: spec.secretRef: Secret openai-key has no key token"],
+        ),
+        (
+            "no secretRef",
+            "apiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {name: g}\nspec: {provider: gemini}".into(),
+            &["spec.secretRef: required for provider gemini"],
+        ),
+        (
+            "bedrock needs region and both keys",
+            "apiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {name: br}\nspec: {provider: bedrock, secretRef: {name: aws}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: aws}\nstringData: {accessKeyId: AKID}".into(),
+            &["spec.secretRef: Secret aws has no key secretAccessKey", "spec.region: required"],
+        ),
+        (
+            "azure needs settings and a base url",
+            format!("{OPENAI}\n---\napiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {{name: az}}\nspec: {{provider: azure-openai, secretRef: {{name: openai-key}}}}"),
+            &["spec.baseUrl: required for provider azure-openai", "spec.azure: required"],
+        ),
+        (
+            "bad base url and header",
+            "apiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {name: m}\nspec: {provider: mock, baseUrl: 'ftp://x', headers: {'bad header': x}}".into(),
+            &["spec.baseUrl: \"ftp://x\" must start with http", "spec.headers.bad header: not a valid HTTP header name"],
+        ),
+        (
+            "mock settings on a real provider",
+            format!("{OPENAI}\n---\napiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {{name: o2}}\nspec: {{provider: openai, secretRef: {{name: openai-key}}, mock: {{}}}}"),
+            &["spec.mock: only valid for provider mock"],
+        ),
+        (
+            "bad mock duration",
+            "apiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {name: m}\nspec: {provider: mock, mock: {perToken: 5d}}".into(),
+            &["spec.mock.perToken: duration \"5d\" has unknown unit"],
+        ),
+        (
+            "fields of later releases are named, not ignored",
+            format!(
+                "{MOCK}{}",
+                route(
+                    "smart",
+                    "{targets: [{provider: mock, model: a, price: {input: 1, output: 2}}, {provider: mock, model: b}], strategy: cheapest, fallbacks: [{route: x}], retries: {attempts: 2}, cache: {mode: exact}, rules: [{match: {}, targets: [{provider: mock, model: c}]}], mirror: {target: {provider: mock, model: d}, percent: 5}}"
+                )
+            ),
+            &[
+                "spec.targets: more than one target per route is not supported yet",
+                "spec.strategy: choosing a routing strategy is not supported yet",
+                "spec.fallbacks: fallback is not supported yet",
+                "spec.retries: retrying is not supported yet",
+                "spec.cache: response caching is not supported yet",
+                "spec.rules: rule-based routing is not supported yet",
+                "spec.mirror: mirroring is not supported yet",
+                "spec.targets[0].price: a per-target price is not supported yet",
+            ],
+        ),
+        ("cache off is fine", format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: m}], cache: {mode: off}}")), &[]),
+        (
+            "bad timeouts",
+            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: m, timeout: 0s}], timeouts: {total: 10x}}")),
+            &["spec.timeouts.total: duration \"10x\" has unknown unit", "spec.targets[0].timeout: must be greater than zero"],
+        ),
+        (
+            "duplicate alias",
+            format!(
+                "{MOCK}{}{}",
+                route("a", "{model: smart, targets: [{provider: mock, model: m}]}"),
+                route("b", "{model: smart, targets: [{provider: mock, model: m}]}")
+            ),
+            &["LLMRoute b: spec.model: alias smart is already served by LLMRoute a"],
+        ),
+    ];
+
+    for (case, yaml, expected) in cases {
+        let compiled = compile_yaml(yaml, None);
+        let got = messages(&compiled);
+        assert_eq!(got.len(), expected.len(), "{case}: {got:#?}");
+        for want in *expected {
+            assert!(got.iter().any(|g| g.contains(want)), "{case}: no problem contains {want:?} in {got:#?}");
+        }
+    }
+}
+
+#[test]
+fn valid_resources_compile_beside_invalid_ones() {
+    let yaml = format!(
+        "{MOCK}{}{}",
+        route("good", "{targets: [{provider: mock, model: m, timeout: 5s}], timeouts: {total: 1m, firstToken: 500ms, idle: 2s}}"),
+        route("bad", "{targets: [{provider: nope, model: m}]}"),
+    );
+    let compiled = compile_yaml(&yaml, None);
+    assert_eq!(compiled.problems.len(), 1);
+    let good = &compiled.config.routes["good"];
+    assert_eq!(good.resource, "good");
+    assert_eq!(good.targets[0].timeout_ms, Some(5_000));
+    assert_eq!(good.timeouts.total_ms, Some(60_000));
+    assert_eq!(good.timeouts.first_token_ms, Some(500));
+    assert_eq!(good.timeouts.idle_ms, Some(2_000));
+    assert!(!compiled.config.routes.contains_key("bad"));
+}
+
+#[test]
+fn alias_defaults_to_the_resource_name_and_credentials_are_references() {
+    let compiled = compile_yaml(&format!("{OPENAI}{}", route("smart", "{targets: [{provider: openai, model: gpt-4o}]}")), None);
+    let json = serde_json::to_string(&compiled.config).expect("config serializes");
+    assert!(!json.contains("sk-test"), "secret value leaked into config: {json}");
+    assert_eq!(
+        compiled.config.providers["openai"].credentials,
+        Credentials::ApiKey { api_key: CredentialRef { secret: "openai-key".into(), key: "apiKey".into() } }
+    );
+    assert!(compiled.config.routes.contains_key("smart"));
+}
+
+#[test]
+fn the_last_good_version_of_a_broken_resource_stays_in_force() {
+    let good = compile_yaml(&format!("{OPENAI}{}", route("smart", "{targets: [{provider: openai, model: gpt-4o}]}")), None);
+    assert_eq!(good.problems, vec![]);
+
+    // The route now names a missing model field value and the Secret lost its key.
+    let broken_yaml = format!(
+        "apiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {{name: openai}}\nspec: {{provider: openai, secretRef: {{name: openai-key}}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: openai-key}}\nstringData: {{other: x}}{}",
+        route("smart", "{targets: [{provider: openai, model: ''}]}")
+    );
+    let broken = compile_yaml(&broken_yaml, Some(&good.config));
+    assert!(broken.problems.iter().all(|p| p.kept_previous), "{:#?}", broken.problems);
+    assert_eq!(broken.config, good.config, "the served config is unchanged");
+
+    // Without a previous config the same input serves nothing.
+    let fresh = compile_yaml(&broken_yaml, None);
+    assert!(fresh.config.routes.is_empty() && fresh.config.providers.is_empty());
+}
+
+#[test]
+fn version_follows_content_only() {
+    let yaml = format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: m}]}"));
+    let a = compile_yaml(&yaml, None).config;
+    let b = compile_yaml(&yaml, None).config;
+    assert_eq!(a.version, b.version);
+    assert_eq!(a.version.len(), 16);
+    let c = compile_yaml(&format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: n}]}")), None).config;
+    assert_ne!(a.version, c.version);
+    let reparsed = SidecarConfig::from_json(&serde_json::to_vec(&a).expect("serializes")).expect("parses");
+    assert_eq!(reparsed, a);
+}
+
+#[test]
+fn config_files_are_parsed_strictly() {
+    let err = SidecarConfig::from_json(br#"{"version":"x","providers":{},"routes":{"r":{"resource":"r","targets":[],"surprise":1}}}"#)
+        .expect_err("unknown field rejected");
+    assert!(err.contains("routes.r"), "{err}");
+    assert!(err.contains("surprise"), "{err}");
+}

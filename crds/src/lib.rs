@@ -1,0 +1,20 @@
+//! The llmesh API: custom resource types, the sidecar configuration contract,
+//! and the pure compiler from one to the other.
+//!
+//! The operator and the sidecar's standalone mode both call [`compile()`], so a
+//! set of manifests means the same thing on a laptop and in a cluster.
+
+pub mod compile;
+pub mod config;
+pub mod duration;
+pub mod manifests;
+pub mod resources;
+
+pub use compile::{Compiled, Inputs, Problem, compile};
+pub use config::SidecarConfig;
+pub use resources::{LLMRoute, ProviderSecret};
+
+/// The API group of every llmesh resource.
+pub const API_GROUP: &str = "llmesh.io";
+/// The API version of every llmesh resource.
+pub const API_VERSION: &str = "v1alpha1";

@@ -1,0 +1,256 @@
+//! `LLMRoute`: a model alias apps call, and how llmesh serves it.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::ResourceStatus;
+
+/// A model alias (`model: smart`) and the upstream targets that serve it.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "llmesh.io",
+    version = "v1alpha1",
+    kind = "LLMRoute",
+    namespaced,
+    status = "ResourceStatus",
+    shortname = "llmr",
+    category = "llmesh",
+    printcolumn(name = "Model", type_ = "string", json_path = ".spec.model"),
+    printcolumn(name = "Strategy", type_ = "string", json_path = ".spec.strategy"),
+    printcolumn(name = "Targets", type_ = "string", json_path = ".spec.targets[*].model"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LLMRouteSpec {
+    /// The alias apps send as `model`. Defaults to the resource's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub model: Option<String>,
+    /// The upstream models that serve this alias.
+    #[schemars(length(min = 1))]
+    pub targets: Vec<RouteTarget>,
+    /// How a target is picked among several (default `weighted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// What to try, in order, when the chosen target fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<Fallback>,
+    /// Retries of the same target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// Time limits for a request on this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    /// Response caching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSettings>,
+    /// Requests matching a rule go to that rule's targets instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+    /// A share of traffic copied to a candidate model for offline evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+}
+
+/// One upstream model behind a route.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteTarget {
+    /// The `ProviderSecret` (same namespace) to call.
+    pub provider: String,
+    /// The model name the provider knows (`gpt-4o-mini`, `claude-sonnet-4-5`, a Bedrock model id).
+    pub model: String,
+    /// Relative share of traffic under the `weighted` strategy (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// Overrides the built-in price table for this target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
+    /// The model's context window in tokens, for context-window-aware fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u64>,
+    /// Time limit for one attempt at this target, e.g. `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub timeout: Option<String>,
+}
+
+/// USD per million tokens.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Price {
+    /// Input (prompt) tokens.
+    pub input: f64,
+    /// Output (completion) tokens.
+    pub output: f64,
+    /// Input tokens read from the provider's prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
+    /// Input tokens written to the provider's prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<f64>,
+}
+
+/// How a route picks among its targets.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Split traffic by weight.
+    Weighted,
+    /// Always the first healthy target, in order.
+    Ordered,
+    /// The target with the lowest recent latency.
+    LeastLatency,
+    /// The target with the fewest requests in flight.
+    LeastBusy,
+    /// The cheapest healthy target for the request's estimated tokens.
+    Cheapest,
+}
+
+/// One step of a fallback chain.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fallback {
+    /// Another route to try.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Or a target to try.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<RouteTarget>,
+    /// The failures that move on to this step (default: all but content-filter).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on: Vec<ErrorClass>,
+}
+
+/// The failure classes fallbacks and retries react to.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorClass {
+    /// 429, or Anthropic's 529 overloaded.
+    RateLimit,
+    /// 5xx from the provider.
+    ServerError,
+    /// No answer in time.
+    Timeout,
+    /// The connection could not be made or was reset.
+    ConnectError,
+    /// The prompt is too long for the model.
+    ContextWindowExceeded,
+    /// The provider refused the content.
+    ContentFilter,
+}
+
+/// Retries of the same target.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retries {
+    /// Attempts in total, including the first.
+    #[schemars(range(min = 1, max = 10))]
+    pub attempts: u32,
+    /// Base delay of the exponential backoff, e.g. `200ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub backoff: Option<String>,
+    /// Wait as long as the provider's `Retry-After` asks (up to a cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub honor_retry_after: Option<bool>,
+}
+
+/// Time limits for a request on a route.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timeouts {
+    /// The whole request, all attempts included, e.g. `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub total: Option<String>,
+    /// Until the first token of a stream (or the whole answer otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub first_token: Option<String>,
+    /// The longest silence between two chunks of a stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub idle: Option<String>,
+}
+
+/// Response caching on a route.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheSettings {
+    /// `off`, `exact` or `semantic`.
+    pub mode: CacheMode,
+    /// How long an entry is served, e.g. `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub ttl: Option<String>,
+    /// For `semantic`: the least similarity that counts as a hit (default 0.95).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub similarity_threshold: Option<f64>,
+    /// Who shares entries: `key` (default) or `route`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<CacheScope>,
+}
+
+/// Cache modes.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheMode {
+    /// No caching.
+    Off,
+    /// Identical requests.
+    Exact,
+    /// Near-identical requests, by embedding similarity.
+    Semantic,
+}
+
+/// Who shares cache entries.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheScope {
+    /// Each virtual key has its own entries.
+    Key,
+    /// Every caller of the route shares entries.
+    Route,
+}
+
+/// Sends matching requests to other targets.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    /// What a request must match.
+    #[serde(rename = "match")]
+    pub matches: RuleMatch,
+    /// Where matching requests go.
+    #[schemars(length(min = 1))]
+    pub targets: Vec<RouteTarget>,
+}
+
+/// The conditions of a rule; all given ones must hold.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleMatch {
+    /// Request headers and the values they must have.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Request `metadata` fields and the values they must have.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Matches when the estimated prompt is at least this many tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_prompt_tokens: Option<u64>,
+}
+
+/// Shadow traffic to a candidate model.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mirror {
+    /// The candidate.
+    pub target: RouteTarget,
+    /// Percent of requests copied, 0 to 100.
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub percent: f64,
+}

@@ -1,0 +1,234 @@
+//! Account: one record per request, written as a JSON log line and into the
+//! metrics when the request is over — for a stream, when its last chunk has
+//! gone out or the app hung up. Prompts and answers are never recorded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tokio::time::Instant;
+
+use crate::api::Usage;
+use crate::attempts::AttemptFailure;
+use crate::metrics::Metrics;
+use crate::routing::{Route, Target};
+
+/// `x-llmesh-request-id`.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-llmesh-request-id");
+/// `x-llmesh-route`.
+pub const ROUTE: HeaderName = HeaderName::from_static("x-llmesh-route");
+/// `x-llmesh-provider`.
+pub const PROVIDER: HeaderName = HeaderName::from_static("x-llmesh-provider");
+/// `x-llmesh-model`.
+pub const MODEL: HeaderName = HeaderName::from_static("x-llmesh-model");
+/// `x-llmesh-attempts`.
+pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-llmesh-attempts");
+
+/// Which API a request used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/embeddings`.
+    Embeddings,
+}
+
+impl Operation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// Still going.
+    Open,
+    /// Answered in full (or failed with an error response).
+    Done,
+    /// A stream ended with an error event.
+    StreamError(&'static str),
+}
+
+/// What is known about one request.
+#[derive(Debug)]
+pub struct AccessRecord {
+    metrics: Arc<Metrics>,
+    started: Instant,
+    operation: Operation,
+    request_id: String,
+    route: Option<String>,
+    provider_name: Option<String>,
+    provider_kind: &'static str,
+    model: Option<String>,
+    attempts: u32,
+    failures: Vec<AttemptFailure>,
+    status: u16,
+    stream: bool,
+    usage: Usage,
+    first_chunk: Option<Duration>,
+    error: Option<&'static str>,
+    ending: Ending,
+}
+
+impl AccessRecord {
+    /// Starts the record of a new request.
+    pub fn start(metrics: Arc<Metrics>, operation: Operation) -> Self {
+        Self {
+            metrics,
+            started: Instant::now(),
+            operation,
+            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            route: None,
+            provider_name: None,
+            provider_kind: "",
+            model: None,
+            attempts: 0,
+            failures: Vec::new(),
+            status: 0,
+            stream: false,
+            usage: Usage::default(),
+            first_chunk: None,
+            error: None,
+            ending: Ending::Open,
+        }
+    }
+
+    /// Notes whether the app asked for a stream.
+    pub fn set_stream(&mut self, stream: bool) {
+        self.stream = stream;
+    }
+
+    /// Notes the route.
+    pub fn set_route(&mut self, route: &Route) {
+        self.route = Some(route.alias.clone());
+    }
+
+    /// Notes the target of the last attempt, how many were made, and the failed ones.
+    pub fn set_attempts(&mut self, target: Option<&Target>, attempts: u32, failures: Vec<AttemptFailure>) {
+        self.failures = failures;
+        if let Some(target) = target {
+            self.provider_name = Some(target.provider_name.clone());
+            self.provider_kind = target.provider.kind().as_str();
+            self.model = Some(target.model.clone());
+        }
+        self.attempts = attempts;
+    }
+
+    /// Notes the response status.
+    pub fn set_status(&mut self, status: u16, error: Option<&'static str>) {
+        self.status = status;
+        self.error = error;
+    }
+
+    /// Notes the first chunk of a stream going out.
+    pub fn first_chunk_sent(&mut self) {
+        self.first_chunk.get_or_insert_with(|| self.started.elapsed());
+    }
+
+    /// Notes token usage.
+    pub fn set_usage(&mut self, usage: Usage) {
+        self.usage = usage;
+    }
+
+    /// The request is over.
+    pub fn finish(&mut self) {
+        if self.ending == Ending::Open {
+            self.ending = Ending::Done;
+        }
+    }
+
+    /// A committed stream ended with an error event of this class.
+    pub fn stream_failed(&mut self, class: &'static str) {
+        self.ending = Ending::StreamError(class);
+    }
+
+    /// The `ProviderSecret` of the last attempt, or `""` before any.
+    pub fn provider_name(&self) -> &str {
+        self.provider_name.as_deref().unwrap_or("")
+    }
+
+    /// The `x-llmesh-*` headers known so far.
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let mut put = |name: HeaderName, value: &str| {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        };
+        put(REQUEST_ID, &self.request_id);
+        if let Some(route) = &self.route {
+            put(ROUTE, route);
+        }
+        if !self.provider_kind.is_empty() {
+            put(PROVIDER, self.provider_kind);
+        }
+        if let Some(model) = &self.model {
+            put(MODEL, model);
+        }
+        if self.attempts > 0 {
+            put(ATTEMPTS, &self.attempts.to_string());
+        }
+        headers
+    }
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let outcome = match self.ending {
+            Ending::Open => "client-closed",
+            Ending::Done if self.status < 400 => "ok",
+            Ending::Done => "error",
+            Ending::StreamError(_) => "stream-error",
+        };
+        let error = match self.ending {
+            Ending::StreamError(class) => Some(class),
+            _ => self.error,
+        };
+        let route = self.route.as_deref().unwrap_or("");
+        let model = self.model.as_deref().unwrap_or("");
+        let status = self.status.to_string();
+        self.metrics.requests.with_label_values(&[route, self.provider_kind, model, &status]).inc();
+        for failure in &self.failures {
+            self.metrics.upstream_errors.with_label_values(&[failure.provider, failure.kind.label()]).inc();
+        }
+        let labels = [self.operation.as_str(), self.provider_kind, model, route];
+        let error_label = error.unwrap_or("");
+        let duration_labels = [labels[0], labels[1], labels[2], labels[3], error_label];
+        self.metrics.request_duration.with_label_values(&duration_labels).observe(elapsed.as_secs_f64());
+        if let Some(first) = self.first_chunk {
+            self.metrics.time_to_first_token.with_label_values(&labels).observe(first.as_secs_f64());
+        }
+        if self.usage.total_tokens > 0 || self.usage.prompt_tokens > 0 {
+            for (kind, count) in [("input", self.usage.prompt_tokens), ("output", self.usage.completion_tokens)] {
+                let token_labels = [labels[0], labels[1], labels[2], labels[3], kind];
+                #[allow(clippy::cast_precision_loss)]
+                self.metrics.token_usage.with_label_values(&token_labels).observe(count as f64);
+            }
+        }
+        tracing::info!(
+            target: "llmesh::access",
+            request_id = %self.request_id,
+            operation = self.operation.as_str(),
+            route,
+            provider = self.provider_name.as_deref().unwrap_or(""),
+            provider_kind = self.provider_kind,
+            model,
+            status = self.status,
+            outcome,
+            error = error_label,
+            stream = self.stream,
+            attempts = self.attempts,
+            input_tokens = self.usage.prompt_tokens,
+            output_tokens = self.usage.completion_tokens,
+            cached_input_tokens = self.usage.cached_input(),
+            reasoning_tokens = self.usage.reasoning(),
+            latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            ttft_ms = self.first_chunk.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        );
+    }
+}

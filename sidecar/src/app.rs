@@ -1,0 +1,76 @@
+//! The application: shared state and the two routers (API on loopback,
+//! admin on the pod IP).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::providers::Deps;
+use crate::routing::Runtime;
+
+/// Request-independent settings the handlers read.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+/// State shared by every request.
+#[derive(Debug)]
+pub struct App {
+    runtime: ArcSwapOption<Runtime>,
+    /// Limits.
+    pub settings: Limits,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// What provider adapters are built with.
+    pub deps: Deps,
+}
+
+impl App {
+    /// An app with no configuration yet (not ready).
+    pub fn new(settings: Limits, metrics: Arc<Metrics>, deps: Deps) -> Self {
+        Self { runtime: ArcSwapOption::empty(), settings, metrics, deps }
+    }
+
+    /// The configuration in force.
+    ///
+    /// # Errors
+    /// [`ApiError::NotReady`] before the first configuration is loaded.
+    pub fn runtime(&self) -> Result<Arc<Runtime>, ApiError> {
+        self.runtime.load_full().ok_or(ApiError::NotReady)
+    }
+
+    /// Puts a new configuration in force; requests already running finish on the old one.
+    pub fn install(&self, runtime: Runtime) {
+        self.metrics.set_config_version(&runtime.version);
+        self.runtime.store(Some(Arc::new(runtime)));
+    }
+}
+
+/// The OpenAI-compatible API (port 4000, loopback).
+pub fn api_router(app: Arc<App>) -> Router {
+    use crate::handlers::{chat_completions, embeddings, healthz, models, readyz, unknown_path};
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(unknown_path)
+        .with_state(app)
+}
+
+/// Metrics and probes (port 9464, pod IP).
+pub fn admin_router(app: Arc<App>) -> Router {
+    use crate::handlers::{healthz, metrics, readyz};
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(app)
+}

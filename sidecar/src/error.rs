@@ -1,0 +1,181 @@
+//! Every way a request can fail, as the app sees it, and the one place
+//! where failures become OpenAI-shaped HTTP responses.
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use serde::Serialize;
+
+use crate::providers::{ErrorKind, ProviderError};
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not the JSON the endpoint takes.
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    /// The body exceeds the configured limit.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The `model` names no route.
+    #[error("model {0:?} is not a route of this gateway; GET /v1/models lists them")]
+    UnknownRoute(String),
+    /// No endpoint at this path.
+    #[error("no endpoint {0}; this gateway serves /v1/chat/completions, /v1/embeddings and /v1/models")]
+    UnknownPath(String),
+    /// The sidecar has no configuration yet.
+    #[error("the gateway has no configuration yet")]
+    NotReady,
+    /// Every attempt failed; this is the last failure.
+    #[error("provider {provider}: {error}")]
+    Upstream {
+        /// The `ProviderSecret` that failed last.
+        provider: String,
+        /// Its failure.
+        error: ProviderError,
+    },
+}
+
+/// OpenAI's error body.
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorFields<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorFields<'a> {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: &'a str,
+    param: Option<&'a str>,
+}
+
+impl ApiError {
+    /// The HTTP status an app expects for this failure.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnknownRoute(_) | Self::UnknownPath(_) => StatusCode::NOT_FOUND,
+            Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream { error, .. } => match error.kind {
+                ErrorKind::RateLimit => StatusCode::TOO_MANY_REQUESTS,
+                ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                ErrorKind::BadRequest
+                | ErrorKind::ContextWindowExceeded
+                | ErrorKind::ContentFilter
+                | ErrorKind::Unsupported => StatusCode::BAD_REQUEST,
+                ErrorKind::ServerError | ErrorKind::Connect | ErrorKind::Rejected | ErrorKind::InvalidResponse => {
+                    StatusCode::BAD_GATEWAY
+                }
+            },
+        }
+    }
+
+    /// OpenAI's `type` and `code` for this failure.
+    fn type_and_code(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::InvalidBody(_) => ("invalid_request_error", "invalid_body"),
+            Self::BodyTooLarge { .. } => ("invalid_request_error", "request_too_large"),
+            Self::UnknownRoute(_) => ("invalid_request_error", "model_not_found"),
+            Self::UnknownPath(_) => ("invalid_request_error", "unknown_url"),
+            Self::NotReady => ("server_error", "not_ready"),
+            Self::Upstream { error, .. } => match error.kind {
+                ErrorKind::RateLimit => ("rate_limit_error", "rate_limit_exceeded"),
+                ErrorKind::Timeout => ("timeout_error", "upstream_timeout"),
+                ErrorKind::ContextWindowExceeded => ("invalid_request_error", "context_length_exceeded"),
+                ErrorKind::ContentFilter => ("invalid_request_error", "content_filter"),
+                ErrorKind::BadRequest => ("invalid_request_error", "upstream_bad_request"),
+                ErrorKind::Unsupported => ("invalid_request_error", "unsupported"),
+                ErrorKind::ServerError => ("upstream_error", "upstream_server_error"),
+                ErrorKind::Connect => ("upstream_error", "upstream_connect_error"),
+                ErrorKind::Rejected => ("upstream_error", "upstream_rejected"),
+                ErrorKind::InvalidResponse => ("upstream_error", "upstream_invalid_response"),
+            },
+        }
+    }
+
+    /// The provider's failure class, if this came from a provider.
+    pub fn upstream_kind(&self) -> Option<ErrorKind> {
+        match self {
+            Self::Upstream { error, .. } => Some(error.kind),
+            _ => None,
+        }
+    }
+
+    /// The error as OpenAI's JSON body, also used for SSE error events.
+    pub fn body(&self) -> Bytes {
+        let (kind, code) = self.type_and_code();
+        let param = matches!(self, Self::UnknownRoute(_)).then_some("model");
+        let body = ErrorBody { error: ErrorFields { message: self.to_string(), kind, code, param } };
+        crate::providers::to_json_bytes(&body)
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Upstream { error, .. } if error.kind == ErrorKind::RateLimit => {
+                Some(error.retry_after.unwrap_or(Duration::from_secs(1)))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status(),
+            [(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            self.body(),
+        )
+            .into_response();
+        if let Some(wait) = self.retry_after() {
+            // Whole seconds, rounded up: a client that waits this long will not be early.
+            let seconds = wait.as_millis().div_ceil(1000).max(1);
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(http::header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_has_the_status_an_app_expects() {
+        let upstream = |kind| ApiError::Upstream { provider: "p".into(), error: ProviderError::new(kind, "x") };
+        let cases = [
+            (ApiError::InvalidBody("x".into()), 400),
+            (ApiError::BodyTooLarge { limit: 1 }, 413),
+            (ApiError::UnknownRoute("x".into()), 404),
+            (upstream(ErrorKind::RateLimit), 429),
+            (upstream(ErrorKind::ServerError), 502),
+            (upstream(ErrorKind::Connect), 502),
+            (upstream(ErrorKind::Rejected), 502),
+            (upstream(ErrorKind::Timeout), 504),
+            (upstream(ErrorKind::ContextWindowExceeded), 400),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error}");
+            let body: serde_json::Value = serde_json::from_slice(&error.body()).expect("json");
+            assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert!(body["error"]["type"].is_string() && body["error"]["code"].is_string());
+        }
+    }
+
+    #[test]
+    fn rate_limits_carry_retry_after_rounded_up() {
+        let error = ProviderError::from_status(429, "slow").with_retry_after(Some(Duration::from_millis(1500)));
+        let response = ApiError::Upstream { provider: "p".into(), error }.into_response();
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "2");
+    }
+}

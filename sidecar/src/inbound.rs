@@ -1,0 +1,62 @@
+//! Accept: read a request body within the size limit and parse it strictly
+//! enough that a bad field is named in the error.
+
+use axum::body::Body;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// Reads the whole body, refusing more than `limit` bytes.
+///
+/// # Errors
+/// [`ApiError::BodyTooLarge`] over the limit; [`ApiError::InvalidBody`] if the
+/// client broke off.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge { limit }),
+        Err(e) => Err(ApiError::InvalidBody(format!("could not read the body: {e}"))),
+    }
+}
+
+/// Parses JSON; the error names the path of the offending field.
+///
+/// # Errors
+/// [`ApiError::InvalidBody`].
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." { ApiError::InvalidBody(inner.to_string()) } else { ApiError::InvalidBody(format!("{path}: {inner}")) }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::chat::ChatRequest;
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases = [
+            (r#"{"model":"m","messages":[{"role":"wizard","content":"hi"}]}"#, "messages[0].role"),
+            (r#"{"model":"m"}"#, "missing field `messages`"),
+            (r#"{"model":"m","messages":[],"temperature":"hot"}"#, "temperature"),
+            ("not json", "expected"),
+        ];
+        for (body, expected) in cases {
+            let error = parse_json::<ChatRequest>(body.as_bytes()).expect_err(body);
+            assert!(error.to_string().contains(expected), "{body}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused() {
+        let error = read_body(Body::from(vec![b'x'; 11]), 10).await.expect_err("too large");
+        assert!(matches!(error, ApiError::BodyTooLarge { limit: 10 }));
+        assert_eq!(read_body(Body::from("ok"), 10).await.expect("fits"), "ok");
+    }
+}

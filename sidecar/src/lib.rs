@@ -1,0 +1,130 @@
+//! The llmesh sidecar: an OpenAI-compatible gateway that runs next to each app.
+//!
+//! A request flows through one module per step:
+//! [`inbound`] (accept) → [`routing`] (route) → [`attempts`] (attempt(s),
+//! through [`providers`]) → [`access_log`] (account) → [`respond`].
+//! [`handlers`] strings them together per endpoint; [`reload`] keeps the
+//! configuration they read current.
+
+pub mod access_log;
+pub mod api;
+pub mod app;
+pub mod attempts;
+pub mod credentials;
+pub mod error;
+pub mod handlers;
+pub mod inbound;
+pub mod metrics;
+pub mod providers;
+pub mod reload;
+pub mod respond;
+pub mod routing;
+pub mod settings;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::{App, Limits};
+use crate::credentials::CredentialStore;
+use crate::metrics::Metrics;
+use crate::providers::{Deps, UpstreamClient};
+use crate::reload::{Reloader, WatchGuard};
+use crate::settings::Settings;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listen address is taken or not allowed.
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The outbound HTTP client could not be built.
+    #[error("cannot build the upstream client: {0}")]
+    Client(providers::ProviderError),
+    /// The configuration source cannot be watched.
+    #[error("cannot watch the configuration: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+/// A running gateway: both listeners, the config watch, and a way to stop.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Where the API listens.
+    pub api_addr: SocketAddr,
+    /// Where metrics and probes listen.
+    pub admin_addr: SocketAddr,
+    /// The shared state (for tests and embedding).
+    pub app: Arc<App>,
+    /// Reloads configuration on demand.
+    pub reloader: Arc<Reloader>,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    _watch: WatchGuard,
+}
+
+impl Gateway {
+    /// Loads the configuration, binds both listeners and starts serving.
+    /// A configuration that fails to load leaves the gateway running but
+    /// not ready, watching for a good one.
+    ///
+    /// # Errors
+    /// A listener cannot bind, or the config source cannot be watched.
+    pub async fn start(settings: &Settings, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, StartError> {
+        let client = UpstreamClient::new(&settings.upstream).map_err(StartError::Client)?;
+        let credentials = Arc::new(CredentialStore::new(settings.secrets_dir.clone(), env));
+        let deps = Deps { client, credentials };
+        let metrics = Arc::new(Metrics::new());
+        let app = Arc::new(App::new(Limits { max_body_bytes: settings.max_body_bytes }, metrics, deps));
+
+        let reloader = Arc::new(Reloader::new(app.clone(), settings.source.clone()));
+        let first = reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || first.reload()).await;
+        let watch_guard = reloader.clone().watch()?;
+
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|error| StartError::Bind { addr, error })
+        };
+        let api = bind(settings.listen).await?;
+        let admin = bind(settings.admin_listen).await?;
+        let api_addr = api.local_addr().map_err(|error| StartError::Bind { addr: settings.listen, error })?;
+        let admin_addr =
+            admin.local_addr().map_err(|error| StartError::Bind { addr: settings.admin_listen, error })?;
+
+        let (shutdown, signal) = watch::channel(false);
+        let servers = vec![
+            serve(api, app::api_router(app.clone()), signal.clone()),
+            serve(admin, app::admin_router(app.clone()), signal),
+        ];
+        tracing::info!(%api_addr, %admin_addr, "llmesh sidecar serving");
+        Ok(Self { api_addr, admin_addr, app, reloader, shutdown, servers, _watch: watch_guard })
+    }
+
+    /// Stops accepting, lets in-flight requests (streams included) finish
+    /// for up to `drain`, then returns.
+    pub async fn shutdown(self, drain: std::time::Duration) {
+        let _ = self.shutdown.send(true);
+        let servers = futures::future::join_all(self.servers);
+        if tokio::time::timeout(drain, servers).await.is_err() {
+            tracing::warn!(?drain, "in-flight requests did not finish in time; closing them");
+        }
+    }
+}
+
+fn serve(listener: TcpListener, router: axum::Router, mut signal: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = signal.wait_for(|stop| *stop).await;
+        };
+        if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+            tracing::error!(%error, "server stopped");
+        }
+    })
+}

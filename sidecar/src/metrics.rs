@@ -1,0 +1,145 @@
+//! Prometheus metrics, served on the admin port.
+//!
+//! Token usage, request duration and time to first token follow the
+//! OpenTelemetry GenAI semantic conventions as Prometheus names them; the
+//! rest is `llmesh_*`. Labels are bounded: route, provider, model and status
+//! come from configuration, never from request content.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Seconds; from a cache hit (well under a millisecond) to a long generation.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Tokens per request, powers of four as the GenAI conventions suggest.
+const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262_144.0, 1_048_576.0, 4_194_304.0,
+];
+
+/// The sidecar's metrics.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, provider, model and HTTP status.
+    pub requests: IntCounterVec,
+    /// `gen_ai_client_token_usage`: tokens per request by type.
+    pub token_usage: HistogramVec,
+    /// `gen_ai_server_request_duration`: seconds per request.
+    pub request_duration: HistogramVec,
+    /// `gen_ai_server_time_to_first_token`: seconds to the first chunk of a stream.
+    pub time_to_first_token: HistogramVec,
+    /// Failed upstream attempts by provider and class.
+    pub upstream_errors: IntCounterVec,
+    /// Configuration loads by result.
+    pub config_reloads: IntCounterVec,
+    /// 1 for the configuration version in force.
+    pub config_info: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry.register(Box::new(metric.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    metric
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let metric = HistogramVec::new(opts, labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry.register(Box::new(metric.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    metric
+}
+
+/// Labels shared by the GenAI histograms.
+pub const GEN_AI_LABELS: &[&str] = &["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "route"];
+
+impl Metrics {
+    /// Registers every metric. The names and labels are constants, so a
+    /// failure here is a programming error caught by the first test.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = counter(
+            &registry,
+            "llmesh_requests_total",
+            "Requests answered, by route, provider, model and HTTP status.",
+            &["route", "provider", "model", "status"],
+        );
+        let mut token_labels = GEN_AI_LABELS.to_vec();
+        token_labels.push("gen_ai_token_type");
+        let token_usage = histogram(
+            &registry,
+            "gen_ai_client_token_usage",
+            "Tokens used per request, by token type (input, output).",
+            &token_labels,
+            TOKEN_BUCKETS,
+        );
+        let mut duration_labels = GEN_AI_LABELS.to_vec();
+        duration_labels.push("error_type");
+        let request_duration = histogram(
+            &registry,
+            "gen_ai_server_request_duration",
+            "Seconds from receiving a request to its last byte.",
+            &duration_labels,
+            DURATION_BUCKETS,
+        );
+        let time_to_first_token = histogram(
+            &registry,
+            "gen_ai_server_time_to_first_token",
+            "Seconds from receiving a streaming request to its first chunk.",
+            GEN_AI_LABELS,
+            DURATION_BUCKETS,
+        );
+        let upstream_errors = counter(
+            &registry,
+            "llmesh_upstream_errors_total",
+            "Failed upstream attempts, by provider and error class.",
+            &["provider", "class"],
+        );
+        let config_reloads = counter(
+            &registry,
+            "llmesh_config_reloads_total",
+            "Configuration loads, by result (applied, unchanged, rejected).",
+            &["result"],
+        );
+        let config_info = IntGaugeVec::new(
+            Opts::new("llmesh_config_info", "1 for the configuration version in force."),
+            &["version"],
+        )
+        .unwrap_or_else(|e| panic!("metric llmesh_config_info: {e}"));
+        registry
+            .register(Box::new(config_info.clone()))
+            .unwrap_or_else(|e| panic!("metric llmesh_config_info: {e}"));
+        Self {
+            registry,
+            requests,
+            token_usage,
+            request_duration,
+            time_to_first_token,
+            upstream_errors,
+            config_reloads,
+            config_info,
+        }
+    }
+
+    /// Marks `version` as the configuration in force.
+    pub fn set_config_version(&self, version: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[version]).set(1);
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

@@ -1,0 +1,231 @@
+//! Settings, from the environment the webhook injects (and, for standalone
+//! use, command-line flags that override it). Each variable name is defined
+//! once here; the operator's injection uses the same constants.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::providers::UpstreamSettings;
+
+/// API listen address (default `127.0.0.1:4000`: apps in the pod only).
+pub const LISTEN_ADDR: &str = "LLMESH_LISTEN_ADDR";
+/// Admin listen address for metrics and probes (default `0.0.0.0:9464`).
+pub const ADMIN_ADDR: &str = "LLMESH_ADMIN_ADDR";
+/// Path of the compiled configuration (JSON), as mounted from the ConfigMap.
+pub const CONFIG_FILE: &str = "LLMESH_CONFIG";
+/// Directory of YAML manifests (standalone mode).
+pub const MANIFESTS_DIR: &str = "LLMESH_MANIFESTS";
+/// Directory where provider Secrets are mounted, one folder per Secret.
+pub const SECRETS_DIR: &str = "LLMESH_SECRETS_DIR";
+/// Largest accepted request body, in bytes.
+pub const MAX_BODY_BYTES: &str = "LLMESH_MAX_BODY_BYTES";
+/// Upstream connect timeout, in milliseconds.
+pub const CONNECT_TIMEOUT_MS: &str = "LLMESH_CONNECT_TIMEOUT_MS";
+/// Upper bound for one upstream request when its route sets none, in milliseconds.
+pub const UPSTREAM_TIMEOUT_MS: &str = "LLMESH_UPSTREAM_TIMEOUT_MS";
+/// How long in-flight requests may finish after a shutdown signal, in milliseconds.
+pub const DRAIN_TIMEOUT_MS: &str = "LLMESH_DRAIN_TIMEOUT_MS";
+/// Log filter, `tracing` syntax (default `info`).
+pub const LOG: &str = "LLMESH_LOG";
+/// `json` (default) or `text`.
+pub const LOG_FORMAT: &str = "LLMESH_LOG_FORMAT";
+
+/// Where the secrets directory is when nothing says otherwise.
+pub const DEFAULT_SECRETS_DIR: &str = "/etc/llmesh/secrets";
+
+/// Reads variables; tests pass a map instead of touching the process.
+pub trait Env {
+    /// The variable's value, if set.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+/// Flags layered over another environment (the command line over the process).
+#[derive(Debug)]
+pub struct Overlay<'a, E: Env> {
+    /// Values that win.
+    pub over: HashMap<String, String>,
+    /// Everything else.
+    pub under: &'a E,
+}
+
+impl<E: Env> Env for Overlay<'_, E> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.over.get(name).cloned().or_else(|| self.under.get(name))
+    }
+}
+
+/// Where configuration comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A compiled JSON file (in a pod: the operator's ConfigMap).
+    File(PathBuf),
+    /// A directory of YAML manifests, compiled here (standalone mode).
+    Manifests(PathBuf),
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+/// Everything the sidecar is started with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// API address.
+    pub listen: SocketAddr,
+    /// Metrics and probes address.
+    pub admin_listen: SocketAddr,
+    /// Configuration source.
+    pub source: ConfigSource,
+    /// Mounted Secrets.
+    pub secrets_dir: Option<PathBuf>,
+    /// Body size limit.
+    pub max_body_bytes: usize,
+    /// Outbound client settings.
+    pub upstream: UpstreamSettings,
+    /// Shutdown grace period.
+    pub drain_timeout: Duration,
+    /// Log filter.
+    pub log_filter: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A value does not parse.
+    #[error("{name}={value:?}: {reason}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it is wrong.
+        reason: String,
+    },
+    /// Neither a config file nor a manifests directory was given.
+    #[error("no configuration source: set {CONFIG_FILE} (or --config) or {MANIFESTS_DIR} (or --manifests)")]
+    NoSource,
+}
+
+fn parsed<T: std::str::FromStr>(env: &impl Env, name: &'static str, default: T) -> Result<T, SettingsError>
+where
+    T::Err: std::fmt::Display,
+{
+    match env.get(name) {
+        None => Ok(default),
+        Some(value) => value.trim().parse().map_err(|e: T::Err| SettingsError::Invalid {
+            name,
+            reason: e.to_string(),
+            value,
+        }),
+    }
+}
+
+fn millis(env: &impl Env, name: &'static str, default: Duration) -> Result<Duration, SettingsError> {
+    let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+    parsed(env, name, default).map(Duration::from_millis)
+}
+
+impl Settings {
+    /// Reads every setting.
+    ///
+    /// # Errors
+    /// A value does not parse, or no configuration source is named.
+    pub fn from_env(env: &impl Env) -> Result<Self, SettingsError> {
+        let source = match (env.get(MANIFESTS_DIR), env.get(CONFIG_FILE)) {
+            (Some(dir), _) => ConfigSource::Manifests(dir.into()),
+            (None, Some(file)) => ConfigSource::File(file.into()),
+            (None, None) => return Err(SettingsError::NoSource),
+        };
+        let secrets_dir = env
+            .get(SECRETS_DIR)
+            .map(PathBuf::from)
+            .or_else(|| Some(PathBuf::from(DEFAULT_SECRETS_DIR)).filter(|p| p.is_dir()));
+        let defaults = UpstreamSettings::default();
+        let log_format = match env.get(LOG_FORMAT).as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(other) => {
+                return Err(SettingsError::Invalid {
+                    name: LOG_FORMAT,
+                    value: other.to_owned(),
+                    reason: "use json or text".to_owned(),
+                });
+            }
+        };
+        Ok(Self {
+            listen: parsed(env, LISTEN_ADDR, SocketAddr::from(([127, 0, 0, 1], 4000)))?,
+            admin_listen: parsed(env, ADMIN_ADDR, SocketAddr::from(([0, 0, 0, 0], 9464)))?,
+            source,
+            secrets_dir,
+            // Large enough for a few base64 images in one request.
+            max_body_bytes: parsed(env, MAX_BODY_BYTES, 20 * 1024 * 1024)?,
+            upstream: UpstreamSettings {
+                connect_timeout: millis(env, CONNECT_TIMEOUT_MS, defaults.connect_timeout)?,
+                request_timeout: millis(env, UPSTREAM_TIMEOUT_MS, defaults.request_timeout)?,
+                pool_idle_timeout: defaults.pool_idle_timeout,
+            },
+            // Below Kubernetes' default 30 s termination grace period.
+            drain_timeout: millis(env, DRAIN_TIMEOUT_MS, Duration::from_secs(25))?,
+            log_filter: env.get(LOG).unwrap_or_else(|| "info".to_owned()),
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_keep_the_api_on_loopback() {
+        let settings = Settings::from_env(&env(&[(CONFIG_FILE, "/etc/llmesh/config/config.json")])).expect("valid");
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:4000");
+        assert_eq!(settings.admin_listen.port(), 9464);
+        assert_eq!(settings.source, ConfigSource::File("/etc/llmesh/config/config.json".into()));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let error = Settings::from_env(&env(&[(MANIFESTS_DIR, "m"), (MAX_BODY_BYTES, "lots")])).expect_err("bad");
+        assert!(error.to_string().starts_with("LLMESH_MAX_BODY_BYTES=\"lots\""), "{error}");
+        assert!(matches!(Settings::from_env(&env(&[])), Err(SettingsError::NoSource)));
+    }
+
+    #[test]
+    fn flags_override_the_environment() {
+        let under = env(&[(LISTEN_ADDR, "127.0.0.1:1"), (CONFIG_FILE, "c.json")]);
+        let overlay = Overlay { over: env(&[(LISTEN_ADDR, "127.0.0.1:2"), (MANIFESTS_DIR, "m")]), under: &under };
+        let settings = Settings::from_env(&overlay).expect("valid");
+        assert_eq!(settings.listen.port(), 2);
+        assert_eq!(settings.source, ConfigSource::Manifests("m".into()));
+    }
+}
