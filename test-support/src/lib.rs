@@ -1,0 +1,14 @@
+//! Test fixtures for llmesh. Not product code.
+//!
+//! - [`mock_server`]: a loopback HTTP server that records every call and
+//!   plays scripted faults, shared by the provider mocks.
+//! - One module per provider wire format ([`openai`], …), each answering in
+//!   that provider's real shapes: bodies, SSE or event-stream frames, errors.
+//! - [`harness`]: starts a real sidecar on loopback from YAML manifests.
+
+pub mod harness;
+pub mod mock_server;
+pub mod openai;
+
+pub use harness::Sidecar;
+pub use mock_server::{Behavior, Call, MockServer};
