@@ -56,9 +56,10 @@ impl SecretKeys {
     fn check(&self, reference: &CredentialRef) -> Result<(), String> {
         match self.0.get(&reference.secret) {
             None => Err(format!("Secret {} not found", reference.secret)),
-            Some(keys) if !keys.contains(&reference.key) => {
-                Err(format!("Secret {} has no key {}", reference.secret, reference.key))
-            }
+            Some(keys) if !keys.contains(&reference.key) => Err(format!(
+                "Secret {} has no key {}",
+                reference.secret, reference.key
+            )),
             Some(_) => Ok(()),
         }
     }
@@ -76,7 +77,9 @@ pub struct Compiled {
 impl Compiled {
     /// The problems of one resource, for its status condition.
     pub fn problems_of<'a>(&'a self, kind: &'a str, name: &'a str) -> impl Iterator<Item = &'a Problem> {
-        self.problems.iter().filter(move |p| p.kind == kind && p.name == name)
+        self.problems
+            .iter()
+            .filter(move |p| p.kind == kind && p.name == name)
     }
 }
 
@@ -152,7 +155,11 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
                     .previous
                     .and_then(|p| p.routes.get(&alias))
                     .filter(|r| r.resource == name && !config.routes.contains_key(&alias))
-                    .filter(|r| r.targets.iter().all(|t| config.providers.contains_key(&t.provider)));
+                    .filter(|r| {
+                        r.targets
+                            .iter()
+                            .all(|t| config.providers.contains_key(&t.provider))
+                    });
                 if let Some(previous) = previous {
                     config.routes.insert(alias, previous.clone());
                 }
@@ -161,7 +168,10 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
         }
     }
 
-    Compiled { config: config.seal(), problems }
+    Compiled {
+        config: config.seal(),
+        problems,
+    }
 }
 
 fn sorted_by_name<K: kube::Resource>(resources: &[K]) -> Vec<&K> {
@@ -173,40 +183,67 @@ fn sorted_by_name<K: kube::Resource>(resources: &[K]) -> Vec<&K> {
 fn attach(kind: &'static str, name: &str, errors: Vec<FieldError>, kept_previous: bool) -> Vec<Problem> {
     errors
         .into_iter()
-        .map(|(field, message)| Problem { kind, name: name.to_owned(), field, message, kept_previous })
+        .map(|(field, message)| Problem {
+            kind,
+            name: name.to_owned(),
+            field,
+            message,
+            kept_previous,
+        })
         .collect()
 }
 
-fn compile_provider(resource: &ProviderSecret, secrets: &SecretKeys) -> Result<ProviderConfig, Vec<FieldError>> {
+fn compile_provider(
+    resource: &ProviderSecret,
+    secrets: &SecretKeys,
+) -> Result<ProviderConfig, Vec<FieldError>> {
     let spec = &resource.spec;
     let kind = spec.provider;
     let mut errors = Vec::new();
 
     if let Some(url) = &spec.base_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            errors.push(field_error("spec.baseUrl", format!("{url:?} must start with http:// or https://")));
+            errors.push(field_error(
+                "spec.baseUrl",
+                format!("{url:?} must start with http:// or https://"),
+            ));
         }
     } else if matches!(kind, ProviderKind::OpenaiCompatible | ProviderKind::AzureOpenai) {
-        errors.push(field_error("spec.baseUrl", format!("required for provider {}", kind.as_str())));
+        errors.push(field_error(
+            "spec.baseUrl",
+            format!("required for provider {}", kind.as_str()),
+        ));
     }
 
     for (header, value) in &spec.headers {
         if header.is_empty() || !header.bytes().all(is_header_name_byte) {
-            errors.push(field_error(format!("spec.headers.{header}"), "not a valid HTTP header name"));
+            errors.push(field_error(
+                format!("spec.headers.{header}"),
+                "not a valid HTTP header name",
+            ));
         }
         if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
-            errors.push(field_error(format!("spec.headers.{header}"), "value contains control characters"));
+            errors.push(field_error(
+                format!("spec.headers.{header}"),
+                "value contains control characters",
+            ));
         }
     }
 
     let credentials = match (&spec.secret_ref, kind) {
         (None, ProviderKind::Mock | ProviderKind::OpenaiCompatible) => Credentials::None,
         (None, _) => {
-            errors.push(field_error("spec.secretRef", format!("required for provider {}", kind.as_str())));
+            errors.push(field_error(
+                "spec.secretRef",
+                format!("required for provider {}", kind.as_str()),
+            ));
             Credentials::None
         }
         (Some(_), ProviderKind::Mock) => {
-            errors.push(field_error("spec.secretRef", "the mock provider takes no credential"));
+            errors.push(field_error(
+                "spec.secretRef",
+                "the mock provider takes no credential",
+            ));
             Credentials::None
         }
         (Some(secret_ref), ProviderKind::Bedrock) => {
@@ -220,15 +257,23 @@ fn compile_provider(resource: &ProviderSecret, secrets: &SecretKeys) -> Result<P
                 .session_token_key
                 .as_ref()
                 .map(|key| reference(&Some(key.clone()), key));
-            for reference in [Some(&access_key_id), Some(&secret_access_key), session_token.as_ref()]
-                .into_iter()
-                .flatten()
+            for reference in [
+                Some(&access_key_id),
+                Some(&secret_access_key),
+                session_token.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 if let Err(message) = secrets.check(reference) {
                     errors.push(field_error("spec.secretRef", message));
                 }
             }
-            Credentials::Aws { access_key_id, secret_access_key, session_token }
+            Credentials::Aws {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            }
         }
         (Some(secret_ref), _) => {
             let api_key = CredentialRef {
@@ -243,15 +288,22 @@ fn compile_provider(resource: &ProviderSecret, secrets: &SecretKeys) -> Result<P
     };
 
     if kind == ProviderKind::Bedrock && spec.region.is_none() {
-        errors.push(field_error("spec.region", "required for provider bedrock (the AWS region)"));
+        errors.push(field_error(
+            "spec.region",
+            "required for provider bedrock (the AWS region)",
+        ));
     }
 
     let azure = match (&spec.azure, kind) {
-        (Some(azure), ProviderKind::AzureOpenai) => {
-            Some(AzureConfig { api_version: azure.api_version.clone(), deployments: azure.deployments.clone() })
-        }
+        (Some(azure), ProviderKind::AzureOpenai) => Some(AzureConfig {
+            api_version: azure.api_version.clone(),
+            deployments: azure.deployments.clone(),
+        }),
         (None, ProviderKind::AzureOpenai) => {
-            errors.push(field_error("spec.azure", "required for provider azure-openai (apiVersion)"));
+            errors.push(field_error(
+                "spec.azure",
+                "required for provider azure-openai (apiVersion)",
+            ));
             None
         }
         (Some(_), _) => {
@@ -264,7 +316,8 @@ fn compile_provider(resource: &ProviderSecret, secrets: &SecretKeys) -> Result<P
     let mock = match (&spec.mock, kind) {
         (settings, ProviderKind::Mock) => {
             let settings = settings.clone().unwrap_or_default();
-            let mut millis = |field: &str, value: &Option<String>| match value.as_deref().map(duration::parse) {
+            let mut millis = |field: &str, value: &Option<String>| match value.as_deref().map(duration::parse)
+            {
                 Some(Ok(d)) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
                 Some(Err(message)) => {
                     errors.push(field_error(format!("spec.mock.{field}"), message));
@@ -276,10 +329,16 @@ fn compile_provider(resource: &ProviderSecret, secrets: &SecretKeys) -> Result<P
             let per_token_ms = millis("perToken", &settings.per_token);
             for (i, fault) in settings.faults.iter().enumerate() {
                 if fault.rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-                    errors.push(field_error(format!("spec.mock.faults[{i}].rate"), "must be between 0 and 1"));
+                    errors.push(field_error(
+                        format!("spec.mock.faults[{i}].rate"),
+                        "must be between 0 and 1",
+                    ));
                 }
                 if fault.status.is_some_and(|s| !(400..=599).contains(&s)) {
-                    errors.push(field_error(format!("spec.mock.faults[{i}].status"), "must be between 400 and 599"));
+                    errors.push(field_error(
+                        format!("spec.mock.faults[{i}].status"),
+                        "must be between 400 and 599",
+                    ));
                 }
             }
             Some(MockConfig {
@@ -386,7 +445,10 @@ fn compile_route(
             errors.push(unsupported(&format!("{field}.price"), "a per-target price"));
         }
         if target.context_window.is_some() {
-            errors.push(unsupported(&format!("{field}.contextWindow"), "context-window-aware routing"));
+            errors.push(unsupported(
+                &format!("{field}.contextWindow"),
+                "context-window-aware routing",
+            ));
         }
         if target.model.is_empty() {
             errors.push(field_error(format!("{field}.model"), "must not be empty"));
@@ -394,14 +456,21 @@ fn compile_route(
         if !providers.contains_key(&target.provider) {
             let known = previous.is_some_and(|p| p.providers.contains_key(&target.provider));
             let why = if known { "is not ready" } else { "does not exist" };
-            errors.push(field_error(format!("{field}.provider"), format!("ProviderSecret {} {why}", target.provider)));
+            errors.push(field_error(
+                format!("{field}.provider"),
+                format!("ProviderSecret {} {why}", target.provider),
+            ));
         }
     }
 
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(RouteConfig { resource: name.to_owned(), targets, timeouts })
+    Ok(RouteConfig {
+        resource: name.to_owned(),
+        targets,
+        timeouts,
+    })
 }
 
 fn compile_target(

@@ -23,7 +23,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "s" => amount.checked_mul(1_000),
         "m" => amount.checked_mul(60_000),
         "h" => amount.checked_mul(3_600_000),
-        _ => return Err(format!("duration {text:?} has unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "duration {text:?} has unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
     };
     millis
         .map(Duration::from_millis)

@@ -61,7 +61,10 @@ impl Manifests {
     }
 
     fn add_document(&mut self, value: serde_json::Value) -> Result<(), String> {
-        let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default();
+        let api_version = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
         let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
         let llmesh = api_version == format!("{}/{}", crate::API_GROUP, crate::API_VERSION);
         match (llmesh, kind, api_version) {
@@ -69,7 +72,9 @@ impl Manifests {
             (true, "LLMRoute", _) => self.routes.push(typed(value)?),
             (false, "Secret", "v1") => self.secrets.push(typed(value)?),
             (false, _, version) if version.starts_with(crate::API_GROUP) => {
-                return Err(format!("apiVersion {version} is not served (use llmesh.io/v1alpha1)"));
+                return Err(format!(
+                    "apiVersion {version} is not served (use llmesh.io/v1alpha1)"
+                ));
             }
             (true, other, _) => return Err(format!("unknown llmesh kind {other:?}")),
             _ => {}
@@ -146,7 +151,11 @@ metadata: {name: future}
         assert_eq!(manifests.routes.len(), 1);
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert_eq!(errors[0].document, 2);
-        assert!(errors[0].message.contains("spec.targets[0].weight"), "{}", errors[0]);
+        assert!(
+            errors[0].message.contains("spec.targets[0].weight"),
+            "{}",
+            errors[0]
+        );
         assert!(errors[1].message.contains("not served"), "{}", errors[1]);
     }
 

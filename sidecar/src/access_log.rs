@@ -192,22 +192,40 @@ impl Drop for AccessRecord {
         let route = self.route.as_deref().unwrap_or("");
         let model = self.model.as_deref().unwrap_or("");
         let status = self.status.to_string();
-        self.metrics.requests.with_label_values(&[route, self.provider_kind, model, &status]).inc();
+        self.metrics
+            .requests
+            .with_label_values(&[route, self.provider_kind, model, &status])
+            .inc();
         for failure in &self.failures {
-            self.metrics.upstream_errors.with_label_values(&[failure.provider, failure.kind.label()]).inc();
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[failure.provider, failure.kind.label()])
+                .inc();
         }
         let labels = [self.operation.as_str(), self.provider_kind, model, route];
         let error_label = error.unwrap_or("");
         let duration_labels = [labels[0], labels[1], labels[2], labels[3], error_label];
-        self.metrics.request_duration.with_label_values(&duration_labels).observe(elapsed.as_secs_f64());
+        self.metrics
+            .request_duration
+            .with_label_values(&duration_labels)
+            .observe(elapsed.as_secs_f64());
         if let Some(first) = self.first_chunk {
-            self.metrics.time_to_first_token.with_label_values(&labels).observe(first.as_secs_f64());
+            self.metrics
+                .time_to_first_token
+                .with_label_values(&labels)
+                .observe(first.as_secs_f64());
         }
         if self.usage.total_tokens > 0 || self.usage.prompt_tokens > 0 {
-            for (kind, count) in [("input", self.usage.prompt_tokens), ("output", self.usage.completion_tokens)] {
+            for (kind, count) in [
+                ("input", self.usage.prompt_tokens),
+                ("output", self.usage.completion_tokens),
+            ] {
                 let token_labels = [labels[0], labels[1], labels[2], labels[3], kind];
                 #[allow(clippy::cast_precision_loss)]
-                self.metrics.token_usage.with_label_values(&token_labels).observe(count as f64);
+                self.metrics
+                    .token_usage
+                    .with_label_values(&token_labels)
+                    .observe(count as f64);
             }
         }
         tracing::info!(

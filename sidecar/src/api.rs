@@ -61,8 +61,9 @@ impl Usage {
                 cached_tokens: cached_input,
                 cache_write_tokens: cache_write,
             }),
-            completion_tokens_details: (reasoning > 0)
-                .then_some(CompletionTokensDetails { reasoning_tokens: reasoning }),
+            completion_tokens_details: (reasoning > 0).then_some(CompletionTokensDetails {
+                reasoning_tokens: reasoning,
+            }),
         }
     }
 
@@ -73,12 +74,16 @@ impl Usage {
 
     /// Input tokens written to a prompt cache.
     pub fn cache_write(&self) -> u64 {
-        self.prompt_tokens_details.as_ref().map_or(0, |d| d.cache_write_tokens)
+        self.prompt_tokens_details
+            .as_ref()
+            .map_or(0, |d| d.cache_write_tokens)
     }
 
     /// Output tokens spent on reasoning.
     pub fn reasoning(&self) -> u64 {
-        self.completion_tokens_details.as_ref().map_or(0, |d| d.reasoning_tokens)
+        self.completion_tokens_details
+            .as_ref()
+            .map_or(0, |d| d.reasoning_tokens)
     }
 }
 

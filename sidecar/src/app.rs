@@ -34,7 +34,12 @@ pub struct App {
 impl App {
     /// An app with no configuration yet (not ready).
     pub fn new(settings: Limits, metrics: Arc<Metrics>, deps: Deps) -> Self {
-        Self { runtime: ArcSwapOption::empty(), settings, metrics, deps }
+        Self {
+            runtime: ArcSwapOption::empty(),
+            settings,
+            metrics,
+            deps,
+        }
     }
 
     /// The configuration in force.

@@ -87,7 +87,12 @@ pub async fn chat<'r>(route: &'r Route, request: &ChatRequest) -> Result<Served<
             ChatReply::Complete(completed) => Ok(Reply::Complete(completed)),
             ChatReply::Stream(stream) => {
                 let (head, tail) = within(limit, first_chunk(stream)).await?;
-                Ok(Reply::Stream(CommittedStream { head, tail, idle: route.timeouts.idle, deadline }))
+                Ok(Reply::Stream(CommittedStream {
+                    head,
+                    tail,
+                    idle: route.timeouts.idle,
+                    deadline,
+                }))
             }
         }
     })
@@ -111,7 +116,11 @@ pub async fn embeddings<'r>(
 }
 
 /// The attempt loop shared by every endpoint.
-async fn run<'r, T, F, Fut>(route: &'r Route, deadline: Option<Instant>, attempt: F) -> Result<Served<'r, T>, Failed<'r>>
+async fn run<'r, T, F, Fut>(
+    route: &'r Route,
+    deadline: Option<Instant>,
+    attempt: F,
+) -> Result<Served<'r, T>, Failed<'r>>
 where
     F: Fn(&'r Target) -> Fut,
     Fut: Future<Output = Result<T, ProviderError>>,
@@ -125,9 +134,19 @@ where
         }
         attempts += 1;
         match attempt(target).await {
-            Ok(reply) => return Ok(Served { target, attempts, failures, reply }),
+            Ok(reply) => {
+                return Ok(Served {
+                    target,
+                    attempts,
+                    failures,
+                    reply,
+                });
+            }
             Err(error) => {
-                failures.push(AttemptFailure { provider: target.provider.kind().as_str(), kind: error.kind });
+                failures.push(AttemptFailure {
+                    provider: target.provider.kind().as_str(),
+                    kind: error.kind,
+                });
                 tracing::debug!(route = %route.alias, provider = %target.provider_name, error = %error, "attempt failed");
                 last = Some((target, error));
             }
@@ -135,17 +154,32 @@ where
     }
     let (target, error) = match last {
         Some((target, error)) => (Some(target), error),
-        None => (None, ProviderError::new(ErrorKind::Timeout, "the route's total time limit passed")),
+        None => (
+            None,
+            ProviderError::new(ErrorKind::Timeout, "the route's total time limit passed"),
+        ),
     };
     let provider = target.map_or_else(|| route.alias.clone(), |t| t.provider_name.clone());
-    Err(Failed { target, attempts, failures, error: ApiError::Upstream { provider, error } })
+    Err(Failed {
+        target,
+        attempts,
+        failures,
+        error: ApiError::Upstream { provider, error },
+    })
 }
 
 /// The tightest of the route's first-token limit, the target's own limit,
 /// and what is left of the total.
 fn first_answer_limit(route: &Route, target: &Target, deadline: Option<Instant>) -> Option<Instant> {
     let now = Instant::now();
-    [route.timeouts.first_token.map(|t| now + t), target.timeout.map(|t| now + t), deadline].into_iter().flatten().min()
+    [
+        route.timeouts.first_token.map(|t| now + t),
+        target.timeout.map(|t| now + t),
+        deadline,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
 }
 
 /// Runs `work` until `limit`, turning the overrun into a timeout error.
@@ -156,7 +190,10 @@ async fn within<T>(
     match limit {
         None => work.await,
         Some(limit) => tokio::time::timeout_at(limit, work).await.unwrap_or_else(|_| {
-            Err(ProviderError::new(ErrorKind::Timeout, "no answer from the upstream within the route's time limit"))
+            Err(ProviderError::new(
+                ErrorKind::Timeout,
+                "no answer from the upstream within the route's time limit",
+            ))
         }),
     }
 }
@@ -172,5 +209,7 @@ async fn first_chunk(mut stream: ChunkStream) -> Result<(Vec<StreamEvent>, Chunk
             return Ok((head, stream));
         }
     }
-    Err(ProviderError::invalid_response("the upstream stream ended before its first chunk"))
+    Err(ProviderError::invalid_response(
+        "the upstream stream ended before its first chunk",
+    ))
 }

@@ -67,7 +67,11 @@ impl CredentialStore {
             .filter(|(name, _)| name.starts_with(ENV_PREFIX))
             .map(|(name, value)| (name, SecretString::new(&value)))
             .collect();
-        Self { dir, env, ..Self::default() }
+        Self {
+            dir,
+            env,
+            ..Self::default()
+        }
     }
 
     /// Replaces the values taken from `Secret` manifests (standalone mode).
@@ -83,7 +87,7 @@ impl CredentialStore {
         if let Some(value) = self.manifests.read().get(reference) {
             return Ok(value.clone());
         }
-        if let Some(value) = self.from_file(reference) {
+        if let Some(value) = self.read_mounted(reference) {
             return Ok(value);
         }
         if let Some(value) = self.env.get(&env_name(reference)) {
@@ -105,7 +109,7 @@ impl CredentialStore {
         self.env.contains_key(&env_name(reference))
     }
 
-    fn from_file(&self, reference: &CredentialRef) -> Option<SecretString> {
+    fn read_mounted(&self, reference: &CredentialRef) -> Option<SecretString> {
         let path = self.dir.as_ref()?.join(&reference.secret).join(&reference.key);
         let mut files = self.files.lock();
         if let Some(cached) = files.get_mut(reference)
@@ -122,7 +126,14 @@ impl CredentialStore {
             _ => {
                 let text = std::fs::read_to_string(&path).ok()?;
                 let value = SecretString::new(&text);
-                files.insert(reference.clone(), CachedFile { value: value.clone(), modified, checked: Instant::now() });
+                files.insert(
+                    reference.clone(),
+                    CachedFile {
+                        value: value.clone(),
+                        modified,
+                        checked: Instant::now(),
+                    },
+                );
                 Some(value)
             }
         }
@@ -135,9 +146,21 @@ const ENV_PREFIX: &str = "LLMESH_SECRET_";
 /// not a letter or digit turned into `_`.
 pub fn env_name(reference: &CredentialRef) -> String {
     let clean = |s: &str| -> String {
-        s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
     };
-    format!("{ENV_PREFIX}{}_{}", clean(&reference.secret), clean(&reference.key))
+    format!(
+        "{ENV_PREFIX}{}_{}",
+        clean(&reference.secret),
+        clean(&reference.key)
+    )
 }
 
 #[cfg(test)]
@@ -145,12 +168,18 @@ mod tests {
     use super::*;
 
     fn reference() -> CredentialRef {
-        CredentialRef { secret: "openai-key".into(), key: "apiKey".into() }
+        CredentialRef {
+            secret: "openai-key".into(),
+            key: "apiKey".into(),
+        }
     }
 
     #[test]
     fn reads_env_and_hides_values_from_debug() {
-        let store = CredentialStore::new(None, [("LLMESH_SECRET_OPENAI_KEY_APIKEY".into(), "sk-env\n".into())]);
+        let store = CredentialStore::new(
+            None,
+            [("LLMESH_SECRET_OPENAI_KEY_APIKEY".into(), "sk-env\n".into())],
+        );
         let value = store.resolve(&reference()).expect("from env");
         assert_eq!(value.expose(), "sk-env");
         assert!(!format!("{value:?} {store:?}").contains("sk-env"));
@@ -173,7 +202,11 @@ mod tests {
             .open(secret_dir.join("apiKey"))
             .and_then(|f| f.set_modified(later))
             .expect("touch");
-        store.files.lock().values_mut().for_each(|c| c.checked -= RECHECK_EVERY);
+        store
+            .files
+            .lock()
+            .values_mut()
+            .for_each(|c| c.checked -= RECHECK_EVERY);
         assert_eq!(store.resolve(&reference()).expect("file").expose(), "sk-new");
     }
 
@@ -181,6 +214,10 @@ mod tests {
     fn a_missing_credential_names_where_it_was_looked_for() {
         let store = CredentialStore::new(None, []);
         let error = store.resolve(&reference()).expect_err("missing");
-        assert!(error.message.contains("LLMESH_SECRET_OPENAI_KEY_APIKEY"), "{}", error.message);
+        assert!(
+            error.message.contains("LLMESH_SECRET_OPENAI_KEY_APIKEY"),
+            "{}",
+            error.message
+        );
     }
 }

@@ -25,6 +25,14 @@ pub enum ApiError {
     /// The `model` names no route.
     #[error("model {0:?} is not a route of this gateway; GET /v1/models lists them")]
     UnknownRoute(String),
+    /// The route exists as a resource but is invalid, so it is not served.
+    #[error("route {alias:?} is not in force: {reason}")]
+    RouteNotInForce {
+        /// The alias.
+        alias: String,
+        /// The resource's problems.
+        reason: String,
+    },
     /// No endpoint at this path.
     #[error("no endpoint {0}; this gateway serves /v1/chat/completions, /v1/embeddings and /v1/models")]
     UnknownPath(String),
@@ -62,7 +70,9 @@ impl ApiError {
         match self {
             Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnknownRoute(_) | Self::UnknownPath(_) => StatusCode::NOT_FOUND,
+            Self::UnknownRoute(_) | Self::RouteNotInForce { .. } | Self::UnknownPath(_) => {
+                StatusCode::NOT_FOUND
+            }
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { error, .. } => match error.kind {
                 ErrorKind::RateLimit => StatusCode::TOO_MANY_REQUESTS,
@@ -71,9 +81,10 @@ impl ApiError {
                 | ErrorKind::ContextWindowExceeded
                 | ErrorKind::ContentFilter
                 | ErrorKind::Unsupported => StatusCode::BAD_REQUEST,
-                ErrorKind::ServerError | ErrorKind::Connect | ErrorKind::Rejected | ErrorKind::InvalidResponse => {
-                    StatusCode::BAD_GATEWAY
-                }
+                ErrorKind::ServerError
+                | ErrorKind::Connect
+                | ErrorKind::Rejected
+                | ErrorKind::InvalidResponse => StatusCode::BAD_GATEWAY,
             },
         }
     }
@@ -83,7 +94,9 @@ impl ApiError {
         match self {
             Self::InvalidBody(_) => ("invalid_request_error", "invalid_body"),
             Self::BodyTooLarge { .. } => ("invalid_request_error", "request_too_large"),
-            Self::UnknownRoute(_) => ("invalid_request_error", "model_not_found"),
+            Self::UnknownRoute(_) | Self::RouteNotInForce { .. } => {
+                ("invalid_request_error", "model_not_found")
+            }
             Self::UnknownPath(_) => ("invalid_request_error", "unknown_url"),
             Self::NotReady => ("server_error", "not_ready"),
             Self::Upstream { error, .. } => match error.kind {
@@ -112,8 +125,15 @@ impl ApiError {
     /// The error as OpenAI's JSON body, also used for SSE error events.
     pub fn body(&self) -> Bytes {
         let (kind, code) = self.type_and_code();
-        let param = matches!(self, Self::UnknownRoute(_)).then_some("model");
-        let body = ErrorBody { error: ErrorFields { message: self.to_string(), kind, code, param } };
+        let param = matches!(self, Self::UnknownRoute(_) | Self::RouteNotInForce { .. }).then_some("model");
+        let body = ErrorBody {
+            error: ErrorFields {
+                message: self.to_string(),
+                kind,
+                code,
+                param,
+            },
+        };
         crate::providers::to_json_bytes(&body)
     }
 
@@ -131,7 +151,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (
             self.status(),
-            [(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             self.body(),
         )
             .into_response();
@@ -152,7 +175,10 @@ mod tests {
 
     #[test]
     fn each_failure_has_the_status_an_app_expects() {
-        let upstream = |kind| ApiError::Upstream { provider: "p".into(), error: ProviderError::new(kind, "x") };
+        let upstream = |kind| ApiError::Upstream {
+            provider: "p".into(),
+            error: ProviderError::new(kind, "x"),
+        };
         let cases = [
             (ApiError::InvalidBody("x".into()), 400),
             (ApiError::BodyTooLarge { limit: 1 }, 413),
@@ -174,8 +200,13 @@ mod tests {
 
     #[test]
     fn rate_limits_carry_retry_after_rounded_up() {
-        let error = ProviderError::from_status(429, "slow").with_retry_after(Some(Duration::from_millis(1500)));
-        let response = ApiError::Upstream { provider: "p".into(), error }.into_response();
+        let error =
+            ProviderError::from_status(429, "slow").with_retry_after(Some(Duration::from_millis(1500)));
+        let response = ApiError::Upstream {
+            provider: "p".into(),
+            error,
+        }
+        .into_response();
         assert_eq!(response.headers()[http::header::RETRY_AFTER], "2");
     }
 }

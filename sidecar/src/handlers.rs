@@ -83,7 +83,12 @@ pub async fn models(State(app): State<Arc<App>>) -> Result<Json<ModelList>, ApiE
     let runtime = app.runtime()?;
     let data = runtime
         .routes()
-        .map(|route| Model { id: route.alias.clone(), object: "model", created: 0, owned_by: route.resource.clone() })
+        .map(|route| Model {
+            id: route.alias.clone(),
+            object: "model",
+            created: 0,
+            owned_by: route.resource.clone(),
+        })
         .collect();
     Ok(Json(ModelList { object: "list", data }))
 }

@@ -30,7 +30,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." { ApiError::InvalidBody(inner.to_string()) } else { ApiError::InvalidBody(format!("{path}: {inner}")) }
+        if path == "." {
+            ApiError::InvalidBody(inner.to_string())
+        } else {
+            ApiError::InvalidBody(format!("{path}: {inner}"))
+        }
     })
 }
 
@@ -42,9 +46,15 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let cases = [
-            (r#"{"model":"m","messages":[{"role":"wizard","content":"hi"}]}"#, "messages[0].role"),
+            (
+                r#"{"model":"m","messages":[{"role":"wizard","content":"hi"}]}"#,
+                "messages[0].role",
+            ),
             (r#"{"model":"m"}"#, "missing field `messages`"),
-            (r#"{"model":"m","messages":[],"temperature":"hot"}"#, "temperature"),
+            (
+                r#"{"model":"m","messages":[],"temperature":"hot"}"#,
+                "temperature",
+            ),
             ("not json", "expected"),
         ];
         for (body, expected) in cases {
@@ -55,7 +65,9 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_over_the_limit_are_refused() {
-        let error = read_body(Body::from(vec![b'x'; 11]), 10).await.expect_err("too large");
+        let error = read_body(Body::from(vec![b'x'; 11]), 10)
+            .await
+            .expect_err("too large");
         assert!(matches!(error, ApiError::BodyTooLarge { limit: 10 }));
         assert_eq!(read_body(Body::from("ok"), 10).await.expect("fits"), "ok");
     }

@@ -77,12 +77,21 @@ impl Gateway {
     ///
     /// # Errors
     /// A listener cannot bind, or the config source cannot be watched.
-    pub async fn start(settings: &Settings, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, StartError> {
+    pub async fn start(
+        settings: &Settings,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, StartError> {
         let client = UpstreamClient::new(&settings.upstream).map_err(StartError::Client)?;
         let credentials = Arc::new(CredentialStore::new(settings.secrets_dir.clone(), env));
         let deps = Deps { client, credentials };
         let metrics = Arc::new(Metrics::new());
-        let app = Arc::new(App::new(Limits { max_body_bytes: settings.max_body_bytes }, metrics, deps));
+        let app = Arc::new(App::new(
+            Limits {
+                max_body_bytes: settings.max_body_bytes,
+            },
+            metrics,
+            deps,
+        ));
 
         let reloader = Arc::new(Reloader::new(app.clone(), settings.source.clone()));
         let first = reloader.clone();
@@ -90,13 +99,20 @@ impl Gateway {
         let watch_guard = reloader.clone().watch()?;
 
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr).await.map_err(|error| StartError::Bind { addr, error })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|error| StartError::Bind { addr, error })
         };
         let api = bind(settings.listen).await?;
         let admin = bind(settings.admin_listen).await?;
-        let api_addr = api.local_addr().map_err(|error| StartError::Bind { addr: settings.listen, error })?;
-        let admin_addr =
-            admin.local_addr().map_err(|error| StartError::Bind { addr: settings.admin_listen, error })?;
+        let api_addr = api.local_addr().map_err(|error| StartError::Bind {
+            addr: settings.listen,
+            error,
+        })?;
+        let admin_addr = admin.local_addr().map_err(|error| StartError::Bind {
+            addr: settings.admin_listen,
+            error,
+        })?;
 
         let (shutdown, signal) = watch::channel(false);
         let servers = vec![
@@ -104,7 +120,15 @@ impl Gateway {
             serve(admin, app::admin_router(app.clone()), signal),
         ];
         tracing::info!(%api_addr, %admin_addr, "llmesh sidecar serving");
-        Ok(Self { api_addr, admin_addr, app, reloader, shutdown, servers, _watch: watch_guard })
+        Ok(Self {
+            api_addr,
+            admin_addr,
+            app,
+            reloader,
+            shutdown,
+            servers,
+            _watch: watch_guard,
+        })
     }
 
     /// Stops accepting, lets in-flight requests (streams included) finish

@@ -47,23 +47,31 @@ impl Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::from_env(&Overlay { over: cli.overrides(), under: &ProcessEnv })?;
+    let settings = Settings::from_env(&Overlay {
+        over: cli.overrides(),
+        under: &ProcessEnv,
+    })?;
 
     let (writer, _flush_on_exit) = tracing_appender::non_blocking(std::io::stdout());
     let filter = EnvFilter::try_new(&settings.log_filter).context("invalid LLMESH_LOG filter")?;
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     match settings.log_format {
         LogFormat::Json => subscriber.json().flatten_event(true).init(),
         LogFormat::Text => subscriber.init(),
     }
 
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
-        let gateway = Gateway::start(&settings, std::env::vars()).await?;
-        shutdown_signal().await;
-        tracing::info!("shutting down; draining in-flight requests");
-        gateway.shutdown(settings.drain_timeout).await;
-        anyhow::Ok(())
-    })
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let gateway = Gateway::start(&settings, std::env::vars()).await?;
+            shutdown_signal().await;
+            tracing::info!("shutting down; draining in-flight requests");
+            gateway.shutdown(settings.drain_timeout).await;
+            anyhow::Ok(())
+        })
 }
 
 async fn shutdown_signal() {

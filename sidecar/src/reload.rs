@@ -4,7 +4,7 @@
 //! before it is swapped in; if either step fails, the last good one keeps
 //! serving and a metric and a log line say why.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,8 @@ pub struct Loaded {
     pub secrets: HashMap<CredentialRef, SecretString>,
     /// Problems with individual resources or documents, for the log.
     pub problems: Vec<String>,
+    /// Aliases of routes that are defined but not served, and why.
+    pub rejected_routes: BTreeMap<String, String>,
     /// False when some document could not be read at all.
     pub complete: bool,
 }
@@ -75,10 +77,21 @@ pub fn load(
 ) -> Result<Loaded, LoadError> {
     match source {
         ConfigSource::File(path) => {
-            let text = std::fs::read(path).map_err(|error| LoadError::Read { path: path.clone(), error })?;
-            let config = SidecarConfig::from_json(&text)
-                .map_err(|message| LoadError::Invalid { path: path.clone(), message })?;
-            Ok(Loaded { config, secrets: HashMap::new(), problems: Vec::new(), complete: true })
+            let text = std::fs::read(path).map_err(|error| LoadError::Read {
+                path: path.clone(),
+                error,
+            })?;
+            let config = SidecarConfig::from_json(&text).map_err(|message| LoadError::Invalid {
+                path: path.clone(),
+                message,
+            })?;
+            Ok(Loaded {
+                config,
+                secrets: HashMap::new(),
+                problems: Vec::new(),
+                rejected_routes: BTreeMap::new(),
+                complete: true,
+            })
         }
         ConfigSource::Manifests(dir) => load_manifests(dir, previous, credentials),
     }
@@ -92,9 +105,17 @@ fn load_manifests(
     let mut manifests = Manifests::default();
     let mut problems = Vec::new();
     for path in yaml_files(dir)? {
-        let text = std::fs::read_to_string(&path).map_err(|error| LoadError::Read { path: path.clone(), error })?;
+        let text = std::fs::read_to_string(&path).map_err(|error| LoadError::Read {
+            path: path.clone(),
+            error,
+        })?;
         let name = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
-        problems.extend(manifests.add_yaml(&name, &text).into_iter().map(|e| e.to_string()));
+        problems.extend(
+            manifests
+                .add_yaml(&name, &text)
+                .into_iter()
+                .map(|e| e.to_string()),
+        );
     }
     let complete = problems.is_empty();
 
@@ -102,10 +123,20 @@ fn load_manifests(
     let mut secrets = HashMap::new();
     for secret in &manifests.secrets {
         let name = secret.metadata.name.clone().unwrap_or_default();
-        let binary = secret.data.iter().flatten().map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()));
+        let binary = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()));
         let text = secret.string_data.iter().flatten().map(|(k, v)| (k, v.clone()));
         for (key, value) in binary.chain(text) {
-            secrets.insert(CredentialRef { secret: name.clone(), key: key.clone() }, SecretString::new(&value));
+            secrets.insert(
+                CredentialRef {
+                    secret: name.clone(),
+                    key: key.clone(),
+                },
+                SecretString::new(&value),
+            );
         }
     }
     // Credentials exported as LLMESH_SECRET_<SECRET>_<KEY> count as present.
@@ -114,11 +145,17 @@ fn load_manifests(
             let keys = [
                 secret_ref.key.as_deref().unwrap_or("apiKey"),
                 secret_ref.access_key_id_key.as_deref().unwrap_or("accessKeyId"),
-                secret_ref.secret_access_key_key.as_deref().unwrap_or("secretAccessKey"),
+                secret_ref
+                    .secret_access_key_key
+                    .as_deref()
+                    .unwrap_or("secretAccessKey"),
             ];
             let optional = secret_ref.session_token_key.as_deref();
             for key in keys.into_iter().chain(optional) {
-                let reference = CredentialRef { secret: secret_ref.name.clone(), key: key.to_owned() };
+                let reference = CredentialRef {
+                    secret: secret_ref.name.clone(),
+                    key: key.to_owned(),
+                };
                 if credentials.has_env(&reference) {
                     secret_keys.insert(&reference.secret, &reference.key);
                 }
@@ -133,7 +170,25 @@ fn load_manifests(
         previous,
     });
     problems.extend(compiled.problems.iter().map(ToString::to_string));
-    Ok(Loaded { config: compiled.config, secrets, problems, complete })
+    let mut rejected_routes = BTreeMap::new();
+    for route in &manifests.routes {
+        let name = route.metadata.name.clone().unwrap_or_default();
+        let alias = route.spec.model.clone().unwrap_or_else(|| name.clone());
+        let reasons: Vec<String> = compiled
+            .problems_of("LLMRoute", &name)
+            .map(|p| format!("{}: {}", p.field, p.message))
+            .collect();
+        if !reasons.is_empty() && !compiled.config.routes.contains_key(&alias) {
+            rejected_routes.insert(alias, format!("LLMRoute {name}: {}", reasons.join("; ")));
+        }
+    }
+    Ok(Loaded {
+        config: compiled.config,
+        secrets,
+        problems,
+        rejected_routes,
+        complete,
+    })
 }
 
 /// The `.yaml` and `.yml` files under `dir`, sorted, hidden entries skipped
@@ -142,7 +197,10 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(current) = pending.pop() {
-        let entries = std::fs::read_dir(&current).map_err(|error| LoadError::Read { path: current.clone(), error })?;
+        let entries = std::fs::read_dir(&current).map_err(|error| LoadError::Read {
+            path: current.clone(),
+            error,
+        })?;
         for entry in entries.flatten() {
             let path = entry.path();
             if entry.file_name().to_string_lossy().starts_with('.') {
@@ -175,13 +233,24 @@ pub enum Outcome {
 pub struct Reloader {
     app: Arc<App>,
     source: ConfigSource,
-    last_good: Mutex<Option<SidecarConfig>>,
+    last_good: Mutex<Option<Applied>>,
+}
+
+/// What is in force: the config and the routes known to be rejected.
+#[derive(Clone, Debug, PartialEq)]
+struct Applied {
+    config: SidecarConfig,
+    rejected_routes: BTreeMap<String, String>,
 }
 
 impl Reloader {
     /// A reloader for `app` reading `source`.
     pub fn new(app: Arc<App>, source: ConfigSource) -> Self {
-        Self { app, source, last_good: Mutex::new(None) }
+        Self {
+            app,
+            source,
+            last_good: Mutex::new(None),
+        }
     }
 
     /// Reads the source and applies it if it is new and valid.
@@ -195,7 +264,10 @@ impl Reloader {
             }
             Outcome::Unchanged => "unchanged",
             Outcome::Rejected(reason) => {
-                tracing::error!(reason, "configuration rejected; the last good configuration keeps serving");
+                tracing::error!(
+                    reason,
+                    "configuration rejected; the last good configuration keeps serving"
+                );
                 "rejected"
             }
         };
@@ -203,8 +275,12 @@ impl Reloader {
         outcome
     }
 
-    fn try_reload(&self, previous: Option<&SidecarConfig>) -> Outcome {
-        let loaded = match load(&self.source, previous, &self.app.deps.credentials) {
+    fn try_reload(&self, previous: Option<&Applied>) -> Outcome {
+        let loaded = match load(
+            &self.source,
+            previous.map(|p| &p.config),
+            &self.app.deps.credentials,
+        ) {
             Ok(loaded) => loaded,
             Err(error) => return Outcome::Rejected(error.to_string()),
         };
@@ -216,14 +292,19 @@ impl Reloader {
         }
         // Secret values may change without the config changing (a rotated key).
         self.app.deps.credentials.set_manifest_values(loaded.secrets);
-        if previous.is_some_and(|p| p.version == loaded.config.version) {
+        let applied = Applied {
+            config: loaded.config,
+            rejected_routes: loaded.rejected_routes,
+        };
+        if previous.is_some_and(|p| *p == applied) {
             return Outcome::Unchanged;
         }
-        match Runtime::build(&loaded.config, &self.app.deps) {
+        match Runtime::build(&applied.config, &self.app.deps) {
             Ok(runtime) => {
                 let version = runtime.version.clone();
-                self.app.install(runtime);
-                *self.last_good.lock() = Some(loaded.config);
+                self.app
+                    .install(runtime.with_rejected(applied.rejected_routes.clone()));
+                *self.last_good.lock() = Some(applied);
                 Outcome::Applied(version)
             }
             Err(error) => Outcome::Rejected(error.to_string()),
@@ -243,7 +324,10 @@ impl Reloader {
         })?;
         let (path, mode) = match &self.source {
             // Watch the folder: a ConfigMap update replaces the file through a symlink swap.
-            ConfigSource::File(file) => (file.parent().unwrap_or(Path::new(".")).to_path_buf(), RecursiveMode::NonRecursive),
+            ConfigSource::File(file) => (
+                file.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                RecursiveMode::NonRecursive,
+            ),
             ConfigSource::Manifests(dir) => (dir.clone(), RecursiveMode::Recursive),
         };
         watcher.watch(&path, mode)?;
@@ -260,7 +344,10 @@ impl Reloader {
                 let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
             }
         });
-        Ok(WatchGuard { _watcher: watcher, task })
+        Ok(WatchGuard {
+            _watcher: watcher,
+            task,
+        })
     }
 }
 

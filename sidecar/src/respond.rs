@@ -30,7 +30,10 @@ pub fn complete(completed: Completed, mut record: AccessRecord) -> Response {
 /// An error in OpenAI's shape.
 pub fn error(error: ApiError, mut record: AccessRecord) -> Response {
     let status = error.status().as_u16();
-    record.set_status(status, Some(error.upstream_kind().map_or("request", ErrorKind::label)));
+    record.set_status(
+        status,
+        Some(error.upstream_kind().map_or("request", ErrorKind::label)),
+    );
     let headers = record.headers();
     record.finish();
     let mut response = error.into_response();
@@ -44,7 +47,12 @@ pub fn error(error: ApiError, mut record: AccessRecord) -> Response {
 pub fn stream(committed: CommittedStream, mut record: AccessRecord) -> Response {
     record.set_status(200, None);
     let headers = record.headers();
-    let CommittedStream { head, mut tail, idle, deadline } = committed;
+    let CommittedStream {
+        head,
+        mut tail,
+        idle,
+        deadline,
+    } = committed;
     let provider = record.provider_name().to_owned();
     let body = async_stream::stream! {
         let mut record = record;
@@ -84,7 +92,10 @@ pub fn stream(committed: CommittedStream, mut record: AccessRecord) -> Response 
     };
     let mut response = Response::new(Body::from_stream(body));
     let response_headers = response.headers_mut();
-    response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    response_headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response_headers.extend(headers);
     response

@@ -20,6 +20,9 @@ pub struct Runtime {
     /// The config version this was built from.
     pub version: String,
     routes: BTreeMap<String, Arc<Route>>,
+    /// Why routes that exist as resources are not served, by alias, so a
+    /// request for one is told why instead of only "unknown".
+    rejected: BTreeMap<String, String>,
 }
 
 /// A route alias and how it is served.
@@ -85,18 +88,25 @@ impl Runtime {
     pub fn build(config: &SidecarConfig, deps: &Deps) -> Result<Self, BuildError> {
         let mut built: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
         for (name, provider) in &config.providers {
-            let adapter =
-                providers::build(provider, deps).map_err(|error| BuildError { provider: name.clone(), error })?;
+            let adapter = providers::build(provider, deps).map_err(|error| BuildError {
+                provider: name.clone(),
+                error,
+            })?;
             built.insert(name, adapter);
         }
         let mut routes = BTreeMap::new();
         for (alias, route) in &config.routes {
             let mut targets = Vec::with_capacity(route.targets.len());
             for target in &route.targets {
-                let provider = built.get(target.provider.as_str()).cloned().ok_or_else(|| BuildError {
-                    provider: target.provider.clone(),
-                    error: ProviderError::unsupported(format!("route {alias} names it but it is not configured")),
-                })?;
+                let provider = built
+                    .get(target.provider.as_str())
+                    .cloned()
+                    .ok_or_else(|| BuildError {
+                        provider: target.provider.clone(),
+                        error: ProviderError::unsupported(format!(
+                            "route {alias} names it but it is not configured"
+                        )),
+                    })?;
                 targets.push(Target {
                     provider_name: target.provider.clone(),
                     provider,
@@ -112,7 +122,18 @@ impl Runtime {
             };
             routes.insert(alias.clone(), Arc::new(live));
         }
-        Ok(Self { version: config.version.clone(), routes })
+        Ok(Self {
+            version: config.version.clone(),
+            routes,
+            rejected: BTreeMap::new(),
+        })
+    }
+
+    /// Records why the routes with these aliases are not served.
+    #[must_use]
+    pub fn with_rejected(mut self, rejected: BTreeMap<String, String>) -> Self {
+        self.rejected = rejected;
+        self
     }
 
     /// The route an app named.
@@ -120,7 +141,16 @@ impl Runtime {
     /// # Errors
     /// [`ApiError::UnknownRoute`].
     pub fn route(&self, alias: &str) -> Result<Arc<Route>, ApiError> {
-        self.routes.get(alias).cloned().ok_or_else(|| ApiError::UnknownRoute(alias.to_owned()))
+        self.routes
+            .get(alias)
+            .cloned()
+            .ok_or_else(|| match self.rejected.get(alias) {
+                Some(reason) => ApiError::RouteNotInForce {
+                    alias: alias.to_owned(),
+                    reason: reason.clone(),
+                },
+                None => ApiError::UnknownRoute(alias.to_owned()),
+            })
     }
 
     /// Every route, by alias.

@@ -202,28 +202,45 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
     fn defaults_keep_the_api_on_loopback() {
-        let settings = Settings::from_env(&env(&[(CONFIG_FILE, "/etc/llmesh/config/config.json")])).expect("valid");
+        let settings =
+            Settings::from_env(&env(&[(CONFIG_FILE, "/etc/llmesh/config/config.json")])).expect("valid");
         assert_eq!(settings.listen.to_string(), "127.0.0.1:4000");
         assert_eq!(settings.admin_listen.port(), 9464);
-        assert_eq!(settings.source, ConfigSource::File("/etc/llmesh/config/config.json".into()));
+        assert_eq!(
+            settings.source,
+            ConfigSource::File("/etc/llmesh/config/config.json".into())
+        );
     }
 
     #[test]
     fn bad_values_name_the_variable() {
-        let error = Settings::from_env(&env(&[(MANIFESTS_DIR, "m"), (MAX_BODY_BYTES, "lots")])).expect_err("bad");
-        assert!(error.to_string().starts_with("LLMESH_MAX_BODY_BYTES=\"lots\""), "{error}");
-        assert!(matches!(Settings::from_env(&env(&[])), Err(SettingsError::NoSource)));
+        let error =
+            Settings::from_env(&env(&[(MANIFESTS_DIR, "m"), (MAX_BODY_BYTES, "lots")])).expect_err("bad");
+        assert!(
+            error.to_string().starts_with("LLMESH_MAX_BODY_BYTES=\"lots\""),
+            "{error}"
+        );
+        assert!(matches!(
+            Settings::from_env(&env(&[])),
+            Err(SettingsError::NoSource)
+        ));
     }
 
     #[test]
     fn flags_override_the_environment() {
         let under = env(&[(LISTEN_ADDR, "127.0.0.1:1"), (CONFIG_FILE, "c.json")]);
-        let overlay = Overlay { over: env(&[(LISTEN_ADDR, "127.0.0.1:2"), (MANIFESTS_DIR, "m")]), under: &under };
+        let overlay = Overlay {
+            over: env(&[(LISTEN_ADDR, "127.0.0.1:2"), (MANIFESTS_DIR, "m")]),
+            under: &under,
+        };
         let settings = Settings::from_env(&overlay).expect("valid");
         assert_eq!(settings.listen.port(), 2);
         assert_eq!(settings.source, ConfigSource::Manifests("m".into()));

@@ -36,8 +36,10 @@ impl Sidecar {
         std::fs::write(dir.path().join("manifests.yaml"), manifests).unwrap();
         let mut vars: std::collections::HashMap<String, String> = env.iter().cloned().collect();
         vars.insert(settings::MANIFESTS_DIR.into(), dir.path().display().to_string());
-        vars.entry(settings::LISTEN_ADDR.into()).or_insert_with(|| "127.0.0.1:0".into());
-        vars.entry(settings::ADMIN_ADDR.into()).or_insert_with(|| "127.0.0.1:0".into());
+        vars.entry(settings::LISTEN_ADDR.into())
+            .or_insert_with(|| "127.0.0.1:0".into());
+        vars.entry(settings::ADMIN_ADDR.into())
+            .or_insert_with(|| "127.0.0.1:0".into());
         let settings = Settings::from_env(&vars).unwrap();
         let gateway = Gateway::start(&settings, env).await.unwrap();
         Self {
@@ -73,7 +75,12 @@ impl Sidecar {
     /// The request cannot be sent.
     #[allow(clippy::unwrap_used)]
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client.post(format!("{}{path}", self.url)).json(body).send().await.unwrap()
+        self.client
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// GETs a path of the API (`/v1/...`) or, with `admin`, of the admin port.
@@ -82,7 +89,11 @@ impl Sidecar {
     /// The request cannot be sent.
     #[allow(clippy::unwrap_used)]
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        let base = if path == "/metrics" { &self.admin_url } else { &self.url };
+        let base = if path == "/metrics" {
+            &self.admin_url
+        } else {
+            &self.url
+        };
         self.client.get(format!("{base}{path}")).send().await.unwrap()
     }
 
@@ -96,7 +107,9 @@ impl Sidecar {
 
 /// A `ProviderSecret` manifest with the given spec (YAML flow mapping).
 pub fn provider(name: &str, spec: &str) -> String {
-    format!("---\napiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+    format!(
+        "---\napiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+    )
 }
 
 /// An `LLMRoute` manifest with the given spec.

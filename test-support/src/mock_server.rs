@@ -135,12 +135,18 @@ impl Drop for MockServer {
 }
 
 /// An answer body that streams `pieces` and then breaks the connection,
-/// the way a provider's stream dies when its backend falls over.
+/// the way a provider's stream dies when its backend falls over. The pause
+/// before the break lets the pieces reach the client first, as they would
+/// from a real upstream.
 pub fn broken_body(pieces: Vec<Bytes>) -> axum::body::Body {
-    let items = pieces.into_iter().map(Ok::<Bytes, std::io::Error>).chain(std::iter::once(Err(
-        std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock cut the stream"),
-    )));
-    axum::body::Body::from_stream(futures::stream::iter(items))
+    let stream = async_stream::stream! {
+        for piece in pieces {
+            yield Ok(piece);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        yield Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock cut the stream"));
+    };
+    axum::body::Body::from_stream(stream)
 }
 
 /// A body that sends `pieces` one by one with a pause between them, so the
@@ -181,7 +187,10 @@ pub async fn pace(behavior: Behavior) -> Behavior {
 /// The words of a reply, each but the first with its leading space, so
 /// streamed pieces concatenate back to the text.
 pub fn pieces(text: &str) -> Vec<String> {
-    text.split(' ').enumerate().map(|(i, w)| if i == 0 { w.to_owned() } else { format!(" {w}") }).collect()
+    text.split(' ')
+        .enumerate()
+        .map(|(i, w)| if i == 0 { w.to_owned() } else { format!(" {w}") })
+        .collect()
 }
 
 /// The text of the last user message of an OpenAI-, Anthropic- or

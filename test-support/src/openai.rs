@@ -45,9 +45,19 @@ pub fn error(status: u16, message: &str, kind: &str, code: Option<&str>) -> Resp
 
 fn failure(behavior: &Behavior) -> Option<Response> {
     match behavior {
-        Behavior::Status(status) => Some(error(*status, "The server had an error processing your request.", "server_error", None)),
+        Behavior::Status(status) => Some(error(
+            *status,
+            "The server had an error processing your request.",
+            "server_error",
+            None,
+        )),
         Behavior::RateLimit(seconds) => {
-            let mut response = error(429, "Rate limit reached for requests", "requests", Some("rate_limit_exceeded"));
+            let mut response = error(
+                429,
+                "Rate limit reached for requests",
+                "requests",
+                Some("rate_limit_exceeded"),
+            );
             if let Ok(value) = seconds.to_string().parse() {
                 response.headers_mut().insert("retry-after", value);
             }
@@ -70,20 +80,39 @@ fn failure(behavior: &Behavior) -> Option<Response> {
     }
 }
 
-async fn chat(AxumState(state): AxumState<Arc<State>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat(
+    AxumState(state): AxumState<Arc<State>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let behavior = pace(state.record(uri.to_string(), headers, body.clone())).await;
     if let Some(response) = failure(&behavior) {
         return response;
     }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(400, "We could not parse the JSON body of your request.", "invalid_request_error", None);
+        return error(
+            400,
+            "We could not parse the JSON body of your request.",
+            "invalid_request_error",
+            None,
+        );
     };
     let model = request["model"].as_str().unwrap_or("gpt-4o-mini").to_owned();
     let prompt_tokens = last_user_text(&request).split_whitespace().count().max(1);
     let wants_tool = request["tools"].as_array().is_some_and(|t| !t.is_empty())
-        && request["messages"].as_array().and_then(|m| m.last()).is_some_and(|m| m["role"] == "user");
-    let json_mode = request["response_format"]["type"].as_str().is_some_and(|t| t != "text");
-    let text = if json_mode { json!({"answer": reply_text(&request)}).to_string() } else { reply_text(&request) };
+        && request["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .is_some_and(|m| m["role"] == "user");
+    let json_mode = request["response_format"]["type"]
+        .as_str()
+        .is_some_and(|t| t != "text");
+    let text = if json_mode {
+        json!({"answer": reply_text(&request)}).to_string()
+    } else {
+        reply_text(&request)
+    };
     let tool_call = wants_tool.then(|| {
         let name = request["tools"][0]["function"]["name"].as_str().unwrap_or("tool").to_owned();
         json!({"id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": json!({"echo": last_user_text(&request)}).to_string()}})
@@ -98,7 +127,9 @@ async fn chat(AxumState(state): AxumState<Arc<State>>, uri: Uri, headers: Header
 
     if request["stream"].as_bool() != Some(true) {
         let message = match &tool_call {
-            Some(call) => json!({"role": "assistant", "content": null, "tool_calls": [call], "refusal": null}),
+            Some(call) => {
+                json!({"role": "assistant", "content": null, "tool_calls": [call], "refusal": null})
+            }
             None => json!({"role": "assistant", "content": text, "refusal": null}),
         };
         let body = json!({
@@ -119,13 +150,26 @@ async fn chat(AxumState(state): AxumState<Arc<State>>, uri: Uri, headers: Header
     let mut frames = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
     match &tool_call {
         Some(call) => {
-            let arguments = call["function"]["arguments"].as_str().unwrap_or_default().to_owned();
+            let arguments = call["function"]["arguments"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             let (head, tail) = arguments.split_at(arguments.len() / 2);
             frames.push(chunk(json!({"tool_calls": [{"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}]}), None));
-            frames.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": head}}]}), None));
-            frames.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": tail}}]}), None));
+            frames.push(chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": head}}]}),
+                None,
+            ));
+            frames.push(chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": tail}}]}),
+                None,
+            ));
         }
-        None => frames.extend(pieces(&text).into_iter().map(|p| chunk(json!({"content": p}), None))),
+        None => frames.extend(
+            pieces(&text)
+                .into_iter()
+                .map(|p| chunk(json!({"content": p}), None)),
+        ),
     }
     if let Behavior::CutStream(after) = behavior {
         frames.truncate(after + 1);
@@ -139,25 +183,47 @@ async fn chat(AxumState(state): AxumState<Arc<State>>, uri: Uri, headers: Header
         }).to_string()));
     }
     frames.push(sse(None, "[DONE]"));
-    sse_response(Body::from_stream(futures::stream::iter(frames.into_iter().map(Ok::<Bytes, std::io::Error>))))
+    sse_response(Body::from_stream(futures::stream::iter(
+        frames.into_iter().map(Ok::<Bytes, std::io::Error>),
+    )))
 }
 
 /// An SSE response with the headers providers send.
 pub fn sse_response(body: Body) -> Response {
-    ([("content-type", "text/event-stream"), ("cache-control", "no-cache")], body).into_response()
+    (
+        [
+            ("content-type", "text/event-stream"),
+            ("cache-control", "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
-async fn embeddings(AxumState(state): AxumState<Arc<State>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn embeddings(
+    AxumState(state): AxumState<Arc<State>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let behavior = pace(state.record(uri.to_string(), headers, body.clone())).await;
     if let Some(response) = failure(&behavior) {
         return response;
     }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(400, "We could not parse the JSON body of your request.", "invalid_request_error", None);
+        return error(
+            400,
+            "We could not parse the JSON body of your request.",
+            "invalid_request_error",
+            None,
+        );
     };
     let inputs: Vec<String> = match &request["input"] {
         Value::String(s) => vec![s.clone()],
-        Value::Array(items) => items.iter().map(|i| i.as_str().unwrap_or_default().to_owned()).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().unwrap_or_default().to_owned())
+            .collect(),
         _ => Vec::new(),
     };
     let tokens: usize = inputs.iter().map(|i| i.split_whitespace().count()).sum();

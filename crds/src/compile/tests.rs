@@ -23,7 +23,9 @@ stringData: {apiKey: sk-test}
 ";
 
 fn route(name: &str, spec: &str) -> String {
-    format!("\n---\napiVersion: llmesh.io/v1alpha1\nkind: LLMRoute\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+    format!(
+        "\n---\napiVersion: llmesh.io/v1alpha1\nkind: LLMRoute\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+    )
 }
 
 fn compile_yaml(yaml: &str, previous: Option<&SidecarConfig>) -> Compiled {
@@ -31,7 +33,12 @@ fn compile_yaml(yaml: &str, previous: Option<&SidecarConfig>) -> Compiled {
     let errors = manifests.add_yaml("test.yaml", yaml);
     assert_eq!(errors, vec![], "fixture must parse");
     let secrets = SecretKeys::from_secrets(&manifests.secrets);
-    compile(Inputs { providers: &manifests.providers, routes: &manifests.routes, secrets: &secrets, previous })
+    compile(Inputs {
+        providers: &manifests.providers,
+        routes: &manifests.routes,
+        secrets: &secrets,
+        previous,
+    })
 }
 
 fn messages(compiled: &Compiled) -> Vec<String> {
@@ -131,7 +138,10 @@ fn invalid_resources_are_reported_with_their_field() {
         let got = messages(&compiled);
         assert_eq!(got.len(), expected.len(), "{case}: {got:#?}");
         for want in *expected {
-            assert!(got.iter().any(|g| g.contains(want)), "{case}: no problem contains {want:?} in {got:#?}");
+            assert!(
+                got.iter().any(|g| g.contains(want)),
+                "{case}: no problem contains {want:?} in {got:#?}"
+            );
         }
     }
 }
@@ -140,7 +150,10 @@ fn invalid_resources_are_reported_with_their_field() {
 fn valid_resources_compile_beside_invalid_ones() {
     let yaml = format!(
         "{MOCK}{}{}",
-        route("good", "{targets: [{provider: mock, model: m, timeout: 5s}], timeouts: {total: 1m, firstToken: 500ms, idle: 2s}}"),
+        route(
+            "good",
+            "{targets: [{provider: mock, model: m, timeout: 5s}], timeouts: {total: 1m, firstToken: 500ms, idle: 2s}}"
+        ),
         route("bad", "{targets: [{provider: nope, model: m}]}"),
     );
     let compiled = compile_yaml(&yaml, None);
@@ -156,19 +169,39 @@ fn valid_resources_compile_beside_invalid_ones() {
 
 #[test]
 fn alias_defaults_to_the_resource_name_and_credentials_are_references() {
-    let compiled = compile_yaml(&format!("{OPENAI}{}", route("smart", "{targets: [{provider: openai, model: gpt-4o}]}")), None);
+    let compiled = compile_yaml(
+        &format!(
+            "{OPENAI}{}",
+            route("smart", "{targets: [{provider: openai, model: gpt-4o}]}")
+        ),
+        None,
+    );
     let json = serde_json::to_string(&compiled.config).expect("config serializes");
-    assert!(!json.contains("sk-test"), "secret value leaked into config: {json}");
+    assert!(
+        !json.contains("sk-test"),
+        "secret value leaked into config: {json}"
+    );
     assert_eq!(
         compiled.config.providers["openai"].credentials,
-        Credentials::ApiKey { api_key: CredentialRef { secret: "openai-key".into(), key: "apiKey".into() } }
+        Credentials::ApiKey {
+            api_key: CredentialRef {
+                secret: "openai-key".into(),
+                key: "apiKey".into()
+            }
+        }
     );
     assert!(compiled.config.routes.contains_key("smart"));
 }
 
 #[test]
 fn the_last_good_version_of_a_broken_resource_stays_in_force() {
-    let good = compile_yaml(&format!("{OPENAI}{}", route("smart", "{targets: [{provider: openai, model: gpt-4o}]}")), None);
+    let good = compile_yaml(
+        &format!(
+            "{OPENAI}{}",
+            route("smart", "{targets: [{provider: openai, model: gpt-4o}]}")
+        ),
+        None,
+    );
     assert_eq!(good.problems, vec![]);
 
     // The route now names a missing model field value and the Secret lost its key.
@@ -177,7 +210,11 @@ fn the_last_good_version_of_a_broken_resource_stays_in_force() {
         route("smart", "{targets: [{provider: openai, model: ''}]}")
     );
     let broken = compile_yaml(&broken_yaml, Some(&good.config));
-    assert!(broken.problems.iter().all(|p| p.kept_previous), "{:#?}", broken.problems);
+    assert!(
+        broken.problems.iter().all(|p| p.kept_previous),
+        "{:#?}",
+        broken.problems
+    );
     assert_eq!(broken.config, good.config, "the served config is unchanged");
 
     // Without a previous config the same input serves nothing.
@@ -187,12 +224,22 @@ fn the_last_good_version_of_a_broken_resource_stays_in_force() {
 
 #[test]
 fn version_follows_content_only() {
-    let yaml = format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: m}]}"));
+    let yaml = format!(
+        "{MOCK}{}",
+        route("smart", "{targets: [{provider: mock, model: m}]}")
+    );
     let a = compile_yaml(&yaml, None).config;
     let b = compile_yaml(&yaml, None).config;
     assert_eq!(a.version, b.version);
     assert_eq!(a.version.len(), 16);
-    let c = compile_yaml(&format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: n}]}")), None).config;
+    let c = compile_yaml(
+        &format!(
+            "{MOCK}{}",
+            route("smart", "{targets: [{provider: mock, model: n}]}")
+        ),
+        None,
+    )
+    .config;
     assert_ne!(a.version, c.version);
     let reparsed = SidecarConfig::from_json(&serde_json::to_vec(&a).expect("serializes")).expect("parses");
     assert_eq!(reparsed, a);
@@ -200,8 +247,10 @@ fn version_follows_content_only() {
 
 #[test]
 fn config_files_are_parsed_strictly() {
-    let err = SidecarConfig::from_json(br#"{"version":"x","providers":{},"routes":{"r":{"resource":"r","targets":[],"surprise":1}}}"#)
-        .expect_err("unknown field rejected");
+    let err = SidecarConfig::from_json(
+        br#"{"version":"x","providers":{},"routes":{"r":{"resource":"r","targets":[],"surprise":1}}}"#,
+    )
+    .expect_err("unknown field rejected");
     assert!(err.contains("routes.r"), "{err}");
     assert!(err.contains("surprise"), "{err}");
 }

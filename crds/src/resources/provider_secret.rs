@@ -1,4 +1,6 @@
 //! `ProviderSecret`: one account at one model provider.
+// kube-derive takes one `printcolumn(...)` per column, each with the same keys.
+#![allow(clippy::duplicated_attributes)]
 
 use std::collections::BTreeMap;
 
@@ -20,8 +22,17 @@ use super::ResourceStatus;
     shortname = "llmps",
     category = "llmesh",
     printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider"),
-    printcolumn(name = "Base URL", type_ = "string", json_path = ".spec.baseUrl", priority = "1"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Base URL",
+        type_ = "string",
+        json_path = ".spec.baseUrl",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

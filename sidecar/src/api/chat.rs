@@ -156,9 +156,11 @@ impl Message {
         match &self.content {
             None => String::new(),
             Some(Content::Text(text)) => text.clone(),
-            Some(Content::Parts(parts)) => {
-                parts.iter().filter_map(|p| p.text.as_deref()).collect::<Vec<_>>().join("\n")
-            }
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .filter_map(|p| p.text.as_deref())
+                .collect::<Vec<_>>()
+                .join("\n"),
         }
     }
 }
@@ -405,7 +407,11 @@ impl ChatChunk {
             object: "chat.completion.chunk".to_owned(),
             created,
             model: model.to_owned(),
-            choices: vec![ChunkChoice { index: 0, delta, finish_reason }],
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason,
+            }],
             usage: None,
         }
     }

@@ -3,7 +3,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-
 /// An embeddings request.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct EmbeddingsRequest {
@@ -96,7 +95,10 @@ impl EmbeddingsResponse {
                 })
                 .collect(),
             model: model.to_owned(),
-            usage: EmbeddingsUsage { prompt_tokens, total_tokens: prompt_tokens },
+            usage: EmbeddingsUsage {
+                prompt_tokens,
+                total_tokens: prompt_tokens,
+            },
         }
     }
 }

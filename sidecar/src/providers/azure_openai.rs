@@ -12,7 +12,10 @@ use super::{Deps, ErrorKind, ProviderError};
 /// No base URL or Azure settings, or a configured header is not valid HTTP.
 pub fn new(config: &ProviderConfig, deps: &Deps) -> Result<OpenAi, ProviderError> {
     let (Some(base), Some(azure)) = (&config.base_url, &config.azure) else {
-        return Err(ProviderError::new(ErrorKind::BadRequest, "azure-openai provider needs baseUrl and azure settings"));
+        return Err(ProviderError::new(
+            ErrorKind::BadRequest,
+            "azure-openai provider needs baseUrl and azure settings",
+        ));
     };
     let endpoint = Endpoint::Azure {
         base: base.clone(),

@@ -76,12 +76,22 @@ pub struct ProviderError {
 impl ProviderError {
     /// A failure of the given class with no HTTP status.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, status: None, message: message.into(), retry_after: None }
+        Self {
+            kind,
+            status: None,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// An error answer from the upstream.
     pub fn from_status(status: u16, message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::from_status(status), status: Some(status), message: message.into(), retry_after: None }
+        Self {
+            kind: ErrorKind::from_status(status),
+            status: Some(status),
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// The provider cannot do this.

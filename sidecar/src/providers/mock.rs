@@ -14,11 +14,14 @@ use llmesh_crds::config::{MockConfig, ProviderConfig};
 use llmesh_crds::resources::{MockFault, MockFaultKind, ProviderKind};
 use rand::Rng;
 
-use super::{ChatReply, ChunkStream, Completed, ErrorKind, Provider, ProviderError, StreamEvent, to_json_bytes, unix_now};
+use super::{
+    ChatReply, ChunkStream, Completed, ErrorKind, Provider, ProviderError, StreamEvent, to_json_bytes,
+    unix_now,
+};
 use crate::api::Usage;
 use crate::api::chat::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, Delta, FunctionCall, FunctionCallDelta, ResponseMessage, Role,
-    ToolCall, ToolCallDelta,
+    ChatChunk, ChatRequest, ChatResponse, Choice, Delta, FunctionCall, FunctionCallDelta, ResponseMessage,
+    Role, ToolCall, ToolCallDelta,
 };
 use crate::api::embeddings::{EmbeddingsRequest, EmbeddingsResponse};
 
@@ -34,7 +37,9 @@ pub struct Mock {
 impl Mock {
     /// Builds the mock from its settings.
     pub fn new(config: &ProviderConfig) -> Self {
-        Self { config: config.mock.clone().unwrap_or_default() }
+        Self {
+            config: config.mock.clone().unwrap_or_default(),
+        }
     }
 
     /// The first configured fault whose dice roll hits, if any.
@@ -60,7 +65,12 @@ struct Answer {
 }
 
 fn answer(config: &MockConfig, request: &ChatRequest) -> Answer {
-    let prompt_tokens: u64 = request.messages.iter().map(|m| count_words(&m.text())).sum::<u64>().max(1);
+    let prompt_tokens: u64 = request
+        .messages
+        .iter()
+        .map(|m| count_words(&m.text()))
+        .sum::<u64>()
+        .max(1);
     let last = request.messages.last();
     let wants_tool = request.tools.as_ref().is_some_and(|t| !t.is_empty())
         && last.is_some_and(|m| m.role != Role::Tool)
@@ -72,8 +82,17 @@ fn answer(config: &MockConfig, request: &ChatRequest) -> Answer {
             .and_then(|c| c.pointer("/function/name"))
             .and_then(|n| n.as_str())
             .map(str::to_owned);
-        let name = chosen.unwrap_or_else(|| request.tools.iter().flatten().next().map(|t| t.function.name.clone()).unwrap_or_default());
-        let arguments = serde_json::json!({ "input": last.map(|m| m.text()).unwrap_or_default() }).to_string();
+        let name = chosen.unwrap_or_else(|| {
+            request
+                .tools
+                .iter()
+                .flatten()
+                .next()
+                .map(|t| t.function.name.clone())
+                .unwrap_or_default()
+        });
+        let arguments =
+            serde_json::json!({ "input": last.map(|m| m.text()).unwrap_or_default() }).to_string();
         let completion = count_words(&arguments).max(1);
         return Answer {
             words: Vec::new(),
@@ -88,9 +107,16 @@ fn answer(config: &MockConfig, request: &ChatRequest) -> Answer {
     }
 
     let echo = last.map(|m| m.text()).unwrap_or_default();
-    let text = config.reply.clone().unwrap_or_else(|| format!("Mock reply to: {echo}"));
+    let text = config
+        .reply
+        .clone()
+        .unwrap_or_else(|| format!("Mock reply to: {echo}"));
     let json_mode = request.response_format.as_ref().is_some_and(|f| f.kind != "text");
-    let text = if json_mode { serde_json::json!({ "reply": text }).to_string() } else { text };
+    let text = if json_mode {
+        serde_json::json!({ "reply": text }).to_string()
+    } else {
+        text
+    };
     let mut words: Vec<String> = split_keeping_spaces(&text);
     let mut finish_reason = "stop";
     if let Some(limit) = request.max_output_tokens() {
@@ -101,7 +127,12 @@ fn answer(config: &MockConfig, request: &ChatRequest) -> Answer {
         }
     }
     let completion = u64::try_from(words.len()).unwrap_or(u64::MAX);
-    Answer { words, tool_call: None, finish_reason, usage: Usage::new(prompt_tokens, completion, 0, 0, 0) }
+    Answer {
+        words,
+        tool_call: None,
+        finish_reason,
+        usage: Usage::new(prompt_tokens, completion, 0, 0, 0),
+    }
 }
 
 fn count_words(text: &str) -> u64 {
@@ -121,15 +152,20 @@ fn injected(fault: &MockFault) -> Option<ProviderError> {
     match fault.kind {
         MockFaultKind::Status => {
             let status = fault.status.unwrap_or(500);
-            Some(ProviderError::from_status(status, format!("mock provider injected a {status} error")))
+            Some(ProviderError::from_status(
+                status,
+                format!("mock provider injected a {status} error"),
+            ))
         }
         MockFaultKind::RateLimit => Some(
-            ProviderError::from_status(429, "mock provider injected a rate limit")
-                .with_retry_after(Some(Duration::from_secs(u64::from(fault.retry_after_seconds.unwrap_or(1))))),
+            ProviderError::from_status(429, "mock provider injected a rate limit").with_retry_after(Some(
+                Duration::from_secs(u64::from(fault.retry_after_seconds.unwrap_or(1))),
+            )),
         ),
-        MockFaultKind::Reset => {
-            Some(ProviderError::new(ErrorKind::Connect, "connection reset by peer (injected by the mock provider)"))
-        }
+        MockFaultKind::Reset => Some(ProviderError::new(
+            ErrorKind::Connect,
+            "connection reset by peer (injected by the mock provider)",
+        )),
         MockFaultKind::Hang | MockFaultKind::Truncate => None,
     }
 }
@@ -150,7 +186,9 @@ impl Provider for Mock {
                 futures::future::pending::<()>().await;
             }
         }
-        let cut_after = fault.filter(|f| f.kind == MockFaultKind::Truncate).map(|f| f.after_chunks.unwrap_or(2));
+        let cut_after = fault
+            .filter(|f| f.kind == MockFaultKind::Truncate)
+            .map(|f| f.after_chunks.unwrap_or(2));
         let answer = answer(&self.config, request);
         let id = format!("chatcmpl-mock-{}", uuid::Uuid::new_v4().simple());
         let created = unix_now();
@@ -158,7 +196,9 @@ impl Provider for Mock {
 
         if !request.is_stream() {
             if cut_after.is_some() {
-                return Err(ProviderError::invalid_response("response cut short (injected by the mock provider)"));
+                return Err(ProviderError::invalid_response(
+                    "response cut short (injected by the mock provider)",
+                ));
             }
             let pieces = u32::try_from(answer.words.len().saturating_sub(1)).unwrap_or(u32::MAX);
             tokio::time::sleep(self.per_token() * pieces).await;
@@ -179,16 +219,30 @@ impl Provider for Mock {
                 }],
                 usage: Some(answer.usage.clone()),
             };
-            return Ok(ChatReply::Complete(Completed { body: to_json_bytes(&response), usage: answer.usage }));
+            return Ok(ChatReply::Complete(Completed {
+                body: to_json_bytes(&response),
+                usage: answer.usage,
+            }));
         }
 
         let per_token = self.per_token();
         let model = model.to_owned();
         let usage_chunk = request.wants_stream_usage().then(|| {
-            StreamEvent::Chunk(to_json_bytes(&ChatChunk::usage(&id, created, &model, answer.usage.clone())))
+            StreamEvent::Chunk(to_json_bytes(&ChatChunk::usage(
+                &id,
+                created,
+                &model,
+                answer.usage.clone(),
+            )))
         });
         let chunk = move |delta: Delta, finish: Option<&str>| {
-            StreamEvent::Chunk(to_json_bytes(&ChatChunk::delta(&id, created, &model, delta, finish.map(str::to_owned))))
+            StreamEvent::Chunk(to_json_bytes(&ChatChunk::delta(
+                &id,
+                created,
+                &model,
+                delta,
+                finish.map(str::to_owned),
+            )))
         };
         let usage = answer.usage;
         Ok(ChatReply::Stream(ChunkStream(
@@ -235,14 +289,16 @@ impl Provider for Mock {
         if let Some(error) = self.roll_fault().and_then(injected) {
             return Err(error);
         }
-        let texts = request
-            .input
-            .texts()
-            .ok_or_else(|| ProviderError::new(ErrorKind::BadRequest, "the mock provider embeds text input only"))?;
+        let texts = request.input.texts().ok_or_else(|| {
+            ProviderError::new(ErrorKind::BadRequest, "the mock provider embeds text input only")
+        })?;
         let tokens = texts.iter().map(|t| count_words(t)).sum::<u64>();
         let vectors = texts.iter().map(|t| embed(t)).collect();
         let response = EmbeddingsResponse::new(model, vectors, tokens);
-        Ok(Completed { body: to_json_bytes(&response), usage: Usage::new(tokens, 0, 0, 0, 0) })
+        Ok(Completed {
+            body: to_json_bytes(&response),
+            usage: Usage::new(tokens, 0, 0, 0, 0),
+        })
     }
 }
 
@@ -250,10 +306,16 @@ impl Provider for Mock {
 /// same way, so near-duplicate phrasing is similar and different topics are not.
 fn embed(text: &str) -> Vec<f32> {
     let mut vector = vec![0f32; EMBEDDING_DIMENSIONS];
-    for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
-        let hash = word.to_lowercase().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let hash = word
+            .to_lowercase()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
         let slot = usize::try_from(hash % EMBEDDING_DIMENSIONS as u64).unwrap_or(0);
         vector[slot] += 1.0;
     }

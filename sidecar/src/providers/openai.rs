@@ -47,7 +47,11 @@ impl Endpoint {
     fn url(&self, model: &str, operation: &str) -> String {
         match self {
             Self::Plain { base } => format!("{base}/{operation}"),
-            Self::Azure { base, api_version, deployments } => {
+            Self::Azure {
+                base,
+                api_version,
+                deployments,
+            } => {
                 let deployment = deployments.get(model).map_or(model, String::as_str);
                 format!("{base}/openai/deployments/{deployment}/{operation}?api-version={api_version}")
             }
@@ -81,7 +85,10 @@ impl OpenAi {
     /// # Errors
     /// A configured header is not valid HTTP.
     pub fn new(config: &ProviderConfig, deps: &Deps) -> Result<Self, ProviderError> {
-        let base = config.base_url.clone().unwrap_or_else(|| PUBLIC_BASE_URL.to_owned());
+        let base = config
+            .base_url
+            .clone()
+            .unwrap_or_else(|| PUBLIC_BASE_URL.to_owned());
         Self::with_endpoint(config, deps, Endpoint::Plain { base }, AuthStyle::Bearer)
     }
 
@@ -120,9 +127,11 @@ impl OpenAi {
     async fn post(&self, url: &str, body: Vec<u8>) -> Result<reqwest::Response, ProviderError> {
         match self.client.send(self.request(url)?.body(body)).await? {
             Answer::Success(response) => Ok(response),
-            Answer::Failure { status, retry_after, body } => {
-                Err(error_from_body(status, &body).with_retry_after(retry_after))
-            }
+            Answer::Failure {
+                status,
+                retry_after,
+                body,
+            } => Err(error_from_body(status, &body).with_retry_after(retry_after)),
         }
     }
 }
@@ -143,9 +152,14 @@ impl Provider for OpenAi {
         }
         let body = serde_json::to_vec(&outbound)
             .map_err(|e| ProviderError::new(ErrorKind::BadRequest, format!("cannot encode request: {e}")))?;
-        let response = self.post(&self.endpoint.url(model, "chat/completions"), body).await?;
+        let response = self
+            .post(&self.endpoint.url(model, "chat/completions"), body)
+            .await?;
         if stream {
-            return Ok(ChatReply::Stream(relay_stream(response, request.wants_stream_usage())));
+            return Ok(ChatReply::Stream(relay_stream(
+                response,
+                request.wants_stream_usage(),
+            )));
         }
         let body = UpstreamClient::body(response).await?;
         let usage = usage_of(&body)?;
@@ -168,7 +182,9 @@ impl Provider for OpenAi {
 ///
 /// # Errors
 /// A name or value that is not valid HTTP.
-pub(super) fn static_headers(headers: &std::collections::BTreeMap<String, String>) -> Result<HeaderMap, ProviderError> {
+pub(super) fn static_headers(
+    headers: &std::collections::BTreeMap<String, String>,
+) -> Result<HeaderMap, ProviderError> {
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         let name = HeaderName::try_from(name.as_str());
@@ -177,7 +193,12 @@ pub(super) fn static_headers(headers: &std::collections::BTreeMap<String, String
             (Ok(name), Ok(value)) => {
                 map.insert(name, value);
             }
-            _ => return Err(ProviderError::new(ErrorKind::BadRequest, "a configured header is not valid HTTP")),
+            _ => {
+                return Err(ProviderError::new(
+                    ErrorKind::BadRequest,
+                    "a configured header is not valid HTTP",
+                ));
+            }
         }
     }
     Ok(map)
@@ -216,13 +237,18 @@ struct ErrorEnvelope {
 pub(crate) fn error_from_body(status: u16, body: &[u8]) -> ProviderError {
     match serde_json::from_slice::<ErrorEnvelope>(body) {
         Ok(ErrorEnvelope { error }) => error_from_parts(Some(status), &error),
-        Err(_) => ProviderError::from_status(status, format!("upstream answered {status}: {}", snippet(body))),
+        Err(_) => {
+            ProviderError::from_status(status, format!("upstream answered {status}: {}", snippet(body)))
+        }
     }
 }
 
 fn error_from_parts(status: Option<u16>, error: &ErrorBody) -> ProviderError {
     let code = error.code.as_ref().and_then(|c| c.as_str()).unwrap_or_default();
-    let message = error.message.clone().unwrap_or_else(|| "upstream error".to_owned());
+    let message = error
+        .message
+        .clone()
+        .unwrap_or_else(|| "upstream error".to_owned());
     let base = match status {
         Some(status) => ProviderError::from_status(status, message),
         None => ProviderError::new(ErrorKind::ServerError, message),
@@ -304,9 +330,21 @@ mod tests {
     #[test]
     fn error_codes_refine_the_status() {
         let cases = [
-            (400, r#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#, ErrorKind::ContextWindowExceeded),
-            (400, r#"{"error":{"message":"filtered","type":null,"code":"content_filter"}}"#, ErrorKind::ContentFilter),
-            (429, r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#, ErrorKind::RateLimit),
+            (
+                400,
+                r#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+                ErrorKind::ContextWindowExceeded,
+            ),
+            (
+                400,
+                r#"{"error":{"message":"filtered","type":null,"code":"content_filter"}}"#,
+                ErrorKind::ContentFilter,
+            ),
+            (
+                429,
+                r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#,
+                ErrorKind::RateLimit,
+            ),
             (500, r#"{"error":{"message":"oops"}}"#, ErrorKind::ServerError),
             (401, r#"{"error":{"message":"bad key"}}"#, ErrorKind::Rejected),
             (502, "<html>bad gateway</html>", ErrorKind::ServerError),

@@ -12,9 +12,11 @@ use super::{Deps, ErrorKind, ProviderError};
 /// # Errors
 /// No base URL, or a configured header is not valid HTTP.
 pub fn new(config: &ProviderConfig, deps: &Deps) -> Result<OpenAi, ProviderError> {
-    let base = config
-        .base_url
-        .clone()
-        .ok_or_else(|| ProviderError::new(ErrorKind::BadRequest, "openai-compatible provider needs a baseUrl"))?;
+    let base = config.base_url.clone().ok_or_else(|| {
+        ProviderError::new(
+            ErrorKind::BadRequest,
+            "openai-compatible provider needs a baseUrl",
+        )
+    })?;
     OpenAi::with_endpoint(config, deps, Endpoint::Plain { base }, AuthStyle::Bearer)
 }

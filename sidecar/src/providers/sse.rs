@@ -47,7 +47,10 @@ impl SseDecoder {
         self.buffer.extend_from_slice(input);
 
         let mut start = 0;
-        while let Some(offset) = self.buffer[start..].iter().position(|&b| b == b'\n' || b == b'\r') {
+        while let Some(offset) = self.buffer[start..]
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+        {
             let end = start + offset;
             let line = String::from_utf8_lossy(&self.buffer[start..end]).into_owned();
             let mut next = end + 1;
@@ -65,7 +68,9 @@ impl SseDecoder {
         }
         self.buffer.drain(..start);
         if self.buffer.len() > MAX_LINE_BYTES {
-            return Err(ProviderError::invalid_response("upstream sent an over-long stream line"));
+            return Err(ProviderError::invalid_response(
+                "upstream sent an over-long stream line",
+            ));
         }
         Ok(events)
     }
@@ -117,7 +122,10 @@ where
                 Ok(events) => events.into_iter().map(Ok).collect(),
                 Err(e) => vec![Err(e)],
             },
-            Err(e) => vec![Err(ProviderError::new(ErrorKind::Connect, format!("upstream stream broke: {e}")))],
+            Err(e) => vec![Err(ProviderError::new(
+                ErrorKind::Connect,
+                format!("upstream stream broke: {e}"),
+            ))],
         };
         futures::stream::iter(items)
     })
@@ -140,9 +148,18 @@ mod tests {
     fn events_are_the_same_however_the_bytes_are_split() {
         let text = "event: message_start\ndata: {\"a\":1}\n\n: keep-alive\n\ndata: line1\r\ndata: line2\r\n\r\ndata:[DONE]\r\r";
         let expected = vec![
-            SseEvent { event: Some("message_start".into()), data: "{\"a\":1}".into() },
-            SseEvent { event: None, data: "line1\nline2".into() },
-            SseEvent { event: None, data: "[DONE]".into() },
+            SseEvent {
+                event: Some("message_start".into()),
+                data: "{\"a\":1}".into(),
+            },
+            SseEvent {
+                event: None,
+                data: "line1\nline2".into(),
+            },
+            SseEvent {
+                event: None,
+                data: "[DONE]".into(),
+            },
         ];
         for piece in 1..=text.len() {
             assert_eq!(decode_in_pieces(text, piece), expected, "piece size {piece}");

@@ -78,7 +78,11 @@ impl UpstreamClient {
         }
         let retry_after = retry_after(response.headers());
         let body = response.bytes().await.unwrap_or_default();
-        Ok(Answer::Failure { status: status.as_u16(), retry_after, body })
+        Ok(Answer::Failure {
+            status: status.as_u16(),
+            retry_after,
+            body,
+        })
     }
 
     /// Reads a whole success body.
@@ -107,7 +111,11 @@ pub enum Answer {
 }
 
 fn transport_error(error: reqwest::Error) -> ProviderError {
-    let kind = if error.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Connect };
+    let kind = if error.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Connect
+    };
     // reqwest's Display names the URL but never headers, so no credential leaks.
     let mut message = error.to_string();
     let mut source = std::error::Error::source(&error);
@@ -142,7 +150,10 @@ mod tests {
         headers.insert("retry-after-ms", http::HeaderValue::from_static("250"));
         assert_eq!(retry_after(&headers), Some(Duration::from_millis(250)));
         let mut dated = http::HeaderMap::new();
-        dated.insert("retry-after", http::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        dated.insert(
+            "retry-after",
+            http::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(retry_after(&dated), None);
     }
 }

@@ -29,8 +29,10 @@ type Mocks = Arc<BTreeMap<&'static str, Arc<State>>>;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mocks: BTreeMap<&'static str, Arc<State>> =
-        ["openai", "azure"].into_iter().map(|name| (name, Arc::new(State::default()))).collect();
+    let mocks: BTreeMap<&'static str, Arc<State>> = ["openai", "azure"]
+        .into_iter()
+        .map(|name| (name, Arc::new(State::default())))
+        .collect();
     let mocks: Mocks = Arc::new(mocks);
 
     let control = Router::new()
@@ -74,8 +76,9 @@ async fn calls(AxumState(mocks): AxumState<Mocks>, Path(provider): Path<String>)
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
                 .collect();
-            let body = serde_json::from_slice::<serde_json::Value>(&call.body)
-                .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&call.body).into_owned()));
+            let body = serde_json::from_slice::<serde_json::Value>(&call.body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&call.body).into_owned())
+            });
             serde_json::json!({"path": call.path, "headers": headers, "body": body})
         })
         .collect();
