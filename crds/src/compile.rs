@@ -119,6 +119,8 @@ fn field_error(field: impl Into<String>, message: impl Into<String>) -> FieldErr
 pub fn compile(inputs: Inputs<'_>) -> Compiled {
     let mut config = SidecarConfig::default();
     let mut problems = Vec::new();
+    // Why each invalid provider is invalid, so routes naming it can say so.
+    let mut unready = BTreeMap::new();
 
     for provider in sorted_by_name(inputs.providers) {
         let name = provider.name_any();
@@ -130,6 +132,9 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
                 let previous = inputs.previous.and_then(|p| p.providers.get(&name));
                 if let Some(previous) = previous {
                     config.providers.insert(name.clone(), previous.clone());
+                }
+                if let Some((field, message)) = errors.first() {
+                    unready.insert(name.clone(), format!("{field}: {message}"));
                 }
                 problems.extend(attach("ProviderSecret", &name, errors, previous.is_some()));
             }
@@ -144,7 +149,7 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
                 "spec.model",
                 format!("alias {alias} is already served by LLMRoute {}", taken.resource),
             )]),
-            None => compile_route(route, &name, &config.providers, inputs.previous),
+            None => compile_route(route, &name, &config.providers, &unready),
         };
         match result {
             Ok(compiled) => {
@@ -384,7 +389,7 @@ fn compile_route(
     route: &LLMRoute,
     name: &str,
     providers: &BTreeMap<String, ProviderConfig>,
-    previous: Option<&SidecarConfig>,
+    unready: &BTreeMap<String, String>,
 ) -> Result<RouteConfig, Vec<FieldError>> {
     let spec = &route.spec;
     let mut errors = Vec::new();
@@ -454,8 +459,10 @@ fn compile_route(
             errors.push(field_error(format!("{field}.model"), "must not be empty"));
         }
         if !providers.contains_key(&target.provider) {
-            let known = previous.is_some_and(|p| p.providers.contains_key(&target.provider));
-            let why = if known { "is not ready" } else { "does not exist" };
+            let why = match unready.get(&target.provider) {
+                Some(reason) => format!("is not ready ({reason})"),
+                None => "does not exist".to_owned(),
+            };
             errors.push(field_error(
                 format!("{field}.provider"),
                 format!("ProviderSecret {} {why}", target.provider),

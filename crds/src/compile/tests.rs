@@ -57,6 +57,14 @@ fn invalid_resources_are_reported_with_their_field() {
             &["LLMRoute smart: spec.targets[0].provider: ProviderSecret nope does not exist"],
         ),
         (
+            "route on a provider whose Secret is missing",
+            format!("apiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {{name: a}}\nspec: {{provider: anthropic, secretRef: {{name: gone}}}}{}", route("smart", "{targets: [{provider: a, model: m}]}")),
+            &[
+                "ProviderSecret a: spec.secretRef: Secret gone not found",
+                "LLMRoute smart: spec.targets[0].provider: ProviderSecret a is not ready (spec.secretRef: Secret gone not found)",
+            ],
+        ),
+        (
             "missing secret",
             "apiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {name: a}\nspec: {provider: anthropic, secretRef: {name: gone}}".into(),
             &["ProviderSecret a: spec.secretRef: Secret gone not found"],

@@ -1,0 +1,159 @@
+//! Every example under `examples/` loads cleanly and does what its comments say.
+
+use std::path::{Path, PathBuf};
+
+use llmesh_test_support::harness::Sidecar;
+use serde_json::{Value, json};
+
+fn example(name: &str) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("example folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| format!("---\n{}\n", std::fs::read_to_string(f).expect("readable")))
+        .collect()
+}
+
+async fn aliases(sidecar: &Sidecar) -> Vec<String> {
+    let models: Value = sidecar.get("/v1/models").await.json().await.expect("json");
+    models["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn quickstart_serves_chat_streams_and_embeddings() {
+    let sidecar = Sidecar::start(&example("quickstart")).await;
+    assert_eq!(aliases(&sidecar).await, ["embed", "smart"]);
+
+    let ask = json!({"model": "smart", "messages": [{"role": "user", "content": "Hello llmesh"}]});
+    let body: Value = sidecar
+        .post("/v1/chat/completions", &ask)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Mock reply to: Hello llmesh"
+    );
+
+    let mut stream = ask.clone();
+    stream["stream"] = json!(true);
+    let text = sidecar
+        .post("/v1/chat/completions", &stream)
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+
+    let embedded = sidecar
+        .post("/v1/embeddings", &json!({"model": "embed", "input": "Hello"}))
+        .await;
+    assert_eq!(embedded.status(), 200);
+}
+
+#[tokio::test]
+async fn provider_templates_compile_once_their_keys_exist() {
+    let keys = [
+        "OPENAI_KEY_APIKEY",
+        "ANTHROPIC_KEY_APIKEY",
+        "GEMINI_KEY_APIKEY",
+        "AZURE_OPENAI_KEY_APIKEY",
+    ]
+    .into_iter()
+    .map(|k| format!("LLMESH_SECRET_{k}"))
+    .chain([
+        "LLMESH_SECRET_AWS_BEDROCK_ACCESSKEYID".into(),
+        "LLMESH_SECRET_AWS_BEDROCK_SECRETACCESSKEY".into(),
+    ])
+    .map(|name| (name, "placeholder".to_owned()))
+    .collect();
+    let sidecar = Sidecar::start_with(&example("providers"), keys).await;
+    assert_eq!(
+        aliases(&sidecar).await,
+        [
+            "azure-gpt",
+            "claude",
+            "gemini-embed",
+            "gemini-flash",
+            "gpt",
+            "local",
+            "nova"
+        ]
+    );
+
+    let without_keys = Sidecar::start(&example("providers")).await;
+    assert_eq!(
+        aliases(&without_keys).await,
+        ["local"],
+        "routes whose key is missing are not served"
+    );
+    let refused = without_keys
+        .post("/v1/chat/completions", &json!({"model": "gpt", "messages": []}))
+        .await;
+    let body: Value = refused.json().await.expect("json");
+    assert!(
+        body["error"]["message"].as_str().is_some_and(|m| m
+            .contains("ProviderSecret openai is not ready (spec.secretRef: Secret openai-key not found)")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn mock_faults_show_each_failure_as_the_app_sees_it() {
+    let sidecar = Sidecar::start(&example("mock-faults")).await;
+    let ask = |model: &str, stream: bool| json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "one two three"}]});
+
+    let busy = sidecar.post("/v1/chat/completions", &ask("busy", false)).await;
+    assert_eq!(busy.status(), 429);
+    assert_eq!(busy.headers()["retry-after"], "5");
+
+    assert_eq!(
+        sidecar
+            .post("/v1/chat/completions", &ask("slow", false))
+            .await
+            .status(),
+        504
+    );
+
+    let cut = sidecar
+        .post("/v1/chat/completions", &ask("cut", true))
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        cut.contains(r#""code":"upstream_invalid_response""#) && !cut.contains("[DONE]"),
+        "{cut}"
+    );
+
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        *statuses
+            .entry(
+                sidecar
+                    .post("/v1/chat/completions", &ask("flaky", false))
+                    .await
+                    .status()
+                    .as_u16(),
+            )
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        [200, 502],
+        "{statuses:?}"
+    );
+}
