@@ -73,7 +73,12 @@ pub struct ProviderConfig {
 
 /// References to credentials held in Secrets.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, tag = "type")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields,
+    tag = "type"
+)]
 pub enum Credentials {
     /// No credential (the mock provider, or a keyless local server).
     None,

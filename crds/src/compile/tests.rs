@@ -262,3 +262,26 @@ fn config_files_are_parsed_strictly() {
     assert!(err.contains("routes.r"), "{err}");
     assert!(err.contains("surprise"), "{err}");
 }
+
+#[test]
+fn the_config_contract_reads_as_documented() {
+    let compiled = compile_yaml(
+        &format!(
+            "{OPENAI}{}",
+            route(
+                "smart",
+                "{targets: [{provider: openai, model: gpt-4o-mini}], timeouts: {firstToken: 10s}}"
+            )
+        ),
+        None,
+    );
+    let json = serde_json::to_value(&compiled.config).expect("json");
+    assert_eq!(
+        json["providers"]["openai"],
+        serde_json::json!({"kind": "openai", "credentials": {"type": "apiKey", "apiKey": {"secret": "openai-key", "key": "apiKey"}}})
+    );
+    assert_eq!(
+        json["routes"]["smart"],
+        serde_json::json!({"resource": "smart", "targets": [{"provider": "openai", "model": "gpt-4o-mini"}], "timeouts": {"firstTokenMs": 10000}})
+    );
+}
