@@ -10,11 +10,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
 use crate::config::{
-    AzureConfig, CredentialRef, Credentials, MockConfig, ProviderConfig, RouteConfig, SidecarConfig,
-    TargetConfig, TimeoutsConfig,
+    AzureConfig, BreakerConfig, CredentialRef, Credentials, FallbackConfig, MockConfig, ProviderConfig, RetriesConfig,
+    RouteConfig, RuleConfig, SidecarConfig, TargetConfig, TimeoutsConfig,
 };
 use crate::duration;
-use crate::resources::{CacheMode, LLMRoute, ProviderKind, ProviderSecret, RouteTarget};
+use crate::resources::{CacheMode, ErrorClass, Fallback, LLMRoute, ProviderKind, ProviderSecret, RouteTarget, RuleMatch};
 
 /// Everything the compiler reads.
 #[derive(Clone, Copy, Debug)]
@@ -141,15 +141,19 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
         }
     }
 
+    let aliases: BTreeSet<String> = inputs.routes.iter().map(alias_of).collect();
     for route in sorted_by_name(inputs.routes) {
         let name = route.name_any();
-        let alias = route.spec.model.clone().unwrap_or_else(|| name.clone());
+        let alias = alias_of(route);
         let result = match config.routes.get(&alias) {
             Some(taken) => Err(vec![field_error(
                 "spec.model",
                 format!("alias {alias} is already served by LLMRoute {}", taken.resource),
             )]),
-            None => compile_route(route, &name, &config.providers, &unready),
+            None => {
+                let scope = RouteScope { providers: &config.providers, unready: &unready, aliases: &aliases };
+                compile_route(route, &name, &alias, &scope)
+            }
         };
         match result {
             Ok(compiled) => {
@@ -177,6 +181,11 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
         config: config.seal(),
         problems,
     }
+}
+
+/// The `model` apps send for a route: `spec.model`, or the resource's name.
+pub fn alias_of(route: &LLMRoute) -> String {
+    route.spec.model.clone().unwrap_or_else(|| route.name_any())
 }
 
 fn sorted_by_name<K: kube::Resource>(resources: &[K]) -> Vec<&K> {
@@ -385,111 +394,206 @@ fn unsupported(field: &str, what: &str) -> FieldError {
     field_error(field, format!("{what} is not supported yet; remove the field"))
 }
 
-fn compile_route(
-    route: &LLMRoute,
-    name: &str,
-    providers: &BTreeMap<String, ProviderConfig>,
-    unready: &BTreeMap<String, String>,
-) -> Result<RouteConfig, Vec<FieldError>> {
+/// Collects a resource's field errors while its parts are compiled.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(field_error(field, message));
+    }
+
+    /// A positive duration in milliseconds, or an error on `field`.
+    fn millis(&mut self, field: &str, value: Option<&str>) -> Option<u64> {
+        match value.map(duration::parse) {
+            Some(Ok(d)) if d.is_zero() => {
+                self.push(field, "must be greater than zero");
+                None
+            }
+            Some(Ok(d)) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            Some(Err(message)) => {
+                self.push(field, message);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// What a route may refer to.
+struct RouteScope<'a> {
+    providers: &'a BTreeMap<String, ProviderConfig>,
+    unready: &'a BTreeMap<String, String>,
+    aliases: &'a BTreeSet<String>,
+}
+
+/// Failures that move on to the next step when a fallback names none.
+const DEFAULT_FALLBACK_ON: [ErrorClass; 5] = [
+    ErrorClass::RateLimit,
+    ErrorClass::ServerError,
+    ErrorClass::Timeout,
+    ErrorClass::ConnectError,
+    ErrorClass::ContextWindowExceeded,
+];
+
+fn compile_route(route: &LLMRoute, name: &str, alias: &str, scope: &RouteScope<'_>) -> Result<RouteConfig, Vec<FieldError>> {
     let spec = &route.spec;
-    let mut errors = Vec::new();
+    let mut errors = Errors::default();
 
     if spec.targets.is_empty() {
-        errors.push(field_error("spec.targets", "at least one target is required"));
+        errors.push("spec.targets", "at least one target is required");
     }
-    if spec.targets.len() > 1 {
-        errors.push(unsupported("spec.targets", "more than one target per route"));
-    }
-    if spec.strategy.is_some() {
-        errors.push(unsupported("spec.strategy", "choosing a routing strategy"));
-    }
-    if !spec.fallbacks.is_empty() {
-        errors.push(unsupported("spec.fallbacks", "fallback"));
-    }
-    if spec.retries.is_some() {
-        errors.push(unsupported("spec.retries", "retrying"));
+    if spec.targets.iter().all(|t| t.weight == Some(0)) && !spec.targets.is_empty() {
+        errors.push("spec.targets", "weights must not all be zero");
     }
     if spec.cache.as_ref().is_some_and(|c| c.mode != CacheMode::Off) {
-        errors.push(unsupported("spec.cache", "response caching"));
-    }
-    if !spec.rules.is_empty() {
-        errors.push(unsupported("spec.rules", "rule-based routing"));
+        errors.0.push(unsupported("spec.cache", "response caching"));
     }
     if spec.mirror.is_some() {
-        errors.push(unsupported("spec.mirror", "mirroring"));
+        errors.0.push(unsupported("spec.mirror", "mirroring"));
     }
 
-    let mut millis = |field: &str, value: &Option<String>| match value.as_deref().map(duration::parse) {
-        Some(Ok(d)) if d.is_zero() => {
-            errors.push(field_error(field, "must be greater than zero"));
-            None
-        }
-        Some(Ok(d)) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        Some(Err(message)) => {
-            errors.push(field_error(field, message));
-            None
-        }
-        None => None,
-    };
-    let timeouts = spec.timeouts.clone().unwrap_or_default();
-    let timeouts = TimeoutsConfig {
-        total_ms: millis("spec.timeouts.total", &timeouts.total),
-        first_token_ms: millis("spec.timeouts.firstToken", &timeouts.first_token),
-        idle_ms: millis("spec.timeouts.idle", &timeouts.idle),
-    };
-    let targets: Vec<TargetConfig> = spec
-        .targets
+    let targets = compile_targets(&spec.targets, "spec.targets", scope, &mut errors);
+    let rules = spec
+        .rules
         .iter()
         .enumerate()
-        .map(|(i, target)| compile_target(target, &format!("spec.targets[{i}]"), &mut millis))
+        .map(|(i, rule)| {
+            let field = format!("spec.rules[{i}]");
+            if rule.matches == RuleMatch::default() {
+                errors.push(format!("{field}.match"), "needs at least one condition");
+            }
+            RuleConfig {
+                matches: rule.matches.clone(),
+                targets: compile_targets(&rule.targets, &format!("{field}.targets"), scope, &mut errors),
+            }
+        })
+        .collect();
+    let fallbacks = spec
+        .fallbacks
+        .iter()
+        .enumerate()
+        .map(|(i, step)| compile_fallback(step, &format!("spec.fallbacks[{i}]"), alias, scope, &mut errors))
         .collect();
 
-    for (i, target) in spec.targets.iter().enumerate() {
-        let field = format!("spec.targets[{i}]");
-        if target.price.is_some() {
-            errors.push(unsupported(&format!("{field}.price"), "a per-target price"));
+    let retries = spec.retries.as_ref().map_or_else(RetriesConfig::default, |r| {
+        let defaults = RetriesConfig::default();
+        RetriesConfig {
+            attempts: r.attempts.max(1),
+            backoff_ms: errors.millis("spec.retries.backoff", r.backoff.as_deref()).unwrap_or(defaults.backoff_ms),
+            max_backoff_ms: errors
+                .millis("spec.retries.maxBackoff", r.max_backoff.as_deref())
+                .unwrap_or(defaults.max_backoff_ms),
+            honor_retry_after: r.honor_retry_after.unwrap_or(defaults.honor_retry_after),
+            max_retry_after_ms: errors
+                .millis("spec.retries.maxRetryAfter", r.max_retry_after.as_deref())
+                .unwrap_or(defaults.max_retry_after_ms),
         }
-        if target.context_window.is_some() {
-            errors.push(unsupported(
-                &format!("{field}.contextWindow"),
-                "context-window-aware routing",
-            ));
-        }
-        if target.model.is_empty() {
-            errors.push(field_error(format!("{field}.model"), "must not be empty"));
-        }
-        if !providers.contains_key(&target.provider) {
-            let why = match unready.get(&target.provider) {
-                Some(reason) => format!("is not ready ({reason})"),
-                None => "does not exist".to_owned(),
-            };
-            errors.push(field_error(
-                format!("{field}.provider"),
-                format!("ProviderSecret {} {why}", target.provider),
-            ));
-        }
+    });
+    if spec.retries.as_ref().is_some_and(|r| r.attempts == 0 || r.attempts > 10) {
+        errors.push("spec.retries.attempts", "must be between 1 and 10");
     }
 
-    if !errors.is_empty() {
-        return Err(errors);
+    let timeouts = spec.timeouts.clone().unwrap_or_default();
+    let timeouts = TimeoutsConfig {
+        total_ms: errors.millis("spec.timeouts.total", timeouts.total.as_deref()),
+        first_token_ms: errors.millis("spec.timeouts.firstToken", timeouts.first_token.as_deref()),
+        idle_ms: errors.millis("spec.timeouts.idle", timeouts.idle.as_deref()),
+    };
+
+    let breaker = spec.circuit_breaker.clone().unwrap_or_default();
+    let defaults = BreakerConfig::default();
+    if breaker.error_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+        errors.push("spec.circuitBreaker.errorRatio", "must be between 0 and 1");
+    }
+    if breaker.consecutive_failures == Some(0) || breaker.min_requests == Some(0) {
+        errors.push("spec.circuitBreaker", "consecutiveFailures and minRequests must be at least 1");
+    }
+    let circuit_breaker = BreakerConfig {
+        enabled: breaker.enabled.unwrap_or(defaults.enabled),
+        consecutive_failures: breaker.consecutive_failures.unwrap_or(defaults.consecutive_failures),
+        error_ratio: breaker.error_ratio.unwrap_or(defaults.error_ratio),
+        window_ms: errors.millis("spec.circuitBreaker.window", breaker.window.as_deref()).unwrap_or(defaults.window_ms),
+        min_requests: breaker.min_requests.unwrap_or(defaults.min_requests),
+        cooldown_ms: errors
+            .millis("spec.circuitBreaker.cooldown", breaker.cooldown.as_deref())
+            .unwrap_or(defaults.cooldown_ms),
+    };
+
+    if !errors.0.is_empty() {
+        return Err(errors.0);
     }
     Ok(RouteConfig {
         resource: name.to_owned(),
+        strategy: spec.strategy.unwrap_or_default(),
         targets,
+        rules,
+        fallbacks,
+        retries,
         timeouts,
+        circuit_breaker,
     })
 }
 
-fn compile_target(
-    target: &RouteTarget,
-    field: &str,
-    millis: &mut impl FnMut(&str, &Option<String>) -> Option<u64>,
-) -> TargetConfig {
+fn compile_targets(targets: &[RouteTarget], field: &str, scope: &RouteScope<'_>, errors: &mut Errors) -> Vec<TargetConfig> {
+    if targets.is_empty() {
+        errors.push(field, "at least one target is required");
+    }
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, target)| compile_target(target, &format!("{field}[{i}]"), scope, errors))
+        .collect()
+}
+
+fn compile_target(target: &RouteTarget, field: &str, scope: &RouteScope<'_>, errors: &mut Errors) -> TargetConfig {
+    if target.model.is_empty() {
+        errors.push(format!("{field}.model"), "must not be empty");
+    }
+    if !scope.providers.contains_key(&target.provider) {
+        let why = match scope.unready.get(&target.provider) {
+            Some(reason) => format!("is not ready ({reason})"),
+            None => "does not exist".to_owned(),
+        };
+        errors.push(format!("{field}.provider"), format!("ProviderSecret {} {why}", target.provider));
+    }
+    if let Some(price) = &target.price {
+        let prices = [Some(price.input), Some(price.output), price.cached_input, price.cache_write];
+        if prices.into_iter().flatten().any(|p| !p.is_finite() || p < 0.0) {
+            errors.push(format!("{field}.price"), "prices must be finite and not negative");
+        }
+    }
+    if target.context_window == Some(0) {
+        errors.push(format!("{field}.contextWindow"), "must be greater than zero");
+    }
     TargetConfig {
         provider: target.provider.clone(),
         model: target.model.clone(),
-        timeout_ms: millis(&format!("{field}.timeout"), &target.timeout),
+        weight: target.weight.unwrap_or(1),
+        price: target.price.clone(),
+        context_window: target.context_window,
+        timeout_ms: errors.millis(&format!("{field}.timeout"), target.timeout.as_deref()),
     }
+}
+
+fn compile_fallback(step: &Fallback, field: &str, alias: &str, scope: &RouteScope<'_>, errors: &mut Errors) -> FallbackConfig {
+    let target = match (&step.route, &step.target) {
+        (Some(route), None) => {
+            if route == alias {
+                errors.push(format!("{field}.route"), "a route cannot fall back to itself");
+            } else if !scope.aliases.contains(route) {
+                errors.push(format!("{field}.route"), format!("fallback route {route} does not exist"));
+            }
+            None
+        }
+        (None, Some(target)) => Some(compile_target(target, &format!("{field}.target"), scope, errors)),
+        _ => {
+            errors.push(field, "name exactly one of route or target");
+            None
+        }
+    };
+    let on = if step.on.is_empty() { DEFAULT_FALLBACK_ON.to_vec() } else { step.on.clone() };
+    FallbackConfig { route: step.route.clone(), target, on }
 }
 
 #[cfg(test)]

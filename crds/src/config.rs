@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::resources::{MockFault, ProviderKind};
+use crate::resources::{ErrorClass, MockFault, Price, ProviderKind, RuleMatch, Strategy};
 
 /// One namespace's compiled configuration.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -144,11 +144,25 @@ pub struct MockConfig {
 pub struct RouteConfig {
     /// The `LLMRoute` this came from (for headers, logs and metrics).
     pub resource: String,
-    /// The targets, in order.
+    /// How targets are ordered for each request.
+    pub strategy: Strategy,
+    /// The targets; each is an alternative to the others.
     pub targets: Vec<TargetConfig>,
+    /// Requests matching a rule use its targets instead; the first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleConfig>,
+    /// Steps tried in order when the route's own targets fail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<FallbackConfig>,
+    /// Retries of one target.
+    #[serde(default)]
+    pub retries: RetriesConfig,
     /// Time limits.
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    /// Per-target circuit breaker.
+    #[serde(default)]
+    pub circuit_breaker: BreakerConfig,
 }
 
 /// One upstream model.
@@ -159,9 +173,100 @@ pub struct TargetConfig {
     pub provider: String,
     /// The upstream model name.
     pub model: String,
+    /// Share of traffic under `weighted`.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// USD per million tokens, for `cheapest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
+    /// The model's context window in tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u64>,
     /// Limit for one attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Targets for requests matching a condition.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleConfig {
+    /// The condition; every given part must hold.
+    #[serde(rename = "match")]
+    pub matches: RuleMatch,
+    /// The targets to use instead of the route's.
+    pub targets: Vec<TargetConfig>,
+}
+
+/// One fallback step: another route's targets, or one target.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// Another route's alias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Or one target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetConfig>,
+    /// The failure classes that move on to this step.
+    pub on: Vec<ErrorClass>,
+}
+
+/// Retries of one target, in milliseconds.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetriesConfig {
+    /// Attempts per target, the first included.
+    pub attempts: u32,
+    /// Base of the exponential backoff.
+    pub backoff_ms: u64,
+    /// Cap of one backoff delay.
+    pub max_backoff_ms: u64,
+    /// Wait as long as the provider asks.
+    pub honor_retry_after: bool,
+    /// The longest provider-requested wait honoured.
+    pub max_retry_after_ms: u64,
+}
+
+impl Default for RetriesConfig {
+    fn default() -> Self {
+        Self { attempts: 1, backoff_ms: 200, max_backoff_ms: 5_000, honor_retry_after: true, max_retry_after_ms: 10_000 }
+    }
+}
+
+/// Circuit breaker settings, in milliseconds.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// False: never shed traffic.
+    pub enabled: bool,
+    /// Failures in a row that open it.
+    pub consecutive_failures: u32,
+    /// Failure share over the window that opens it.
+    pub error_ratio: f64,
+    /// The window.
+    pub window_ms: u64,
+    /// Requests the window needs before the ratio counts.
+    pub min_requests: u32,
+    /// How long it stays open before a probe.
+    pub cooldown_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            consecutive_failures: 5,
+            error_ratio: 0.5,
+            window_ms: 30_000,
+            min_requests: 20,
+            cooldown_ms: 30_000,
+        }
+    }
 }
 
 /// Route time limits in milliseconds; `None` means no limit of that kind.

@@ -106,22 +106,28 @@ fn invalid_resources_are_reported_with_their_field() {
         ),
         (
             "fields of later releases are named, not ignored",
+            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: a}], cache: {mode: exact}, mirror: {target: {provider: mock, model: d}, percent: 5}}")),
+            &["spec.cache: response caching is not supported yet", "spec.mirror: mirroring is not supported yet"],
+        ),
+        (
+            "routing mistakes name their field",
             format!(
                 "{MOCK}{}",
                 route(
                     "smart",
-                    "{targets: [{provider: mock, model: a, price: {input: 1, output: 2}}, {provider: mock, model: b}], strategy: cheapest, fallbacks: [{route: x}], retries: {attempts: 2}, cache: {mode: exact}, rules: [{match: {}, targets: [{provider: mock, model: c}]}], mirror: {target: {provider: mock, model: d}, percent: 5}}"
+                    "{targets: [{provider: mock, model: a, weight: 0, price: {input: -1, output: 1}}], fallbacks: [{route: cheap}, {route: smart}, {route: x, target: {provider: mock, model: b}}], retries: {attempts: 0}, circuitBreaker: {errorRatio: 2}, rules: [{match: {}, targets: [{provider: nope, model: c}]}]}"
                 )
             ),
             &[
-                "spec.targets: more than one target per route is not supported yet",
-                "spec.strategy: choosing a routing strategy is not supported yet",
-                "spec.fallbacks: fallback is not supported yet",
-                "spec.retries: retrying is not supported yet",
-                "spec.cache: response caching is not supported yet",
-                "spec.rules: rule-based routing is not supported yet",
-                "spec.mirror: mirroring is not supported yet",
-                "spec.targets[0].price: a per-target price is not supported yet",
+                "spec.targets: weights must not all be zero",
+                "spec.targets[0].price: prices must be finite and not negative",
+                "spec.fallbacks[0].route: fallback route cheap does not exist",
+                "spec.fallbacks[1].route: a route cannot fall back to itself",
+                "spec.fallbacks[2]: name exactly one of route or target",
+                "spec.retries.attempts: must be between 1 and 10",
+                "spec.circuitBreaker.errorRatio: must be between 0 and 1",
+                "spec.rules[0].match: needs at least one condition",
+                "spec.rules[0].targets[0].provider: ProviderSecret nope does not exist",
             ],
         ),
         ("cache off is fine", format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: m}], cache: {mode: off}}")), &[]),
@@ -282,6 +288,37 @@ fn the_config_contract_reads_as_documented() {
     );
     assert_eq!(
         json["routes"]["smart"],
-        serde_json::json!({"resource": "smart", "targets": [{"provider": "openai", "model": "gpt-4o-mini"}], "timeouts": {"firstTokenMs": 10000}})
+        serde_json::json!({
+            "resource": "smart", "strategy": "weighted",
+            "targets": [{"provider": "openai", "model": "gpt-4o-mini", "weight": 1}],
+            "retries": {"attempts": 1, "backoffMs": 200, "maxBackoffMs": 5000, "honorRetryAfter": true, "maxRetryAfterMs": 10000},
+            "timeouts": {"firstTokenMs": 10000},
+            "circuitBreaker": {"enabled": true, "consecutiveFailures": 5, "errorRatio": 0.5, "windowMs": 30000, "minRequests": 20, "cooldownMs": 30000}
+        })
     );
+}
+
+#[test]
+fn a_full_routing_spec_compiles_with_defaults_filled_in() {
+    use crate::resources::{ErrorClass, Strategy};
+    let yaml = format!(
+        "{MOCK}{}{}",
+        route(
+            "smart",
+            "{strategy: cheapest, targets: [{provider: mock, model: a, weight: 3, price: {input: 1, output: 2}, contextWindow: 8000}, {provider: mock, model: b}], rules: [{match: {headers: {x-llmesh-tier: premium}}, targets: [{provider: mock, model: p}]}], fallbacks: [{route: cheap, on: [rate-limit]}, {target: {provider: mock, model: z}}], retries: {attempts: 3, backoff: 100ms}, circuitBreaker: {consecutiveFailures: 2, cooldown: 5s}}"
+        ),
+        route("cheap", "{targets: [{provider: mock, model: c}]}"),
+    );
+    let compiled = compile_yaml(&yaml, None);
+    assert_eq!(compiled.problems, vec![]);
+    let smart = &compiled.config.routes["smart"];
+    assert_eq!(smart.strategy, Strategy::Cheapest);
+    assert_eq!((smart.targets[0].weight, smart.targets[1].weight), (3, 1));
+    assert_eq!(smart.targets[0].context_window, Some(8000));
+    assert_eq!(smart.rules[0].targets[0].model, "p");
+    assert_eq!(smart.fallbacks[0].on, vec![ErrorClass::RateLimit]);
+    assert_eq!(smart.fallbacks[1].on.len(), 5, "the default classes");
+    assert_eq!((smart.retries.attempts, smart.retries.backoff_ms, smart.retries.max_retry_after_ms), (3, 100, 10_000));
+    assert_eq!((smart.circuit_breaker.consecutive_failures, smart.circuit_breaker.cooldown_ms), (2, 5_000));
+    assert_eq!(compiled.config.routes["cheap"].strategy, Strategy::Weighted);
 }

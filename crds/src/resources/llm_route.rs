@@ -49,6 +49,9 @@ pub struct LLMRouteSpec {
     /// Time limits for a request on this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
+    /// When a failing target stops getting traffic, and how it comes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
     /// Response caching.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSettings>,
@@ -100,10 +103,11 @@ pub struct Price {
 }
 
 /// How a route picks among its targets.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Split traffic by weight.
+    #[default]
     Weighted,
     /// Always the first healthy target, in order.
     Ordered,
@@ -159,9 +163,47 @@ pub struct Retries {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub backoff: Option<String>,
-    /// Wait as long as the provider's `Retry-After` asks (up to a cap).
+    /// Upper bound of one backoff delay (default `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub max_backoff: Option<String>,
+    /// Wait as long as the provider's `Retry-After` asks (default true), up to `maxRetryAfter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub honor_retry_after: Option<bool>,
+    /// The longest provider-requested wait llmesh honours (default `10s`); a
+    /// longer one moves on to the next target instead of waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub max_retry_after: Option<String>,
+}
+
+/// Per-target circuit breaker settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Set false to never shed traffic from a failing target (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Open after this many failures in a row (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub consecutive_failures: Option<u32>,
+    /// Or open when this share of requests in the window failed (default 0.5) …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub error_ratio: Option<f64>,
+    /// … over this window (default `30s`) …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub window: Option<String>,
+    /// … once it holds at least this many requests (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_requests: Option<u32>,
+    /// How long an open breaker sheds traffic before one probe request (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub cooldown: Option<String>,
 }
 
 /// Time limits for a request on a route.
