@@ -10,11 +10,13 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
 use crate::config::{
-    AzureConfig, BreakerConfig, CredentialRef, Credentials, FallbackConfig, MockConfig, ProviderConfig, RetriesConfig,
-    RouteConfig, RuleConfig, SidecarConfig, TargetConfig, TimeoutsConfig,
+    AzureConfig, BreakerConfig, CredentialRef, Credentials, FallbackConfig, MockConfig, ProviderConfig,
+    RetriesConfig, RouteConfig, RuleConfig, SidecarConfig, TargetConfig, TimeoutsConfig,
 };
 use crate::duration;
-use crate::resources::{CacheMode, ErrorClass, Fallback, LLMRoute, ProviderKind, ProviderSecret, RouteTarget, RuleMatch};
+use crate::resources::{
+    CacheMode, ErrorClass, Fallback, LLMRoute, ProviderKind, ProviderSecret, RouteTarget, RuleMatch,
+};
 
 /// Everything the compiler reads.
 #[derive(Clone, Copy, Debug)]
@@ -151,7 +153,11 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
                 format!("alias {alias} is already served by LLMRoute {}", taken.resource),
             )]),
             None => {
-                let scope = RouteScope { providers: &config.providers, unready: &unready, aliases: &aliases };
+                let scope = RouteScope {
+                    providers: &config.providers,
+                    unready: &unready,
+                    aliases: &aliases,
+                };
                 compile_route(route, &name, &alias, &scope)
             }
         };
@@ -436,7 +442,12 @@ const DEFAULT_FALLBACK_ON: [ErrorClass; 5] = [
     ErrorClass::ContextWindowExceeded,
 ];
 
-fn compile_route(route: &LLMRoute, name: &str, alias: &str, scope: &RouteScope<'_>) -> Result<RouteConfig, Vec<FieldError>> {
+fn compile_route(
+    route: &LLMRoute,
+    name: &str,
+    alias: &str,
+    scope: &RouteScope<'_>,
+) -> Result<RouteConfig, Vec<FieldError>> {
     let spec = &route.spec;
     let mut errors = Errors::default();
 
@@ -480,7 +491,9 @@ fn compile_route(route: &LLMRoute, name: &str, alias: &str, scope: &RouteScope<'
         let defaults = RetriesConfig::default();
         RetriesConfig {
             attempts: r.attempts.max(1),
-            backoff_ms: errors.millis("spec.retries.backoff", r.backoff.as_deref()).unwrap_or(defaults.backoff_ms),
+            backoff_ms: errors
+                .millis("spec.retries.backoff", r.backoff.as_deref())
+                .unwrap_or(defaults.backoff_ms),
             max_backoff_ms: errors
                 .millis("spec.retries.maxBackoff", r.max_backoff.as_deref())
                 .unwrap_or(defaults.max_backoff_ms),
@@ -490,7 +503,11 @@ fn compile_route(route: &LLMRoute, name: &str, alias: &str, scope: &RouteScope<'
                 .unwrap_or(defaults.max_retry_after_ms),
         }
     });
-    if spec.retries.as_ref().is_some_and(|r| r.attempts == 0 || r.attempts > 10) {
+    if spec
+        .retries
+        .as_ref()
+        .is_some_and(|r| r.attempts == 0 || r.attempts > 10)
+    {
         errors.push("spec.retries.attempts", "must be between 1 and 10");
     }
 
@@ -507,13 +524,20 @@ fn compile_route(route: &LLMRoute, name: &str, alias: &str, scope: &RouteScope<'
         errors.push("spec.circuitBreaker.errorRatio", "must be between 0 and 1");
     }
     if breaker.consecutive_failures == Some(0) || breaker.min_requests == Some(0) {
-        errors.push("spec.circuitBreaker", "consecutiveFailures and minRequests must be at least 1");
+        errors.push(
+            "spec.circuitBreaker",
+            "consecutiveFailures and minRequests must be at least 1",
+        );
     }
     let circuit_breaker = BreakerConfig {
         enabled: breaker.enabled.unwrap_or(defaults.enabled),
-        consecutive_failures: breaker.consecutive_failures.unwrap_or(defaults.consecutive_failures),
+        consecutive_failures: breaker
+            .consecutive_failures
+            .unwrap_or(defaults.consecutive_failures),
         error_ratio: breaker.error_ratio.unwrap_or(defaults.error_ratio),
-        window_ms: errors.millis("spec.circuitBreaker.window", breaker.window.as_deref()).unwrap_or(defaults.window_ms),
+        window_ms: errors
+            .millis("spec.circuitBreaker.window", breaker.window.as_deref())
+            .unwrap_or(defaults.window_ms),
         min_requests: breaker.min_requests.unwrap_or(defaults.min_requests),
         cooldown_ms: errors
             .millis("spec.circuitBreaker.cooldown", breaker.cooldown.as_deref())
@@ -535,7 +559,12 @@ fn compile_route(route: &LLMRoute, name: &str, alias: &str, scope: &RouteScope<'
     })
 }
 
-fn compile_targets(targets: &[RouteTarget], field: &str, scope: &RouteScope<'_>, errors: &mut Errors) -> Vec<TargetConfig> {
+fn compile_targets(
+    targets: &[RouteTarget],
+    field: &str,
+    scope: &RouteScope<'_>,
+    errors: &mut Errors,
+) -> Vec<TargetConfig> {
     if targets.is_empty() {
         errors.push(field, "at least one target is required");
     }
@@ -546,7 +575,12 @@ fn compile_targets(targets: &[RouteTarget], field: &str, scope: &RouteScope<'_>,
         .collect()
 }
 
-fn compile_target(target: &RouteTarget, field: &str, scope: &RouteScope<'_>, errors: &mut Errors) -> TargetConfig {
+fn compile_target(
+    target: &RouteTarget,
+    field: &str,
+    scope: &RouteScope<'_>,
+    errors: &mut Errors,
+) -> TargetConfig {
     if target.model.is_empty() {
         errors.push(format!("{field}.model"), "must not be empty");
     }
@@ -555,10 +589,18 @@ fn compile_target(target: &RouteTarget, field: &str, scope: &RouteScope<'_>, err
             Some(reason) => format!("is not ready ({reason})"),
             None => "does not exist".to_owned(),
         };
-        errors.push(format!("{field}.provider"), format!("ProviderSecret {} {why}", target.provider));
+        errors.push(
+            format!("{field}.provider"),
+            format!("ProviderSecret {} {why}", target.provider),
+        );
     }
     if let Some(price) = &target.price {
-        let prices = [Some(price.input), Some(price.output), price.cached_input, price.cache_write];
+        let prices = [
+            Some(price.input),
+            Some(price.output),
+            price.cached_input,
+            price.cache_write,
+        ];
         if prices.into_iter().flatten().any(|p| !p.is_finite() || p < 0.0) {
             errors.push(format!("{field}.price"), "prices must be finite and not negative");
         }
@@ -576,13 +618,22 @@ fn compile_target(target: &RouteTarget, field: &str, scope: &RouteScope<'_>, err
     }
 }
 
-fn compile_fallback(step: &Fallback, field: &str, alias: &str, scope: &RouteScope<'_>, errors: &mut Errors) -> FallbackConfig {
+fn compile_fallback(
+    step: &Fallback,
+    field: &str,
+    alias: &str,
+    scope: &RouteScope<'_>,
+    errors: &mut Errors,
+) -> FallbackConfig {
     let target = match (&step.route, &step.target) {
         (Some(route), None) => {
             if route == alias {
                 errors.push(format!("{field}.route"), "a route cannot fall back to itself");
             } else if !scope.aliases.contains(route) {
-                errors.push(format!("{field}.route"), format!("fallback route {route} does not exist"));
+                errors.push(
+                    format!("{field}.route"),
+                    format!("fallback route {route} does not exist"),
+                );
             }
             None
         }
@@ -592,8 +643,16 @@ fn compile_fallback(step: &Fallback, field: &str, alias: &str, scope: &RouteScop
             None
         }
     };
-    let on = if step.on.is_empty() { DEFAULT_FALLBACK_ON.to_vec() } else { step.on.clone() };
-    FallbackConfig { route: step.route.clone(), target, on }
+    let on = if step.on.is_empty() {
+        DEFAULT_FALLBACK_ON.to_vec()
+    } else {
+        step.on.clone()
+    };
+    FallbackConfig {
+        route: step.route.clone(),
+        target,
+        on,
+    }
 }
 
 #[cfg(test)]

@@ -234,7 +234,13 @@ pub struct RetriesConfig {
 
 impl Default for RetriesConfig {
     fn default() -> Self {
-        Self { attempts: 1, backoff_ms: 200, max_backoff_ms: 5_000, honor_retry_after: true, max_retry_after_ms: 10_000 }
+        Self {
+            attempts: 1,
+            backoff_ms: 200,
+            max_backoff_ms: 5_000,
+            honor_retry_after: true,
+            max_retry_after_ms: 10_000,
+        }
     }
 }
 

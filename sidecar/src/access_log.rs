@@ -23,6 +23,8 @@ pub const PROVIDER: HeaderName = HeaderName::from_static("x-llmesh-provider");
 pub const MODEL: HeaderName = HeaderName::from_static("x-llmesh-model");
 /// `x-llmesh-attempts`.
 pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-llmesh-attempts");
+/// `x-llmesh-fallback`: 0 when the route's own targets served, n for its n-th fallback step.
+pub const FALLBACK: HeaderName = HeaderName::from_static("x-llmesh-fallback");
 
 /// Which API a request used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +68,7 @@ pub struct AccessRecord {
     model: Option<String>,
     attempts: u32,
     failures: Vec<AttemptFailure>,
+    step: usize,
     status: u16,
     stream: bool,
     usage: Usage,
@@ -88,6 +91,7 @@ impl AccessRecord {
             model: None,
             attempts: 0,
             failures: Vec::new(),
+            step: 0,
             status: 0,
             stream: false,
             usage: Usage::default(),
@@ -108,8 +112,15 @@ impl AccessRecord {
     }
 
     /// Notes the target of the last attempt, how many were made, and the failed ones.
-    pub fn set_attempts(&mut self, target: Option<&Target>, attempts: u32, failures: Vec<AttemptFailure>) {
+    pub fn set_attempts(
+        &mut self,
+        target: Option<&Target>,
+        attempts: u32,
+        failures: Vec<AttemptFailure>,
+        step: usize,
+    ) {
         self.failures = failures;
+        self.step = step;
         if let Some(target) = target {
             self.provider_name = Some(target.provider_name.clone());
             self.provider_kind = target.provider.kind().as_str();
@@ -171,6 +182,7 @@ impl AccessRecord {
         }
         if self.attempts > 0 {
             put(ATTEMPTS, &self.attempts.to_string());
+            put(FALLBACK, &self.step.to_string());
         }
         headers
     }
@@ -241,6 +253,7 @@ impl Drop for AccessRecord {
             error = error_label,
             stream = self.stream,
             attempts = self.attempts,
+            fallback_step = self.step,
             input_tokens = self.usage.prompt_tokens,
             output_tokens = self.usage.completion_tokens,
             cached_input_tokens = self.usage.cached_input(),

@@ -17,6 +17,8 @@ use crate::routing::Runtime;
 pub struct Limits {
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// Whether `POST /debug/faults` may inject faults.
+    pub drills_enabled: bool,
 }
 
 /// State shared by every request.
@@ -72,9 +74,11 @@ pub fn api_router(app: Arc<App>) -> Router {
 
 /// Metrics and probes (port 9464, pod IP).
 pub fn admin_router(app: Arc<App>) -> Router {
-    use crate::handlers::{healthz, metrics, readyz};
+    use crate::handlers::{debug_faults, debug_targets, healthz, metrics, readyz};
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/debug/targets", get(debug_targets))
+        .route("/debug/faults", post(debug_faults))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(app)

@@ -1,20 +1,30 @@
-//! Attempts: try the route's plan until a target answers.
+//! Attempts: try a route's plan until a target answers.
 //!
-//! Every attempt's error is kept; the last one is what the app sees when all
-//! fail. For streams the decision is made before the first chunk is
-//! committed to the app: an attempt that fails or stays silent past the
-//! first-token limit is still a failed attempt, not a broken response.
+//! The plan is the route's own targets (or a matching rule's) in strategy
+//! order, then each fallback step. Within a step a failure that says "this
+//! target, not this request" moves on to the next target; each target may
+//! be retried with backoff; a fallback step is entered only for the failure
+//! classes it names. Every attempt's failure is kept for accounting; the
+//! last one is what the app sees when all fail.
+//!
+//! For streams the decision is made before the first chunk is committed to
+//! the app: an attempt that fails or stays silent past the first-token limit
+//! is still a failed attempt, and the next one may serve. After the first
+//! chunk nothing is retried.
 
 use std::time::Duration;
 
 use futures::StreamExt;
+use llmesh_crds::config::RetriesConfig;
+use llmesh_crds::resources::ErrorClass;
+use rand::Rng;
 use tokio::time::Instant;
 
 use crate::api::chat::ChatRequest;
 use crate::api::embeddings::EmbeddingsRequest;
 use crate::error::ApiError;
 use crate::providers::{ChatReply, ChunkStream, Completed, ErrorKind, ProviderError, StreamEvent};
-use crate::routing::{Route, Target};
+use crate::routing::{Estimate, FallbackTo, RequestFacts, Route, Runtime, Target, Timeouts};
 
 /// A successful answer and who gave it.
 #[derive(Debug)]
@@ -25,8 +35,36 @@ pub struct Served<'r, T> {
     pub attempts: u32,
     /// The failed attempts before it.
     pub failures: Vec<AttemptFailure>,
+    /// 0 for the route's own targets, n for `fallbacks[n - 1]`.
+    pub step: usize,
     /// The answer.
     pub reply: T,
+}
+
+/// All attempts failed.
+#[derive(Debug)]
+pub struct Failed<'r> {
+    /// The target of the last attempt, if any was made.
+    pub target: Option<&'r Target>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Every failed attempt, in order.
+    pub failures: Vec<AttemptFailure>,
+    /// The last step reached.
+    pub step: usize,
+    /// The failure the app sees.
+    pub error: ApiError,
+}
+
+/// One failed attempt, kept for accounting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptFailure {
+    /// The provider kind of the target.
+    pub provider: &'static str,
+    /// The failure class.
+    pub kind: ErrorKind,
+    /// Whether the same target was tried again after it.
+    pub retried: bool,
 }
 
 /// A chat answer after the commit decision.
@@ -52,45 +90,29 @@ pub struct CommittedStream {
     pub deadline: Option<Instant>,
 }
 
-/// One failed attempt, kept for accounting.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AttemptFailure {
-    /// The provider kind of the target.
-    pub provider: &'static str,
-    /// The failure class.
-    pub kind: ErrorKind,
-}
-
-/// All attempts failed.
-#[derive(Debug)]
-pub struct Failed<'r> {
-    /// The target of the last attempt, if any was made.
-    pub target: Option<&'r Target>,
-    /// Attempts made.
-    pub attempts: u32,
-    /// Every failed attempt, in order.
-    pub failures: Vec<AttemptFailure>,
-    /// The failure the app sees.
-    pub error: ApiError,
-}
-
 /// Serves a chat request from the route's plan.
 ///
 /// # Errors
 /// Every attempt failed; [`Failed`] carries the last error.
-pub async fn chat<'r>(route: &'r Route, request: &ChatRequest) -> Result<Served<'r, Reply>, Failed<'r>> {
-    let deadline = route.timeouts.total.map(|t| Instant::now() + t);
-    run(route, deadline, |target| async move {
-        let limit = first_answer_limit(route, target, deadline);
-        let started = within(limit, target.provider.chat(request, &target.model));
-        match started.await? {
+pub async fn chat<'r>(
+    runtime: &'r Runtime,
+    route: &'r Route,
+    request: &ChatRequest,
+    facts: &RequestFacts<'_>,
+    timeouts: Timeouts,
+) -> Result<Served<'r, Reply>, Failed<'r>> {
+    let deadline = timeouts.total.map(|t| Instant::now() + t);
+    let steps = plan(runtime, route, facts);
+    run(route, steps, &facts.estimate, deadline, |target| async move {
+        let limit = first_answer_limit(timeouts, target, deadline);
+        match within(limit, target.provider.chat(request, &target.model)).await? {
             ChatReply::Complete(completed) => Ok(Reply::Complete(completed)),
             ChatReply::Stream(stream) => {
                 let (head, tail) = within(limit, first_chunk(stream)).await?;
                 Ok(Reply::Stream(CommittedStream {
                     head,
                     tail,
-                    idle: route.timeouts.idle,
+                    idle: timeouts.idle,
                     deadline,
                 }))
             }
@@ -104,20 +126,104 @@ pub async fn chat<'r>(route: &'r Route, request: &ChatRequest) -> Result<Served<
 /// # Errors
 /// Every attempt failed.
 pub async fn embeddings<'r>(
+    runtime: &'r Runtime,
     route: &'r Route,
     request: &EmbeddingsRequest,
+    facts: &RequestFacts<'_>,
+    timeouts: Timeouts,
 ) -> Result<Served<'r, Completed>, Failed<'r>> {
-    let deadline = route.timeouts.total.map(|t| Instant::now() + t);
-    run(route, deadline, |target| async move {
-        let limit = first_answer_limit(route, target, deadline);
+    let deadline = timeouts.total.map(|t| Instant::now() + t);
+    let steps = plan(runtime, route, facts);
+    run(route, steps, &facts.estimate, deadline, |target| async move {
+        let limit = first_answer_limit(timeouts, target, deadline);
         within(limit, target.provider.embeddings(request, &target.model)).await
     })
     .await
 }
 
+/// One step of the plan.
+struct Step<'r> {
+    number: usize,
+    targets: Vec<&'r Target>,
+    /// `None` for the route's own targets; the triggering classes for a fallback.
+    on: Option<&'r [ErrorClass]>,
+}
+
+fn plan<'r>(runtime: &'r Runtime, route: &'r Route, facts: &RequestFacts<'_>) -> Vec<Step<'r>> {
+    let estimate = &facts.estimate;
+    let own = Step {
+        number: 0,
+        targets: route.targets_for(facts).ordered(route.strategy, estimate),
+        on: None,
+    };
+    let fallbacks = route.fallbacks.iter().enumerate().map(|(i, step)| {
+        let targets = match &step.to {
+            FallbackTo::Route(alias) => match runtime.find(alias) {
+                Some(other) => other.targets.ordered(other.strategy, estimate),
+                None => {
+                    tracing::warn!(route = %route.alias, fallback = %alias, "fallback route is not in force; step skipped");
+                    Vec::new()
+                }
+            },
+            FallbackTo::Target(set) => set.ordered(route.strategy, estimate),
+        };
+        Step { number: i + 1, targets, on: Some(step.on.as_slice()) }
+    });
+    std::iter::once(own).chain(fallbacks).collect()
+}
+
+/// The fallback class of a failure, if it has one.
+pub fn class_of(kind: ErrorKind) -> Option<ErrorClass> {
+    match kind {
+        ErrorKind::RateLimit => Some(ErrorClass::RateLimit),
+        ErrorKind::ServerError | ErrorKind::InvalidResponse => Some(ErrorClass::ServerError),
+        ErrorKind::Timeout => Some(ErrorClass::Timeout),
+        ErrorKind::Connect => Some(ErrorClass::ConnectError),
+        ErrorKind::ContextWindowExceeded => Some(ErrorClass::ContextWindowExceeded),
+        ErrorKind::ContentFilter => Some(ErrorClass::ContentFilter),
+        ErrorKind::BadRequest | ErrorKind::Rejected | ErrorKind::Unsupported => None,
+    }
+}
+
+/// Whether trying the same target again may help.
+fn retryable(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::RateLimit
+            | ErrorKind::ServerError
+            | ErrorKind::Timeout
+            | ErrorKind::Connect
+            | ErrorKind::InvalidResponse
+    )
+}
+
+/// Whether another target of the same step may succeed where this one failed.
+fn fails_over(kind: ErrorKind) -> bool {
+    retryable(kind) || kind == ErrorKind::ContextWindowExceeded
+}
+
+/// The wait before trying a target again: exponential backoff with full
+/// jitter, or the provider's requested wait if longer. `None` when the
+/// provider asks for more than the route is willing to wait.
+fn retry_delay(retries: &RetriesConfig, attempt: u32, asked: Option<Duration>) -> Option<Duration> {
+    let cap = Duration::from_millis(retries.max_backoff_ms);
+    let exponent = attempt.saturating_sub(1).min(20);
+    let ceiling = Duration::from_millis(retries.backoff_ms)
+        .saturating_mul(1 << exponent)
+        .min(cap);
+    let jitter = rand::rng().random_range(Duration::ZERO..=ceiling);
+    match asked.filter(|_| retries.honor_retry_after) {
+        Some(asked) if asked > Duration::from_millis(retries.max_retry_after_ms) => None,
+        Some(asked) => Some(jitter.max(asked)),
+        None => Some(jitter),
+    }
+}
+
 /// The attempt loop shared by every endpoint.
 async fn run<'r, T, F, Fut>(
     route: &'r Route,
+    steps: Vec<Step<'r>>,
+    estimate: &Estimate,
     deadline: Option<Instant>,
     attempt: F,
 ) -> Result<Served<'r, T>, Failed<'r>>
@@ -125,35 +231,102 @@ where
     F: Fn(&'r Target) -> Fut,
     Fut: Future<Output = Result<T, ProviderError>>,
 {
+    let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
     let mut attempts = 0;
     let mut failures = Vec::new();
     let mut last: Option<(&Target, ProviderError)> = None;
-    for target in route.plan() {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        attempts += 1;
-        match attempt(target).await {
-            Ok(reply) => {
-                return Ok(Served {
-                    target,
-                    attempts,
-                    failures,
-                    reply,
-                });
+    let (mut reached, mut too_small, mut shed) = (0, false, false);
+
+    'steps: for step in steps {
+        if let Some(on) = step.on {
+            let triggered = last
+                .as_ref()
+                .and_then(|(_, e)| class_of(e.kind))
+                .is_some_and(|c| on.contains(&c));
+            if !triggered {
+                break;
             }
-            Err(error) => {
+        }
+        reached = step.number;
+        for target in step.targets {
+            if !estimate.fits(target.context_window) {
+                too_small = true;
+                continue;
+            }
+            if !target.health.admit(&route.breaker, Instant::now()) {
+                shed = true;
+                continue;
+            }
+            for try_number in 1..=route.retries.attempts {
+                if past_deadline() {
+                    break 'steps;
+                }
+                attempts += 1;
+                let in_flight = target.health.start();
+                let started = Instant::now();
+                let result = attempt(target).await;
+                drop(in_flight);
+                let failure = result.as_ref().err().map(|e| e.kind);
+                target
+                    .health
+                    .record(&route.breaker, failure, started.elapsed(), Instant::now());
+                let error = match result {
+                    Ok(reply) => {
+                        return Ok(Served {
+                            target,
+                            attempts,
+                            failures,
+                            step: step.number,
+                            reply,
+                        });
+                    }
+                    Err(error) => error,
+                };
+                tracing::debug!(route = %route.alias, provider = %target.provider_name, model = %target.model, error = %error, "attempt failed");
+                let delay = (try_number < route.retries.attempts && retryable(error.kind))
+                    .then(|| retry_delay(&route.retries, try_number, error.retry_after))
+                    .flatten()
+                    .filter(|delay| deadline.is_none_or(|d| Instant::now() + *delay < d));
                 failures.push(AttemptFailure {
                     provider: target.provider.kind().as_str(),
                     kind: error.kind,
+                    retried: delay.is_some(),
                 });
-                tracing::debug!(route = %route.alias, provider = %target.provider_name, error = %error, "attempt failed");
+                let kind = error.kind;
                 last = Some((target, error));
+                match delay {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None if fails_over(kind) => break,
+                    // The request itself is at fault: other targets of this step would fail too.
+                    None => continue 'steps,
+                }
             }
         }
     }
+
     let (target, error) = match last {
         Some((target, error)) => (Some(target), error),
+        None if too_small => (
+            None,
+            ProviderError::new(
+                ErrorKind::ContextWindowExceeded,
+                format!(
+                    "about {} tokens do not fit the context window of any target of route {}",
+                    estimate.prompt_tokens + estimate.max_output_tokens.unwrap_or(0),
+                    route.alias
+                ),
+            ),
+        ),
+        None if shed => (
+            None,
+            ProviderError::new(
+                ErrorKind::ServerError,
+                format!(
+                    "every target of route {} is failing; their circuit breakers are open",
+                    route.alias
+                ),
+            ),
+        ),
         None => (
             None,
             ProviderError::new(ErrorKind::Timeout, "the route's total time limit passed"),
@@ -164,16 +337,17 @@ where
         target,
         attempts,
         failures,
+        step: reached,
         error: ApiError::Upstream { provider, error },
     })
 }
 
 /// The tightest of the route's first-token limit, the target's own limit,
 /// and what is left of the total.
-fn first_answer_limit(route: &Route, target: &Target, deadline: Option<Instant>) -> Option<Instant> {
+fn first_answer_limit(timeouts: Timeouts, target: &Target, deadline: Option<Instant>) -> Option<Instant> {
     let now = Instant::now();
     [
-        route.timeouts.first_token.map(|t| now + t),
+        timeouts.first_token.map(|t| now + t),
         target.timeout.map(|t| now + t),
         deadline,
     ]
@@ -213,3 +387,7 @@ async fn first_chunk(mut stream: ChunkStream) -> Result<(Vec<StreamEvent>, Chunk
         "the upstream stream ended before its first chunk",
     ))
 }
+
+#[cfg(test)]
+#[path = "attempts_tests.rs"]
+mod tests;

@@ -16,6 +16,14 @@ pub enum ApiError {
     /// The body is not the JSON the endpoint takes.
     #[error("invalid request body: {0}")]
     InvalidBody(String),
+    /// A llmesh request header has a value that cannot be used.
+    #[error("header {name}: {reason}")]
+    InvalidHeader {
+        /// The header.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The body exceeds the configured limit.
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge {
@@ -68,7 +76,7 @@ impl ApiError {
     /// The HTTP status an app expects for this failure.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidBody(_) | Self::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownRoute(_) | Self::RouteNotInForce { .. } | Self::UnknownPath(_) => {
                 StatusCode::NOT_FOUND
@@ -93,6 +101,7 @@ impl ApiError {
     fn type_and_code(&self) -> (&'static str, &'static str) {
         match self {
             Self::InvalidBody(_) => ("invalid_request_error", "invalid_body"),
+            Self::InvalidHeader { .. } => ("invalid_request_error", "invalid_header"),
             Self::BodyTooLarge { .. } => ("invalid_request_error", "request_too_large"),
             Self::UnknownRoute(_) | Self::RouteNotInForce { .. } => {
                 ("invalid_request_error", "model_not_found")

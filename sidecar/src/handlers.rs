@@ -7,7 +7,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::{StatusCode, Uri};
+use http::{HeaderMap, StatusCode, Uri};
 
 use crate::access_log::{AccessRecord, Operation};
 use crate::api::chat::ChatRequest;
@@ -16,48 +16,65 @@ use crate::api::{Model, ModelList};
 use crate::app::App;
 use crate::attempts::{self, Failed, Reply, Served};
 use crate::error::ApiError;
+use crate::routing::{Estimate, RequestFacts};
 use crate::{inbound, respond};
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(State(app): State<Arc<App>>, body: Body) -> Response {
+pub async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     let mut record = AccessRecord::start(app.metrics.clone(), Operation::Chat);
-    match serve_chat(&app, body, &mut record).await {
+    match serve_chat(&app, &headers, body, &mut record).await {
         Ok(Reply::Complete(completed)) => respond::complete(completed, record),
         Ok(Reply::Stream(stream)) => respond::stream(stream, record),
         Err(error) => respond::error(error, record),
     }
 }
 
-async fn serve_chat(app: &App, body: Body, record: &mut AccessRecord) -> Result<Reply, ApiError> {
+async fn serve_chat(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+    record: &mut AccessRecord,
+) -> Result<Reply, ApiError> {
     let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
     let request: ChatRequest = inbound::parse_json(&bytes)?;
+    let asked_timeouts = inbound::timeout_overrides(headers)?;
     record.set_stream(request.is_stream());
 
     let runtime = app.runtime()?;
     let route = runtime.route(&request.model)?;
     record.set_route(&route);
+    let metadata = request.extra.get("metadata").and_then(|m| m.as_object());
+    let facts = RequestFacts {
+        headers,
+        metadata,
+        estimate: Estimate::of_chat(&request),
+    };
+    let timeouts = route.timeouts.tightened_by(asked_timeouts);
 
-    settle(record, attempts::chat(&route, &request).await)
+    settle(
+        record,
+        attempts::chat(&runtime, &route, &request, &facts, timeouts).await,
+    )
 }
 
 /// Notes who answered (or failed last) and hands on the answer.
 fn settle<T>(record: &mut AccessRecord, outcome: Result<Served<'_, T>, Failed<'_>>) -> Result<T, ApiError> {
     match outcome {
         Ok(served) => {
-            record.set_attempts(Some(served.target), served.attempts, served.failures);
+            record.set_attempts(Some(served.target), served.attempts, served.failures, served.step);
             Ok(served.reply)
         }
         Err(failed) => {
-            record.set_attempts(failed.target, failed.attempts, failed.failures);
+            record.set_attempts(failed.target, failed.attempts, failed.failures, failed.step);
             Err(failed.error)
         }
     }
 }
 
 /// `POST /v1/embeddings`.
-pub async fn embeddings(State(app): State<Arc<App>>, body: Body) -> Response {
+pub async fn embeddings(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     let mut record = AccessRecord::start(app.metrics.clone(), Operation::Embeddings);
-    match serve_embeddings(&app, body, &mut record).await {
+    match serve_embeddings(&app, &headers, body, &mut record).await {
         Ok(completed) => respond::complete(completed, record),
         Err(error) => respond::error(error, record),
     }
@@ -65,17 +82,28 @@ pub async fn embeddings(State(app): State<Arc<App>>, body: Body) -> Response {
 
 async fn serve_embeddings(
     app: &App,
+    headers: &HeaderMap,
     body: Body,
     record: &mut AccessRecord,
 ) -> Result<crate::providers::Completed, ApiError> {
     let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
     let request: EmbeddingsRequest = inbound::parse_json(&bytes)?;
+    let asked_timeouts = inbound::timeout_overrides(headers)?;
 
     let runtime = app.runtime()?;
     let route = runtime.route(&request.model)?;
     record.set_route(&route);
+    let facts = RequestFacts {
+        headers,
+        metadata: None,
+        estimate: Estimate::of_embeddings(&request),
+    };
+    let timeouts = route.timeouts.tightened_by(asked_timeouts);
 
-    settle(record, attempts::embeddings(&route, &request).await)
+    settle(
+        record,
+        attempts::embeddings(&runtime, &route, &request, &facts, timeouts).await,
+    )
 }
 
 /// `GET /v1/models`: the route aliases.
@@ -104,6 +132,51 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
         Ok(runtime) => (StatusCode::OK, format!("ready, config {}\n", runtime.version)).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet\n").into_response(),
     }
+}
+
+/// `GET /debug/targets`: every target's breaker, load and latency.
+pub async fn debug_targets(State(app): State<Arc<App>>) -> Json<Vec<crate::health::TargetSnapshot>> {
+    Json(app.deps.health.snapshot())
+}
+
+/// `POST /debug/faults`: start or end a failure drill on a mock provider.
+pub async fn debug_faults(State(app): State<Arc<App>>, Json(drill): Json<Drill>) -> Response {
+    if !app.settings.drills_enabled {
+        let message =
+            "failure drills are off; start the sidecar with LLMESH_ENABLE_DRILLS=true to allow them";
+        return (StatusCode::FORBIDDEN, message).into_response();
+    }
+    let is_mock = app.runtime().is_ok_and(|r| r.has_mock_provider(&drill.provider));
+    if !is_mock {
+        let message = format!(
+            "no mock provider named {}; drills inject faults into mock providers only",
+            drill.provider
+        );
+        return (StatusCode::NOT_FOUND, message).into_response();
+    }
+    match drill.faults {
+        Some(faults) => {
+            tracing::warn!(provider = %drill.provider, faults = faults.len(), "failure drill started");
+            app.deps.drills.set(&drill.provider, faults);
+        }
+        None => {
+            tracing::warn!(provider = %drill.provider, "failure drill ended");
+            app.deps.drills.clear(&drill.provider);
+        }
+    }
+    Json(app.deps.drills.all()).into_response()
+}
+
+/// A drill request: `faults` overrides the provider's configured faults
+/// (`[]` for none); omitting it ends the drill.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drill {
+    /// The mock `ProviderSecret`.
+    pub provider: String,
+    /// The faults to inject.
+    #[serde(default)]
+    pub faults: Option<Vec<llmesh_crds::resources::MockFault>>,
 }
 
 /// `GET /metrics`.

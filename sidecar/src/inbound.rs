@@ -2,11 +2,15 @@
 //! enough that a bad field is named in the error.
 
 use axum::body::Body;
+use std::time::Duration;
+
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::routing::Timeouts;
 
 /// Reads the whole body, refusing more than `limit` bytes.
 ///
@@ -19,6 +23,43 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge { limit }),
         Err(e) => Err(ApiError::InvalidBody(format!("could not read the body: {e}"))),
     }
+}
+
+/// `x-llmesh-timeout`: the request's own total limit.
+pub const TIMEOUT_TOTAL: &str = "x-llmesh-timeout";
+/// `x-llmesh-first-token-timeout`: the request's own first-token limit.
+pub const TIMEOUT_FIRST_TOKEN: &str = "x-llmesh-first-token-timeout";
+/// `x-llmesh-idle-timeout`: the request's own limit between chunks.
+pub const TIMEOUT_IDLE: &str = "x-llmesh-idle-timeout";
+
+/// Time limits a request asks for in its headers (durations like `5s`).
+/// They can only tighten the route's limits; see [`Timeouts::tightened_by`].
+///
+/// # Errors
+/// [`ApiError::InvalidHeader`] for a value that is not a duration.
+pub fn timeout_overrides(headers: &HeaderMap) -> Result<Timeouts, ApiError> {
+    let read = |name: &'static str| -> Result<Option<Duration>, ApiError> {
+        let Some(value) = headers.get(name) else {
+            return Ok(None);
+        };
+        let text = value.to_str().map_err(|_| ApiError::InvalidHeader {
+            name,
+            reason: "not ASCII".to_owned(),
+        })?;
+        match llmesh_crds::duration::parse(text.trim()) {
+            Ok(d) if d.is_zero() => Err(ApiError::InvalidHeader {
+                name,
+                reason: "must be greater than zero".to_owned(),
+            }),
+            Ok(d) => Ok(Some(d)),
+            Err(reason) => Err(ApiError::InvalidHeader { name, reason }),
+        }
+    };
+    Ok(Timeouts {
+        total: read(TIMEOUT_TOTAL)?,
+        first_token: read(TIMEOUT_FIRST_TOKEN)?,
+        idle: read(TIMEOUT_IDLE)?,
+    })
 }
 
 /// Parses JSON; the error names the path of the offending field.

@@ -11,8 +11,10 @@ pub mod api;
 pub mod app;
 pub mod attempts;
 pub mod credentials;
+pub mod drills;
 pub mod error;
 pub mod handlers;
+pub mod health;
 pub mod inbound;
 pub mod metrics;
 pub mod providers;
@@ -30,6 +32,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::{App, Limits};
 use crate::credentials::CredentialStore;
+use crate::health::HealthRegistry;
 use crate::metrics::Metrics;
 use crate::providers::{Deps, UpstreamClient};
 use crate::reload::{Reloader, WatchGuard};
@@ -83,15 +86,19 @@ impl Gateway {
     ) -> Result<Self, StartError> {
         let client = UpstreamClient::new(&settings.upstream).map_err(StartError::Client)?;
         let credentials = Arc::new(CredentialStore::new(settings.secrets_dir.clone(), env));
-        let deps = Deps { client, credentials };
         let metrics = Arc::new(Metrics::new());
-        let app = Arc::new(App::new(
-            Limits {
-                max_body_bytes: settings.max_body_bytes,
-            },
-            metrics,
-            deps,
-        ));
+        let health = Arc::new(HealthRegistry::new(metrics.clone()));
+        let deps = Deps {
+            client,
+            credentials,
+            health,
+            drills: Arc::default(),
+        };
+        let limits = Limits {
+            max_body_bytes: settings.max_body_bytes,
+            drills_enabled: settings.drills_enabled,
+        };
+        let app = Arc::new(App::new(limits, metrics, deps));
 
         let reloader = Arc::new(Reloader::new(app.clone(), settings.source.clone()));
         let first = reloader.clone();

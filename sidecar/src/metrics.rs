@@ -44,6 +44,12 @@ pub struct Metrics {
     pub time_to_first_token: HistogramVec,
     /// Failed upstream attempts by provider and class.
     pub upstream_errors: IntCounterVec,
+    /// Attempts retried on the same target, by route and provider kind.
+    pub retries: IntCounterVec,
+    /// Requests served (or finally failed) by a fallback step, by route and step.
+    pub fallbacks: IntCounterVec,
+    /// Breaker state per target: 0 closed, 1 half-open, 2 open.
+    pub circuit_state: IntGaugeVec,
     /// Configuration loads by result.
     pub config_reloads: IntCounterVec,
     /// 1 for the configuration version in force.
@@ -59,6 +65,15 @@ impl Default for Metrics {
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric =
         IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric =
+        IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
         .register(Box::new(metric.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -124,20 +139,36 @@ impl Metrics {
             "Failed upstream attempts, by provider and error class.",
             &["provider", "class"],
         );
+        let retries = counter(
+            &registry,
+            "llmesh_retries_total",
+            "Upstream attempts retried on the same target, by route and provider.",
+            &["route", "provider"],
+        );
+        let fallbacks = counter(
+            &registry,
+            "llmesh_fallbacks_total",
+            "Requests that reached a fallback step, by route and step (1 = the first fallback).",
+            &["route", "step"],
+        );
+        let circuit_state = gauge(
+            &registry,
+            "llmesh_circuit_state",
+            "Circuit breaker state per target: 0 closed, 1 half-open, 2 open.",
+            &["provider", "model"],
+        );
         let config_reloads = counter(
             &registry,
             "llmesh_config_reloads_total",
             "Configuration loads, by result (applied, unchanged, rejected).",
             &["result"],
         );
-        let config_info = IntGaugeVec::new(
-            Opts::new("llmesh_config_info", "1 for the configuration version in force."),
+        let config_info = gauge(
+            &registry,
+            "llmesh_config_info",
+            "1 for the configuration version in force.",
             &["version"],
-        )
-        .unwrap_or_else(|e| panic!("metric llmesh_config_info: {e}"));
-        registry
-            .register(Box::new(config_info.clone()))
-            .unwrap_or_else(|e| panic!("metric llmesh_config_info: {e}"));
+        );
         Self {
             registry,
             requests,
@@ -145,6 +176,9 @@ impl Metrics {
             request_duration,
             time_to_first_token,
             upstream_errors,
+            retries,
+            fallbacks,
+            circuit_state,
             config_reloads,
             config_info,
         }

@@ -31,6 +31,8 @@ use crate::api::Usage;
 use crate::api::chat::ChatRequest;
 use crate::api::embeddings::EmbeddingsRequest;
 use crate::credentials::CredentialStore;
+use crate::drills::Drills;
+use crate::health::HealthRegistry;
 
 /// One upstream API.
 #[async_trait::async_trait]
@@ -96,20 +98,24 @@ impl std::fmt::Debug for ChunkStream {
     }
 }
 
-/// What adapters share: the pooled HTTP client and the credential store.
+/// What adapters and routes share across reloads.
 #[derive(Clone, Debug)]
 pub struct Deps {
     /// Outbound HTTP.
     pub client: UpstreamClient,
     /// Provider credentials.
     pub credentials: Arc<CredentialStore>,
+    /// Target health.
+    pub health: Arc<HealthRegistry>,
+    /// Runtime fault overrides for mock providers.
+    pub drills: Arc<Drills>,
 }
 
 /// Builds the adapter for one configured provider account.
 ///
 /// # Errors
 /// The configuration cannot be served (a header that is not valid HTTP).
-pub fn build(config: &ProviderConfig, deps: &Deps) -> Result<Arc<dyn Provider>, ProviderError> {
+pub fn build(name: &str, config: &ProviderConfig, deps: &Deps) -> Result<Arc<dyn Provider>, ProviderError> {
     let provider: Arc<dyn Provider> = match config.kind {
         ProviderKind::Openai => Arc::new(openai::OpenAi::new(config, deps)?),
         ProviderKind::OpenaiCompatible => Arc::new(openai_compatible::new(config, deps)?),
@@ -117,7 +123,7 @@ pub fn build(config: &ProviderConfig, deps: &Deps) -> Result<Arc<dyn Provider>, 
         ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(config, deps)?),
         ProviderKind::Gemini => Arc::new(gemini::Gemini::new(config, deps)?),
         ProviderKind::Bedrock => Arc::new(bedrock::Bedrock::new(config, deps)?),
-        ProviderKind::Mock => Arc::new(mock::Mock::new(config)),
+        ProviderKind::Mock => Arc::new(mock::Mock::new(name, config, deps.drills.clone())),
     };
     Ok(provider)
 }

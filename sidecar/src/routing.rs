@@ -1,17 +1,29 @@
-//! Route: from the `model` an app sends to the targets that may serve it.
+//! Route: from the `model` an app sends to the ordered targets that may serve it.
 //!
 //! A [`Runtime`] is one configuration made live: provider adapters built,
 //! routes resolved to them. It is immutable; a reload builds a new one and
 //! swaps it in, so a request sees one configuration from start to end.
+//! Target health (breakers, latency, load) lives outside it, in the
+//! [`HealthRegistry`], and survives reloads.
+
+mod estimate;
+mod rules;
+mod strategy;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use llmesh_crds::SidecarConfig;
-use llmesh_crds::config::TimeoutsConfig;
+use llmesh_crds::config::{BreakerConfig, RetriesConfig, TargetConfig, TimeoutsConfig};
+use llmesh_crds::resources::{ErrorClass, Price, RuleMatch, Strategy};
+
+pub use estimate::Estimate;
+pub use rules::RequestFacts;
+pub use strategy::Selector;
 
 use crate::error::ApiError;
+use crate::health::{HealthRegistry, TargetKey, TargetState};
 use crate::providers::{self, Deps, Provider, ProviderError};
 
 /// One live configuration.
@@ -19,6 +31,8 @@ use crate::providers::{self, Deps, Provider, ProviderError};
 pub struct Runtime {
     /// The config version this was built from.
     pub version: String,
+    /// Names of the mock providers (the only ones drills may touch).
+    mock_providers: std::collections::BTreeSet<String>,
     routes: BTreeMap<String, Arc<Route>>,
     /// Why routes that exist as resources are not served, by alias, so a
     /// request for one is told why instead of only "unknown".
@@ -32,10 +46,56 @@ pub struct Route {
     pub alias: String,
     /// The `LLMRoute` it came from.
     pub resource: String,
-    /// Targets in order.
-    pub targets: Vec<Target>,
+    /// How targets are ordered.
+    pub strategy: Strategy,
+    /// The route's own targets.
+    pub targets: TargetSet,
+    /// Conditional target sets; the first match replaces `targets`.
+    pub rules: Vec<Rule>,
+    /// Steps after the route's own targets.
+    pub fallbacks: Vec<FallbackStep>,
+    /// Retries of one target.
+    pub retries: RetriesConfig,
     /// Time limits.
     pub timeouts: Timeouts,
+    /// When targets are shed.
+    pub breaker: BreakerConfig,
+}
+
+/// Targets that are alternatives to each other, with their selection state.
+#[derive(Debug)]
+pub struct TargetSet {
+    /// The targets, in configuration order.
+    pub targets: Vec<Target>,
+    selector: Selector,
+}
+
+/// A conditional target set.
+#[derive(Debug)]
+pub struct Rule {
+    /// The condition.
+    pub matches: RuleMatch,
+    /// Its targets.
+    pub targets: TargetSet,
+}
+
+/// One fallback step.
+#[derive(Debug)]
+pub struct FallbackStep {
+    /// What to try.
+    pub to: FallbackTo,
+    /// The failure classes that lead here.
+    pub on: Vec<ErrorClass>,
+}
+
+/// Where a fallback step goes.
+#[derive(Debug)]
+pub enum FallbackTo {
+    /// Another route's own targets, in its strategy's order (not its fallbacks:
+    /// chains do not nest, so they cannot loop).
+    Route(String),
+    /// One target.
+    Target(TargetSet),
 }
 
 /// One upstream model of a route.
@@ -47,8 +107,16 @@ pub struct Target {
     pub provider: Arc<dyn Provider>,
     /// The upstream model name.
     pub model: String,
+    /// Share under `weighted`.
+    pub weight: u32,
+    /// USD per million tokens, for `cheapest`.
+    pub price: Option<Price>,
+    /// Context window in tokens.
+    pub context_window: Option<u64>,
     /// Limit for one attempt, until its answer starts.
     pub timeout: Option<Duration>,
+    /// Health shared with every route using this target.
+    pub health: Arc<TargetState>,
 }
 
 /// A route's time limits.
@@ -72,6 +140,23 @@ impl From<&TimeoutsConfig> for Timeouts {
     }
 }
 
+impl Timeouts {
+    /// These limits tightened by a request's own (a request may shorten a
+    /// route's limits, never lengthen them).
+    #[must_use]
+    pub fn tightened_by(self, request: Self) -> Self {
+        let min = |route: Option<Duration>, asked: Option<Duration>| match (route, asked) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Self {
+            total: min(self.total, request.total),
+            first_token: min(self.first_token, request.first_token),
+            idle: min(self.idle, request.idle),
+        }
+    }
+}
+
 /// Why a configuration could not be made live.
 #[derive(Debug, thiserror::Error)]
 #[error("provider {provider}: {error}")]
@@ -80,50 +165,114 @@ pub struct BuildError {
     error: ProviderError,
 }
 
+/// Builds targets against already-built adapters.
+struct Builder<'a> {
+    adapters: BTreeMap<&'a str, Arc<dyn Provider>>,
+    health: &'a HealthRegistry,
+}
+
+impl Builder<'_> {
+    fn target_set(&self, alias: &str, targets: &[TargetConfig]) -> Result<TargetSet, BuildError> {
+        let targets = targets
+            .iter()
+            .map(|t| self.target(alias, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TargetSet::new(targets))
+    }
+
+    fn target(&self, alias: &str, target: &TargetConfig) -> Result<Target, BuildError> {
+        let provider = self
+            .adapters
+            .get(target.provider.as_str())
+            .cloned()
+            .ok_or_else(|| BuildError {
+                provider: target.provider.clone(),
+                error: ProviderError::unsupported(format!("route {alias} names it but it is not configured")),
+            })?;
+        Ok(Target {
+            provider_name: target.provider.clone(),
+            provider,
+            model: target.model.clone(),
+            weight: target.weight,
+            price: target.price.clone(),
+            context_window: target.context_window,
+            timeout: target.timeout_ms.map(Duration::from_millis),
+            health: self.health.target(TargetKey {
+                provider: target.provider.clone(),
+                model: target.model.clone(),
+            }),
+        })
+    }
+}
+
 impl Runtime {
     /// Builds adapters and routes from a configuration.
     ///
     /// # Errors
     /// A provider cannot be built, or a route names a provider the config lacks.
     pub fn build(config: &SidecarConfig, deps: &Deps) -> Result<Self, BuildError> {
-        let mut built: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
+        let mut builder = Builder {
+            adapters: BTreeMap::new(),
+            health: &deps.health,
+        };
         for (name, provider) in &config.providers {
-            let adapter = providers::build(provider, deps).map_err(|error| BuildError {
+            let adapter = providers::build(name, provider, deps).map_err(|error| BuildError {
                 provider: name.clone(),
                 error,
             })?;
-            built.insert(name, adapter);
+            builder.adapters.insert(name, adapter);
         }
         let mut routes = BTreeMap::new();
         for (alias, route) in &config.routes {
-            let mut targets = Vec::with_capacity(route.targets.len());
-            for target in &route.targets {
-                let provider = built
-                    .get(target.provider.as_str())
-                    .cloned()
-                    .ok_or_else(|| BuildError {
-                        provider: target.provider.clone(),
-                        error: ProviderError::unsupported(format!(
-                            "route {alias} names it but it is not configured"
-                        )),
-                    })?;
-                targets.push(Target {
-                    provider_name: target.provider.clone(),
-                    provider,
-                    model: target.model.clone(),
-                    timeout: target.timeout_ms.map(Duration::from_millis),
-                });
-            }
+            let rules = route
+                .rules
+                .iter()
+                .map(|rule| {
+                    Ok(Rule {
+                        matches: rule.matches.clone(),
+                        targets: builder.target_set(alias, &rule.targets)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, BuildError>>()?;
+            let fallbacks = route
+                .fallbacks
+                .iter()
+                .filter_map(|step| {
+                    let to = match (&step.route, &step.target) {
+                        (Some(route), _) => Ok(FallbackTo::Route(route.clone())),
+                        (None, Some(target)) => builder
+                            .target_set(alias, std::slice::from_ref(target))
+                            .map(FallbackTo::Target),
+                        (None, None) => return None,
+                    };
+                    Some(to.map(|to| FallbackStep {
+                        to,
+                        on: step.on.clone(),
+                    }))
+                })
+                .collect::<Result<Vec<_>, BuildError>>()?;
             let live = Route {
                 alias: alias.clone(),
                 resource: route.resource.clone(),
-                targets,
+                strategy: route.strategy,
+                targets: builder.target_set(alias, &route.targets)?,
+                rules,
+                fallbacks,
+                retries: route.retries.clone(),
                 timeouts: Timeouts::from(&route.timeouts),
+                breaker: route.circuit_breaker.clone(),
             };
             routes.insert(alias.clone(), Arc::new(live));
         }
+        let mock_providers = config
+            .providers
+            .iter()
+            .filter(|(_, p)| p.kind == llmesh_crds::resources::ProviderKind::Mock)
+            .map(|(name, _)| name.clone())
+            .collect();
         Ok(Self {
             version: config.version.clone(),
+            mock_providers,
             routes,
             rejected: BTreeMap::new(),
         })
@@ -139,7 +288,7 @@ impl Runtime {
     /// The route an app named.
     ///
     /// # Errors
-    /// [`ApiError::UnknownRoute`].
+    /// [`ApiError::UnknownRoute`], or [`ApiError::RouteNotInForce`] with the reason.
     pub fn route(&self, alias: &str) -> Result<Arc<Route>, ApiError> {
         self.routes
             .get(alias)
@@ -153,6 +302,16 @@ impl Runtime {
             })
     }
 
+    /// Whether `name` is a mock provider of this configuration.
+    pub fn has_mock_provider(&self, name: &str) -> bool {
+        self.mock_providers.contains(name)
+    }
+
+    /// A route by alias, borrowed from this runtime.
+    pub fn find(&self, alias: &str) -> Option<&Route> {
+        self.routes.get(alias).map(AsRef::as_ref)
+    }
+
     /// Every route, by alias.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.routes.values().map(AsRef::as_ref)
@@ -160,9 +319,26 @@ impl Runtime {
 }
 
 impl Route {
-    /// The targets to try, in order. One route has one target for now;
-    /// strategies and fallback chains will order and extend this plan.
-    pub fn plan(&self) -> impl Iterator<Item = &Target> {
-        self.targets.iter()
+    /// The target set a request uses: the first matching rule's, or the route's own.
+    pub fn targets_for(&self, facts: &RequestFacts<'_>) -> &TargetSet {
+        self.rules
+            .iter()
+            .find(|rule| facts.matches(&rule.matches))
+            .map_or(&self.targets, |rule| &rule.targets)
+    }
+}
+
+impl TargetSet {
+    /// A set of alternatives with fresh selection state.
+    pub fn new(targets: Vec<Target>) -> Self {
+        Self {
+            selector: Selector::new(&targets),
+            targets,
+        }
+    }
+
+    /// The targets in the order `strategy` wants them tried for this request.
+    pub fn ordered(&self, strategy: Strategy, estimate: &Estimate) -> Vec<&Target> {
+        self.selector.order(strategy, &self.targets, estimate)
     }
 }

@@ -27,6 +27,9 @@ pub const CONNECT_TIMEOUT_MS: &str = "LLMESH_CONNECT_TIMEOUT_MS";
 pub const UPSTREAM_TIMEOUT_MS: &str = "LLMESH_UPSTREAM_TIMEOUT_MS";
 /// How long in-flight requests may finish after a shutdown signal, in milliseconds.
 pub const DRAIN_TIMEOUT_MS: &str = "LLMESH_DRAIN_TIMEOUT_MS";
+/// `true` lets `POST /debug/faults` on the admin port inject faults into
+/// mock providers (default off: the admin port is reachable in the cluster).
+pub const ENABLE_DRILLS: &str = "LLMESH_ENABLE_DRILLS";
 /// Log filter, `tracing` syntax (default `info`).
 pub const LOG: &str = "LLMESH_LOG";
 /// `json` (default) or `text`.
@@ -107,6 +110,8 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     /// Shutdown grace period.
     pub drain_timeout: Duration,
+    /// Whether failure drills may be started from the admin port.
+    pub drills_enabled: bool,
     /// Log filter.
     pub log_filter: String,
     /// Log format.
@@ -191,6 +196,7 @@ impl Settings {
             },
             // Below Kubernetes' default 30 s termination grace period.
             drain_timeout: millis(env, DRAIN_TIMEOUT_MS, Duration::from_secs(25))?,
+            drills_enabled: parsed(env, ENABLE_DRILLS, false)?,
             log_filter: env.get(LOG).unwrap_or_else(|| "info".to_owned()),
             log_format,
         })

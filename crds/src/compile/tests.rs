@@ -318,7 +318,20 @@ fn a_full_routing_spec_compiles_with_defaults_filled_in() {
     assert_eq!(smart.rules[0].targets[0].model, "p");
     assert_eq!(smart.fallbacks[0].on, vec![ErrorClass::RateLimit]);
     assert_eq!(smart.fallbacks[1].on.len(), 5, "the default classes");
-    assert_eq!((smart.retries.attempts, smart.retries.backoff_ms, smart.retries.max_retry_after_ms), (3, 100, 10_000));
-    assert_eq!((smart.circuit_breaker.consecutive_failures, smart.circuit_breaker.cooldown_ms), (2, 5_000));
+    assert_eq!(
+        (
+            smart.retries.attempts,
+            smart.retries.backoff_ms,
+            smart.retries.max_retry_after_ms
+        ),
+        (3, 100, 10_000)
+    );
+    assert_eq!(
+        (
+            smart.circuit_breaker.consecutive_failures,
+            smart.circuit_breaker.cooldown_ms
+        ),
+        (2, 5_000)
+    );
     assert_eq!(compiled.config.routes["cheap"].strategy, Strategy::Weighted);
 }

@@ -6,6 +6,7 @@
 //! the first (or the chosen) tool until a tool result comes back; JSON mode
 //! gets a JSON object. Tokens are words.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_stream::stream;
@@ -24,6 +25,7 @@ use crate::api::chat::{
     Role, ToolCall, ToolCallDelta,
 };
 use crate::api::embeddings::{EmbeddingsRequest, EmbeddingsResponse};
+use crate::drills::Drills;
 
 /// Size of the mock's embedding vectors.
 const EMBEDDING_DIMENSIONS: usize = 64;
@@ -31,21 +33,29 @@ const EMBEDDING_DIMENSIONS: usize = 64;
 /// The mock provider.
 #[derive(Debug)]
 pub struct Mock {
+    name: String,
     config: MockConfig,
+    drills: Arc<Drills>,
 }
 
 impl Mock {
-    /// Builds the mock from its settings.
-    pub fn new(config: &ProviderConfig) -> Self {
+    /// Builds the mock `name` from its settings; a drill on `name` overrides its faults.
+    pub fn new(name: &str, config: &ProviderConfig, drills: Arc<Drills>) -> Self {
         Self {
+            name: name.to_owned(),
             config: config.mock.clone().unwrap_or_default(),
+            drills,
         }
     }
 
-    /// The first configured fault whose dice roll hits, if any.
-    fn roll_fault(&self) -> Option<&MockFault> {
+    /// The first fault in force whose dice roll hits, if any.
+    fn roll_fault(&self) -> Option<MockFault> {
+        let faults = self
+            .drills
+            .faults(&self.name)
+            .unwrap_or_else(|| self.config.faults.clone());
         let mut rng = rand::rng();
-        self.config.faults.iter().find(|f| {
+        faults.into_iter().find(|f| {
             let rate = f.rate.unwrap_or(1.0);
             rate >= 1.0 || rng.random_bool(rate.clamp(0.0, 1.0))
         })
@@ -177,7 +187,7 @@ impl Provider for Mock {
     }
 
     async fn chat(&self, request: &ChatRequest, model: &str) -> Result<ChatReply, ProviderError> {
-        let fault = self.roll_fault().cloned();
+        let fault = self.roll_fault();
         if let Some(fault) = &fault {
             if let Some(error) = injected(fault) {
                 return Err(error);
@@ -286,7 +296,7 @@ impl Provider for Mock {
     }
 
     async fn embeddings(&self, request: &EmbeddingsRequest, model: &str) -> Result<Completed, ProviderError> {
-        if let Some(error) = self.roll_fault().and_then(injected) {
+        if let Some(error) = self.roll_fault().as_ref().and_then(injected) {
             return Err(error);
         }
         let texts = request.input.texts().ok_or_else(|| {
