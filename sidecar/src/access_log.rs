@@ -213,6 +213,18 @@ impl Drop for AccessRecord {
                 .upstream_errors
                 .with_label_values(&[failure.provider, failure.kind.label()])
                 .inc();
+            if failure.retried {
+                self.metrics
+                    .retries
+                    .with_label_values(&[route, failure.provider])
+                    .inc();
+            }
+        }
+        if self.step > 0 {
+            self.metrics
+                .fallbacks
+                .with_label_values(&[route, &self.step.to_string()])
+                .inc();
         }
         let labels = [self.operation.as_str(), self.provider_kind, model, route];
         let error_label = error.unwrap_or("");

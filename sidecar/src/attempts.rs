@@ -236,25 +236,25 @@ where
     let mut failures = Vec::new();
     let mut last: Option<(&Target, ProviderError)> = None;
     let (mut reached, mut too_small, mut shed) = (0, false, false);
+    // What the next fallback step reacts to: the last failure, or why targets were skipped.
+    let mut trigger: Option<ErrorClass> = None;
 
     'steps: for step in steps {
-        if let Some(on) = step.on {
-            let triggered = last
-                .as_ref()
-                .and_then(|(_, e)| class_of(e.kind))
-                .is_some_and(|c| on.contains(&c));
-            if !triggered {
-                break;
-            }
+        if let Some(on) = step.on
+            && !trigger.is_some_and(|class| on.contains(&class))
+        {
+            break;
         }
         reached = step.number;
         for target in step.targets {
             if !estimate.fits(target.context_window) {
                 too_small = true;
+                trigger = Some(ErrorClass::ContextWindowExceeded);
                 continue;
             }
             if !target.health.admit(&route.breaker, Instant::now()) {
                 shed = true;
+                trigger = Some(ErrorClass::ServerError);
                 continue;
             }
             for try_number in 1..=route.retries.attempts {
@@ -293,6 +293,7 @@ where
                     retried: delay.is_some(),
                 });
                 let kind = error.kind;
+                trigger = class_of(kind);
                 last = Some((target, error));
                 match delay {
                     Some(delay) => tokio::time::sleep(delay).await,
