@@ -116,7 +116,7 @@ async fn a_route_with_fields_not_supported_yet_is_refused_with_the_reason() {
         provider("mock", MOCK),
         route(
             "smart",
-            "{targets: [{provider: mock, model: m}], retries: {attempts: 3}}",
+            "{targets: [{provider: mock, model: m}], mirror: {target: {provider: mock, model: c}, percent: 5}}",
         ),
         route("plain", "{targets: [{provider: mock, model: m}]}"),
     ]
@@ -126,7 +126,7 @@ async fn a_route_with_fields_not_supported_yet_is_refused_with_the_reason() {
     assert_eq!(status, 404);
     let message = body["error"]["message"].as_str().expect("message");
     assert!(
-        message.contains("spec.retries: retrying is not supported yet"),
+        message.contains("spec.mirror: mirroring is not supported yet"),
         "{message}"
     );
     assert_eq!(
