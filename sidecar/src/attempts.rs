@@ -261,6 +261,10 @@ where
                 if past_deadline() {
                     break 'steps;
                 }
+                // A retry is not worth it once this target's breaker has opened.
+                if try_number > 1 && !target.health.admit(&route.breaker, Instant::now()) {
+                    break;
+                }
                 attempts += 1;
                 let in_flight = target.health.start();
                 let started = Instant::now();

@@ -157,3 +157,52 @@ async fn mock_faults_show_each_failure_as_the_app_sees_it() {
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn the_fallback_drill_keeps_serving_while_the_primary_is_down() {
+    let sidecar = Sidecar::start_with(
+        &example("fallback-drill"),
+        vec![(llmesh_sidecar::settings::ENABLE_DRILLS.into(), "true".into())],
+    )
+    .await;
+    let ask = json!({"model": "resilient", "messages": [{"role": "user", "content": "hi"}]});
+    let content = |body: &Value| {
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let body: Value = sidecar
+        .post("/v1/chat/completions", &ask)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(content(&body), "answered by the primary");
+
+    let drill = json!({"provider": "primary", "faults": [{"kind": "status", "status": 503}]});
+    let client = reqwest::Client::new();
+    let started = client
+        .post(format!("{}/debug/faults", sidecar.admin_url))
+        .json(&drill)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(started.status(), 200);
+    let mut attempts = Vec::new();
+    for _ in 0..4 {
+        let response = sidecar.post("/v1/chat/completions", &ask).await;
+        assert_eq!(response.headers()["x-llmesh-fallback"], "1");
+        attempts.push(
+            response.headers()["x-llmesh-attempts"]
+                .to_str()
+                .expect("ascii")
+                .to_owned(),
+        );
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(content(&body), "answered by the secondary");
+    }
+    // Two tries at the primary, then one more failure opens its breaker: skipped after that.
+    assert_eq!(attempts, ["3", "2", "1", "1"]);
+}

@@ -126,16 +126,48 @@ fn transport_error(error: reqwest::Error) -> ProviderError {
     ProviderError::new(kind, format!("upstream request failed: {message}"))
 }
 
-/// The wait an upstream asked for, from the headers providers use for it.
+/// The wait an upstream asked for: `retry-after-ms`, `Retry-After` in
+/// seconds (an HTTP date is ignored), or else the later of OpenAI's
+/// `x-ratelimit-reset-requests` and `x-ratelimit-reset-tokens` (`1s`, `6m0s`).
 pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    let number = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
+    let text = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    let number = |name: &str| text(name)?.parse::<f64>().ok();
     if let Some(ms) = number("retry-after-ms") {
         return Duration::try_from_secs_f64(ms / 1000.0).ok();
     }
     if let Some(seconds) = number("retry-after") {
         return Duration::try_from_secs_f64(seconds).ok();
     }
-    None
+    ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+        .into_iter()
+        .filter_map(|name| text(name).and_then(parse_reset))
+        .max()
+}
+
+/// Parses durations in the form OpenAI's reset headers use: `20ms`, `1s`,
+/// `6m0s`, `1h2m3.5s`.
+fn parse_reset(text: &str) -> Option<Duration> {
+    let mut total = 0.0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (amount, after) = rest.split_at(digits);
+        let amount: f64 = amount.parse().ok()?;
+        let unit_len = after.find(|c: char| c.is_ascii_digit()).unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        total += amount
+            * match unit {
+                "ms" => 0.001,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return None,
+            };
+        rest = next;
+    }
+    Duration::try_from_secs_f64(total)
+        .ok()
+        .filter(|d| !d.is_zero() || text == "0s")
 }
 
 #[cfg(test)]
@@ -149,6 +181,20 @@ mod tests {
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
         headers.insert("retry-after-ms", http::HeaderValue::from_static("250"));
         assert_eq!(retry_after(&headers), Some(Duration::from_millis(250)));
+        let mut openai = http::HeaderMap::new();
+        openai.insert("x-ratelimit-reset-requests", http::HeaderValue::from_static("1s"));
+        openai.insert(
+            "x-ratelimit-reset-tokens",
+            http::HeaderValue::from_static("6m0.5s"),
+        );
+        assert_eq!(retry_after(&openai), Some(Duration::from_millis(360_500)));
+        openai.insert("x-ratelimit-reset-tokens", http::HeaderValue::from_static("20ms"));
+        assert_eq!(retry_after(&openai), Some(Duration::from_secs(1)));
+        openai.insert(
+            "x-ratelimit-reset-requests",
+            http::HeaderValue::from_static("soon"),
+        );
+        assert_eq!(retry_after(&openai), Some(Duration::from_millis(20)));
         let mut dated = http::HeaderMap::new();
         dated.insert(
             "retry-after",
