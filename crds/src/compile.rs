@@ -219,51 +219,42 @@ fn compile_provider(
 ) -> Result<ProviderConfig, Vec<FieldError>> {
     let spec = &resource.spec;
     let kind = spec.provider;
-    let mut errors = Vec::new();
+    let mut errors = Errors::default();
 
     if let Some(url) = &spec.base_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            errors.push(field_error(
+            errors.push(
                 "spec.baseUrl",
                 format!("{url:?} must start with http:// or https://"),
-            ));
+            );
         }
     } else if matches!(kind, ProviderKind::OpenaiCompatible | ProviderKind::AzureOpenai) {
-        errors.push(field_error(
-            "spec.baseUrl",
-            format!("required for provider {}", kind.as_str()),
-        ));
+        errors.push("spec.baseUrl", format!("required for provider {}", kind.as_str()));
     }
 
     for (header, value) in &spec.headers {
         if header.is_empty() || !header.bytes().all(is_header_name_byte) {
-            errors.push(field_error(
-                format!("spec.headers.{header}"),
-                "not a valid HTTP header name",
-            ));
+            errors.push(format!("spec.headers.{header}"), "not a valid HTTP header name");
         }
         if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
-            errors.push(field_error(
+            errors.push(
                 format!("spec.headers.{header}"),
                 "value contains control characters",
-            ));
+            );
         }
     }
 
     let credentials = match (&spec.secret_ref, kind) {
         (None, ProviderKind::Mock | ProviderKind::OpenaiCompatible) => Credentials::None,
         (None, _) => {
-            errors.push(field_error(
+            errors.push(
                 "spec.secretRef",
                 format!("required for provider {}", kind.as_str()),
-            ));
+            );
             Credentials::None
         }
         (Some(_), ProviderKind::Mock) => {
-            errors.push(field_error(
-                "spec.secretRef",
-                "the mock provider takes no credential",
-            ));
+            errors.push("spec.secretRef", "the mock provider takes no credential");
             Credentials::None
         }
         (Some(secret_ref), ProviderKind::Bedrock) => {
@@ -286,7 +277,7 @@ fn compile_provider(
             .flatten()
             {
                 if let Err(message) = secrets.check(reference) {
-                    errors.push(field_error("spec.secretRef", message));
+                    errors.push("spec.secretRef", message);
                 }
             }
             Credentials::Aws {
@@ -301,17 +292,14 @@ fn compile_provider(
                 key: secret_ref.key.clone().unwrap_or_else(|| "apiKey".to_owned()),
             };
             if let Err(message) = secrets.check(&api_key) {
-                errors.push(field_error("spec.secretRef", message));
+                errors.push("spec.secretRef", message);
             }
             Credentials::ApiKey { api_key }
         }
     };
 
     if kind == ProviderKind::Bedrock && spec.region.is_none() {
-        errors.push(field_error(
-            "spec.region",
-            "required for provider bedrock (the AWS region)",
-        ));
+        errors.push("spec.region", "required for provider bedrock (the AWS region)");
     }
 
     let azure = match (&spec.azure, kind) {
@@ -320,14 +308,11 @@ fn compile_provider(
             deployments: azure.deployments.clone(),
         }),
         (None, ProviderKind::AzureOpenai) => {
-            errors.push(field_error(
-                "spec.azure",
-                "required for provider azure-openai (apiVersion)",
-            ));
+            errors.push("spec.azure", "required for provider azure-openai (apiVersion)");
             None
         }
         (Some(_), _) => {
-            errors.push(field_error("spec.azure", "only valid for provider azure-openai"));
+            errors.push("spec.azure", "only valid for provider azure-openai");
             None
         }
         (None, _) => None,
@@ -336,29 +321,24 @@ fn compile_provider(
     let mock = match (&spec.mock, kind) {
         (settings, ProviderKind::Mock) => {
             let settings = settings.clone().unwrap_or_default();
-            let mut millis = |field: &str, value: &Option<String>| match value.as_deref().map(duration::parse)
-            {
-                Some(Ok(d)) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
-                Some(Err(message)) => {
-                    errors.push(field_error(format!("spec.mock.{field}"), message));
-                    0
-                }
-                None => 0,
-            };
-            let time_to_first_token_ms = millis("timeToFirstToken", &settings.time_to_first_token);
-            let per_token_ms = millis("perToken", &settings.per_token);
+            let time_to_first_token_ms = errors
+                .millis(
+                    "spec.mock.timeToFirstToken",
+                    settings.time_to_first_token.as_deref(),
+                )
+                .unwrap_or(0);
+            let per_token_ms = errors
+                .millis("spec.mock.perToken", settings.per_token.as_deref())
+                .unwrap_or(0);
             for (i, fault) in settings.faults.iter().enumerate() {
                 if fault.rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-                    errors.push(field_error(
-                        format!("spec.mock.faults[{i}].rate"),
-                        "must be between 0 and 1",
-                    ));
+                    errors.push(format!("spec.mock.faults[{i}].rate"), "must be between 0 and 1");
                 }
                 if fault.status.is_some_and(|s| !(400..=599).contains(&s)) {
-                    errors.push(field_error(
+                    errors.push(
                         format!("spec.mock.faults[{i}].status"),
                         "must be between 400 and 599",
-                    ));
+                    );
                 }
             }
             Some(MockConfig {
@@ -369,14 +349,14 @@ fn compile_provider(
             })
         }
         (Some(_), _) => {
-            errors.push(field_error("spec.mock", "only valid for provider mock"));
+            errors.push("spec.mock", "only valid for provider mock");
             None
         }
         (None, _) => None,
     };
 
-    if !errors.is_empty() {
-        return Err(errors);
+    if !errors.0.is_empty() {
+        return Err(errors.0);
     }
     Ok(ProviderConfig {
         kind,
@@ -409,19 +389,25 @@ impl Errors {
         self.0.push(field_error(field, message));
     }
 
-    /// A positive duration in milliseconds, or an error on `field`.
+    /// A duration in milliseconds (zero allowed), or an error on `field`.
     fn millis(&mut self, field: &str, value: Option<&str>) -> Option<u64> {
-        match value.map(duration::parse) {
-            Some(Ok(d)) if d.is_zero() => {
-                self.push(field, "must be greater than zero");
-                None
-            }
-            Some(Ok(d)) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            Some(Err(message)) => {
+        match value.map(duration::parse)? {
+            Ok(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            Err(message) => {
                 self.push(field, message);
                 None
             }
-            None => None,
+        }
+    }
+
+    /// A positive duration in milliseconds, or an error on `field`.
+    fn positive_millis(&mut self, field: &str, value: Option<&str>) -> Option<u64> {
+        match self.millis(field, value) {
+            Some(0) => {
+                self.push(field, "must be greater than zero");
+                None
+            }
+            other => other,
         }
     }
 }
@@ -513,9 +499,9 @@ fn compile_route(
 
     let timeouts = spec.timeouts.clone().unwrap_or_default();
     let timeouts = TimeoutsConfig {
-        total_ms: errors.millis("spec.timeouts.total", timeouts.total.as_deref()),
-        first_token_ms: errors.millis("spec.timeouts.firstToken", timeouts.first_token.as_deref()),
-        idle_ms: errors.millis("spec.timeouts.idle", timeouts.idle.as_deref()),
+        total_ms: errors.positive_millis("spec.timeouts.total", timeouts.total.as_deref()),
+        first_token_ms: errors.positive_millis("spec.timeouts.firstToken", timeouts.first_token.as_deref()),
+        idle_ms: errors.positive_millis("spec.timeouts.idle", timeouts.idle.as_deref()),
     };
 
     let breaker = spec.circuit_breaker.clone().unwrap_or_default();
@@ -614,7 +600,7 @@ fn compile_target(
         weight: target.weight.unwrap_or(1),
         price: target.price.clone(),
         context_window: target.context_window,
-        timeout_ms: errors.millis(&format!("{field}.timeout"), target.timeout.as_deref()),
+        timeout_ms: errors.positive_millis(&format!("{field}.timeout"), target.timeout.as_deref()),
     }
 }
 
