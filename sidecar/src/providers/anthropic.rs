@@ -75,7 +75,16 @@ impl Anthropic {
     async fn post(&self, body: Vec<u8>) -> Result<reqwest::Response, ProviderError> {
         let mut builder = self.client.post(&self.url).headers(self.headers.clone());
         if let Some(reference) = &self.api_key {
-            builder = builder.header("x-api-key", self.credentials.resolve(reference)?.expose());
+            let mut key =
+                HeaderValue::from_str(self.credentials.resolve(reference)?.expose()).map_err(|_| {
+                    ProviderError::new(
+                        ErrorKind::Rejected,
+                        "the Anthropic API key is not a valid header value",
+                    )
+                })?;
+            // Keeps the key out of HTTP/2 header tables and debug output.
+            key.set_sensitive(true);
+            builder = builder.header("x-api-key", key);
         }
         let builder = builder
             .header(http::header::CONTENT_TYPE, "application/json")
