@@ -145,7 +145,7 @@ async fn messages(
     let behavior = pace(state.record(uri.to_string(), headers.clone(), body.clone())).await;
     let request = match validate(&headers, &body) {
         Ok(request) => request,
-        Err(rejection) => return rejection,
+        Err(Rejection(status, kind, message)) => return error(status, kind, &message),
     };
     let stream = request["stream"].as_bool() == Some(true);
     if let Some(response) = failure(&behavior, stream) {
@@ -279,7 +279,7 @@ impl Answer {
         ];
         let mut content_at = Vec::new();
         for (index, block) in self.blocks.iter().enumerate() {
-            let (start, deltas) = if block["type"] == "tool_use" {
+            let (start, deltas): (Value, Vec<Value>) = if block["type"] == "tool_use" {
                 let arguments = block["input"].to_string();
                 // Anthropic's first fragment is often empty; the rest split the JSON anywhere.
                 let parts = std::iter::once("").chain(thirds(&arguments));
@@ -369,11 +369,18 @@ fn words(value: &Value) -> u64 {
     }
 }
 
-/// Rejects what the real Messages API rejects, with its error shapes.
-fn validate(headers: &HeaderMap, body: &[u8]) -> Result<Value, Response> {
-    let invalid = |message: String| error(400, "invalid_request_error", &message);
+/// Why the real API would refuse a request: status, error type, message.
+struct Rejection(u16, &'static str, String);
+
+/// Rejects what the real Messages API rejects, with its messages.
+fn validate(headers: &HeaderMap, body: &[u8]) -> Result<Value, Rejection> {
+    let invalid = |message: String| Rejection(400, "invalid_request_error", message);
     if !headers.contains_key("x-api-key") {
-        return Err(error(401, "authentication_error", "x-api-key header is required"));
+        return Err(Rejection(
+            401,
+            "authentication_error",
+            "x-api-key header is required".to_owned(),
+        ));
     }
     if !headers.contains_key("anthropic-version") {
         return Err(invalid("anthropic-version: header is required".to_owned()));
@@ -391,7 +398,7 @@ fn validate(headers: &HeaderMap, body: &[u8]) -> Result<Value, Response> {
             return Err(invalid(format!("{required}: Field required")));
         }
     }
-    if fields.contains_key("tool_choice") && !request["tools"].as_array().is_some_and(|t| !t.is_empty()) {
+    if fields.contains_key("tool_choice") && request["tools"].as_array().is_none_or(Vec::is_empty) {
         return Err(invalid(
             "tool_choice may only be specified while providing tools".to_owned(),
         ));
