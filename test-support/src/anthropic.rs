@@ -209,7 +209,7 @@ impl Answer {
         }
         if let Some(name) = tool_to_call(request) {
             let input = tool_input(request);
-            let output_tokens = words(&input) + 3;
+            let output_tokens = input.to_string().split_whitespace().count() as u64 + 3;
             // A forced choice leaves no room for a preamble: Anthropic prefills the tool call.
             let forced = matches!(request["tool_choice"]["type"].as_str(), Some("tool" | "any"));
             let mut blocks: Vec<Value> = if forced {
