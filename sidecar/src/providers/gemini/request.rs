@@ -1,4 +1,17 @@
 //! OpenAI chat request → Gemini `generateContent` request.
+//!
+//! - System and developer messages, wherever they stand, become one
+//!   `systemInstruction` (text only); the other turns alternate `user`/`model`,
+//!   consecutive ones of the same role merged, tool results sent as `user`.
+//! - Tool results become `functionResponse` parts named after the assistant
+//!   call they answer; a result that is not a JSON object is wrapped as
+//!   `{"result": …}`.
+//! - `response_format: json_schema` becomes `responseMimeType` plus
+//!   `responseSchema` (Gemini's OpenAPI dialect, which every Gemini model takes;
+//!   `responseJsonSchema` is newer and model-dependent), translated like tool
+//!   parameters by `schema`. `strict` has no Gemini equivalent and is dropped.
+//! - `reasoning_effort` becomes a `thinkingBudget`; `user` is not sent (Gemini
+//!   has no such field). Parameters Gemini cannot honour are refused by name.
 
 use std::collections::HashMap;
 

@@ -34,9 +34,9 @@ struct CandidateState {
 }
 
 impl StreamTranslator {
-    /// A translator for one stream. `fallback_id` names the chunks if Gemini
-    /// sends no `responseId`; `include_usage` is whether the app asked for a
-    /// usage chunk (`stream_options.include_usage`).
+    /// A translator for one stream. `fallback_id` and `model` name the chunks
+    /// if Gemini sends no `responseId` and `modelVersion`; `include_usage` is
+    /// whether the app asked for a usage chunk (`stream_options.include_usage`).
     pub fn new(fallback_id: String, created: u64, model: &str, include_usage: bool) -> Self {
         Self {
             id: None,
@@ -59,10 +59,14 @@ impl StreamTranslator {
             return Ok(Vec::new());
         }
         let event = parse(data.as_bytes())?;
-        let id = self
-            .id
-            .get_or_insert_with(|| completion_id(event.response_id.as_deref(), &self.fallback_id))
-            .clone();
+        // The first event names the answer and the model version for every chunk.
+        if self.id.is_none() {
+            self.id = Some(completion_id(event.response_id.as_deref(), &self.fallback_id));
+            if let Some(version) = event.model_version.as_ref().filter(|v| !v.is_empty()) {
+                self.model.clone_from(version);
+            }
+        }
+        let id = self.id.clone().unwrap_or_default();
         if let Some(metadata) = &event.usage_metadata {
             self.usage = Some(usage(metadata));
         }
@@ -180,7 +184,7 @@ mod tests {
         let mut translator = StreamTranslator::new(
             "chatcmpl-fallback".into(),
             1_700_000_000,
-            "gemini-2.5-flash",
+            "requested-model",
             include_usage,
         );
         let mut out = Vec::new();
@@ -215,6 +219,10 @@ mod tests {
             chunks
                 .iter()
                 .all(|c| c["id"] == chunks[0]["id"] && c["object"] == "chat.completion.chunk")
+        );
+        assert!(
+            chunks.iter().all(|c| c["model"] == "gemini-2.5-flash"),
+            "Gemini's modelVersion names the model"
         );
         let text: String = chunks
             .iter()
