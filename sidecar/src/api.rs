@@ -56,7 +56,7 @@ impl Usage {
         Self {
             prompt_tokens: input,
             completion_tokens: output,
-            total_tokens: input + output,
+            total_tokens: input.saturating_add(output),
             prompt_tokens_details: (cached_input > 0 || cache_write > 0).then_some(PromptTokensDetails {
                 cached_tokens: cached_input,
                 cache_write_tokens: cache_write,

@@ -2,10 +2,13 @@
 //!
 //! - [`mock_server`]: a loopback HTTP server that records every call and
 //!   plays scripted faults, shared by the provider mocks.
-//! - One module per provider wire format ([`openai`], …), each answering in
-//!   that provider's real shapes: bodies, SSE or event-stream frames, errors.
+//! - One module per provider wire format ([`openai`], [`anthropic`], …),
+//!   each answering in that provider's real shapes: bodies, SSE or
+//!   event-stream frames, errors.
 //! - [`harness`]: starts a real sidecar on loopback from YAML manifests.
 
+pub mod anthropic;
+pub mod gemini;
 pub mod harness;
 pub mod mock_server;
 pub mod openai;

@@ -2,6 +2,8 @@
 //! Python SDK tests, the examples and the benchmarks.
 //!
 //! - `/openai/v1/...`: OpenAI. `/azure/openai/deployments/...`: Azure OpenAI.
+//!   `/anthropic/v1/messages`: Anthropic.
+//!   `/gemini/v1beta/models/...`: Gemini (`baseUrl: http://HOST/gemini`).
 //! - `POST /_mock/{provider}/script` with a JSON list of behaviors
 //!   (`["hang", {"status": 500}]`) scripts the next calls.
 //! - `GET /_mock/{provider}/calls` returns `{"count": n, "calls": [...]}`.
@@ -15,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Parser;
 use llmesh_test_support::mock_server::{Behavior, State};
-use llmesh_test_support::openai;
+use llmesh_test_support::{anthropic, gemini, openai};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -29,7 +31,7 @@ type Mocks = Arc<BTreeMap<&'static str, Arc<State>>>;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mocks: BTreeMap<&'static str, Arc<State>> = ["openai", "azure"]
+    let mocks: BTreeMap<&'static str, Arc<State>> = ["openai", "azure", "anthropic", "gemini"]
         .into_iter()
         .map(|name| (name, Arc::new(State::default())))
         .collect();
@@ -41,7 +43,9 @@ async fn main() -> anyhow::Result<()> {
         .with_state(mocks.clone());
     let app = control
         .nest("/openai", openai::router(mocks["openai"].clone()))
-        .nest("/azure", openai::router(mocks["azure"].clone()));
+        .nest("/azure", openai::router(mocks["azure"].clone()))
+        .nest("/anthropic", anthropic::router(mocks["anthropic"].clone()))
+        .nest("/gemini", gemini::router(mocks["gemini"].clone()));
 
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     println!("mock-upstream listening on http://{}", listener.local_addr()?);
