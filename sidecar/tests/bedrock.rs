@@ -49,7 +49,7 @@ async fn sse(sidecar: &Sidecar, body: Value) -> Vec<String> {
     text.lines().filter_map(|line| line.strip_prefix("data: ")).map(str::to_owned).collect()
 }
 
-fn chunks(events: &[String]) -> Vec<Value> {
+fn parse_chunks(events: &[String]) -> Vec<Value> {
     events.iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).expect("JSON chunk")).collect()
 }
 
@@ -187,7 +187,7 @@ async fn a_stream_reassembles_text_and_reports_usage_when_asked() {
     .await;
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     assert!(mock.calls()[0].path.ends_with("/converse-stream"));
-    let chunks = chunks(&events);
+    let chunks = parse_chunks(&events);
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
@@ -200,7 +200,7 @@ async fn a_stream_reassembles_text_and_reports_usage_when_asked() {
     assert_eq!(usage["completion_tokens"], 7);
 
     let without_usage = sse(&sidecar, json!({"model": "smart", "stream": true, "messages": [{"role": "user", "content": "hi"}]})).await;
-    assert!(chunks(&without_usage).iter().all(|c| c.get("usage").is_none()));
+    assert!(parse_chunks(&without_usage).iter().all(|c| c.get("usage").is_none()));
 }
 
 #[tokio::test]
@@ -212,7 +212,7 @@ async fn a_streamed_tool_call_reassembles_into_valid_json_arguments() {
         "tools": [{"type": "function", "function": {"name": "forecast", "parameters": {"type": "object"}}}]
     }))
     .await;
-    let chunks = chunks(&events);
+    let chunks = parse_chunks(&events);
     let calls: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0)).collect();
     assert_eq!(calls[0]["id"], "tooluse_mock_1");
     assert_eq!(calls[0]["function"]["name"], "forecast");
@@ -232,7 +232,7 @@ async fn an_exception_mid_stream_ends_with_an_error_event_and_no_done() {
     let last: Value = serde_json::from_str(events.last().expect("events")).expect("JSON");
     assert_eq!(last["error"]["code"], "rate_limit_exceeded", "{last}");
     assert!(last["error"]["message"].as_str().is_some_and(|m| m.contains("throttlingException")), "{last}");
-    let text: String = chunks(&events[..events.len() - 1]).iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let text: String = parse_chunks(&events[..events.len() - 1]).iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(text, "Hello from");
 }
 

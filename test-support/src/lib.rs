@@ -6,6 +6,7 @@
 //!   that provider's real shapes: bodies, SSE or event-stream frames, errors.
 //! - [`harness`]: starts a real sidecar on loopback from YAML manifests.
 
+pub mod bedrock;
 pub mod harness;
 pub mod mock_server;
 pub mod openai;

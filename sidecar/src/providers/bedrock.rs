@@ -207,7 +207,7 @@ impl Provider for Bedrock {
         }
         let url = self.url(model, "invoke");
         let mut vectors = Vec::with_capacity(texts.len());
-        let mut tokens = 0;
+        let mut tokens: u64 = 0;
         for text in texts {
             let mut body = serde_json::json!({ "inputText": text });
             if let Some(dimensions) = request.dimensions {

@@ -2,6 +2,8 @@
 //! Python SDK tests, the examples and the benchmarks.
 //!
 //! - `/openai/v1/...`: OpenAI. `/azure/openai/deployments/...`: Azure OpenAI.
+//! - `/bedrock/model/{id}/...`: Bedrock Runtime (signed with the test
+//!   credentials in `llmesh_test_support::bedrock`, region `eu-central-1`).
 //! - `POST /_mock/{provider}/script` with a JSON list of behaviors
 //!   (`["hang", {"status": 500}]`) scripts the next calls.
 //! - `GET /_mock/{provider}/calls` returns `{"count": n, "calls": [...]}`.
@@ -15,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Parser;
 use llmesh_test_support::mock_server::{Behavior, State};
-use llmesh_test_support::openai;
+use llmesh_test_support::{bedrock, openai};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -30,7 +32,7 @@ type Mocks = Arc<BTreeMap<&'static str, Arc<State>>>;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mocks: BTreeMap<&'static str, Arc<State>> =
-        ["openai", "azure"].into_iter().map(|name| (name, Arc::new(State::default()))).collect();
+        ["openai", "azure", "bedrock"].into_iter().map(|name| (name, Arc::new(State::default()))).collect();
     let mocks: Mocks = Arc::new(mocks);
 
     let control = Router::new()
@@ -39,7 +41,8 @@ async fn main() -> anyhow::Result<()> {
         .with_state(mocks.clone());
     let app = control
         .nest("/openai", openai::router(mocks["openai"].clone()))
-        .nest("/azure", openai::router(mocks["azure"].clone()));
+        .nest("/azure", openai::router(mocks["azure"].clone()))
+        .merge(bedrock::router_at(mocks["bedrock"].clone(), "/bedrock"));
 
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     println!("mock-upstream listening on http://{}", listener.local_addr()?);
