@@ -37,13 +37,23 @@ fn run(body: &[u8], step: usize) -> Option<Vec<StreamEvent>> {
 }
 
 fn frame(kind: &str, message_type: &str, payload: &serde_json::Value) -> Vec<u8> {
-    let type_header = if message_type == "exception" { ":exception-type" } else { ":event-type" };
+    let type_header = if message_type == "exception" {
+        ":exception-type"
+    } else {
+        ":event-type"
+    };
     let headers = vec![
         Header::new(type_header, HeaderValue::String(kind.to_owned().into())),
-        Header::new(":message-type", HeaderValue::String(message_type.to_owned().into())),
+        Header::new(
+            ":message-type",
+            HeaderValue::String(message_type.to_owned().into()),
+        ),
     ];
     let mut bytes = Vec::new();
-    let _ = write_message_to(&Message::new_from_parts(headers, payload.to_string().into_bytes()), &mut bytes);
+    let _ = write_message_to(
+        &Message::new_from_parts(headers, payload.to_string().into_bytes()),
+        &mut bytes,
+    );
     bytes
 }
 
@@ -59,17 +69,37 @@ fn frames(script: &[u8]) -> Vec<u8> {
         let index = u64::from(*block % 4);
         out.extend(match kind % 9 {
             0 => frame("messageStart", "event", &json!({"role": "assistant"})),
-            1 => frame("contentBlockDelta", "event", &json!({"contentBlockIndex": index, "delta": {"text": text}})),
+            1 => frame(
+                "contentBlockDelta",
+                "event",
+                &json!({"contentBlockIndex": index, "delta": {"text": text}}),
+            ),
             2 => {
-                let name = if block % 2 == 0 { "json_response".to_owned() } else { text };
+                let name = if block % 2 == 0 {
+                    "json_response".to_owned()
+                } else {
+                    text
+                };
                 let start = json!({"toolUse": {"toolUseId": "t", "name": name}});
-                frame("contentBlockStart", "event", &json!({"contentBlockIndex": index, "start": start}))
+                frame(
+                    "contentBlockStart",
+                    "event",
+                    &json!({"contentBlockIndex": index, "start": start}),
+                )
             }
-            3 => frame("contentBlockDelta", "event", &json!({"contentBlockIndex": index, "delta": {"toolUse": {"input": text}}})),
+            3 => frame(
+                "contentBlockDelta",
+                "event",
+                &json!({"contentBlockIndex": index, "delta": {"toolUse": {"input": text}}}),
+            ),
             4 => frame("contentBlockStop", "event", &json!({"contentBlockIndex": index})),
             5 => frame("messageStop", "event", &json!({"stopReason": text})),
-            6 => frame("metadata", "event", &json!({"usage": {"inputTokens": block, "outputTokens": len,
-                "cacheReadInputTokens": u64::MAX, "cacheWriteInputTokens": u64::MAX}})),
+            6 => frame(
+                "metadata",
+                "event",
+                &json!({"usage": {"inputTokens": block, "outputTokens": len,
+                "cacheReadInputTokens": u64::MAX, "cacheWriteInputTokens": u64::MAX}}),
+            ),
             7 => frame("throttlingException", "exception", &json!({"message": text})),
             _ => frame(&text, "event", &json!({"p": text})),
         });
@@ -78,9 +108,17 @@ fn frames(script: &[u8]) -> Vec<u8> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, data)) = data.split_first() else { return };
-    let Some((&split, body)) = data.split_first() else { return };
-    let body = if mode % 2 == 0 { body.to_vec() } else { frames(body) };
+    let Some((&mode, data)) = data.split_first() else {
+        return;
+    };
+    let Some((&split, body)) = data.split_first() else {
+        return;
+    };
+    let body = if mode % 2 == 0 {
+        body.to_vec()
+    } else {
+        frames(body)
+    };
     let whole = run(&body, body.len().max(1));
     let pieces = run(&body, usize::from(split).max(1));
     assert_eq!(whole, pieces);

@@ -72,7 +72,10 @@ pub async fn start() -> MockServer {
 pub fn router_at(state: Arc<State>, prefix: &str) -> Router {
     Router::new()
         .route(&format!("{prefix}/model/{{model}}/converse"), post(converse))
-        .route(&format!("{prefix}/model/{{model}}/converse-stream"), post(converse_stream))
+        .route(
+            &format!("{prefix}/model/{{model}}/converse-stream"),
+            post(converse_stream),
+        )
         .route(&format!("{prefix}/model/{{model}}/invoke"), post(invoke))
         .with_state(state)
 }
@@ -90,21 +93,71 @@ pub fn error(status: u16, error_type: &str, message: &str) -> Response {
 }
 
 /// A request id, unique enough for a mock: the clock in nanoseconds.
+/// An AWS error answer before it is encoded: small enough to return in a `Result`.
+#[derive(Debug)]
+pub struct AwsError {
+    status: u16,
+    error_type: &'static str,
+    message: String,
+}
+
+impl AwsError {
+    fn new(status: u16, error_type: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            error_type,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for AwsError {
+    fn into_response(self) -> Response {
+        error(self.status, self.error_type, &self.message)
+    }
+}
+
 fn request_id() -> String {
-    format!("{:032x}", SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()))
+    format!(
+        "{:032x}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    )
 }
 
 /// The error a status stands for in Bedrock's API.
 fn status_error(status: u16) -> Response {
     let (error_type, message) = match status {
-        400 => ("ValidationException", "Malformed input request, please reformat your input and try again."),
-        403 => ("AccessDeniedException", "You don't have access to the model with the specified model ID."),
-        404 => ("ResourceNotFoundException", "The requested resource could not be found."),
-        408 => ("ModelTimeoutException", "Model has timed out in processing the request."),
+        400 => (
+            "ValidationException",
+            "Malformed input request, please reformat your input and try again.",
+        ),
+        403 => (
+            "AccessDeniedException",
+            "You don't have access to the model with the specified model ID.",
+        ),
+        404 => (
+            "ResourceNotFoundException",
+            "The requested resource could not be found.",
+        ),
+        408 => (
+            "ModelTimeoutException",
+            "Model has timed out in processing the request.",
+        ),
         424 => ("ModelErrorException", "The model returned an error."),
-        429 => ("ThrottlingException", "Too many requests, please wait before trying again."),
-        503 => ("ServiceUnavailableException", "Bedrock is unable to process your request."),
-        _ => ("InternalServerException", "The server encountered an internal error."),
+        429 => (
+            "ThrottlingException",
+            "Too many requests, please wait before trying again.",
+        ),
+        503 => (
+            "ServiceUnavailableException",
+            "Bedrock is unable to process your request.",
+        ),
+        _ => (
+            "InternalServerException",
+            "The server encountered an internal error.",
+        ),
     };
     error(status, error_type, message)
 }
@@ -113,9 +166,11 @@ fn failure(behavior: &Behavior) -> Option<Response> {
     match behavior {
         Behavior::Status(status) => Some(status_error(*status)),
         Behavior::RateLimit(_) => Some(status_error(429)),
-        Behavior::ContextWindowExceeded => {
-            Some(error(400, "ValidationException", "Input is too long for requested model."))
-        }
+        Behavior::ContextWindowExceeded => Some(error(
+            400,
+            "ValidationException",
+            "Input is too long for requested model.",
+        )),
         Behavior::Reset => Some(Response::new(broken_body(Vec::new()))),
         _ => None,
     }
@@ -123,7 +178,7 @@ fn failure(behavior: &Behavior) -> Option<Response> {
 
 /// Records a signed call and plays the script; `Err` is the answer to send instead.
 async fn admit(state: &State, uri: &Uri, headers: HeaderMap, body: &Bytes) -> Result<Behavior, Response> {
-    verify_signature(uri, &headers, body)?;
+    verify_signature(uri, &headers, body).map_err(IntoResponse::into_response)?;
     let behavior = pace(state.record(uri.to_string(), headers, body.clone())).await;
     match failure(&behavior) {
         Some(response) => Err(response),
@@ -140,14 +195,23 @@ struct Answer {
 }
 
 /// Checks what Bedrock itself would refuse, then decides the answer.
-fn answer(request: &Value, behavior: &Behavior) -> Result<Answer, Response> {
-    validate(request).map_err(|message| error(400, "ValidationException", &message))?;
+fn answer(request: &Value, behavior: &Behavior) -> Result<Answer, AwsError> {
+    validate(request).map_err(|message| AwsError::new(400, "ValidationException", message))?;
     let prompt = last_user_text(request);
     let system_words: usize = request["system"]
         .as_array()
-        .map(|blocks| blocks.iter().filter_map(|b| b["text"].as_str()).map(|t| t.split_whitespace().count()).sum())
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter_map(|b| b["text"].as_str())
+                .map(|t| t.split_whitespace().count())
+                .sum()
+        })
         .unwrap_or(0);
-    let tools = request["toolConfig"]["tools"].as_array().cloned().unwrap_or_default();
+    let tools = request["toolConfig"]["tools"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let choice = &request["toolConfig"]["toolChoice"];
     let answering_tool_result = request["messages"]
         .as_array()
@@ -157,15 +221,23 @@ fn answer(request: &Value, behavior: &Behavior) -> Result<Answer, Response> {
     let must_call = choice.get("any").is_some() || choice.get("tool").is_some();
     let tool = (!tools.is_empty() && (must_call || !answering_tool_result)).then(|| {
         let named = choice["tool"]["name"].as_str();
-        let name = named.or_else(|| tools[0]["toolSpec"]["name"].as_str()).unwrap_or("tool").to_owned();
+        let name = named
+            .or_else(|| tools[0]["toolSpec"]["name"].as_str())
+            .unwrap_or("tool")
+            .to_owned();
         (name, json!({ "echo": prompt }))
     });
     let (mut text, mut stop_reason) = match behavior {
-        Behavior::ContentFilter => ("Sorry, the model cannot answer this question.".to_owned(), "guardrail_intervened"),
+        Behavior::ContentFilter => (
+            "Sorry, the model cannot answer this question.".to_owned(),
+            "guardrail_intervened",
+        ),
         _ if tool.is_some() => (String::new(), "tool_use"),
         _ => (reply_text(request), "end_turn"),
     };
-    let limit = request["inferenceConfig"]["maxTokens"].as_u64().and_then(|n| usize::try_from(n).ok());
+    let limit = request["inferenceConfig"]["maxTokens"]
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok());
     if let Some(limit) = limit.filter(|_| tool.is_none()) {
         let words: Vec<&str> = text.split(' ').collect();
         if words.len() > limit {
@@ -175,7 +247,8 @@ fn answer(request: &Value, behavior: &Behavior) -> Result<Answer, Response> {
     }
     let tool = tool.filter(|_| stop_reason == "tool_use");
     let input_tokens = prompt.split_whitespace().count().max(1);
-    let output_tokens = text.split_whitespace().count() + tool.as_ref().map_or(0, |(_, input)| input.to_string().len() / 4);
+    let output_tokens =
+        text.split_whitespace().count() + tool.as_ref().map_or(0, |(_, input)| input.to_string().len() / 4);
     // A system prompt counts as read from the prompt cache, so cache
     // accounting can be tested; nothing is ever written to it.
     let usage = json!({
@@ -183,7 +256,12 @@ fn answer(request: &Value, behavior: &Behavior) -> Result<Answer, Response> {
         "totalTokens": input_tokens + system_words + output_tokens,
         "cacheReadInputTokens": system_words, "cacheWriteInputTokens": 0
     });
-    Ok(Answer { text, tool, stop_reason, usage })
+    Ok(Answer {
+        text,
+        tool,
+        stop_reason,
+        usage,
+    })
 }
 
 /// Bedrock's own checks on a Converse body that a translation bug would trip.
@@ -206,7 +284,9 @@ fn validate(request: &Value) -> Result<(), String> {
         for block in blocks {
             uses_tools |= block.get("toolUse").is_some() || block.get("toolResult").is_some();
             if let Some(bytes) = block.pointer("/image/source/bytes") {
-                let decoded = bytes.as_str().map(|b| base64::engine::general_purpose::STANDARD.decode(b));
+                let decoded = bytes
+                    .as_str()
+                    .map(|b| base64::engine::general_purpose::STANDARD.decode(b));
                 if !matches!(decoded, Some(Ok(_))) {
                     return Err("Invalid image bytes: expected base64.".into());
                 }
@@ -214,22 +294,33 @@ fn validate(request: &Value) -> Result<(), String> {
         }
     }
     if uses_tools && request.get("toolConfig").is_none() {
-        return Err("The toolConfig field must be defined when using toolUse and toolResult content blocks.".into());
+        return Err(
+            "The toolConfig field must be defined when using toolUse and toolResult content blocks.".into(),
+        );
     }
     Ok(())
 }
 
-async fn converse(AxumState(state): AxumState<Arc<State>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn converse(
+    AxumState(state): AxumState<Arc<State>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let behavior = match admit(&state, &uri, headers, &body).await {
         Ok(behavior) => behavior,
         Err(response) => return response,
     };
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(400, "SerializationException", "Could not parse the request body as JSON.");
+        return error(
+            400,
+            "SerializationException",
+            "Could not parse the request body as JSON.",
+        );
     };
     let answer = match answer(&request, &behavior) {
         Ok(answer) => answer,
-        Err(response) => return response,
+        Err(error) => return error.into_response(),
     };
     let mut content = Vec::new();
     if !answer.text.is_empty() {
@@ -244,7 +335,13 @@ async fn converse(AxumState(state): AxumState<Arc<State>>, uri: Uri, headers: He
         "usage": answer.usage,
         "metrics": { "latencyMs": 42 }
     });
-    ([("content-type", "application/json".to_owned()), ("x-amzn-requestid", request_id())], body.to_string())
+    (
+        [
+            ("content-type", "application/json".to_owned()),
+            ("x-amzn-requestid", request_id()),
+        ],
+        body.to_string(),
+    )
         .into_response()
 }
 
@@ -265,62 +362,102 @@ fn frame(headers: &[(&str, &str)], payload: &Value) -> Bytes {
 /// size does not reveal the tokens; clients must ignore it.
 fn event(kind: &str, mut payload: Value) -> Bytes {
     payload["p"] = json!("abcdefghijklmnopqrstu");
-    frame(&[(":event-type", kind), (":content-type", "application/json"), (":message-type", "event")], &payload)
+    frame(
+        &[
+            (":event-type", kind),
+            (":content-type", "application/json"),
+            (":message-type", "event"),
+        ],
+        &payload,
+    )
 }
 
 /// A ConverseStream exception frame.
 pub fn exception(exception_type: &str, message: &str) -> Bytes {
     frame(
-        &[(":exception-type", exception_type), (":content-type", "application/json"), (":message-type", "exception")],
+        &[
+            (":exception-type", exception_type),
+            (":content-type", "application/json"),
+            (":message-type", "exception"),
+        ],
         &json!({ "message": message }),
     )
 }
 
-async fn converse_stream(AxumState(state): AxumState<Arc<State>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn converse_stream(
+    AxumState(state): AxumState<Arc<State>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let behavior = match admit(&state, &uri, headers, &body).await {
         Ok(behavior) => behavior,
         Err(response) => return response,
     };
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(400, "SerializationException", "Could not parse the request body as JSON.");
+        return error(
+            400,
+            "SerializationException",
+            "Could not parse the request body as JSON.",
+        );
     };
     let answer = match answer(&request, &behavior) {
         Ok(answer) => answer,
-        Err(response) => return response,
+        Err(error) => return error.into_response(),
     };
     let mut frames = vec![event("messageStart", json!({ "role": "assistant" }))];
     let mut block = 0;
     if !answer.text.is_empty() {
         for piece in pieces(&answer.text) {
-            frames.push(event("contentBlockDelta", json!({ "contentBlockIndex": block, "delta": { "text": piece } })));
+            frames.push(event(
+                "contentBlockDelta",
+                json!({ "contentBlockIndex": block, "delta": { "text": piece } }),
+            ));
         }
         frames.push(event("contentBlockStop", json!({ "contentBlockIndex": block })));
         block += 1;
     }
     if let Some((name, input)) = &answer.tool {
         let start = json!({ "toolUse": { "toolUseId": "tooluse_mock_1", "name": name } });
-        frames.push(event("contentBlockStart", json!({ "contentBlockIndex": block, "start": start })));
+        frames.push(event(
+            "contentBlockStart",
+            json!({ "contentBlockIndex": block, "start": start }),
+        ));
         let input = input.to_string();
         let (head, tail) = input.split_at(input.len() / 2);
         for fragment in [head, tail] {
             let delta = json!({ "toolUse": { "input": fragment } });
-            frames.push(event("contentBlockDelta", json!({ "contentBlockIndex": block, "delta": delta })));
+            frames.push(event(
+                "contentBlockDelta",
+                json!({ "contentBlockIndex": block, "delta": delta }),
+            ));
         }
         frames.push(event("contentBlockStop", json!({ "contentBlockIndex": block })));
     }
     let prompt = last_user_text(&request);
-    if let Some(kind) = prompt.split("[mock-exception:").nth(1).and_then(|rest| rest.split(']').next()) {
+    if let Some(kind) = prompt
+        .split("[mock-exception:")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+    {
         frames.truncate(3);
         frames.push(exception(kind, &exception_message(kind)));
-        return event_stream(Body::from_stream(futures::stream::iter(frames.into_iter().map(Ok::<Bytes, std::io::Error>))));
+        return event_stream(Body::from_stream(futures::stream::iter(
+            frames.into_iter().map(Ok::<Bytes, std::io::Error>),
+        )));
     }
     if let Behavior::CutStream(after) = behavior {
         frames.truncate(after + 1);
         return event_stream(broken_body(frames));
     }
     frames.push(event("messageStop", json!({ "stopReason": answer.stop_reason })));
-    frames.push(event("metadata", json!({ "usage": answer.usage, "metrics": { "latencyMs": 42 } })));
-    event_stream(Body::from_stream(futures::stream::iter(frames.into_iter().map(Ok::<Bytes, std::io::Error>))))
+    frames.push(event(
+        "metadata",
+        json!({ "usage": answer.usage, "metrics": { "latencyMs": 42 } }),
+    ));
+    event_stream(Body::from_stream(futures::stream::iter(
+        frames.into_iter().map(Ok::<Bytes, std::io::Error>),
+    )))
 }
 
 fn exception_message(kind: &str) -> String {
@@ -333,7 +470,13 @@ fn exception_message(kind: &str) -> String {
 }
 
 fn event_stream(body: Body) -> Response {
-    ([("content-type", "application/vnd.amazon.eventstream".to_owned()), ("x-amzn-requestid", request_id())], body)
+    (
+        [
+            ("content-type", "application/vnd.amazon.eventstream".to_owned()),
+            ("x-amzn-requestid", request_id()),
+        ],
+        body,
+    )
         .into_response()
 }
 
@@ -348,21 +491,40 @@ async fn invoke(
         return response;
     }
     if !model.starts_with("amazon.titan-embed") {
-        return error(400, "ValidationException", "The provided model identifier is invalid.");
+        return error(
+            400,
+            "ValidationException",
+            "The provided model identifier is invalid.",
+        );
     }
     let request: Value = serde_json::from_slice(&body).unwrap_or_default();
     let Some(text) = request["inputText"].as_str() else {
-        return error(400, "ValidationException", "Malformed input request: #: required key [inputText] not found, please reformat your input and try again.");
+        return error(
+            400,
+            "ValidationException",
+            "Malformed input request: #: required key [inputText] not found, please reformat your input and try again.",
+        );
     };
-    let dimensions = request["dimensions"].as_u64().and_then(|d| usize::try_from(d).ok()).unwrap_or(DEFAULT_DIMENSIONS);
+    let dimensions = request["dimensions"]
+        .as_u64()
+        .and_then(|d| usize::try_from(d).ok())
+        .unwrap_or(DEFAULT_DIMENSIONS);
     #[allow(clippy::cast_precision_loss)]
-    let vector: Vec<f32> = (0..dimensions).map(|d| ((text.len() + d) % 11) as f32 / 11.0).collect();
+    let vector: Vec<f32> = (0..dimensions)
+        .map(|d| ((text.len() + d) % 11) as f32 / 11.0)
+        .collect();
     let body = json!({
         "embedding": vector,
         "embeddingsByType": { "float": vector },
         "inputTextTokenCount": text.split_whitespace().count()
     });
-    ([("content-type", "application/json".to_owned()), ("x-amzn-requestid", request_id())], body.to_string())
+    (
+        [
+            ("content-type", "application/json".to_owned()),
+            ("x-amzn-requestid", request_id()),
+        ],
+        body.to_string(),
+    )
         .into_response()
 }
 
@@ -387,7 +549,9 @@ fn parse_authorization(value: &str) -> Option<Authorization<'_>> {
         }
     }
     let scope: Vec<&str> = credential?.split('/').collect();
-    let [access_key_id, _date, region, service, "aws4_request"] = scope[..] else { return None };
+    let [access_key_id, _date, region, service, "aws4_request"] = scope[..] else {
+        return None;
+    };
     Some(Authorization {
         access_key_id,
         region,
@@ -418,16 +582,30 @@ fn parse_amz_date(value: &str) -> Option<SystemTime> {
 
 /// Recomputes the request's signature with the secret the mock holds for its
 /// access key, the way Bedrock checks it; `Err` is AWS's 403.
-fn verify_signature(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
+fn verify_signature(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), AwsError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let Some(authorization) = header("authorization") else {
-        return Err(error(403, "MissingAuthenticationTokenException", "Missing Authentication Token"));
+        return Err(AwsError::new(
+            403,
+            "MissingAuthenticationTokenException",
+            "Missing Authentication Token",
+        ));
     };
-    let invalid_signature = |message: &str| error(403, "InvalidSignatureException", message);
+    let invalid_signature = |message: &str| AwsError::new(403, "InvalidSignatureException", message);
     let Some(auth) = parse_authorization(authorization) else {
-        return Err(error(403, "IncompleteSignatureException", "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters."));
+        return Err(AwsError::new(
+            403,
+            "IncompleteSignatureException",
+            "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters.",
+        ));
     };
-    let invalid_token = || error(403, "UnrecognizedClientException", "The security token included in the request is invalid.");
+    let invalid_token = || {
+        AwsError::new(
+            403,
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        )
+    };
     let session_token = header("x-amz-security-token");
     let (secret, expected_token) = match auth.access_key_id {
         ACCESS_KEY_ID => (SECRET_ACCESS_KEY, None),
@@ -438,28 +616,48 @@ fn verify_signature(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), R
         return Err(invalid_token());
     }
     if auth.region != REGION {
-        return Err(invalid_signature(&format!("Credential should be scoped to a valid region, not '{}'.", auth.region)));
+        return Err(invalid_signature(&format!(
+            "Credential should be scoped to a valid region, not '{}'.",
+            auth.region
+        )));
     }
     if auth.service != "bedrock" {
-        return Err(invalid_signature("Credential should be scoped to correct service: 'bedrock'."));
+        return Err(invalid_signature(
+            "Credential should be scoped to correct service: 'bedrock'.",
+        ));
     }
-    for required in ["host", "x-amz-date"].into_iter().chain(session_token.map(|_| "x-amz-security-token")) {
+    for required in ["host", "x-amz-date"]
+        .into_iter()
+        .chain(session_token.map(|_| "x-amz-security-token"))
+    {
         if !auth.signed_headers.contains(&required) {
-            return Err(invalid_signature(&format!("'{required}' must be a signed header.")));
+            return Err(invalid_signature(&format!(
+                "'{required}' must be a signed header."
+            )));
         }
     }
     let Some(time) = header("x-amz-date").and_then(parse_amz_date) else {
-        return Err(invalid_signature("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."));
+        return Err(invalid_signature(
+            "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.",
+        ));
     };
-    let skew = SystemTime::now().duration_since(time).unwrap_or_else(|e| e.duration());
+    let skew = SystemTime::now()
+        .duration_since(time)
+        .unwrap_or_else(|e| e.duration());
     if skew > MAX_CLOCK_SKEW {
-        return Err(invalid_signature("Signature expired: the request time is too far from the server's time."));
+        return Err(invalid_signature(
+            "Signature expired: the request time is too far from the server's time.",
+        ));
     }
     let mut signed = Vec::new();
     for name in &auth.signed_headers {
         match header(name) {
             Some(value) => signed.push((*name, value)),
-            None => return Err(invalid_signature(&format!("The signed header {name} is missing."))),
+            None => {
+                return Err(invalid_signature(&format!(
+                    "The signed header {name} is missing."
+                )));
+            }
         }
     }
     let host = header("host").unwrap_or_default();
@@ -472,7 +670,9 @@ fn verify_signature(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), R
     )
     .into();
     let mismatch = || {
-        invalid_signature("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.")
+        invalid_signature(
+            "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
+        )
     };
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
@@ -483,10 +683,19 @@ fn verify_signature(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), R
         .build()
         .map_err(|_| mismatch())?
         .into();
-    let request = SignableRequest::new("POST", format!("http://{host}{uri}"), signed.into_iter(), SignableBody::Bytes(body))
-        .map_err(|_| mismatch())?;
+    let request = SignableRequest::new(
+        "POST",
+        format!("http://{host}{uri}"),
+        signed.into_iter(),
+        SignableBody::Bytes(body),
+    )
+    .map_err(|_| mismatch())?;
     let (_, expected) = sign(request, &params).map_err(|_| mismatch())?.into_parts();
-    if expected == auth.signature { Ok(()) } else { Err(mismatch()) }
+    if expected == auth.signature {
+        Ok(())
+    } else {
+        Err(mismatch())
+    }
 }
 
 #[cfg(test)]
@@ -496,7 +705,10 @@ mod tests {
     #[test]
     fn amz_dates_parse_to_unix_time() {
         let time = parse_amz_date("20240229T235959Z").expect("valid");
-        assert_eq!(time.duration_since(UNIX_EPOCH).expect("after epoch").as_secs(), 1_709_251_199);
+        assert_eq!(
+            time.duration_since(UNIX_EPOCH).expect("after epoch").as_secs(),
+            1_709_251_199
+        );
         assert_eq!(parse_amz_date("2024-02-29T23:59:59Z"), None);
     }
 }

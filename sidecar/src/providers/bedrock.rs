@@ -38,7 +38,11 @@ const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
 
 /// Characters a model id keeps in a URL path segment: RFC 3986's unreserved
 /// set. Ids and ARNs carry `:` and `/`, which must not split the path.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Where the AWS key pair (and optional session token) are kept.
 #[derive(Clone, Debug)]
@@ -71,10 +75,21 @@ impl Bedrock {
             .region
             .clone()
             .ok_or_else(|| ProviderError::new(ErrorKind::Rejected, "provider bedrock needs an AWS region"))?;
-        let Credentials::Aws { access_key_id, secret_access_key, session_token } = &config.credentials else {
-            return Err(ProviderError::new(ErrorKind::Rejected, "provider bedrock needs AWS credentials"));
+        let Credentials::Aws {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } = &config.credentials
+        else {
+            return Err(ProviderError::new(
+                ErrorKind::Rejected,
+                "provider bedrock needs AWS credentials",
+            ));
         };
-        let base = config.base_url.clone().unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"));
+        let base = config
+            .base_url
+            .clone()
+            .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"));
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             region,
@@ -91,7 +106,11 @@ impl Bedrock {
 
     /// `{base}/model/{model id, percent-encoded}/{operation}`.
     fn url(&self, model: &str, operation: &str) -> String {
-        format!("{}/model/{}/{operation}", self.base, utf8_percent_encode(model, PATH_SEGMENT))
+        format!(
+            "{}/model/{}/{operation}",
+            self.base,
+            utf8_percent_encode(model, PATH_SEGMENT)
+        )
     }
 
     /// The current AWS identity; resolved per request so a rotated Secret
@@ -114,10 +133,21 @@ impl Bedrock {
     }
 
     /// A POST of `body` to `url`, with the static headers, signed.
-    fn signed_post(&self, url: &str, body: Vec<u8>, accept: &str) -> Result<reqwest::RequestBuilder, ProviderError> {
+    fn signed_post(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        accept: &str,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
         let mut headers = self.headers.clone();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(http::header::ACCEPT, HeaderValue::from_str(accept).map_err(|_| signing_error("accept"))?);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_str(accept).map_err(|_| signing_error("accept"))?,
+        );
         let identity = self.identity()?;
         let params = aws_sigv4::sign::v4::SigningParams::builder()
             .identity(&identity)
@@ -130,13 +160,18 @@ impl Bedrock {
             .into();
         // Header values that are not visible ASCII cannot be signed; AWS
         // accepts unsigned extra headers, so they travel unsigned.
-        let signable_headers = headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
+        let signable_headers = headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
         let signable = SignableRequest::new("POST", url, signable_headers, SignableBody::Bytes(&body))
             .map_err(|e| signing_error(&e.to_string()))?;
-        let (instructions, _signature) = sign(signable, &params).map_err(|e| signing_error(&e.to_string()))?.into_parts();
+        let (instructions, _signature) = sign(signable, &params)
+            .map_err(|e| signing_error(&e.to_string()))?
+            .into_parts();
         let (signature_headers, _query) = instructions.into_parts();
         for header in signature_headers {
-            let name = HeaderName::from_bytes(header.name().as_bytes()).map_err(|_| signing_error(header.name()))?;
+            let name =
+                HeaderName::from_bytes(header.name().as_bytes()).map_err(|_| signing_error(header.name()))?;
             let value = HeaderValue::from_str(header.value()).map_err(|_| signing_error(header.name()))?;
             headers.insert(name, value);
         }
@@ -146,9 +181,11 @@ impl Bedrock {
     async fn post(&self, url: &str, body: Vec<u8>, accept: &str) -> Result<reqwest::Response, ProviderError> {
         match self.client.send(self.signed_post(url, body, accept)?).await? {
             Answer::Success(response) => Ok(response),
-            Answer::Failure { status, retry_after, body } => {
-                Err(error_from_body(status, &body).with_retry_after(retry_after))
-            }
+            Answer::Failure {
+                status,
+                retry_after,
+                body,
+            } => Err(error_from_body(status, &body).with_retry_after(retry_after)),
         }
     }
 }
@@ -156,12 +193,18 @@ impl Bedrock {
 /// Signing failed: the credential values cannot form a signature. The
 /// message names what failed, never a value.
 fn signing_error(what: &str) -> ProviderError {
-    ProviderError::new(ErrorKind::Rejected, format!("cannot sign the Bedrock request: {what}"))
+    ProviderError::new(
+        ErrorKind::Rejected,
+        format!("cannot sign the Bedrock request: {what}"),
+    )
 }
 
 /// The response id for the app: Bedrock's request id when it sent one.
 fn response_id(response: &reqwest::Response) -> String {
-    let request_id = response.headers().get("x-amzn-requestid").and_then(|v| v.to_str().ok());
+    let request_id = response
+        .headers()
+        .get("x-amzn-requestid")
+        .and_then(|v| v.to_str().ok());
     match request_id {
         Some(id) => format!("chatcmpl-{id}"),
         None => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
@@ -179,7 +222,9 @@ impl Provider for Bedrock {
         let body = serde_json::to_vec(&translated.body)
             .map_err(|e| ProviderError::new(ErrorKind::BadRequest, format!("cannot encode request: {e}")))?;
         if request.is_stream() {
-            let response = self.post(&self.url(model, "converse-stream"), body, EVENT_STREAM).await?;
+            let response = self
+                .post(&self.url(model, "converse-stream"), body, EVENT_STREAM)
+                .await?;
             let settings = StreamSettings {
                 id: response_id(&response),
                 created: unix_now(),
@@ -187,13 +232,21 @@ impl Provider for Bedrock {
                 include_usage: request.wants_stream_usage(),
                 json_tool: translated.json_tool,
             };
-            return Ok(ChatReply::Stream(stream::relay(response, StreamTranslator::new(settings))));
+            return Ok(ChatReply::Stream(stream::relay(
+                response,
+                StreamTranslator::new(settings),
+            )));
         }
-        let response = self.post(&self.url(model, "converse"), body, "application/json").await?;
+        let response = self
+            .post(&self.url(model, "converse"), body, "application/json")
+            .await?;
         let id = response_id(&response);
         let body = UpstreamClient::body(response).await?;
         let (answer, usage) = response::translate(&body, &id, model, translated.json_tool.as_deref())?;
-        Ok(ChatReply::Complete(Completed { body: to_json_bytes(&answer), usage }))
+        Ok(ChatReply::Complete(Completed {
+            body: to_json_bytes(&answer),
+            usage,
+        }))
     }
 
     /// Titan text embeddings: one InvokeModel call per input, in order.
@@ -203,7 +256,9 @@ impl Provider for Bedrock {
             .texts()
             .ok_or_else(|| ProviderError::unsupported("Bedrock Titan embeddings take text, not token ids"))?;
         if request.encoding_format.as_deref().is_some_and(|f| f != "float") {
-            return Err(ProviderError::unsupported("Bedrock Titan embeddings return floats only (encoding_format)"));
+            return Err(ProviderError::unsupported(
+                "Bedrock Titan embeddings return floats only (encoding_format)",
+            ));
         }
         let url = self.url(model, "invoke");
         let mut vectors = Vec::with_capacity(texts.len());
@@ -213,14 +268,21 @@ impl Provider for Bedrock {
             if let Some(dimensions) = request.dimensions {
                 body["dimensions"] = dimensions.into();
             }
-            let response = self.post(&url, body.to_string().into_bytes(), "application/json").await?;
+            let response = self
+                .post(&url, body.to_string().into_bytes(), "application/json")
+                .await?;
             let answer: TitanEmbedding = serde_json::from_slice(&UpstreamClient::body(response).await?)
-                .map_err(|e| ProviderError::invalid_response(format!("Bedrock sent an unreadable embedding: {e}")))?;
+                .map_err(|e| {
+                    ProviderError::invalid_response(format!("Bedrock sent an unreadable embedding: {e}"))
+                })?;
             tokens = tokens.saturating_add(answer.input_text_token_count);
             vectors.push(answer.embedding);
         }
         let answer = EmbeddingsResponse::new(model, vectors, tokens);
-        Ok(Completed { body: to_json_bytes(&answer), usage: Usage::new(tokens, 0, 0, 0, 0) })
+        Ok(Completed {
+            body: to_json_bytes(&answer),
+            usage: Usage::new(tokens, 0, 0, 0, 0),
+        })
     }
 }
 
@@ -271,7 +333,9 @@ fn exception_kind(exception_type: &str, message: &str) -> ErrorKind {
         "throttlingException" => ErrorKind::RateLimit,
         "validationException" => validation_kind(message),
         "modelTimeoutException" => ErrorKind::Timeout,
-        "accessDeniedException" | "unrecognizedClientException" | "resourceNotFoundException" => ErrorKind::Rejected,
+        "accessDeniedException" | "unrecognizedClientException" | "resourceNotFoundException" => {
+            ErrorKind::Rejected
+        }
         _ => ErrorKind::ServerError,
     }
 }
@@ -280,7 +344,13 @@ fn exception_kind(exception_type: &str, message: &str) -> ErrorKind {
 /// input is too long (Bedrock has no separate type for it).
 fn validation_kind(message: &str) -> ErrorKind {
     let message = message.to_ascii_lowercase();
-    let too_long = ["input is too long", "too many input tokens", "prompt is too long", "context length", "context window"];
+    let too_long = [
+        "input is too long",
+        "too many input tokens",
+        "prompt is too long",
+        "context length",
+        "context window",
+    ];
     if too_long.iter().any(|phrase| message.contains(phrase)) {
         ErrorKind::ContextWindowExceeded
     } else {
@@ -305,13 +375,41 @@ mod tests {
     #[test]
     fn http_errors_are_classified_by_status_and_message() {
         let cases = [
-            (429, r#"{"message":"Too many requests, please wait before trying again."}"#, ErrorKind::RateLimit),
-            (400, r#"{"message":"Input is too long for requested model."}"#, ErrorKind::ContextWindowExceeded),
-            (400, r#"{"message":"Malformed input request: extraneous key [foo]"}"#, ErrorKind::BadRequest),
-            (403, r#"{"Message":"The security token included in the request is invalid."}"#, ErrorKind::Rejected),
-            (503, r#"{"message":"Bedrock is unable to process your request."}"#, ErrorKind::ServerError),
-            (424, r#"{"message":"The model returned an error."}"#, ErrorKind::ServerError),
-            (408, r#"{"message":"Model has timed out in processing the request."}"#, ErrorKind::Timeout),
+            (
+                429,
+                r#"{"message":"Too many requests, please wait before trying again."}"#,
+                ErrorKind::RateLimit,
+            ),
+            (
+                400,
+                r#"{"message":"Input is too long for requested model."}"#,
+                ErrorKind::ContextWindowExceeded,
+            ),
+            (
+                400,
+                r#"{"message":"Malformed input request: extraneous key [foo]"}"#,
+                ErrorKind::BadRequest,
+            ),
+            (
+                403,
+                r#"{"Message":"The security token included in the request is invalid."}"#,
+                ErrorKind::Rejected,
+            ),
+            (
+                503,
+                r#"{"message":"Bedrock is unable to process your request."}"#,
+                ErrorKind::ServerError,
+            ),
+            (
+                424,
+                r#"{"message":"The model returned an error."}"#,
+                ErrorKind::ServerError,
+            ),
+            (
+                408,
+                r#"{"message":"Model has timed out in processing the request."}"#,
+                ErrorKind::Timeout,
+            ),
             (500, "<html>oops</html>", ErrorKind::ServerError),
         ];
         for (status, body, kind) in cases {
@@ -319,8 +417,17 @@ mod tests {
             assert_eq!(error.kind, kind, "{body}");
             assert_eq!(error.status, Some(status));
         }
-        let error = error_from_body(403, br#"{"Message":"The security token included in the request is invalid."}"#);
-        assert!(error.message.contains("security token included in the request is invalid"), "{}", error.message);
+        let error = error_from_body(
+            403,
+            br#"{"Message":"The security token included in the request is invalid."}"#,
+        );
+        assert!(
+            error
+                .message
+                .contains("security token included in the request is invalid"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
@@ -330,7 +437,11 @@ mod tests {
             ("serviceUnavailableException", "busy", ErrorKind::ServerError),
             ("internalServerException", "oops", ErrorKind::ServerError),
             ("modelStreamErrorException", "model broke", ErrorKind::ServerError),
-            ("validationException", "Input is too long for requested model.", ErrorKind::ContextWindowExceeded),
+            (
+                "validationException",
+                "Input is too long for requested model.",
+                ErrorKind::ContextWindowExceeded,
+            ),
             ("ValidationException", "bad field", ErrorKind::BadRequest),
             ("modelTimeoutException", "slow model", ErrorKind::Timeout),
         ];

@@ -76,7 +76,8 @@ pub(super) fn translate(request: &ChatRequest) -> Result<Translated, ProviderErr
     for message in &request.messages {
         match message.role {
             Role::System | Role::Developer => {
-                body.system.extend(non_empty(message.text()).map(|text| json!({ "text": text })));
+                body.system
+                    .extend(non_empty(message.text()).map(|text| json!({ "text": text })));
             }
             Role::User => push_turn(&mut body.messages, "user", user_blocks(message)?),
             Role::Assistant => push_turn(&mut body.messages, "assistant", assistant_blocks(message)?),
@@ -112,7 +113,9 @@ fn refuse_unsupported(request: &ChatRequest) -> Result<(), ProviderError> {
         ("logit_bias", extra_set("logit_bias")),
     ];
     match refused.iter().find(|(_, set)| *set) {
-        Some((name, _)) => Err(ProviderError::unsupported(format!("Bedrock Converse cannot honour {name}"))),
+        Some((name, _)) => Err(ProviderError::unsupported(format!(
+            "Bedrock Converse cannot honour {name}"
+        ))),
         None => Ok(()),
     }
 }
@@ -129,27 +132,45 @@ fn push_turn(turns: &mut Vec<Turn>, role: &'static str, blocks: Vec<Value>) {
     }
     match turns.last_mut() {
         Some(last) if last.role == role => last.content.extend(blocks),
-        _ => turns.push(Turn { role, content: blocks }),
+        _ => turns.push(Turn {
+            role,
+            content: blocks,
+        }),
     }
 }
 
 fn user_blocks(message: &Message) -> Result<Vec<Value>, ProviderError> {
     match &message.content {
         None => Ok(Vec::new()),
-        Some(Content::Text(text)) => Ok(non_empty(text.clone()).map(|text| json!({ "text": text })).into_iter().collect()),
-        Some(Content::Parts(parts)) => parts.iter().filter_map(|part| part_block(part).transpose()).collect(),
+        Some(Content::Text(text)) => Ok(non_empty(text.clone())
+            .map(|text| json!({ "text": text }))
+            .into_iter()
+            .collect()),
+        Some(Content::Parts(parts)) => parts
+            .iter()
+            .filter_map(|part| part_block(part).transpose())
+            .collect(),
     }
 }
 
 fn part_block(part: &ContentPart) -> Result<Option<Value>, ProviderError> {
     match part.kind.as_str() {
-        "text" | "refusal" => {
-            Ok(part.text.clone().or_else(|| part.extra.get("refusal").and_then(Value::as_str).map(str::to_owned))
-                .and_then(non_empty)
-                .map(|text| json!({ "text": text })))
-        }
+        "text" | "refusal" => Ok(part
+            .text
+            .clone()
+            .or_else(|| {
+                part.extra
+                    .get("refusal")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .and_then(non_empty)
+            .map(|text| json!({ "text": text }))),
         "image_url" => {
-            let image = part.image_url.as_ref().ok_or_else(|| bad_request("an image_url part has no image_url"))?;
+            let image = part
+                .image_url
+                .as_ref()
+                .ok_or_else(|| bad_request("an image_url part has no image_url"))?;
             let Some((media_type, data)) = image.as_inline() else {
                 return Err(ProviderError::unsupported(
                     "Bedrock Converse takes images as bytes only: send the image as a data: URL, not a link",
@@ -166,9 +187,13 @@ fn part_block(part: &ContentPart) -> Result<Option<Value>, ProviderError> {
                     )));
                 }
             };
-            Ok(Some(json!({ "image": { "format": format, "source": { "bytes": data } } })))
+            Ok(Some(
+                json!({ "image": { "format": format, "source": { "bytes": data } } }),
+            ))
         }
-        other => Err(ProviderError::unsupported(format!("Bedrock Converse cannot take {other} content parts"))),
+        other => Err(ProviderError::unsupported(format!(
+            "Bedrock Converse cannot take {other} content parts"
+        ))),
     }
 }
 
@@ -179,18 +204,21 @@ fn assistant_blocks(message: &Message) -> Result<Vec<Value>, ProviderError> {
         let input: Value = if arguments.is_empty() {
             json!({})
         } else {
-            serde_json::from_str(arguments).map_err(|_| {
-                bad_request(format!("the arguments of tool call {} are not JSON", call.id))
-            })?
+            serde_json::from_str(arguments)
+                .map_err(|_| bad_request(format!("the arguments of tool call {} are not JSON", call.id)))?
         };
-        blocks.push(json!({ "toolUse": { "toolUseId": call.id, "name": call.function.name, "input": input } }));
+        blocks
+            .push(json!({ "toolUse": { "toolUseId": call.id, "name": call.function.name, "input": input } }));
     }
     Ok(blocks)
 }
 
 /// A tool's answer; a JSON object stays structured, anything else is text.
 fn tool_result(message: &Message) -> Result<Value, ProviderError> {
-    let id = message.tool_call_id.as_ref().ok_or_else(|| bad_request("a tool message has no tool_call_id"))?;
+    let id = message
+        .tool_call_id
+        .as_ref()
+        .ok_or_else(|| bad_request("a tool message has no tool_call_id"))?;
     let text = message.text();
     let content = match serde_json::from_str::<Value>(&text) {
         Ok(object @ Value::Object(_)) => json!([{ "json": object }]),
@@ -210,7 +238,9 @@ enum ToolChoice {
 }
 
 fn tool_choice(request: &ChatRequest) -> Result<ToolChoice, ProviderError> {
-    let Some(choice) = &request.tool_choice else { return Ok(ToolChoice::Unset) };
+    let Some(choice) = &request.tool_choice else {
+        return Ok(ToolChoice::Unset);
+    };
     match choice {
         Value::String(s) if s == "none" => Ok(ToolChoice::None),
         Value::String(s) if s == "auto" => Ok(ToolChoice::Auto),
@@ -220,12 +250,16 @@ fn tool_choice(request: &ChatRequest) -> Result<ToolChoice, ProviderError> {
             .and_then(Value::as_str)
             .map(|name| ToolChoice::Named(name.to_owned()))
             .ok_or_else(|| bad_request("tool_choice names no function")),
-        _ => Err(bad_request(format!("tool_choice {choice} is not none, auto, required or a function"))),
+        _ => Err(bad_request(format!(
+            "tool_choice {choice} is not none, auto, required or a function"
+        ))),
     }
 }
 
 fn tool_spec(name: &str, description: Option<&str>, schema: Option<&Value>) -> Value {
-    let schema = schema.cloned().unwrap_or_else(|| json!({ "type": "object", "properties": {} }));
+    let schema = schema
+        .cloned()
+        .unwrap_or_else(|| json!({ "type": "object", "properties": {} }));
     let mut spec = json!({ "name": name, "inputSchema": { "json": schema } });
     if let Some(description) = description {
         spec["description"] = description.into();
@@ -238,14 +272,22 @@ fn json_tool_spec(format: Option<&ResponseFormat>) -> Option<Value> {
     let format = format?;
     let intro = "Give your final answer by calling this tool: its input is the answer, as JSON.";
     match format.kind.as_str() {
-        "json_object" => Some(tool_spec(JSON_TOOL, Some(intro), Some(&json!({ "type": "object" })))),
+        "json_object" => Some(tool_spec(
+            JSON_TOOL,
+            Some(intro),
+            Some(&json!({ "type": "object" })),
+        )),
         "json_schema" => {
             let schema = format.json_schema.as_ref();
             let description = match schema.and_then(|s| s.description.as_deref()) {
                 Some(what) => format!("{intro} {what}"),
                 None => intro.to_owned(),
             };
-            Some(tool_spec(JSON_TOOL, Some(&description), schema.and_then(|s| s.schema.as_ref())))
+            Some(tool_spec(
+                JSON_TOOL,
+                Some(&description),
+                schema.and_then(|s| s.schema.as_ref()),
+            ))
         }
         _ => None,
     }
@@ -254,14 +296,24 @@ fn json_tool_spec(format: Option<&ResponseFormat>) -> Option<Value> {
 /// `toolConfig`, and the response-format tool's name when there is one.
 fn tool_config(request: &ChatRequest) -> Result<(Option<Value>, Option<String>), ProviderError> {
     let choice = tool_choice(request)?;
-    let app_tools = request.tools.iter().flatten().filter(|_| choice != ToolChoice::None);
+    let app_tools = request
+        .tools
+        .iter()
+        .flatten()
+        .filter(|_| choice != ToolChoice::None);
     let mut tools: Vec<Value> = Vec::new();
     for tool in app_tools {
         let function = &tool.function;
         if function.name == JSON_TOOL && json_tool_spec(request.response_format.as_ref()).is_some() {
-            return Err(bad_request(format!("the tool name {JSON_TOOL} is reserved when response_format asks for JSON")));
+            return Err(bad_request(format!(
+                "the tool name {JSON_TOOL} is reserved when response_format asks for JSON"
+            )));
         }
-        tools.push(tool_spec(&function.name, function.description.as_deref(), function.parameters.as_ref()));
+        tools.push(tool_spec(
+            &function.name,
+            function.description.as_deref(),
+            function.parameters.as_ref(),
+        ));
     }
     let wants_answer = matches!(choice, ToolChoice::Unset | ToolChoice::Auto | ToolChoice::None);
     let json_tool = json_tool_spec(request.response_format.as_ref()).filter(|_| wants_answer);
@@ -274,7 +326,9 @@ fn tool_config(request: &ChatRequest) -> Result<(Option<Value>, Option<String>),
         (None, ToolChoice::Required) => Some(json!({ "any": {} })),
         (None, ToolChoice::Named(name)) => {
             if !tools.iter().any(|t| t["toolSpec"]["name"] == name.as_str()) {
-                return Err(bad_request(format!("tool_choice names {name}, which is not among the tools")));
+                return Err(bad_request(format!(
+                    "tool_choice names {name}, which is not among the tools"
+                )));
             }
             Some(json!({ "tool": { "name": name } }))
         }
@@ -334,28 +388,40 @@ mod tests {
             "tool_choice": "auto",
             "max_tokens": 300, "temperature": 0.2, "top_p": 0.9, "stop": "END"
         }));
-        assert_eq!(body["system"], json!([{"text": "Be brief."}, {"text": "Use metric units."}]));
-        assert_eq!(body["messages"], json!([
-            {"role": "user", "content": [
-                {"text": "Weather in Paris and Rome?"},
-                {"text": "Here is a map."},
-                {"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}}
-            ]},
-            {"role": "assistant", "content": [
-                {"toolUse": {"toolUseId": "call_1", "name": "weather", "input": {"city": "Paris"}}},
-                {"toolUse": {"toolUseId": "call_2", "name": "weather", "input": {"city": "Rome"}}}
-            ]},
-            {"role": "user", "content": [
-                {"toolResult": {"toolUseId": "call_1", "content": [{"json": {"celsius": 21}}]}},
-                {"toolResult": {"toolUseId": "call_2", "content": [{"text": "sunny, 25 degrees"}]}}
-            ]}
-        ]));
-        assert_eq!(body["inferenceConfig"], json!({"maxTokens": 300, "temperature": 0.2, "topP": 0.9, "stopSequences": ["END"]}));
-        assert_eq!(body["toolConfig"], json!({
-            "tools": [{"toolSpec": {"name": "weather", "description": "Current weather",
-                "inputSchema": {"json": {"type": "object", "properties": {"city": {"type": "string"}}}}}}],
-            "toolChoice": {"auto": {}}
-        }));
+        assert_eq!(
+            body["system"],
+            json!([{"text": "Be brief."}, {"text": "Use metric units."}])
+        );
+        assert_eq!(
+            body["messages"],
+            json!([
+                {"role": "user", "content": [
+                    {"text": "Weather in Paris and Rome?"},
+                    {"text": "Here is a map."},
+                    {"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}}
+                ]},
+                {"role": "assistant", "content": [
+                    {"toolUse": {"toolUseId": "call_1", "name": "weather", "input": {"city": "Paris"}}},
+                    {"toolUse": {"toolUseId": "call_2", "name": "weather", "input": {"city": "Rome"}}}
+                ]},
+                {"role": "user", "content": [
+                    {"toolResult": {"toolUseId": "call_1", "content": [{"json": {"celsius": 21}}]}},
+                    {"toolResult": {"toolUseId": "call_2", "content": [{"text": "sunny, 25 degrees"}]}}
+                ]}
+            ])
+        );
+        assert_eq!(
+            body["inferenceConfig"],
+            json!({"maxTokens": 300, "temperature": 0.2, "topP": 0.9, "stopSequences": ["END"]})
+        );
+        assert_eq!(
+            body["toolConfig"],
+            json!({
+                "tools": [{"toolSpec": {"name": "weather", "description": "Current weather",
+                    "inputSchema": {"json": {"type": "object", "properties": {"city": {"type": "string"}}}}}}],
+                "toolChoice": {"auto": {}}
+            })
+        );
     }
 
     #[test]
@@ -367,7 +433,10 @@ mod tests {
                 "tool_choice": choice
             }))
         };
-        assert_eq!(with_choice(json!("required"))["toolConfig"]["toolChoice"], json!({"any": {}}));
+        assert_eq!(
+            with_choice(json!("required"))["toolConfig"]["toolChoice"],
+            json!({"any": {}})
+        );
         assert_eq!(
             with_choice(json!({"type": "function", "function": {"name": "lookup"}}))["toolConfig"]["toolChoice"],
             json!({"tool": {"name": "lookup"}})
@@ -391,15 +460,25 @@ mod tests {
         let tool = &body["toolConfig"]["tools"][0]["toolSpec"];
         assert_eq!(tool["name"], JSON_TOOL);
         assert_eq!(tool["inputSchema"]["json"]["required"], json!(["name"]));
-        assert!(tool["description"].as_str().is_some_and(|d| d.ends_with("One colour.")));
-        assert_eq!(body["toolConfig"]["toolChoice"], json!({"tool": {"name": JSON_TOOL}}));
+        assert!(
+            tool["description"]
+                .as_str()
+                .is_some_and(|d| d.ends_with("One colour."))
+        );
+        assert_eq!(
+            body["toolConfig"]["toolChoice"],
+            json!({"tool": {"name": JSON_TOOL}})
+        );
 
         let with_app_tools = translated(json!({
             "model": "m", "messages": [{"role": "user", "content": "hi"}],
             "tools": [{"type": "function", "function": {"name": "lookup"}}],
             "response_format": {"type": "json_object"}
         }));
-        assert_eq!(with_app_tools["toolConfig"]["tools"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            with_app_tools["toolConfig"]["tools"].as_array().map(Vec::len),
+            Some(2)
+        );
         assert_eq!(with_app_tools["toolConfig"]["toolChoice"], json!({"any": {}}));
     }
 
@@ -423,7 +502,11 @@ mod tests {
             assert_eq!(error.kind, ErrorKind::Unsupported, "{field}");
             assert!(error.message.contains(named), "{}", error.message);
         }
-        for (field, value) in [("n", json!(1)), ("presence_penalty", json!(0.0)), ("logprobs", json!(false))] {
+        for (field, value) in [
+            ("n", json!(1)),
+            ("presence_penalty", json!(0.0)),
+            ("logprobs", json!(false)),
+        ] {
             translated(with(field, value));
         }
         let linked = refused(json!({"model": "m", "messages": [{"role": "user", "content": [

@@ -30,7 +30,13 @@ impl From<&TokenUsage> for Usage {
         let cap = |n: u64| n.min(u64::from(u32::MAX));
         let read = cap(usage.cache_read_input_tokens);
         let write = cap(usage.cache_write_input_tokens);
-        Usage::new(cap(usage.input_tokens) + read + write, cap(usage.output_tokens), read, write, 0)
+        Usage::new(
+            cap(usage.input_tokens) + read + write,
+            cap(usage.output_tokens),
+            read,
+            write,
+            0,
+        )
     }
 }
 
@@ -97,8 +103,9 @@ pub(super) fn translate(
     model: &str,
     json_tool: Option<&str>,
 ) -> Result<(ChatResponse, Usage), ProviderError> {
-    let answer: ConverseResponse = serde_json::from_slice(body)
-        .map_err(|e| ProviderError::invalid_response(format!("Bedrock sent an unreadable Converse answer: {e}")))?;
+    let answer: ConverseResponse = serde_json::from_slice(body).map_err(|e| {
+        ProviderError::invalid_response(format!("Bedrock sent an unreadable Converse answer: {e}"))
+    })?;
     let mut text = String::new();
     let mut json_answer = None;
     let mut tool_calls = Vec::new();
@@ -110,8 +117,15 @@ pub(super) fn translate(
             if json_tool == Some(call.name.as_str()) {
                 json_answer = Some(call.input.to_string());
             } else {
-                let function = FunctionCall { name: call.name, arguments: call.input.to_string() };
-                tool_calls.push(ToolCall { id: call.tool_use_id, kind: "function".to_owned(), function });
+                let function = FunctionCall {
+                    name: call.name,
+                    arguments: call.input.to_string(),
+                };
+                tool_calls.push(ToolCall {
+                    id: call.tool_use_id,
+                    kind: "function".to_owned(),
+                    function,
+                });
             }
         }
     }
@@ -149,7 +163,13 @@ mod tests {
     use super::*;
 
     fn answer(body: Value, json_tool: Option<&str>) -> (ChatResponse, Usage) {
-        translate(body.to_string().as_bytes(), "chatcmpl-1", "anthropic.claude", json_tool).expect("a Converse answer")
+        translate(
+            body.to_string().as_bytes(),
+            "chatcmpl-1",
+            "anthropic.claude",
+            json_tool,
+        )
+        .expect("a Converse answer")
     }
 
     #[test]
@@ -171,8 +191,14 @@ mod tests {
         assert_eq!(choice.finish_reason.as_deref(), Some("tool_calls"));
         assert_eq!(choice.message.content.as_deref(), Some("Let me check."));
         let call = &choice.message.tool_calls.as_ref().expect("a tool call")[0];
-        assert_eq!((call.id.as_str(), call.function.name.as_str()), ("tooluse_1", "weather"));
-        assert_eq!(serde_json::from_str::<Value>(&call.function.arguments).expect("JSON"), json!({"city": "Paris"}));
+        assert_eq!(
+            (call.id.as_str(), call.function.name.as_str()),
+            ("tooluse_1", "weather")
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&call.function.arguments).expect("JSON"),
+            json!({"city": "Paris"})
+        );
         assert_eq!(usage, Usage::new(30, 5, 12, 8, 0));
         assert_eq!(usage.total_tokens, 35);
     }
@@ -209,7 +235,10 @@ mod tests {
         assert_eq!(choice.finish_reason.as_deref(), Some("stop"));
         assert_eq!(choice.message.tool_calls, None);
         let content = choice.message.content.as_deref().expect("content");
-        assert_eq!(serde_json::from_str::<Value>(content).expect("JSON"), json!({"name": "teal"}));
+        assert_eq!(
+            serde_json::from_str::<Value>(content).expect("JSON"),
+            json!({"name": "teal"})
+        );
     }
 
     #[test]

@@ -153,17 +153,18 @@ impl StreamTranslator {
         self.pending.extend_from_slice(bytes);
         let mut events = Vec::new();
         loop {
-            let frame = self
-                .decoder
-                .decode_frame(&mut self.pending)
-                .map_err(|e| ProviderError::invalid_response(format!("Bedrock sent a corrupt event-stream frame: {e}")))?;
+            let frame = self.decoder.decode_frame(&mut self.pending).map_err(|e| {
+                ProviderError::invalid_response(format!("Bedrock sent a corrupt event-stream frame: {e}"))
+            })?;
             match frame {
                 DecodedFrame::Complete(message) => events.extend(self.on_message(&message)?),
                 DecodedFrame::Incomplete => break,
             }
         }
         if self.pending.len() > MAX_MESSAGE_BYTES {
-            return Err(ProviderError::invalid_response("Bedrock sent an over-long event-stream frame"));
+            return Err(ProviderError::invalid_response(
+                "Bedrock sent an over-long event-stream frame",
+            ));
         }
         Ok(events)
     }
@@ -179,7 +180,9 @@ impl StreamTranslator {
             "event" => {}
             "exception" => {
                 let exception = header(message, ":exception-type").unwrap_or("unknown exception");
-                let text = serde_json::from_slice::<ExceptionBody>(payload).ok().and_then(|b| b.message);
+                let text = serde_json::from_slice::<ExceptionBody>(payload)
+                    .ok()
+                    .and_then(|b| b.message);
                 let text = text.unwrap_or_else(|| "no message".to_owned());
                 return Err(ProviderError::new(
                     exception_kind(exception, &text),
@@ -212,14 +215,23 @@ impl StreamTranslator {
                     events.push(self.content(text));
                 }
                 if let Some(tool) = delta.delta.tool_use {
-                    let block = self.blocks.get(&delta.content_block_index).copied().ok_or_else(|| {
-                        ProviderError::invalid_response("Bedrock streamed tool input for a block it never started")
-                    })?;
+                    let block = self
+                        .blocks
+                        .get(&delta.content_block_index)
+                        .copied()
+                        .ok_or_else(|| {
+                            ProviderError::invalid_response(
+                                "Bedrock streamed tool input for a block it never started",
+                            )
+                        })?;
                     events.push(match block {
                         Block::JsonAnswer => self.content(tool.input),
                         Block::ToolCall(index) => self.tool_delta(ToolCallDelta {
                             index,
-                            function: FunctionCallDelta { name: None, arguments: Some(tool.input) },
+                            function: FunctionCallDelta {
+                                name: None,
+                                arguments: Some(tool.input),
+                            },
                             ..ToolCallDelta::default()
                         }),
                     });
@@ -250,16 +262,27 @@ impl StreamTranslator {
     /// No `messageStop` arrived, or a frame was left incomplete.
     pub fn finish(&mut self) -> Result<Vec<StreamEvent>, ProviderError> {
         if !self.pending.is_empty() {
-            return Err(ProviderError::invalid_response("Bedrock stream ended inside an event-stream frame"));
+            return Err(ProviderError::invalid_response(
+                "Bedrock stream ended inside an event-stream frame",
+            ));
         }
         if !self.stopped {
-            return Err(ProviderError::invalid_response("Bedrock stream ended before messageStop"));
+            return Err(ProviderError::invalid_response(
+                "Bedrock stream ended before messageStop",
+            ));
         }
-        let Some(usage) = self.usage.take() else { return Ok(Vec::new()) };
+        let Some(usage) = self.usage.take() else {
+            return Ok(Vec::new());
+        };
         let mut events = Vec::new();
         if self.settings.include_usage {
             let s = &self.settings;
-            events.push(StreamEvent::Chunk(to_json_bytes(&ChatChunk::usage(&s.id, s.created, &s.model, usage.clone()))));
+            events.push(StreamEvent::Chunk(to_json_bytes(&ChatChunk::usage(
+                &s.id,
+                s.created,
+                &s.model,
+                usage.clone(),
+            ))));
         }
         events.push(StreamEvent::Usage(usage));
         Ok(events)
@@ -269,7 +292,11 @@ impl StreamTranslator {
     fn role(&mut self, events: &mut Vec<StreamEvent>) {
         if !self.role_sent {
             self.role_sent = true;
-            let delta = Delta { role: Some("assistant".to_owned()), content: Some(String::new()), tool_calls: None };
+            let delta = Delta {
+                role: Some("assistant".to_owned()),
+                content: Some(String::new()),
+                tool_calls: None,
+            };
             events.push(self.chunk(delta, None));
         }
     }
@@ -286,16 +313,31 @@ impl StreamTranslator {
             index,
             id: Some(tool.tool_use_id),
             kind: Some("function".to_owned()),
-            function: FunctionCallDelta { name: Some(tool.name), arguments: Some(String::new()) },
+            function: FunctionCallDelta {
+                name: Some(tool.name),
+                arguments: Some(String::new()),
+            },
         }));
     }
 
     fn content(&self, text: String) -> StreamEvent {
-        self.chunk(Delta { content: Some(text), ..Delta::default() }, None)
+        self.chunk(
+            Delta {
+                content: Some(text),
+                ..Delta::default()
+            },
+            None,
+        )
     }
 
     fn tool_delta(&self, call: ToolCallDelta) -> StreamEvent {
-        self.chunk(Delta { tool_calls: Some(vec![call]), ..Delta::default() }, None)
+        self.chunk(
+            Delta {
+                tool_calls: Some(vec![call]),
+                ..Delta::default()
+            },
+            None,
+        )
     }
 
     fn chunk(&self, delta: Delta, finish: Option<&str>) -> StreamEvent {
@@ -370,7 +412,14 @@ mod tests {
     }
 
     fn event(kind: &str, payload: Json) -> Vec<u8> {
-        frame(&[(":event-type", kind), (":content-type", "application/json"), (":message-type", "event")], &payload)
+        frame(
+            &[
+                (":event-type", kind),
+                (":content-type", "application/json"),
+                (":message-type", "event"),
+            ],
+            &payload,
+        )
     }
 
     fn translator(include_usage: bool, json_tool: Option<&str>) -> StreamTranslator {
@@ -384,7 +433,11 @@ mod tests {
     }
 
     /// Feeds `bytes` in pieces of `step` and returns every chunk as JSON, plus the usage.
-    fn run(mut t: StreamTranslator, bytes: &[u8], step: usize) -> Result<(Vec<Json>, Option<Usage>), ProviderError> {
+    fn run(
+        mut t: StreamTranslator,
+        bytes: &[u8],
+        step: usize,
+    ) -> Result<(Vec<Json>, Option<Usage>), ProviderError> {
         let mut events = Vec::new();
         for piece in bytes.chunks(step) {
             events.extend(t.push(piece)?);
@@ -404,16 +457,31 @@ mod tests {
     fn tool_answer() -> Vec<u8> {
         [
             event("messageStart", json!({"role": "assistant", "p": "abcd"})),
-            event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Checking"}, "p": "ab"})),
+            event(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"text": "Checking"}, "p": "ab"}),
+            ),
             event("contentBlockStop", json!({"contentBlockIndex": 0})),
-            event("contentBlockStart", json!({"contentBlockIndex": 1,
-                "start": {"toolUse": {"toolUseId": "tooluse_1", "name": "weather"}}})),
-            event("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"city\":"}}})),
-            event("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "\"Paris\"}"}}})),
+            event(
+                "contentBlockStart",
+                json!({"contentBlockIndex": 1,
+                "start": {"toolUse": {"toolUseId": "tooluse_1", "name": "weather"}}}),
+            ),
+            event(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"city\":"}}}),
+            ),
+            event(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "\"Paris\"}"}}}),
+            ),
             event("contentBlockStop", json!({"contentBlockIndex": 1})),
             event("messageStop", json!({"stopReason": "tool_use"})),
-            event("metadata", json!({"usage": {"inputTokens": 7, "outputTokens": 9, "totalTokens": 20,
-                "cacheReadInputTokens": 4}, "metrics": {"latencyMs": 300}})),
+            event(
+                "metadata",
+                json!({"usage": {"inputTokens": 7, "outputTokens": 9, "totalTokens": 20,
+                "cacheReadInputTokens": 4}, "metrics": {"latencyMs": 300}}),
+            ),
         ]
         .concat()
     }
@@ -423,15 +491,24 @@ mod tests {
         let bytes = tool_answer();
         for step in [1, 7, 64, bytes.len()] {
             let (chunks, usage) = run(translator(true, None), &bytes, step).expect("a complete stream");
-            assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+            assert_eq!(
+                chunks[0]["choices"][0]["delta"],
+                json!({"role": "assistant", "content": ""})
+            );
             assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Checking");
-            assert_eq!(chunks[2]["choices"][0]["delta"]["tool_calls"], json!([{"index": 0, "id": "tooluse_1",
-                "type": "function", "function": {"name": "weather", "arguments": ""}}]));
+            assert_eq!(
+                chunks[2]["choices"][0]["delta"]["tool_calls"],
+                json!([{"index": 0, "id": "tooluse_1",
+                "type": "function", "function": {"name": "weather", "arguments": ""}}])
+            );
             let arguments: String = chunks
                 .iter()
                 .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
                 .collect();
-            assert_eq!(serde_json::from_str::<Json>(&arguments).expect("JSON"), json!({"city": "Paris"}));
+            assert_eq!(
+                serde_json::from_str::<Json>(&arguments).expect("JSON"),
+                json!({"city": "Paris"})
+            );
             let finish = &chunks[chunks.len() - 2];
             assert_eq!(finish["choices"][0]["finish_reason"], "tool_calls");
             let last = &chunks[chunks.len() - 1];
@@ -453,18 +530,37 @@ mod tests {
     fn the_response_format_tool_streams_as_content() {
         let bytes = [
             event("messageStart", json!({"role": "assistant"})),
-            event("contentBlockStart", json!({"contentBlockIndex": 0,
-                "start": {"toolUse": {"toolUseId": "tooluse_2", "name": "json_response"}}})),
-            event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": "{\"name\":"}}})),
-            event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": "\"teal\"}"}}})),
+            event(
+                "contentBlockStart",
+                json!({"contentBlockIndex": 0,
+                "start": {"toolUse": {"toolUseId": "tooluse_2", "name": "json_response"}}}),
+            ),
+            event(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": "{\"name\":"}}}),
+            ),
+            event(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": "\"teal\"}"}}}),
+            ),
             event("messageStop", json!({"stopReason": "tool_use"})),
         ]
         .concat();
         let (chunks, usage) = run(translator(true, Some("json_response")), &bytes, 5).expect("complete");
-        let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+        let content: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
         assert_eq!(content, "{\"name\":\"teal\"}");
-        assert!(chunks.iter().all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
-        assert_eq!(chunks.last().expect("finish")["choices"][0]["finish_reason"], "stop");
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none())
+        );
+        assert_eq!(
+            chunks.last().expect("finish")["choices"][0]["finish_reason"],
+            "stop"
+        );
         assert_eq!(usage, None);
     }
 
@@ -473,7 +569,11 @@ mod tests {
         let throttled = [
             event("messageStart", json!({"role": "assistant"})),
             frame(
-                &[(":exception-type", "throttlingException"), (":content-type", "application/json"), (":message-type", "exception")],
+                &[
+                    (":exception-type", "throttlingException"),
+                    (":content-type", "application/json"),
+                    (":message-type", "exception"),
+                ],
                 &json!({"message": "Too many tokens, please wait before trying again."}),
             ),
         ]
@@ -487,20 +587,31 @@ mod tests {
     fn a_stream_cut_before_message_stop_is_an_error() {
         let cut = [
             event("messageStart", json!({"role": "assistant"})),
-            event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Hel"}})),
+            event(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"text": "Hel"}}),
+            ),
         ]
         .concat();
         let error = run(translator(false, None), &cut, 8).expect_err("cut");
         assert_eq!(error.kind, ErrorKind::InvalidResponse);
         let half_frame = &tool_answer()[..30];
-        assert_eq!(run(translator(false, None), half_frame, 8).expect_err("cut").kind, ErrorKind::InvalidResponse);
+        assert_eq!(
+            run(translator(false, None), half_frame, 8).expect_err("cut").kind,
+            ErrorKind::InvalidResponse
+        );
     }
 
     #[test]
     fn corrupt_frames_are_errors_not_panics() {
         let mut bytes = tool_answer();
         bytes[20] ^= 0xff;
-        assert_eq!(run(translator(false, None), &bytes, 16).expect_err("corrupt").kind, ErrorKind::InvalidResponse);
+        assert_eq!(
+            run(translator(false, None), &bytes, 16)
+                .expect_err("corrupt")
+                .kind,
+            ErrorKind::InvalidResponse
+        );
         let huge_prelude = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
         assert!(run(translator(false, None), &huge_prelude, 12).is_err());
     }
