@@ -8,6 +8,7 @@
 //! - [`harness`]: starts a real sidecar on loopback from YAML manifests.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 pub mod harness;
 pub mod mock_server;

@@ -2,8 +2,10 @@
 //! Python SDK tests, the examples and the benchmarks.
 //!
 //! - `/openai/v1/...`: OpenAI. `/azure/openai/deployments/...`: Azure OpenAI.
-//!   `/anthropic/v1/messages`: Anthropic.
-//!   `/gemini/v1beta/models/...`: Gemini (`baseUrl: http://HOST/gemini`).
+//! - `/anthropic/v1/messages`: Anthropic.
+//! - `/gemini/v1beta/models/...`: Gemini (`baseUrl: http://HOST/gemini`).
+//! - `/bedrock/model/{id}/...`: Bedrock Runtime (signed with the test
+//!   credentials in `llmesh_test_support::bedrock`, region `eu-central-1`).
 //! - `POST /_mock/{provider}/script` with a JSON list of behaviors
 //!   (`["hang", {"status": 500}]`) scripts the next calls.
 //! - `GET /_mock/{provider}/calls` returns `{"count": n, "calls": [...]}`.
@@ -17,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Parser;
 use llmesh_test_support::mock_server::{Behavior, State};
-use llmesh_test_support::{anthropic, gemini, openai};
+use llmesh_test_support::{anthropic, bedrock, gemini, openai};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -31,7 +33,7 @@ type Mocks = Arc<BTreeMap<&'static str, Arc<State>>>;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mocks: BTreeMap<&'static str, Arc<State>> = ["openai", "azure", "anthropic", "gemini"]
+    let mocks: BTreeMap<&'static str, Arc<State>> = ["openai", "azure", "anthropic", "gemini", "bedrock"]
         .into_iter()
         .map(|name| (name, Arc::new(State::default())))
         .collect();
@@ -45,7 +47,8 @@ async fn main() -> anyhow::Result<()> {
         .nest("/openai", openai::router(mocks["openai"].clone()))
         .nest("/azure", openai::router(mocks["azure"].clone()))
         .nest("/anthropic", anthropic::router(mocks["anthropic"].clone()))
-        .nest("/gemini", gemini::router(mocks["gemini"].clone()));
+        .nest("/gemini", gemini::router(mocks["gemini"].clone()))
+        .merge(bedrock::router_at(mocks["bedrock"].clone(), "/bedrock"));
 
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     println!("mock-upstream listening on http://{}", listener.local_addr()?);
