@@ -3,7 +3,7 @@
 //! platform engineer see them.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use llmesh_sidecar::settings;
 use llmesh_test_support::harness::{Sidecar, provider, route, secret};

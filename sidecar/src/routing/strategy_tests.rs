@@ -13,7 +13,10 @@ use crate::health::{HealthRegistry, TargetKey};
 use crate::metrics::Metrics;
 use crate::providers::mock::Mock;
 
-fn targets(specs: &[(&str, u32, Option<(f64, f64)>)]) -> Vec<Target> {
+/// A target for these tests: name, weight, and (input, output) price.
+type Spec<'a> = (&'a str, u32, Option<(f64, f64)>);
+
+fn targets(specs: &[Spec<'_>]) -> Vec<Target> {
     let health = HealthRegistry::new(Arc::new(Metrics::new()));
     let config = ProviderConfig {
         kind: ProviderKind::Mock,
