@@ -182,7 +182,7 @@ async fn the_fallback_drill_keeps_serving_while_the_primary_is_down() {
     assert_eq!(content(&body), "answered by the primary");
 
     let drill = json!({"provider": "primary", "faults": [{"kind": "status", "status": 503}]});
-    let client = reqwest::Client::new();
+    let client = llmesh_test_support::harness::http_client();
     let started = client
         .post(format!("{}/debug/faults", sidecar.admin_url))
         .json(&drill)

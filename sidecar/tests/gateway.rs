@@ -57,7 +57,7 @@ async fn bad_requests_get_openai_errors_naming_the_problem() {
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "unknown_url");
 
-    let raw = reqwest::Client::new()
+    let raw = llmesh_test_support::harness::http_client()
         .post(format!("{}/v1/chat/completions", sidecar.url))
         .body("{not json")
         .send()
@@ -255,7 +255,7 @@ async fn in_a_pod_config_comes_from_the_mounted_file_and_keys_from_mounted_secre
         .await
         .expect("starts");
     let url = format!("http://{}", gateway.api_addr);
-    let client = reqwest::Client::new();
+    let client = llmesh_test_support::harness::http_client();
 
     // A broken config at start: serving, but not ready, and saying so.
     let ready = client

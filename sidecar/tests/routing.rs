@@ -109,7 +109,7 @@ async fn rules_send_matching_requests_to_their_own_targets() {
     ]
     .concat();
     let sidecar = Sidecar::start(&yaml).await;
-    let client = reqwest::Client::new();
+    let client = llmesh_test_support::harness::http_client();
     let url = format!("{}/v1/chat/completions", sidecar.url);
     let model_of = |response: reqwest::Response| header(&response, "x-llmesh-model");
 
@@ -179,7 +179,7 @@ async fn requests_may_tighten_the_route_timeouts_but_not_loosen_them() {
     ]
     .concat();
     let sidecar = Sidecar::start(&yaml).await;
-    let client = reqwest::Client::new();
+    let client = llmesh_test_support::harness::http_client();
     let url = format!("{}/v1/chat/completions", sidecar.url);
     let send = |name: &'static str, value: &'static str| {
         client.post(&url).header(name, value).json(&ask("smart")).send()
@@ -216,7 +216,7 @@ async fn a_drill_takes_a_provider_down_and_the_breaker_sheds_it() {
     ]
     .concat();
     let sidecar = Sidecar::start_with(&yaml, vec![(settings::ENABLE_DRILLS.into(), "true".into())]).await;
-    let client = reqwest::Client::new();
+    let client = llmesh_test_support::harness::http_client();
     let drill = client
         .post(format!("{}/debug/faults", sidecar.admin_url))
         .json(&json!({"provider": "claude-ish", "faults": [{"kind": "status", "status": 503}]}))
@@ -272,7 +272,7 @@ async fn drills_are_refused_unless_enabled_and_only_touch_mock_providers() {
     let (_primary, _backup, providers) = two_openai_mocks().await;
     let yaml = providers + &provider("m", "{provider: mock}");
     let off = Sidecar::start(&yaml).await;
-    let client = reqwest::Client::new();
+    let client = llmesh_test_support::harness::http_client();
     let body = json!({"provider": "m", "faults": []});
     let refused = client
         .post(format!("{}/debug/faults", off.admin_url))
@@ -314,7 +314,7 @@ async fn under_load_a_flapping_target_loses_no_request_and_the_breaker_limits_it
     let flapper = {
         let admin = format!("{}/debug/faults", sidecar.admin_url);
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = llmesh_test_support::harness::http_client();
             for round in 0..12 {
                 let body = if round % 2 == 0 {
                     json!({"provider": "flappy", "faults": [{"kind": "status", "status": 500}]})

@@ -46,7 +46,7 @@ impl Sidecar {
             url: format!("http://{}", gateway.api_addr),
             admin_url: format!("http://{}", gateway.admin_addr),
             gateway: Some(gateway),
-            client: reqwest::Client::new(),
+            client: http_client(),
             dir,
         }
     }
@@ -103,6 +103,13 @@ impl Sidecar {
             gateway.shutdown(drain).await;
         }
     }
+}
+
+/// An HTTP client for tests, with the TLS crypto provider the sidecar uses
+/// installed (reqwest refuses to build a client without one).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }
 
 /// A `ProviderSecret` manifest with the given spec (YAML flow mapping).

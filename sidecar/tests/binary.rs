@@ -1,0 +1,157 @@
+//! The `llmesh-sidecar` binary as an operator runs it: flags, environment,
+//! egress through an HTTP proxy, and a clean exit on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use llmesh_test_support::harness::{http_client, provider, route};
+use llmesh_test_support::openai;
+use serde_json::{Value, json};
+
+/// A sidecar process and the API address it logged.
+struct Process {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn spawn(manifests: &str, env: &[(&str, String)]) -> Process {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("llm.yaml"), manifests).expect("write");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_llmesh-sidecar"));
+    command
+        .arg("--manifests")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("the binary starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the sidecar logs its address")
+            .expect("utf-8 log line");
+        let event: Value = serde_json::from_str(&line).expect("JSON log lines");
+        if event["message"] == "llmesh sidecar serving" {
+            break format!("http://{}", event["api_addr"].as_str().expect("address"));
+        }
+    };
+    // Keep draining the log so the sidecar never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Process {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // A failed test must not leave a sidecar behind holding the test's output open.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ask() -> Value {
+    json!({"model": "smart", "messages": [{"role": "user", "content": "through the proxy"}]})
+}
+
+#[tokio::test]
+async fn egress_goes_through_http_proxy_except_for_no_proxy_hosts() {
+    // The OpenAI mock doubles as the proxy: it answers absolute-form requests.
+    let proxy = openai::start().await;
+    let direct = openai::start().await;
+    let manifests = [
+        provider(
+            "far",
+            "{provider: openai-compatible, baseUrl: 'http://upstream.example.invalid:8080/v1'}",
+        ),
+        provider(
+            "near",
+            &format!("{{provider: openai-compatible, baseUrl: '{}/v1'}}", direct.url()),
+        ),
+        route("smart", "{targets: [{provider: far, model: far-model}]}"),
+        route("local", "{targets: [{provider: near, model: near-model}]}"),
+    ]
+    .concat();
+    let mut sidecar = spawn(
+        &manifests,
+        &[("HTTP_PROXY", proxy.url()), ("NO_PROXY", "127.0.0.1".to_owned())],
+    );
+    let client = http_client();
+
+    let response = client
+        .post(format!("{}/v1/chat/completions", sidecar.url))
+        .json(&ask())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let calls = proxy.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].path,
+        "http://upstream.example.invalid:8080/v1/chat/completions"
+    );
+
+    let mut local = ask();
+    local["model"] = json!("local");
+    let response = client
+        .post(format!("{}/v1/chat/completions", sidecar.url))
+        .json(&local)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    assert_eq!(direct.calls().len(), 1, "NO_PROXY hosts are reached directly");
+    assert_eq!(proxy.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_process_cleanly() {
+    let manifests = [
+        provider("m", "{provider: mock}"),
+        route("smart", "{targets: [{provider: m, model: m}]}"),
+    ]
+    .concat();
+    let mut sidecar = spawn(&manifests, &[]);
+    let response = http_client()
+        .post(format!("{}/v1/chat/completions", sidecar.url))
+        .json(&ask())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+
+    let pid = sidecar.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs")
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = sidecar.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
