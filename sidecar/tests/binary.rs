@@ -85,7 +85,7 @@ async fn egress_goes_through_http_proxy_except_for_no_proxy_hosts() {
         route("local", "{targets: [{provider: near, model: near-model}]}"),
     ]
     .concat();
-    let mut sidecar = spawn(
+    let sidecar = spawn(
         &manifests,
         &[("HTTP_PROXY", proxy.url()), ("NO_PROXY", "127.0.0.1".to_owned())],
     );
