@@ -33,6 +33,9 @@ CLIENT_TIMEOUT_SECONDS = 30
 # must turn into a 504 after this, not after the client gives up.
 STRICT_FIRST_TOKEN = "1s"
 STARTUP_SECONDS = 30
+# The sidecar's body limit in this session: small, so the 413 test need not
+# send the 20 MiB default.
+MAX_BODY_BYTES = 256 * 1024
 
 
 def expect_bearer(secret: str, path_prefix: str) -> Callable[[dict, str], None]:
@@ -76,9 +79,16 @@ class Provider:
     """Its name under mock-upstream's `/_mock/{name}/`; None for the in-process `mock` provider."""
     expect_call: Callable[[dict, str], None] | None = None
     """Asserts provider-specific details of a recorded upstream call (path, credential)."""
+    known_bugs: dict[str, str] = field(default_factory=dict)
+    """Test function name -> the open bug that fails it; the test is a strict xfail until fixed."""
 
 
 _AZURE_DEPLOYMENTS = {"gpt-4o": "prod-gpt-4o"}
+# The sidecar passes these through; the gap is in test-support's OpenAI mock.
+_OPENAI_MOCK_BUGS = {
+    "test_base64_embeddings_decode_to_the_float_vectors": "test-support: the OpenAI mock ignores "
+    "encoding_format=base64 and answers float lists (openai.rs embeddings)",
+}
 
 PROVIDERS: dict[str, Provider] = {
     p.kind: p
@@ -91,6 +101,7 @@ PROVIDERS: dict[str, Provider] = {
             embedding_model="text-embedding-3-small",
             mock="openai",
             expect_call=expect_bearer("sk-test-openai", "/v1"),
+            known_bugs=_OPENAI_MOCK_BUGS,
         ),
         Provider(
             kind="azure-openai",
@@ -103,6 +114,7 @@ PROVIDERS: dict[str, Provider] = {
             embedding_model="text-embedding-3-large",
             mock="azure",
             expect_call=expect_azure("azure-test-key", _AZURE_DEPLOYMENTS, "2024-10-21"),
+            known_bugs=_OPENAI_MOCK_BUGS,
         ),
         # A vLLM-style server: OpenAI's paths under its own base URL. It shares
         # mock-upstream's OpenAI mock (tests run one at a time).
@@ -114,6 +126,7 @@ PROVIDERS: dict[str, Provider] = {
             embedding_model="BAAI/bge-small-en-v1.5",
             mock="openai",
             expect_call=expect_bearer("compatible-test-key", "/v1"),
+            known_bugs=_OPENAI_MOCK_BUGS,
         ),
         Provider(
             kind="mock",
@@ -121,6 +134,10 @@ PROVIDERS: dict[str, Provider] = {
             secret={},
             model="mock-large",
             embedding_model="mock-embedding",
+            known_bugs={
+                "test_base64_embeddings_decode_to_the_float_vectors": "sidecar: the mock provider ignores "
+                "encoding_format=base64 and answers float lists (providers/mock.rs embeddings)",
+            },
         ),
     ]
 }
@@ -239,7 +256,7 @@ class Process:
                 self.popen.wait(timeout=10)
 
 
-def start(name: str, args: list[str], log_dir: Path) -> Process:
+def start(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Process:
     binary = BINARIES / name
     if not binary.exists():
         pytest.exit(
@@ -248,7 +265,13 @@ def start(name: str, args: list[str], log_dir: Path) -> Process:
         )
     log = log_dir / f"{name}.log"
     handle = log.open("wb")
-    popen = subprocess.Popen([str(binary), *args], stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    popen = subprocess.Popen(
+        [str(binary), *args],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
     handle.close()
     return Process(name, popen, log)
 
@@ -322,6 +345,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             "llmesh-sidecar",
             ["--manifests", str(manifests_dir), "--listen", api_addr, "--admin-listen", admin_addr],
             work,
+            {"LLMESH_MAX_BODY_BYTES": str(MAX_BODY_BYTES)},
         )
         processes.append(sidecar)
         wait_until_ready(sidecar, f"http://{admin_addr}/readyz")
@@ -332,6 +356,15 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks the tests a provider's `known_bugs` names as strict xfails."""
+    for item in items:
+        kind = getattr(item, "callspec", None) and item.callspec.params.get("provider")
+        reason = PROVIDERS[kind].known_bugs.get(item.originalname) if kind else None
+        if reason:
+            item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 @pytest.fixture(params=list(PROVIDERS), ids=list(PROVIDERS))

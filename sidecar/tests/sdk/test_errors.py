@@ -5,7 +5,7 @@ import time
 import openai
 import pytest
 
-from conftest import PROVIDERS, Gateway, Provider, route_alias
+from conftest import MAX_BODY_BYTES, PROVIDERS, Gateway, Provider, route_alias
 
 PROMPT = [{"role": "user", "content": "one two three four five"}]
 
@@ -43,45 +43,58 @@ def test_an_invalid_body_is_a_bad_request_naming_the_field(client):
 
     assert raised.value.status_code == 400
     assert "messages[0].role" in raised.value.message
+    assert_openai_error_shape(raised.value)
 
 
-def test_an_upstream_500_is_a_502(client, gateway, provider):
+def test_a_body_over_the_limit_is_refused_with_413(client):
+    huge = "x" * (MAX_BODY_BYTES + 1)
+
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(
+            model=route_alias(PROVIDERS["mock"]), messages=[{"role": "user", "content": huge}]
+        )
+
+    assert raised.value.status_code == 413
+    assert_openai_error_shape(raised.value)
+
+
+def assert_openai_error_shape(error: openai.APIStatusError) -> None:
+    """The fields SDK users branch on are filled in, as OpenAI fills them."""
+    assert error.message and error.type and error.code, error.body
+
+
+STREAM_OR_NOT = pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+
+
+@STREAM_OR_NOT
+def test_an_upstream_500_is_a_502(client, gateway, provider, stream):
     calls = UpstreamCalls(gateway, provider)
     alias = gateway.inject(provider, "server-error")
 
     with pytest.raises(openai.InternalServerError) as raised:
-        client.chat.completions.create(model=alias, messages=PROMPT)
+        client.chat.completions.create(model=alias, messages=PROMPT, stream=stream)
 
     assert raised.value.status_code == 502
+    assert_openai_error_shape(raised.value)
     assert raised.value.response.headers["x-llmesh-provider"] == provider.kind
     calls.assert_one_more()
 
 
-def test_an_upstream_429_is_a_rate_limit_with_retry_after(client, gateway, provider):
+@STREAM_OR_NOT
+def test_an_upstream_429_is_a_rate_limit_with_retry_after(client, gateway, provider, stream):
     calls = UpstreamCalls(gateway, provider)
     alias = gateway.inject(provider, "rate-limit")
 
     with pytest.raises(openai.RateLimitError) as raised:
-        client.chat.completions.create(model=alias, messages=PROMPT)
+        client.chat.completions.create(model=alias, messages=PROMPT, stream=stream)
 
     assert raised.value.status_code == 429
+    assert_openai_error_shape(raised.value)
     assert raised.value.response.headers["retry-after"] == "2", "the provider's wait is passed on"
     calls.assert_one_more()
 
 
-# test-support's `broken_body` yields its pieces and the error in one go, so
-# hyper resets the connection before flushing anything: mock-upstream's
-# `cut-stream` arrives as an empty reply, not as a stream cut mid-way.
-# Pausing before the error (as `paced_body` does) fixes it; then drop this.
-CUT_STREAM_MOCK_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="mock-upstream cut-stream sends nothing before the reset (test-support broken_body)",
-)
-
-
-def test_a_stream_cut_midway_raises_while_iterating(client, gateway, provider, request):
-    if provider.mock is not None:
-        request.applymarker(CUT_STREAM_MOCK_BUG)
+def test_a_stream_cut_midway_raises_while_iterating(client, gateway, provider):
     full = client.chat.completions.create(model=route_alias(provider), messages=PROMPT).choices[0].message.content
     calls = UpstreamCalls(gateway, provider)
     alias = gateway.inject(provider, "cut-stream")
@@ -98,7 +111,7 @@ def test_a_stream_cut_midway_raises_while_iterating(client, gateway, provider, r
     calls.assert_one_more()
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+@STREAM_OR_NOT
 def test_a_hanging_upstream_times_out_at_the_first_token_limit(client, gateway, provider, stream):
     calls = UpstreamCalls(gateway, provider)
     alias = gateway.inject(provider, "hang")
@@ -110,5 +123,6 @@ def test_a_hanging_upstream_times_out_at_the_first_token_limit(client, gateway, 
 
     assert raised.value.status_code == 504
     assert isinstance(raised.value, openai.InternalServerError)
+    assert_openai_error_shape(raised.value)
     assert 0.9 <= waited < 10, f"the route's 1s first-token limit applies, waited {waited:.1f}s"
     calls.assert_one_more()
