@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The project's one test command (README and CI): formatting, lints, the Rust
+# tests, the OpenAI Python SDK end-to-end tests, and a fuzz smoke run.
+# Installs what it needs (the Python venv, cargo-fuzz) and skips what is there.
+#
+#   LLMESH_FUZZ_SECONDS  seconds per fuzz target (default 20)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+FUZZ_SECONDS="${LLMESH_FUZZ_SECONDS:-20}"
+VENV=.venv
+SDK_TESTS=sidecar/tests/sdk
+TOTAL_STEPS=8
+
+step_number=0
+step_started=$SECONDS
+step_cpu_started=0
+children_cpu=0
+step_name=""
+timings=()
+started_marker=""
+cpu_file="$(mktemp)"
+
+# Sets children_cpu to the CPU seconds (user + system) used so far by this
+# shell's finished children. Next to wall time it tells what a step costs on
+# an idle machine. Not a $(...) function: a subshell has no children yet.
+read_children_cpu() {
+    times >"$cpu_file"
+    children_cpu="$(awk 'NR == 2 {
+        total = 0
+        for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); total += t[1] * 60 + t[2] }
+        printf "%d", total
+    }' "$cpu_file")"
+}
+
+# Prints a header for the next step and notes how long the previous one took.
+step() {
+    finish_step
+    step_number=$((step_number + 1))
+    step_name="$1"
+    step_started=$SECONDS
+    read_children_cpu
+    step_cpu_started=$children_cpu
+    printf '\n==> [%d/%d] %s\n' "$step_number" "$TOTAL_STEPS" "$step_name"
+}
+
+finish_step() {
+    if [[ -n "$step_name" ]]; then
+        read_children_cpu
+        timings+=("$(printf '%5ds wall %5ds cpu  %s' $((SECONDS - step_started)) \
+            $((children_cpu - step_cpu_started)) "$step_name")")
+    fi
+}
+
+summary() {
+    local status=$?
+    finish_step
+    rm -f "$cpu_file" ${started_marker:+"$started_marker"}
+    step_name=""
+    printf '\n==> step times\n'
+    printf '%s\n' "${timings[@]}"
+    if [[ $status -eq 0 ]]; then
+        printf '==> all %d steps passed in %ds\n' "$TOTAL_STEPS" "$SECONDS"
+    else
+        printf '==> FAILED in step "%s" (exit %d)\n' "${timings[-1]##*cpu  }" "$status"
+    fi
+}
+trap summary EXIT
+
+# The names of the [[bin]] targets in fuzz/Cargo.toml, one per line.
+fuzz_targets() {
+    awk '
+        /^\[\[bin\]\]/ { in_bin = 1; next }
+        /^\[/          { in_bin = 0 }
+        in_bin && /^[[:space:]]*name[[:space:]]*=/ {
+            sub(/^[^"]*"/, ""); sub(/".*$/, ""); print
+        }
+    ' fuzz/Cargo.toml
+}
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (deny warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test --workspace"
+cargo test --workspace
+
+step "build the binaries the SDK tests run"
+cargo build -p llmesh-sidecar -p llmesh-test-support --bins
+
+step "Python venv for the SDK tests"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    python3 -m venv "$VENV"
+fi
+# Reinstall only when the pins change, so a warm run needs no network.
+requirements_hash="$(sha256sum "$SDK_TESTS/requirements.txt" | cut -d' ' -f1)"
+if [[ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$requirements_hash" ]]; then
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$SDK_TESTS/requirements.txt"
+    echo "$requirements_hash" >"$VENV/.requirements.sha256"
+else
+    echo "requirements unchanged; venv reused"
+fi
+
+step "OpenAI SDK end-to-end tests (pytest)"
+pytest_status=0
+"$VENV/bin/python" -m pytest "$SDK_TESTS" -q -ra -p no:cacheprovider || pytest_status=$?
+if [[ $pytest_status -eq 5 ]]; then
+    echo "pytest collected no tests: that is a failure here" >&2
+fi
+if [[ $pytest_status -ne 0 ]]; then
+    exit "$pytest_status"
+fi
+
+step "cargo-fuzz (installed if missing)"
+if cargo fuzz --version >/dev/null 2>&1; then
+    cargo fuzz --version
+else
+    cargo install cargo-fuzz --locked
+fi
+
+step "fuzz smoke (${FUZZ_SECONDS}s per target)"
+mapfile -t targets < <(fuzz_targets)
+if [[ ${#targets[@]} -eq 0 ]]; then
+    echo "no [[bin]] targets found in fuzz/Cargo.toml" >&2
+    exit 1
+fi
+started_marker="$(mktemp)"
+failed_targets=()
+for target in "${targets[@]}"; do
+    echo "--- fuzzing $target"
+    cargo fuzz run -s none "$target" -- -max_total_time="$FUZZ_SECONDS" || failed_targets+=("$target")
+done
+new_artifacts="$(find fuzz/artifacts -type f -newer "$started_marker" 2>/dev/null || true)"
+if [[ ${#failed_targets[@]} -gt 0 || -n "$new_artifacts" ]]; then
+    echo "fuzzing failed: ${failed_targets[*]:-(no exit status, but artifacts were written)}" >&2
+    if [[ -n "$new_artifacts" ]]; then
+        echo "crash artifacts (reproduce with: cargo fuzz run -s none TARGET FILE):" >&2
+        echo "$new_artifacts" >&2
+    fi
+    exit 1
+fi
