@@ -233,7 +233,12 @@ async fn embeddings(
         .map(|(i, text)| {
             #[allow(clippy::cast_precision_loss)]
             let vector: Vec<f32> = (0..8).map(|d| ((text.len() + d) % 7) as f32 / 7.0).collect();
-            json!({"object": "embedding", "index": i, "embedding": vector})
+            let embedding = if request["encoding_format"] == "base64" {
+                json!(llmesh_sidecar::api::embeddings::base64_vector(&vector))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
         })
         .collect();
     let body = json!({

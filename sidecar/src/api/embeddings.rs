@@ -80,7 +80,26 @@ pub struct EmbeddingsUsage {
     pub total_tokens: u64,
 }
 
+/// A vector as OpenAI's `encoding_format: base64` sends it: the
+/// little-endian bytes of its `f32`s, base64-encoded.
+pub fn base64_vector(vector: &[f32]) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 impl EmbeddingsResponse {
+    /// The JSON body for an app that asked for `encoding_format` (`float` or `base64`).
+    pub fn to_json(&self, encoding_format: Option<&str>) -> Value {
+        let mut body = serde_json::to_value(self).unwrap_or_default();
+        if encoding_format == Some("base64") {
+            for (item, embedding) in body["data"].as_array_mut().into_iter().flatten().zip(&self.data) {
+                item["embedding"] = Value::String(base64_vector(&embedding.embedding));
+            }
+        }
+        body
+    }
+
     /// Builds a response from vectors in input order.
     pub fn new(model: &str, vectors: Vec<Vec<f32>>, prompt_tokens: u64) -> Self {
         Self {

@@ -306,7 +306,7 @@ impl Provider for Mock {
         let vectors = texts.iter().map(|t| embed(t)).collect();
         let response = EmbeddingsResponse::new(model, vectors, tokens);
         Ok(Completed {
-            body: to_json_bytes(&response),
+            body: to_json_bytes(&response.to_json(request.encoding_format.as_deref())),
             usage: Usage::new(tokens, 0, 0, 0, 0),
         })
     }

@@ -84,11 +84,6 @@ class Provider:
 
 
 _AZURE_DEPLOYMENTS = {"gpt-4o": "prod-gpt-4o"}
-# The sidecar passes these through; the gap is in test-support's OpenAI mock.
-_OPENAI_MOCK_BUGS = {
-    "test_base64_embeddings_decode_to_the_float_vectors": "test-support: the OpenAI mock ignores "
-    "encoding_format=base64 and answers float lists (openai.rs embeddings)",
-}
 
 PROVIDERS: dict[str, Provider] = {
     p.kind: p
@@ -101,7 +96,6 @@ PROVIDERS: dict[str, Provider] = {
             embedding_model="text-embedding-3-small",
             mock="openai",
             expect_call=expect_bearer("sk-test-openai", "/v1"),
-            known_bugs=_OPENAI_MOCK_BUGS,
         ),
         Provider(
             kind="azure-openai",
@@ -114,7 +108,6 @@ PROVIDERS: dict[str, Provider] = {
             embedding_model="text-embedding-3-large",
             mock="azure",
             expect_call=expect_azure("azure-test-key", _AZURE_DEPLOYMENTS, "2024-10-21"),
-            known_bugs=_OPENAI_MOCK_BUGS,
         ),
         # A vLLM-style server: OpenAI's paths under its own base URL. It shares
         # mock-upstream's OpenAI mock (tests run one at a time).
@@ -126,7 +119,6 @@ PROVIDERS: dict[str, Provider] = {
             embedding_model="BAAI/bge-small-en-v1.5",
             mock="openai",
             expect_call=expect_bearer("compatible-test-key", "/v1"),
-            known_bugs=_OPENAI_MOCK_BUGS,
         ),
         Provider(
             kind="mock",
@@ -134,10 +126,6 @@ PROVIDERS: dict[str, Provider] = {
             secret={},
             model="mock-large",
             embedding_model="mock-embedding",
-            known_bugs={
-                "test_base64_embeddings_decode_to_the_float_vectors": "sidecar: the mock provider ignores "
-                "encoding_format=base64 and answers float lists (providers/mock.rs embeddings)",
-            },
         ),
     ]
 }
