@@ -255,9 +255,13 @@ impl Provider for Bedrock {
             .input
             .texts()
             .ok_or_else(|| ProviderError::unsupported("Bedrock Titan embeddings take text, not token ids"))?;
-        if request.encoding_format.as_deref().is_some_and(|f| f != "float") {
+        if request
+            .encoding_format
+            .as_deref()
+            .is_some_and(|f| f != "float" && f != "base64")
+        {
             return Err(ProviderError::unsupported(
-                "Bedrock Titan embeddings return floats only (encoding_format)",
+                "`encoding_format` must be float or base64",
             ));
         }
         let url = self.url(model, "invoke");
@@ -280,7 +284,7 @@ impl Provider for Bedrock {
         }
         let answer = EmbeddingsResponse::new(model, vectors, tokens);
         Ok(Completed {
-            body: to_json_bytes(&answer),
+            body: to_json_bytes(&answer.to_json(request.encoding_format.as_deref())),
             usage: Usage::new(tokens, 0, 0, 0, 0),
         })
     }

@@ -141,9 +141,13 @@ impl Provider for Gemini {
         let texts = request.input.texts().ok_or_else(|| {
             ProviderError::unsupported("Gemini embeds text only; token-array `input` cannot be translated")
         })?;
-        if request.encoding_format.as_deref().is_some_and(|f| f != "float") {
+        if request
+            .encoding_format
+            .as_deref()
+            .is_some_and(|f| f != "float" && f != "base64")
+        {
             return Err(ProviderError::unsupported(
-                "llmesh returns Gemini embeddings as floats only (`encoding_format`)",
+                "`encoding_format` must be float or base64",
             ));
         }
         let resource = model_resource(model);
@@ -178,7 +182,7 @@ impl Provider for Gemini {
         let vectors = answer.embeddings.into_iter().map(|e| e.values).collect();
         let body = EmbeddingsResponse::new(model, vectors, tokens);
         Ok(Completed {
-            body: to_json_bytes(&body),
+            body: to_json_bytes(&body.to_json(request.encoding_format.as_deref())),
             usage: Usage::new(tokens, 0, 0, 0, 0),
         })
     }

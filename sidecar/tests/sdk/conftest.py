@@ -61,6 +61,15 @@ def expect_azure(secret: str, deployments: dict[str, str], api_version: str) -> 
     return check
 
 
+# The test credentials and region mock-upstream's Bedrock mock verifies
+# SigV4 signatures against (test-support/src/bedrock.rs).
+BEDROCK_REGION = "eu-central-1"
+BEDROCK_CREDENTIALS = {
+    "accessKeyId": "AKIAIOSFODNN7EXAMPLE",
+    "secretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+}
+
+
 @dataclass(frozen=True)
 class Provider:
     """One provider under test: its ProviderSecret, credential, models and mock."""
@@ -81,6 +90,15 @@ class Provider:
     """Asserts provider-specific details of a recorded upstream call (path, credential)."""
     known_bugs: dict[str, str] = field(default_factory=dict)
     """Test function name -> the open bug that fails it; the test is a strict xfail until fixed."""
+    sends_retry_after: bool = True
+    """Whether the provider's 429 names a wait (Bedrock's throttling does not)."""
+    openai_wire: bool = True
+    """Whether the upstream speaks OpenAI's format, so recorded bodies can be compared with the request."""
+
+    @property
+    def inspectable(self) -> bool:
+        """Whether tests can compare the recorded upstream body with the app's request."""
+        return self.mock is not None and self.openai_wire
 
 
 _AZURE_DEPLOYMENTS = {"gpt-4o": "prod-gpt-4o"}
@@ -119,6 +137,35 @@ PROVIDERS: dict[str, Provider] = {
             embedding_model="BAAI/bge-small-en-v1.5",
             mock="openai",
             expect_call=expect_bearer("compatible-test-key", "/v1"),
+        ),
+        # Other wire formats: the adapters translate; Rust tests check the translation.
+        Provider(
+            kind="anthropic",
+            spec=lambda mock: {"baseUrl": f"{mock}/anthropic"},
+            secret={"apiKey": "sk-ant-test"},
+            model="claude-sonnet-4-5",
+            embedding_model=None,
+            mock="anthropic",
+            openai_wire=False,
+        ),
+        Provider(
+            kind="gemini",
+            spec=lambda mock: {"baseUrl": f"{mock}/gemini"},
+            secret={"apiKey": "gemini-test-key"},
+            model="gemini-2.5-flash",
+            embedding_model="text-embedding-004",
+            mock="gemini",
+            openai_wire=False,
+        ),
+        Provider(
+            kind="bedrock",
+            spec=lambda mock: {"baseUrl": f"{mock}/bedrock", "region": BEDROCK_REGION},
+            secret=BEDROCK_CREDENTIALS,
+            model="us.amazon.nova-lite-v1:0",
+            embedding_model="amazon.titan-embed-text-v2:0",
+            mock="bedrock",
+            openai_wire=False,
+            sends_retry_after=False,
         ),
         Provider(
             kind="mock",
@@ -363,8 +410,8 @@ def provider(request: pytest.FixtureRequest) -> Provider:
 @pytest.fixture
 def scripted(provider: Provider) -> Provider:
     """A provider behind mock-upstream, whose calls can be inspected."""
-    if provider.mock is None:
-        pytest.skip(f"{provider.kind} answers in-process: no upstream calls to inspect")
+    if not provider.inspectable:
+        pytest.skip(f"{provider.kind}: no OpenAI-shaped upstream calls to inspect")
     return provider
 
 

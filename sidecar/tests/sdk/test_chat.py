@@ -81,7 +81,7 @@ def test_an_image_content_part_is_accepted(client, gateway, provider):
     )
 
     assert "describe this picture" in completion.choices[0].message.content
-    if provider.mock is not None:
+    if provider.inspectable:
         sent = gateway.calls(provider)[-1]["body"]["messages"][0]["content"]
         assert sent == content, "the image part reaches the upstream intact"
 
@@ -115,5 +115,5 @@ def test_json_schema_mode_returns_parseable_json_and_passes_the_schema_on(client
     )
 
     assert isinstance(json.loads(completion.choices[0].message.content), dict)
-    if provider.mock is not None:
+    if provider.inspectable:
         assert gateway.calls(provider)[-1]["body"]["response_format"] == response_format

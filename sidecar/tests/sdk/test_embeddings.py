@@ -23,7 +23,7 @@ def test_embeddings_return_one_vector_per_input(client, gateway, provider):
     assert first != second, "different texts, different vectors"
     assert response.usage.prompt_tokens > 0
     assert raw.headers["x-llmesh-model"] == provider.embedding_model
-    if provider.mock is not None:
+    if provider.inspectable:
         call = gateway.calls(provider)[-1]
         assert call["body"]["model"] == provider.embedding_model
         provider.expect_call(call, "embeddings")

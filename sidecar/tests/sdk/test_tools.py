@@ -49,7 +49,7 @@ def test_a_tool_result_turn_gets_a_text_answer(client, gateway, provider):
     assert choice.finish_reason == "stop"
     assert choice.message.tool_calls is None
     assert choice.message.content
-    if provider.mock is not None:
+    if provider.inspectable:
         sent = gateway.calls(provider)[-1]["body"]["messages"]
         assert sent[1]["tool_calls"][0]["id"] == call.id
         assert sent[2] == result
