@@ -9,30 +9,57 @@
 //! - `POST /_mock/{provider}/script` with a JSON list of behaviors
 //!   (`["hang", {"status": 500}]`) scripts the next calls.
 //! - `GET /_mock/{provider}/calls` returns `{"count": n, "calls": [...]}`.
+//! - `--forget-calls` (load tests): no control endpoints, and each mock
+//!   starts afresh every few calls, so memory stays flat however long it runs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State as AxumState};
+use axum::extract::{Path, Request, State as AxumState};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, any, get, post};
 use clap::Parser;
 use llmesh_test_support::mock_server::{Behavior, State};
 use llmesh_test_support::{anthropic, bedrock, gemini, openai};
+use parking_lot::Mutex;
 
 #[derive(Debug, Parser)]
 struct Cli {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9000")]
     listen: String,
+    /// Keep no record of calls (for load tests): every call is recorded and
+    /// retained otherwise, about 5 KB each, which adds up to gigabytes.
+    #[arg(long)]
+    forget_calls: bool,
 }
+
+/// With `--forget-calls`, how many calls a mock serves before it is replaced
+/// by a fresh one: bounds the retained calls to a few megabytes.
+const FORGET_EVERY: u32 = 1000;
 
 type Mocks = Arc<BTreeMap<&'static str, Arc<State>>>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
+    println!("mock-upstream listening on http://{}", listener.local_addr()?);
+    if cli.forget_calls {
+        let app = Router::new()
+            .nest_service("/openai", forgetful(openai::router))
+            .nest_service("/azure", forgetful(openai::router))
+            .nest_service("/anthropic", forgetful(anthropic::router))
+            .nest_service("/gemini", forgetful(gemini::router))
+            .route_service(
+                "/bedrock/{*rest}",
+                forgetful(|state| bedrock::router_at(state, "/bedrock")),
+            );
+        axum::serve(listener, app).await?;
+        return Ok(());
+    }
+
     let mocks: BTreeMap<&'static str, Arc<State>> = ["openai", "azure", "anthropic", "gemini", "bedrock"]
         .into_iter()
         .map(|name| (name, Arc::new(State::default())))
@@ -49,11 +76,31 @@ async fn main() -> anyhow::Result<()> {
         .nest("/anthropic", anthropic::router(mocks["anthropic"].clone()))
         .nest("/gemini", gemini::router(mocks["gemini"].clone()))
         .merge(bedrock::router_at(mocks["bedrock"].clone(), "/bedrock"));
-
-    let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
-    println!("mock-upstream listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// A mock built by `build` that is rebuilt around a fresh `State` every
+/// [`FORGET_EVERY`] calls, dropping the calls the old one recorded.
+fn forgetful(build: fn(Arc<State>) -> Router) -> MethodRouter {
+    let current = Arc::new(Mutex::new((0_u32, build(Arc::default()))));
+    any(move |request: Request| {
+        let router = {
+            let mut current = current.lock();
+            current.0 += 1;
+            if current.0 > FORGET_EVERY {
+                *current = (1, build(Arc::default()));
+            }
+            current.1.clone()
+        };
+        dispatch(router, request)
+    })
+}
+
+/// Hands a request to a router. The `axum::ServiceExt` bound brings in
+/// `Service::call` without a direct dependency on `tower`.
+fn dispatch<S: axum::ServiceExt<Request>>(mut router: S, request: Request) -> S::Future {
+    router.call(request)
 }
 
 async fn script(
