@@ -26,6 +26,7 @@ pub mod settings;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -150,6 +151,13 @@ impl Gateway {
 }
 
 fn serve(listener: TcpListener, router: axum::Router, mut signal: watch::Receiver<bool>) -> JoinHandle<()> {
+    // Stream chunks are small writes: with Nagle's algorithm on, each one
+    // waits for the client's delayed ACK of the one before (about 40 ms).
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    });
     tokio::spawn(async move {
         let stop = async move {
             let _ = signal.wait_for(|stop| *stop).await;
@@ -158,4 +166,63 @@ fn serve(listener: TcpListener, router: axum::Router, mut signal: watch::Receive
             tracing::error!(%error, "server stopped");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    use futures::StreamExt;
+    use tempfile::TempDir;
+
+    use super::*;
+
+    /// A route whose in-process upstream produces a chunk every 5 ms.
+    const PACED: &str = "apiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {name: paced}\nspec: {provider: mock, mock: {timeToFirstToken: 1ms, perToken: 5ms}}\n---\napiVersion: llmesh.io/v1alpha1\nkind: LLMRoute\nmetadata: {name: paced}\nspec: {targets: [{provider: paced, model: m}]}\n";
+
+    async fn start(manifests: &str) -> (Gateway, TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("manifests.yaml"), manifests).expect("write");
+        let env: HashMap<String, String> = [
+            (settings::MANIFESTS_DIR, dir.path().display().to_string()),
+            (settings::LISTEN_ADDR, "127.0.0.1:0".to_owned()),
+            (settings::ADMIN_ADDR, "127.0.0.1:0".to_owned()),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+        let settings = Settings::from_env(&env).expect("settings");
+        (Gateway::start(&settings, []).await.expect("start"), dir)
+    }
+
+    #[tokio::test]
+    async fn stream_chunks_leave_as_they_come_on_a_kept_alive_connection() {
+        let (gateway, _dir) = start(PACED).await;
+        let url = format!("http://{}/v1/chat/completions", gateway.api_addr);
+        let body = r#"{"model":"paced","stream":true,"messages":[{"role":"user","content":"one two three four five six"}]}"#;
+        let client = reqwest::Client::new();
+
+        // Nagle's algorithm shows from the second stream on a connection:
+        // a chunk then waits for the delayed ACK of the one before, ~40 ms.
+        let mut longest = Duration::ZERO;
+        for _ in 0..3 {
+            let response = client.post(&url).body(body).send().await.expect("send");
+            let mut chunks = response.bytes_stream();
+            let mut last: Option<Instant> = None;
+            while let Some(chunk) = chunks.next().await {
+                chunk.expect("chunk");
+                let now = Instant::now();
+                if let Some(last) = last {
+                    longest = longest.max(now - last);
+                }
+                last = Some(now);
+            }
+        }
+        assert!(
+            longest < Duration::from_millis(30),
+            "a chunk was held back for {longest:?}"
+        );
+        gateway.shutdown(Duration::from_secs(1)).await;
+    }
 }
