@@ -225,4 +225,34 @@ mod tests {
         );
         gateway.shutdown(Duration::from_secs(1)).await;
     }
+
+    #[tokio::test]
+    async fn reading_the_configuration_does_not_set_off_another_reload() {
+        let (gateway, dir) = start(PACED).await;
+        let reloads = |result: &str| {
+            gateway
+                .app
+                .metrics
+                .config_reloads
+                .with_label_values(&[result])
+                .get()
+        };
+        let changed = PACED.replace("perToken: 5ms", "perToken: 6ms");
+        std::fs::write(dir.path().join("manifests.yaml"), changed).expect("write");
+        for _ in 0..100 {
+            if reloads("applied") == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(reloads("applied"), 2, "the first load and the change");
+        // Long enough for several debounced reloads, had reading set one off.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            reloads("unchanged") + reloads("applied"),
+            2,
+            "no reload without a change"
+        );
+        gateway.shutdown(Duration::from_secs(1)).await;
+    }
 }

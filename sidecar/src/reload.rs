@@ -318,7 +318,9 @@ impl Reloader {
     pub fn watch(self: Arc<Self>) -> notify::Result<WatchGuard> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            // Reading the source is an access event too: reacting to those
+            // would reload again after every reload, ten times a second.
+            if event.is_ok_and(|event| !event.kind.is_access()) {
                 let _ = tx.send(());
             }
         })?;
