@@ -60,13 +60,20 @@ summary() {
     step_name=""
     printf '\n==> step times\n'
     printf '%s\n' "${timings[@]}"
-    if [[ $status -eq 0 ]]; then
+    # A signal ends the script with status 0 from the trap's point of view:
+    # only a run that reached the end is a pass.
+    if [[ $status -eq 0 && $step_number -eq $TOTAL_STEPS && -n "$finished" ]]; then
         printf '==> all %d steps passed in %ds\n' "$TOTAL_STEPS" "$SECONDS"
+    elif [[ $status -eq 0 ]]; then
+        printf '==> INTERRUPTED in step "%s"\n' "${timings[-1]##*cpu  }"
+        exit 1
     else
         printf '==> FAILED in step "%s" (exit %d)\n' "${timings[-1]##*cpu  }" "$status"
     fi
 }
+finished=""
 trap summary EXIT
+trap 'exit 143' TERM INT
 
 # The names of the [[bin]] targets in fuzz/Cargo.toml, one per line.
 fuzz_targets() {
@@ -142,3 +149,4 @@ if [[ ${#failed_targets[@]} -gt 0 || -n "$new_artifacts" ]]; then
     fi
     exit 1
 fi
+finished=yes
