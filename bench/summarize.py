@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Turns one benchmark run's raw files (oha JSON, CPU ticks, RSS, stream probe)
+into the summary table, checks the targets, and writes it all as one JSON file.
+
+Every figure is the median over the run's rounds; "added" latency is taken per
+round (hop minus direct in the same round) before the median, so a noisy
+moment on the machine cancels out of the comparison.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+TARGETS = ("direct", "nginx", "sidecar")
+# Design targets (docs/performance.md).
+THROUGHPUT_RATIO_MIN = 0.75
+IDLE_RSS_MAX_MIB = 20.0
+FIRST_CHUNK_ADDED_MAX_MS = 1.0
+
+
+def load(path):
+    return json.loads(Path(path).read_text())
+
+
+def oha_figures(report):
+    """The figures of one oha run; latencies in milliseconds."""
+    percentiles = report["latencyPercentiles"]
+    statuses = report.get("statusCodeDistribution", {})
+    errors = report.get("errorDistribution", {})
+    return {
+        "p50_ms": percentiles["p50"] * 1000,
+        "p99_ms": percentiles["p99"] * 1000,
+        "p99_9_ms": percentiles["p99.9"] * 1000,
+        "requests_per_second": report["summary"]["requestsPerSec"],
+        "ok": statuses.get("200", 0),
+        "failed": sum(n for code, n in statuses.items() if code != "200") + sum(errors.values()),
+    }
+
+
+def median_of(rounds, key):
+    return statistics.median(r[key] for r in rounds)
+
+
+def verdict(ok):
+    return "PASS" if ok else "MISS"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("raw", type=Path, help="directory of raw result files")
+    parser.add_argument("--json-out", type=Path, required=True)
+    for name in ("mode", "latency-duration", "throughput-duration", "sched"):
+        parser.add_argument(f"--{name}", required=True)
+    for name in ("rate", "rounds", "latency-connections", "throughput-connections", "load-cpu", "server-cpu"):
+        parser.add_argument(f"--{name}", type=int, required=True)
+    args = parser.parse_args()
+    raw = args.raw
+    rounds = range(1, args.rounds + 1)
+
+    latency = {t: [oha_figures(load(raw / f"latency-{t}-{r}.json")) for r in rounds] for t in TARGETS}
+    throughput = {t: [oha_figures(load(raw / f"throughput-{t}-{r}.json")) for r in rounds] for t in TARGETS}
+    cpu = {t: [load(raw / f"cpu-{t}-{r}.json") for r in rounds] for t in TARGETS}
+    stream = load(raw / "stream.json")
+    idle_start = load(raw / "idle-start.json")
+    idle_end = load(raw / "idle-end.json")
+
+    added = {
+        hop: {
+            key: statistics.median(h[key] - d[key] for h, d in zip(latency[hop], latency["direct"]))
+            for key in ("p50_ms", "p99_ms")
+        }
+        for hop in ("nginx", "sidecar")
+    }
+    rps = {t: median_of(throughput[t], "requests_per_second") for t in TARGETS}
+    # CPU time the server process spent per request answered: a figure the
+    # other tenants of the machine disturb far less than latency.
+    cpu_us = {
+        t: statistics.median(
+            c["cpu_ticks"] / c["ticks_per_second"] * 1e6 / max(1.0, o["ok"] + o["failed"])
+            for c, o in zip(cpu[t], throughput[t])
+        )
+        for t in TARGETS
+    }
+    failed = sum(r["failed"] for runs in (*latency.values(), *throughput.values()) for r in runs)
+    rss_start_mib = idle_start["rss_kib"] / 1024
+    rss_end_mib = idle_end["rss_kib"] / 1024
+
+    checks = {
+        "added_p50_within_nginx": added["sidecar"]["p50_ms"] <= added["nginx"]["p50_ms"],
+        "added_p99_within_nginx": added["sidecar"]["p99_ms"] <= added["nginx"]["p99_ms"],
+        "throughput_ratio_at_least_0_75": rps["sidecar"] / rps["nginx"] >= THROUGHPUT_RATIO_MIN,
+        "idle_rss_at_most_20_mib": rss_start_mib <= IDLE_RSS_MAX_MIB,
+        "first_chunk_within_1_ms_p50": stream["added"]["p50_ms"] <= FIRST_CHUNK_ADDED_MAX_MS,
+        "first_chunk_within_1_ms_p99": stream["added"]["p99_ms"] <= FIRST_CHUNK_ADDED_MAX_MS,
+        "chunks_paced_as_produced": stream["paced"]["gap_p99_ms"] <= 2 * stream["paced"]["pace_ms"],
+        "no_failed_requests": failed == 0,
+    }
+    summary = {
+        "setup": {k: v for k, v in vars(args).items() if k not in ("raw", "json_out")},
+        "latency_ms": {t: {k: median_of(latency[t], k) for k in ("p50_ms", "p99_ms", "p99_9_ms")} for t in TARGETS},
+        "added_latency_ms": added,
+        "added_ratio_sidecar_over_nginx": {
+            k: added["sidecar"][k] / added["nginx"][k] if added["nginx"][k] > 0 else None for k in ("p50_ms", "p99_ms")
+        },
+        "throughput_rps": rps,
+        "throughput_ratio_sidecar_over_nginx": rps["sidecar"] / rps["nginx"],
+        "server_cpu_us_per_request": cpu_us,
+        "sidecar_rss_mib": {"idle_start": rss_start_mib, "idle_after_load": rss_end_mib, "peak": idle_end["hwm_kib"] / 1024},
+        "mock_rss_mib_after_load": idle_end["mock_rss_kib"] / 1024,
+        "first_chunk_ms": stream,
+        "failed_requests": failed,
+        "checks": checks,
+        "rounds": {"latency": latency, "throughput": throughput, "cpu": cpu},
+    }
+    args.json_out.write_text(json.dumps(summary, indent=2) + "\n")
+    print_table(summary, args)
+
+
+def print_table(s, args):
+    lat, add, ratio, checks = s["latency_ms"], s["added_latency_ms"], s["added_ratio_sidecar_over_nginx"], s["checks"]
+    fmt_ratio = lambda r: "n/a" if r is None else f"{r:.2f}x"  # noqa: E731
+    out = [
+        f"llmesh sidecar benchmark ({args.mode}: {args.rounds} round(s); load generator and mock on CPU "
+        f"{args.load_cpu}, proxy on CPU {args.server_cpu}; scheduling {args.sched}; medians over rounds)",
+        "",
+        f"Latency at {args.rate} req/s, {args.latency_connections} connections, {args.latency_duration} per run (ms)",
+        f"  {'':<22}{'p50':>9}{'p99':>9}{'p99.9':>9}",
+    ]
+    for t in TARGETS:
+        out.append(f"  {t:<22}{lat[t]['p50_ms']:>9.3f}{lat[t]['p99_ms']:>9.3f}{lat[t]['p99_9_ms']:>9.3f}")
+    for hop in ("nginx", "sidecar"):
+        out.append(f"  {'added by ' + hop:<22}{add[hop]['p50_ms']:>+9.3f}{add[hop]['p99_ms']:>+9.3f}")
+    out += [
+        f"  sidecar/nginx added: p50 {fmt_ratio(ratio['p50_ms'])} [{verdict(checks['added_p50_within_nginx'])}], "
+        f"p99 {fmt_ratio(ratio['p99_ms'])} [{verdict(checks['added_p99_within_nginx'])}]  (target <= 1.00x)",
+        "",
+        f"Max throughput, {args.throughput_connections} connections, {args.throughput_duration} per run",
+        f"  {'':<22}{'req/s':>9}{'server CPU us/req':>20}",
+    ]
+    for t in TARGETS:
+        out.append(f"  {t:<22}{s['throughput_rps'][t]:>9.0f}{s['server_cpu_us_per_request'][t]:>20.1f}")
+    out += [
+        f"  sidecar/nginx: {s['throughput_ratio_sidecar_over_nginx']:.2f}x "
+        f"[{verdict(checks['throughput_ratio_at_least_0_75'])}]  (target >= {THROUGHPUT_RATIO_MIN:.2f}x)",
+        "",
+        f"Sidecar memory: idle RSS {s['sidecar_rss_mib']['idle_start']:.1f} MiB "
+        f"[{verdict(checks['idle_rss_at_most_20_mib'])}] (target <= {IDLE_RSS_MAX_MIB:.0f} MiB); "
+        f"idle after load {s['sidecar_rss_mib']['idle_after_load']:.1f} MiB; peak {s['sidecar_rss_mib']['peak']:.1f} MiB",
+        "",
+    ]
+    st = s["first_chunk_ms"]
+    out += [
+        f"Streaming, time to first chunk ({st['requests']} requests each, ms)",
+        f"  {'':<22}{'p50':>9}{'p99':>9}",
+        f"  {'direct':<22}{st['direct']['p50_ms']:>9.3f}{st['direct']['p99_ms']:>9.3f}",
+        f"  {'sidecar':<22}{st['sidecar']['p50_ms']:>9.3f}{st['sidecar']['p99_ms']:>9.3f}",
+        f"  {'added by sidecar':<22}{st['added']['p50_ms']:>+9.3f}{st['added']['p99_ms']:>+9.3f}"
+        f"  [p50 {verdict(checks['first_chunk_within_1_ms_p50'])}, p99 {verdict(checks['first_chunk_within_1_ms_p99'])}]"
+        f" (target <= +{FIRST_CHUNK_ADDED_MAX_MS:.0f} ms)",
+        f"  paced stream (a chunk every {st['paced']['pace_ms']:g} ms, {st['paced']['streams']} streams): gaps between "
+        f"chunks at the client p50 {st['paced']['gap_p50_ms']:.1f}, p99 {st['paced']['gap_p99_ms']:.1f}, "
+        f"max {st['paced']['gap_max_ms']:.1f} ms [{verdict(checks['chunks_paced_as_produced'])}] "
+        f"(p99 <= {2 * st['paced']['pace_ms']:g} ms)",
+        "",
+        f"Failed requests: {s['failed_requests']} [{verdict(checks['no_failed_requests'])}]",
+        f"JSON: {args.json_out}",
+    ]
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
