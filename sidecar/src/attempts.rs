@@ -185,21 +185,9 @@ pub fn class_of(kind: ErrorKind) -> Option<ErrorClass> {
     }
 }
 
-/// Whether trying the same target again may help.
-fn retryable(kind: ErrorKind) -> bool {
-    matches!(
-        kind,
-        ErrorKind::RateLimit
-            | ErrorKind::ServerError
-            | ErrorKind::Timeout
-            | ErrorKind::Connect
-            | ErrorKind::InvalidResponse
-    )
-}
-
 /// Whether another target of the same step may succeed where this one failed.
 fn fails_over(kind: ErrorKind) -> bool {
-    retryable(kind) || kind == ErrorKind::ContextWindowExceeded
+    kind.is_transient() || kind == ErrorKind::ContextWindowExceeded
 }
 
 /// The wait before trying a target again: exponential backoff with full
@@ -287,7 +275,7 @@ where
                     Err(error) => error,
                 };
                 tracing::debug!(route = %route.alias, provider = %target.provider_name, model = %target.model, error = %error, "attempt failed");
-                let delay = (try_number < route.retries.attempts && retryable(error.kind))
+                let delay = (try_number < route.retries.attempts && error.kind.is_transient())
                     .then(|| retry_delay(&route.retries, try_number, error.retry_after))
                     .flatten()
                     .filter(|delay| deadline.is_none_or(|d| Instant::now() + *delay < d));

@@ -116,18 +116,6 @@ impl Breaker {
     }
 }
 
-/// Whether a failure says the target is unhealthy (rather than the request bad).
-pub fn counts_against_health(kind: ErrorKind) -> bool {
-    matches!(
-        kind,
-        ErrorKind::RateLimit
-            | ErrorKind::ServerError
-            | ErrorKind::Timeout
-            | ErrorKind::Connect
-            | ErrorKind::InvalidResponse
-    )
-}
-
 /// What `GET /debug/targets` shows for a target.
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetSnapshot {
@@ -231,7 +219,7 @@ impl TargetState {
         now: Instant,
     ) {
         let mut inner = self.inner.lock();
-        let failed = failure.is_some_and(counts_against_health);
+        let failed = failure.is_some_and(ErrorKind::is_transient);
         if !failed {
             #[allow(clippy::cast_precision_loss)]
             let sample = latency.as_micros() as f64 / 1000.0;

@@ -45,6 +45,16 @@ impl ErrorKind {
         }
     }
 
+    /// Whether the failure is the target's, and may pass: worth a retry,
+    /// and counted against the target's health. A rejected request, a
+    /// content filter or a prompt too long for the model is not.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Self::RateLimit | Self::ServerError | Self::Timeout | Self::Connect | Self::InvalidResponse
+        )
+    }
+
     /// The class of an upstream HTTP error status.
     pub fn from_status(status: u16) -> Self {
         match status {
