@@ -176,7 +176,13 @@ async fn a_hang_is_ended_by_the_route_timeout() {
 
 #[tokio::test]
 async fn faults_hit_about_the_configured_share_of_requests() {
-    let sidecar = mock_sidecar("{faults: [{kind: status, status: 500, rate: 0.3}]}", ROUTE).await;
+    // The breaker is off: with it, a run of failures would shed the target
+    // and every later request would fail, hiding the fault rate.
+    let sidecar = mock_sidecar(
+        "{faults: [{kind: status, status: 500, rate: 0.3}]}",
+        "{targets: [{provider: mock, model: mock-1}], circuitBreaker: {enabled: false}}",
+    )
+    .await;
     let mut failed = 0;
     for _ in 0..400 {
         if sidecar.post("/v1/chat/completions", &ask(false)).await.status() == 502 {
