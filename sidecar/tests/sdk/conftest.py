@@ -231,6 +231,9 @@ def _route(alias: str, provider_name: str, model: str, timeouts: dict | None = N
     spec: dict[str, Any] = {"targets": [{"provider": provider_name, "model": model}]}
     if timeouts:
         spec["timeouts"] = timeouts
+        # Fault routes fail on purpose, many times in a row: their failures
+        # must not open the breaker the everyday route shares.
+        spec["circuitBreaker"] = {"enabled": False}
     return _document("llmesh.io/v1alpha1", "LLMRoute", alias, spec=spec)
 
 
