@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::api::Usage;
 use crate::attempts::AttemptFailure;
@@ -252,26 +255,125 @@ impl Drop for AccessRecord {
                     .observe(count as f64);
             }
         }
-        tracing::info!(
-            target: "llmesh::access",
-            request_id = %self.request_id,
-            operation = self.operation.as_str(),
-            route,
-            provider = self.provider_name.as_deref().unwrap_or(""),
-            provider_kind = self.provider_kind,
-            model,
-            status = self.status,
-            outcome,
-            error = error_label,
-            stream = self.stream,
-            attempts = self.attempts,
-            fallback_step = self.step,
-            input_tokens = self.usage.prompt_tokens,
-            output_tokens = self.usage.completion_tokens,
-            cached_input_tokens = self.usage.cached_input(),
-            reasoning_tokens = self.usage.reasoning(),
-            latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            ttft_ms = self.first_chunk.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        );
+        if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+            let line = AccessLine {
+                timestamp: jiff::Timestamp::now(),
+                level: "INFO",
+                request_id: &self.request_id,
+                operation: self.operation.as_str(),
+                route,
+                provider: self.provider_name.as_deref().unwrap_or(""),
+                provider_kind: self.provider_kind,
+                model,
+                status: self.status,
+                outcome,
+                error: error_label,
+                stream: self.stream,
+                attempts: self.attempts,
+                fallback_step: self.step,
+                input_tokens: self.usage.prompt_tokens,
+                output_tokens: self.usage.completion_tokens,
+                cached_input_tokens: self.usage.cached_input(),
+                reasoning_tokens: self.usage.reasoning(),
+                latency_ms: millis(elapsed),
+                ttft_ms: self.first_chunk.map(millis),
+                target: TARGET,
+            };
+            match serde_json::to_string(&line) {
+                Ok(line) => tracing::info!(target: TARGET, line = line.as_str()),
+                Err(error) => tracing::warn!(%error, "cannot encode the access log line"),
+            }
+        }
     }
+}
+
+/// The `tracing` target of access-log lines, to filter them
+/// (`LLMESH_LOG=info,llmesh::access=off`).
+pub const TARGET: &str = "llmesh::access";
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One access-log line. Serialised here in one pass rather than field by
+/// field through `tracing`'s JSON formatter, which cost a fifth of the
+/// sidecar's CPU time per request; the field names match the other log lines.
+#[derive(serde::Serialize)]
+struct AccessLine<'a> {
+    #[serde(serialize_with = "micros")]
+    timestamp: jiff::Timestamp,
+    level: &'static str,
+    request_id: &'a str,
+    operation: &'static str,
+    route: &'a str,
+    provider: &'a str,
+    provider_kind: &'static str,
+    model: &'a str,
+    status: u16,
+    outcome: &'static str,
+    error: &'a str,
+    stream: bool,
+    attempts: u32,
+    fallback_step: usize,
+    input_tokens: u64,
+    output_tokens: u64,
+    cached_input_tokens: u64,
+    reasoning_tokens: u64,
+    latency_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttft_ms: Option<u64>,
+    target: &'static str,
+}
+
+/// RFC 3339 in UTC with microseconds, as `tracing-subscriber` writes its own lines.
+fn micros<S: serde::Serializer>(timestamp: &jiff::Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&format_args!("{timestamp:.6}"))
+}
+
+/// Writes access-log events as the JSON line they carry and hands every
+/// other event to the inner format, so both go through the same filter and
+/// non-blocking writer.
+#[derive(Debug)]
+pub struct AccessLines<F>(pub F);
+
+impl<S, N, F> FormatEvent<S, N> for AccessLines<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        if event.metadata().target() == TARGET {
+            let mut line = WriteLine {
+                writer: &mut writer,
+                written: None,
+            };
+            event.record(&mut line);
+            if let Some(written) = line.written {
+                return written;
+            }
+        }
+        self.0.format_event(context, writer, event)
+    }
+}
+
+/// Writes the `line` field of an access-log event.
+struct WriteLine<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    written: Option<std::fmt::Result>,
+}
+
+impl tracing::field::Visit for WriteLine<'_, '_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "line" {
+            self.written = Some(writeln!(self.writer, "{value}"));
+        }
+    }
+
+    fn record_debug(&mut self, _field: &tracing::field::Field, _value: &dyn std::fmt::Debug) {}
 }

@@ -21,7 +21,7 @@ use serde::Deserialize;
 pub use stream::StreamTranslator;
 
 use super::openai::{snippet, static_headers};
-use super::upstream::{Answer, UpstreamClient};
+use super::upstream::{Answer, UpstreamClient, UpstreamResponse};
 use super::{ChatReply, ChunkStream, Deps, ErrorKind, Provider, ProviderError, sse};
 use crate::api::chat::ChatRequest;
 use crate::credentials::CredentialStore;
@@ -72,7 +72,7 @@ impl Anthropic {
         })
     }
 
-    async fn post(&self, body: Vec<u8>) -> Result<reqwest::Response, ProviderError> {
+    async fn post(&self, body: Vec<u8>) -> Result<UpstreamResponse, ProviderError> {
         let mut builder = self.client.post(&self.url).headers(self.headers.clone());
         if let Some(reference) = &self.api_key {
             let mut key =
@@ -126,7 +126,7 @@ impl Provider for Anthropic {
 
 /// Translates the upstream's SSE events as they arrive. The stream ends at
 /// `message_stop`; a body that ends before it is an error, never a silent end.
-fn relay_stream(response: reqwest::Response, mut translator: StreamTranslator) -> ChunkStream {
+fn relay_stream(response: UpstreamResponse, mut translator: StreamTranslator) -> ChunkStream {
     let mut events = Box::pin(sse::events(response.bytes_stream()));
     ChunkStream(
         stream! {
