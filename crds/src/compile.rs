@@ -10,12 +10,13 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
 use crate::config::{
-    AzureConfig, BreakerConfig, CredentialRef, Credentials, FallbackConfig, MockConfig, ProviderConfig,
-    RetriesConfig, RouteConfig, RuleConfig, SidecarConfig, TargetConfig, TimeoutsConfig,
+    AzureConfig, BreakerConfig, CacheConfig, CredentialRef, Credentials, FallbackConfig, MockConfig,
+    ProviderConfig, RetriesConfig, RouteConfig, RuleConfig, SidecarConfig, TargetConfig, TimeoutsConfig,
 };
 use crate::duration;
 use crate::resources::{
-    CacheMode, ErrorClass, Fallback, LLMRoute, ProviderKind, ProviderSecret, RouteTarget, RuleMatch,
+    CacheMode, CacheSettings, ErrorClass, Fallback, LLMRoute, ProviderKind, ProviderSecret, RouteTarget,
+    RuleMatch,
 };
 
 /// Everything the compiler reads.
@@ -443,9 +444,6 @@ fn compile_route(
     if spec.targets.iter().all(|t| t.weight == Some(0)) && !spec.targets.is_empty() {
         errors.push("spec.targets", "weights must not all be zero");
     }
-    if spec.cache.as_ref().is_some_and(|c| c.mode != CacheMode::Off) {
-        errors.0.push(unsupported("spec.cache", "response caching"));
-    }
     if spec.mirror.is_some() {
         errors.0.push(unsupported("spec.mirror", "mirroring"));
     }
@@ -497,6 +495,11 @@ fn compile_route(
         errors.push("spec.retries.attempts", "must be between 1 and 10");
     }
 
+    let cache = spec
+        .cache
+        .as_ref()
+        .and_then(|settings| compile_cache(settings, &mut errors));
+
     let timeouts = spec.timeouts.clone().unwrap_or_default();
     let timeouts = TimeoutsConfig {
         total_ms: errors.positive_millis("spec.timeouts.total", timeouts.total.as_deref()),
@@ -542,6 +545,32 @@ fn compile_route(
         retries,
         timeouts,
         circuit_breaker,
+        cache,
+    })
+}
+
+/// How long a cached answer is served when the route names no `ttl`: short
+/// enough that a changed prompt template or model upgrade shows within minutes.
+const DEFAULT_CACHE_TTL_MS: u64 = 5 * 60 * 1000;
+
+/// The route's cache settings, or `None` when caching is off.
+fn compile_cache(settings: &CacheSettings, errors: &mut Errors) -> Option<CacheConfig> {
+    match settings.mode {
+        CacheMode::Off => return None,
+        CacheMode::Exact => {
+            if settings.similarity_threshold.is_some() {
+                errors.push("spec.cache.similarityThreshold", "only valid for mode semantic");
+            }
+        }
+        CacheMode::Semantic => errors.0.push(unsupported("spec.cache.mode", "semantic caching")),
+    }
+    let ttl_ms = errors
+        .positive_millis("spec.cache.ttl", settings.ttl.as_deref())
+        .unwrap_or(DEFAULT_CACHE_TTL_MS);
+    Some(CacheConfig {
+        ttl_ms,
+        scope: settings.scope.unwrap_or_default(),
+        allow_overrides: settings.allow_overrides.unwrap_or(true),
     })
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::resources::{ErrorClass, MockFault, Price, ProviderKind, RuleMatch, Strategy};
+use crate::resources::{CacheScope, ErrorClass, MockFault, Price, ProviderKind, RuleMatch, Strategy};
 
 /// One namespace's compiled configuration.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -163,6 +163,21 @@ pub struct RouteConfig {
     /// Per-target circuit breaker.
     #[serde(default)]
     pub circuit_breaker: BreakerConfig,
+    /// Response caching; absent means off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheConfig>,
+}
+
+/// Exact response caching on a route.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How long an entry is served, unless a request sets its own.
+    pub ttl_ms: u64,
+    /// Who shares entries.
+    pub scope: CacheScope,
+    /// Whether request headers may steer the cache.
+    pub allow_overrides: bool,
 }
 
 /// One upstream model.

@@ -106,9 +106,15 @@ fn invalid_resources_are_reported_with_their_field() {
         ),
         (
             "fields of later releases are named, not ignored",
-            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: a}], cache: {mode: exact}, mirror: {target: {provider: mock, model: d}, percent: 5}}")),
-            &["spec.cache: response caching is not supported yet", "spec.mirror: mirroring is not supported yet"],
+            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: a}], cache: {mode: semantic}, mirror: {target: {provider: mock, model: d}, percent: 5}}")),
+            &["spec.cache.mode: semantic caching is not supported yet", "spec.mirror: mirroring is not supported yet"],
         ),
+        (
+            "cache mistakes name their field",
+            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: a}], cache: {mode: exact, ttl: 0s, similarityThreshold: 0.9}}")),
+            &["spec.cache.similarityThreshold: only valid for mode semantic", "spec.cache.ttl: must be greater than zero"],
+        ),
+        ("exact cache", format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: m}], cache: {mode: exact, ttl: 1h, scope: route}}")), &[]),
         (
             "routing mistakes name their field",
             format!(
@@ -334,4 +340,41 @@ fn a_full_routing_spec_compiles_with_defaults_filled_in() {
         (2, 5_000)
     );
     assert_eq!(compiled.config.routes["cheap"].strategy, Strategy::Weighted);
+}
+
+#[test]
+fn cache_settings_compile_with_defaults_and_off_means_absent() {
+    use crate::config::CacheConfig;
+    use crate::resources::CacheScope;
+    let cases: &[(&str, Option<CacheConfig>)] = &[
+        ("{mode: off, ttl: 1m}", None),
+        (
+            "{mode: exact}",
+            Some(CacheConfig {
+                ttl_ms: 300_000,
+                scope: CacheScope::Key,
+                allow_overrides: true,
+            }),
+        ),
+        (
+            "{mode: exact, ttl: 90s, scope: route, allowOverrides: false}",
+            Some(CacheConfig {
+                ttl_ms: 90_000,
+                scope: CacheScope::Route,
+                allow_overrides: false,
+            }),
+        ),
+    ];
+    for (settings, expected) in cases {
+        let yaml = format!(
+            "{MOCK}{}",
+            route(
+                "smart",
+                &format!("{{targets: [{{provider: mock, model: m}}], cache: {settings}}}")
+            )
+        );
+        let compiled = compile_yaml(&yaml, None);
+        assert_eq!(compiled.problems, vec![], "{settings}");
+        assert_eq!(&compiled.config.routes["smart"].cache, expected, "{settings}");
+    }
 }

@@ -241,6 +241,11 @@ pub struct CacheSettings {
     /// Who shares entries: `key` (default) or `route`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<CacheScope>,
+    /// Whether a request may steer the cache with `Cache-Control: no-cache`/`no-store`,
+    /// `x-llmesh-cache: bypass` and `x-llmesh-cache-ttl` (default true). When false
+    /// those headers are ignored on this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_overrides: Option<bool>,
 }
 
 /// Cache modes.
@@ -256,10 +261,11 @@ pub enum CacheMode {
 }
 
 /// Who shares cache entries.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum CacheScope {
     /// Each virtual key has its own entries.
+    #[default]
     Key,
     /// Every caller of the route shares entries.
     Route,
