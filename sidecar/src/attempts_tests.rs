@@ -111,6 +111,7 @@ fn route(
         retries,
         timeouts: Timeouts::default(),
         breaker,
+        cache: None,
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmesh_crds::SidecarConfig;
-use llmesh_crds::config::{BreakerConfig, RetriesConfig, TargetConfig, TimeoutsConfig};
+use llmesh_crds::config::{BreakerConfig, CacheConfig, RetriesConfig, TargetConfig, TimeoutsConfig};
 use llmesh_crds::resources::{ErrorClass, Price, RuleMatch, Strategy};
 
 pub use estimate::Estimate;
@@ -60,6 +60,8 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// When targets are shed.
     pub breaker: BreakerConfig,
+    /// Response caching, when on.
+    pub cache: Option<CacheConfig>,
 }
 
 /// Targets that are alternatives to each other, with their selection state.
@@ -261,6 +263,7 @@ impl Runtime {
                 retries: route.retries.clone(),
                 timeouts: Timeouts::from(&route.timeouts),
                 breaker: route.circuit_breaker.clone(),
+                cache: route.cache.clone(),
             };
             routes.insert(alias.clone(), Arc::new(live));
         }
