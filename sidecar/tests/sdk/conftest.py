@@ -237,10 +237,19 @@ def _route(alias: str, provider_name: str, model: str, timeouts: dict | None = N
     return _document("llmesh.io/v1alpha1", "LLMRoute", alias, spec=spec)
 
 
+# The caching route: OpenAI's mock behind an exact cache, so tests can
+# count which requests reached the upstream.
+CACHED_ALIAS = "openai-cached-route"
+
+
 def manifests(mock_url: str) -> list[dict]:
     """Every resource the sidecar serves in this session."""
     strict = {"firstToken": STRICT_FIRST_TOKEN}
-    documents: list[dict] = []
+    cached_spec = {
+        "targets": [{"provider": "openai", "model": PROVIDERS["openai"].model}],
+        "cache": {"mode": "exact", "ttl": "10m"},
+    }
+    documents: list[dict] = [_document("llmesh.io/v1alpha1", "LLMRoute", CACHED_ALIAS, spec=cached_spec)]
     for provider in PROVIDERS.values():
         spec = {"provider": provider.kind, **provider.spec(mock_url)}
         if provider.secret:
