@@ -11,7 +11,8 @@ use kube::ResourceExt;
 
 use crate::config::{
     AzureConfig, BreakerConfig, CacheConfig, CredentialRef, Credentials, FallbackConfig, MockConfig,
-    ProviderConfig, RetriesConfig, RouteConfig, RuleConfig, SidecarConfig, TargetConfig, TimeoutsConfig,
+    ProviderConfig, RetriesConfig, RouteConfig, RuleConfig, SharedCacheConfig, SidecarConfig, TargetConfig,
+    TimeoutsConfig,
 };
 use crate::duration;
 use crate::resources::{
@@ -567,12 +568,38 @@ fn compile_cache(settings: &CacheSettings, errors: &mut Errors) -> Option<CacheC
     let ttl_ms = errors
         .positive_millis("spec.cache.ttl", settings.ttl.as_deref())
         .unwrap_or(DEFAULT_CACHE_TTL_MS);
+    let shared = settings.shared.as_ref().map(|shared| {
+        let url = &shared.redis_url;
+        let field = "spec.cache.shared.redisUrl";
+        if url.starts_with("rediss://") {
+            errors.push(field, "TLS to Redis is not supported yet; use redis://");
+        } else if !url.starts_with("redis://") {
+            errors.push(field, format!("{url:?} must start with redis://"));
+        } else if url.contains('@') {
+            errors.push(
+                field,
+                "credentials in the URL are not supported yet (they would be written into the ConfigMap)",
+            );
+        }
+        SharedCacheConfig {
+            redis_url: url.clone(),
+            timeout_ms: errors
+                .positive_millis("spec.cache.shared.timeout", shared.timeout.as_deref())
+                .unwrap_or(DEFAULT_SHARED_CACHE_TIMEOUT_MS),
+        }
+    });
     Some(CacheConfig {
         ttl_ms,
         scope: settings.scope.unwrap_or_default(),
         allow_overrides: settings.allow_overrides.unwrap_or(true),
+        shared,
     })
 }
+
+/// How long one Redis operation may take by default: a Redis in the same
+/// cluster answers in about a millisecond, and a dead or overloaded one
+/// should cost a request no more than this before the sidecar goes on alone.
+const DEFAULT_SHARED_CACHE_TIMEOUT_MS: u64 = 50;
 
 fn compile_targets(
     targets: &[RouteTarget],

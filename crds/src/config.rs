@@ -178,6 +178,19 @@ pub struct CacheConfig {
     pub scope: CacheScope,
     /// Whether request headers may steer the cache.
     pub allow_overrides: bool,
+    /// The Redis tier shared by the workload's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedCacheConfig>,
+}
+
+/// A Redis shared by every pod of a workload.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SharedCacheConfig {
+    /// `redis://host:port[/db]`.
+    pub redis_url: String,
+    /// The longest one Redis operation may take.
+    pub timeout_ms: u64,
 }
 
 /// One upstream model.

@@ -12,15 +12,18 @@ mod directives;
 mod entry;
 mod key;
 mod replay;
+mod shared;
 mod store;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use http::HeaderMap;
-use llmesh_crds::config::CacheConfig;
+use llmesh_crds::config::{CacheConfig, SharedCacheConfig};
 use llmesh_crds::resources::CacheScope;
+use parking_lot::Mutex;
 
 pub use directives::{CACHE_HEADER, CACHE_TTL_HEADER, Directives};
 pub use entry::{Entry, Origin};
@@ -33,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::providers::ChunkStream;
 use crate::routing::{RequestFacts, Route};
 use assemble::Assembler;
+use shared::SharedTier;
 use store::Store;
 
 /// The caller identity of a request that names none. Until virtual keys
@@ -71,6 +75,7 @@ pub struct Plan {
     key: CacheKey,
     directives: Directives,
     ttl: Duration,
+    shared: Option<SharedCacheConfig>,
 }
 
 impl Plan {
@@ -103,6 +108,7 @@ impl Plan {
             key: CacheKey::of_chat(&partition, request),
             ttl: directives.ttl.unwrap_or(Duration::from_millis(config.ttl_ms)),
             directives,
+            shared: config.shared.clone(),
         }))
     }
 
@@ -124,26 +130,63 @@ fn caller_scope<'a>(config: &CacheConfig, caller: &'a str) -> &'a str {
     }
 }
 
-/// Stored answers of every route, kept across configuration reloads.
+/// Stored answers of every route, kept across configuration reloads: this
+/// sidecar's memory, and the shared Redis tiers routes name.
 #[derive(Debug)]
 pub struct ResponseCache {
     store: Store,
+    /// Shared tiers by their settings, connected once and kept across reloads.
+    shared: Mutex<HashMap<SharedCacheConfig, Arc<SharedTier>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl ResponseCache {
-    /// A cache holding at most `max_bytes` of answers.
+    /// A cache holding at most `max_bytes` of answers in memory.
     pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> Self {
         Self {
-            store: Store::new(max_bytes, metrics),
+            store: Store::new(max_bytes, metrics.clone()),
+            shared: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
-    /// The stored answer for a plan, if it may be read and there is one.
-    pub fn lookup(&self, plan: &Plan) -> Option<Arc<Entry>> {
+    /// The stored answer for a plan, if it may be read and there is one:
+    /// from memory, else from the shared tier (then kept in memory too).
+    pub async fn lookup(&self, plan: &Plan) -> Option<Arc<Entry>> {
         if !plan.directives.read {
             return None;
         }
-        self.store.get(&plan.key)
+        if let Some(entry) = self.store.get(&plan.key) {
+            return Some(entry);
+        }
+        let tier = self.shared_tier(plan)?;
+        let entry = Arc::new(tier.get(&plan.key).await?);
+        self.store.insert(plan.key, entry.clone());
+        Some(entry)
+    }
+
+    /// The shared tier a plan names, connected on first use.
+    fn shared_tier(&self, plan: &Plan) -> Option<Arc<SharedTier>> {
+        let config = plan.shared.as_ref()?;
+        let mut tiers = self.shared.lock();
+        if let Some(tier) = tiers.get(config) {
+            return Some(tier.clone());
+        }
+        match SharedTier::new(config, self.metrics.cache_shared_errors.clone()) {
+            Ok(tier) => {
+                let tier = Arc::new(tier);
+                tiers.insert(config.clone(), tier.clone());
+                Some(tier)
+            }
+            Err(error) => {
+                self.metrics
+                    .cache_shared_errors
+                    .with_label_values(&["connect"])
+                    .inc();
+                tracing::warn!(redis = %config.redis_url, %error, "shared cache unusable; serving from local memory only");
+                None
+            }
+        }
     }
 
     /// The stored answer in the shape `request` wants.
@@ -163,7 +206,7 @@ impl ResponseCache {
                 if let Some(entry) =
                     Entry::of_answer(completed.body.clone(), completed.usage.clone(), origin, plan.ttl)
                 {
-                    self.store.insert(plan.key, Arc::new(entry));
+                    store_everywhere(&self.store, self.shared_tier(&plan), plan.key, Arc::new(entry));
                 }
                 Reply::Complete(completed)
             }
@@ -184,6 +227,7 @@ impl ResponseCache {
         let mut assembler = Assembler::default();
         head.iter().for_each(|event| assembler.observe(event));
         let store = self.store.clone();
+        let tier = self.shared_tier(&plan);
         let mut upstream = tail.0;
         let tail = async_stream::stream! {
             while let Some(item) = upstream.next().await {
@@ -201,7 +245,7 @@ impl ResponseCache {
             };
             let body = crate::providers::to_json_bytes(&response);
             if let Some(entry) = Entry::of_answer(body, usage, origin, plan.ttl) {
-                store.insert(plan.key, Arc::new(entry));
+                store_everywhere(&store, tier, plan.key, Arc::new(entry));
             }
         };
         CommittedStream {
@@ -215,5 +259,14 @@ impl ResponseCache {
     /// Applies pending evictions and updates the bytes-held gauge (before a scrape).
     pub fn sync(&self) {
         self.store.sync();
+    }
+}
+
+/// Keeps an entry in memory, and writes it to the shared tier in the
+/// background so the app's answer never waits for Redis.
+fn store_everywhere(store: &Store, tier: Option<Arc<SharedTier>>, key: CacheKey, entry: Arc<Entry>) {
+    store.insert(key, entry.clone());
+    if let Some(tier) = tier {
+        tokio::spawn(async move { tier.put(&key, &entry).await });
     }
 }

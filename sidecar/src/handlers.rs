@@ -55,7 +55,7 @@ async fn serve_chat(
     let cache_plan = cache::Plan::for_chat(&route, cache::ANONYMOUS_CALLER, headers, &facts, &request)?;
     if let Some(plan) = &cache_plan {
         record.set_cache(plan.status_unless_hit());
-        if let Some(entry) = app.cache.lookup(plan) {
+        if let Some(entry) = app.cache.lookup(plan).await {
             record.served_from_cache(&entry);
             return Ok(ResponseCache::replay(&entry, &request));
         }

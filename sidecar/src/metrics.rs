@@ -65,6 +65,8 @@ pub struct Metrics {
     pub cache_saved_tokens: IntCounterVec,
     /// Dollars cache hits did not spend, by route (targets with a price only).
     pub cache_saved_usd: CounterVec,
+    /// Failed operations on the shared (Redis) cache tier, by operation.
+    pub cache_shared_errors: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -214,6 +216,12 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("metric {saved_usd_name}: {e}"));
         let cache_saved_usd = register(&registry, saved_usd_name, cache_saved_usd);
+        let cache_shared_errors = counter(
+            &registry,
+            "llmesh_cache_shared_errors_total",
+            "Failed or timed-out operations on the shared Redis cache, by operation (get, set, connect).",
+            &["operation"],
+        );
         Self {
             registry,
             requests,
@@ -231,6 +239,7 @@ impl Metrics {
             cache_bytes,
             cache_saved_tokens,
             cache_saved_usd,
+            cache_shared_errors,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use llmesh_sidecar::settings;
 use llmesh_test_support::harness::{Sidecar, http_client, provider, route, secret};
-use llmesh_test_support::{Behavior, MockServer, openai};
+use llmesh_test_support::{Behavior, MockServer, RedisServer, openai};
 use serde_json::{Value, json};
 
 const CACHED: &str = "cache: {mode: exact, ttl: 10m}";
@@ -351,4 +351,69 @@ async fn routes_without_a_cache_say_nothing_about_one() {
             .0,
         ""
     );
+}
+
+fn shared(redis_url: &str) -> String {
+    format!("cache: {{mode: exact, scope: route, shared: {{redisUrl: '{redis_url}', timeout: 200ms}}}}")
+}
+
+#[tokio::test]
+async fn two_sidecars_share_answers_through_redis() {
+    let redis = RedisServer::start().await;
+    let mock = openai::start().await;
+    let first = openai_sidecar(&mock, &shared(&redis.url())).await;
+    let second = openai_sidecar(&mock, &shared(&redis.url())).await;
+
+    assert_eq!(chat(&first, &ask("shared question"), &[]).await.0, "miss");
+    // The write to Redis happens after the answer, in the background.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while redis.key_count().await != Some(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the answer never reached Redis"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (verdict, body) = chat(&second, &ask("shared question"), &[]).await;
+    assert_eq!(verdict, "hit", "the other pod's answer");
+    assert_eq!(content(&body), "Hello from openai: shared question");
+    assert_eq!(mock.calls().len(), 1, "one upstream call for both sidecars");
+}
+
+#[tokio::test]
+async fn a_dead_or_silent_redis_leaves_the_local_cache_serving() {
+    let mut redis = RedisServer::start().await;
+    let mock = openai::start().await;
+    let sidecar = openai_sidecar(&mock, &shared(&redis.url())).await;
+    assert_eq!(chat(&sidecar, &ask("before"), &[]).await.0, "miss");
+
+    redis.stop();
+    assert_eq!(chat(&sidecar, &ask("before"), &[]).await.0, "hit", "from memory");
+    assert_eq!(chat(&sidecar, &ask("after"), &[]).await.0, "miss");
+    assert_eq!(chat(&sidecar, &ask("after"), &[]).await.0, "hit");
+    let errors: u64 = metric_value(
+        &metrics(&sidecar).await,
+        r#"llmesh_cache_shared_errors_total{operation="get"}"#,
+    );
+    assert!(errors >= 1);
+
+    // A Redis that accepts connections and never answers costs a request its timeout, no more.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bound");
+    let silent_url = format!("redis://{}", silent.local_addr().expect("address"));
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            connections.push(connection);
+        }
+    });
+    let stalled = openai_sidecar(&mock, &shared(&silent_url)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(chat(&stalled, &ask("stalled"), &[]).await.0, "miss");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(chat(&stalled, &ask("stalled"), &[]).await.0, "hit");
+    held.abort();
 }

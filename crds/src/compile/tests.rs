@@ -114,6 +114,20 @@ fn invalid_resources_are_reported_with_their_field() {
             format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: a}], cache: {mode: exact, ttl: 0s, similarityThreshold: 0.9}}")),
             &["spec.cache.similarityThreshold: only valid for mode semantic", "spec.cache.ttl: must be greater than zero"],
         ),
+        (
+            "shared cache mistakes name their field",
+            format!("{MOCK}{}{}{}",
+                route("a", "{targets: [{provider: mock, model: a}], cache: {mode: exact, shared: {redisUrl: 'http://redis:6379'}}}"),
+                route("b", "{targets: [{provider: mock, model: a}], cache: {mode: exact, shared: {redisUrl: 'redis://u:p@redis:6379', timeout: 0ms}}}"),
+                route("c", "{targets: [{provider: mock, model: a}], cache: {mode: exact, shared: {redisUrl: 'rediss://redis:6379'}}}"),
+            ),
+            &[
+                "LLMRoute a: spec.cache.shared.redisUrl: \"http://redis:6379\" must start with redis://",
+                "LLMRoute b: spec.cache.shared.redisUrl: credentials in the URL are not supported yet",
+                "LLMRoute b: spec.cache.shared.timeout: must be greater than zero",
+                "LLMRoute c: spec.cache.shared.redisUrl: TLS to Redis is not supported yet",
+            ],
+        ),
         ("exact cache", format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: m}], cache: {mode: exact, ttl: 1h, scope: route}}")), &[]),
         (
             "routing mistakes name their field",
@@ -344,7 +358,7 @@ fn a_full_routing_spec_compiles_with_defaults_filled_in() {
 
 #[test]
 fn cache_settings_compile_with_defaults_and_off_means_absent() {
-    use crate::config::CacheConfig;
+    use crate::config::{CacheConfig, SharedCacheConfig};
     use crate::resources::CacheScope;
     let cases: &[(&str, Option<CacheConfig>)] = &[
         ("{mode: off, ttl: 1m}", None),
@@ -354,14 +368,19 @@ fn cache_settings_compile_with_defaults_and_off_means_absent() {
                 ttl_ms: 300_000,
                 scope: CacheScope::Key,
                 allow_overrides: true,
+                shared: None,
             }),
         ),
         (
-            "{mode: exact, ttl: 90s, scope: route, allowOverrides: false}",
+            "{mode: exact, ttl: 90s, scope: route, allowOverrides: false, shared: {redisUrl: 'redis://r:6379/2'}}",
             Some(CacheConfig {
                 ttl_ms: 90_000,
                 scope: CacheScope::Route,
                 allow_overrides: false,
+                shared: Some(SharedCacheConfig {
+                    redis_url: "redis://r:6379/2".into(),
+                    timeout_ms: 50,
+                }),
             }),
         ),
     ];

@@ -246,6 +246,23 @@ pub struct CacheSettings {
     /// those headers are ignored on this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_overrides: Option<bool>,
+    /// A Redis shared by every pod of the workload, behind each sidecar's own memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedCache>,
+}
+
+/// The shared cache tier.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SharedCache {
+    /// `redis://host:port[/db]`. No credentials: they would end up in the
+    /// sidecar's ConfigMap.
+    pub redis_url: String,
+    /// How long one Redis operation may take before the sidecar carries on
+    /// without it (default `50ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub timeout: Option<String>,
 }
 
 /// Cache modes.

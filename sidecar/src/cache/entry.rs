@@ -79,14 +79,19 @@ impl Entry {
             return None;
         }
         let cost_usd = origin.price.as_ref().map_or(0.0, |price| cost_usd(price, &usage));
-        Some(Self {
+        Some(Self::new(body, usage, cost_usd, origin, ttl))
+    }
+
+    /// An entry served for `ttl` from now.
+    pub fn new(body: Bytes, usage: Usage, cost_usd: f64, origin: Origin, ttl: Duration) -> Self {
+        Self {
             body,
             usage,
             cost_usd,
             origin,
             ttl,
             expires_at: Instant::now() + ttl,
-        })
+        }
     }
 
     /// Bytes this entry holds, as the cache's memory bound counts them.
