@@ -11,8 +11,8 @@ use kube::ResourceExt;
 
 use crate::config::{
     AzureConfig, BreakerConfig, CacheConfig, CredentialRef, Credentials, FallbackConfig, MockConfig,
-    ProviderConfig, RetriesConfig, RouteConfig, RuleConfig, SharedCacheConfig, SidecarConfig, TargetConfig,
-    TimeoutsConfig,
+    ProviderConfig, RetriesConfig, RouteConfig, RuleConfig, SemanticCacheConfig, SharedCacheConfig,
+    SidecarConfig, TargetConfig, TimeoutsConfig,
 };
 use crate::duration;
 use crate::resources::{
@@ -499,7 +499,7 @@ fn compile_route(
     let cache = spec
         .cache
         .as_ref()
-        .and_then(|settings| compile_cache(settings, &mut errors));
+        .and_then(|settings| compile_cache(settings, scope, &mut errors));
 
     let timeouts = spec.timeouts.clone().unwrap_or_default();
     let timeouts = TimeoutsConfig {
@@ -554,17 +554,29 @@ fn compile_route(
 /// enough that a changed prompt template or model upgrade shows within minutes.
 const DEFAULT_CACHE_TTL_MS: u64 = 5 * 60 * 1000;
 
+/// The similarity a semantic hit needs when the route names none: high,
+/// because a wrong hit serves one question's answer to another.
+const DEFAULT_SIMILARITY_THRESHOLD: f64 = 0.95;
+
 /// The route's cache settings, or `None` when caching is off.
-fn compile_cache(settings: &CacheSettings, errors: &mut Errors) -> Option<CacheConfig> {
-    match settings.mode {
+fn compile_cache(
+    settings: &CacheSettings,
+    scope: &RouteScope<'_>,
+    errors: &mut Errors,
+) -> Option<CacheConfig> {
+    let semantic = match settings.mode {
         CacheMode::Off => return None,
         CacheMode::Exact => {
             if settings.similarity_threshold.is_some() {
                 errors.push("spec.cache.similarityThreshold", "only valid for mode semantic");
             }
+            if settings.embeddings.is_some() {
+                errors.push("spec.cache.embeddings", "only valid for mode semantic");
+            }
+            None
         }
-        CacheMode::Semantic => errors.0.push(unsupported("spec.cache.mode", "semantic caching")),
-    }
+        CacheMode::Semantic => compile_semantic(settings, scope, errors),
+    };
     let ttl_ms = errors
         .positive_millis("spec.cache.ttl", settings.ttl.as_deref())
         .unwrap_or(DEFAULT_CACHE_TTL_MS);
@@ -593,6 +605,45 @@ fn compile_cache(settings: &CacheSettings, errors: &mut Errors) -> Option<CacheC
         scope: settings.scope.unwrap_or_default(),
         allow_overrides: settings.allow_overrides.unwrap_or(true),
         shared,
+        semantic,
+    })
+}
+
+fn compile_semantic(
+    settings: &CacheSettings,
+    scope: &RouteScope<'_>,
+    errors: &mut Errors,
+) -> Option<SemanticCacheConfig> {
+    let threshold = settings
+        .similarity_threshold
+        .unwrap_or(DEFAULT_SIMILARITY_THRESHOLD);
+    if !(threshold.is_finite() && threshold > 0.0 && threshold <= 1.0) {
+        errors.push(
+            "spec.cache.similarityThreshold",
+            "must be greater than 0 and at most 1",
+        );
+    }
+    let Some(embeddings) = &settings.embeddings else {
+        errors.push(
+            "spec.cache.embeddings",
+            "required for mode semantic (the provider and model that embed questions)",
+        );
+        return None;
+    };
+    if !scope.providers.contains_key(&embeddings.provider) {
+        let why = match scope.unready.get(&embeddings.provider) {
+            Some(reason) => format!("is not ready ({reason})"),
+            None => "does not exist".to_owned(),
+        };
+        errors.push(
+            "spec.cache.embeddings.provider",
+            format!("ProviderSecret {} {why}", embeddings.provider),
+        );
+    }
+    Some(SemanticCacheConfig {
+        similarity_threshold: threshold,
+        embeddings_provider: embeddings.provider.clone(),
+        embeddings_model: embeddings.model.clone(),
     })
 }
 

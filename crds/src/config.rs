@@ -168,8 +168,8 @@ pub struct RouteConfig {
     pub cache: Option<CacheConfig>,
 }
 
-/// Exact response caching on a route.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+/// Response caching on a route.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CacheConfig {
     /// How long an entry is served, unless a request sets its own.
@@ -181,6 +181,21 @@ pub struct CacheConfig {
     /// The Redis tier shared by the workload's pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared: Option<SharedCacheConfig>,
+    /// Near-duplicate matching on top of exact matching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic: Option<SemanticCacheConfig>,
+}
+
+/// Semantic matching: the last user turn's embedding against earlier ones.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SemanticCacheConfig {
+    /// The least cosine similarity served as a hit.
+    pub similarity_threshold: f64,
+    /// Key into [`SidecarConfig::providers`].
+    pub embeddings_provider: String,
+    /// The embeddings model.
+    pub embeddings_model: String,
 }
 
 /// A Redis shared by every pod of a workload.

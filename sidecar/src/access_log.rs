@@ -26,7 +26,7 @@ pub const MODEL: HeaderName = HeaderName::from_static("x-llmesh-model");
 pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-llmesh-attempts");
 /// `x-llmesh-fallback`: 0 when the route's own targets served, n for its n-th fallback step.
 pub const FALLBACK: HeaderName = HeaderName::from_static("x-llmesh-fallback");
-/// `x-llmesh-cache`: `hit`, `miss`, `bypass` or `refresh`, on caching routes.
+/// `x-llmesh-cache`: `hit`, `semantic-hit`, `miss`, `bypass` or `refresh`, on caching routes.
 pub const CACHE: HeaderName = HeaderName::from_static(crate::cache::CACHE_HEADER);
 
 /// Which API a request used.
@@ -116,8 +116,8 @@ impl AccessRecord {
 
     /// Notes an answer served from the cache: who made it, and what asking
     /// them again would have cost.
-    pub fn served_from_cache(&mut self, entry: &Entry) {
-        self.cache = Some(CacheStatus::Hit);
+    pub fn served_from_cache(&mut self, entry: &Entry, status: CacheStatus) {
+        self.cache = Some(status);
         self.provider_name = Some(entry.origin.provider_name.clone());
         self.provider_kind = entry.origin.provider_kind.as_str();
         self.model = Some(entry.origin.model.clone());

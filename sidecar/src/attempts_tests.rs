@@ -112,6 +112,7 @@ fn route(
         timeouts: Timeouts::default(),
         breaker,
         cache: None,
+        semantic: None,
     }
 }
 

@@ -12,6 +12,7 @@ mod directives;
 mod entry;
 mod key;
 mod replay;
+mod semantic;
 mod shared;
 mod store;
 
@@ -28,14 +29,16 @@ use parking_lot::Mutex;
 pub use directives::{CACHE_HEADER, CACHE_TTL_HEADER, Directives};
 pub use entry::{Entry, Origin};
 pub use key::{CacheKey, Partition};
+pub use semantic::SemanticTarget;
 
-use crate::api::chat::ChatRequest;
+use crate::api::chat::{ChatRequest, Role};
 use crate::attempts::{CommittedStream, Reply};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::providers::ChunkStream;
 use crate::routing::{RequestFacts, Route};
 use assemble::Assembler;
+use semantic::SemanticIndex;
 use shared::SharedTier;
 use store::Store;
 
@@ -49,6 +52,8 @@ pub const ANONYMOUS_CALLER: &str = "anonymous";
 pub enum CacheStatus {
     /// Served from the cache.
     Hit,
+    /// Served the answer to a near-identical question in the same conversation.
+    SemanticHit,
     /// Not found; the answer is stored unless the request said `no-store`.
     Miss,
     /// The request asked not to use the cache at all.
@@ -62,6 +67,7 @@ impl CacheStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Hit => "hit",
+            Self::SemanticHit => "semantic-hit",
             Self::Miss => "miss",
             Self::Bypass => "bypass",
             Self::Refresh => "refresh",
@@ -76,6 +82,19 @@ pub struct Plan {
     directives: Directives,
     ttl: Duration,
     shared: Option<SharedCacheConfig>,
+    semantic: Option<SemanticPlan>,
+}
+
+/// Semantic matching for one request.
+#[derive(Debug)]
+struct SemanticPlan {
+    target: Arc<SemanticTarget>,
+    /// Everything but the question.
+    conversation: CacheKey,
+    /// The last user turn.
+    question: String,
+    /// Its embedding, once made; stored with the answer.
+    vector: Option<Arc<[f32]>>,
 }
 
 impl Plan {
@@ -104,11 +123,28 @@ impl Plan {
                 .map(|t| format!("{}/{}", t.provider_name, t.model))
                 .collect(),
         };
+        let question = request
+            .messages
+            .last()
+            .filter(|m| m.role == Role::User)
+            .map(crate::api::chat::Message::text)
+            .filter(|text| !text.trim().is_empty());
+        let semantic = route
+            .semantic
+            .clone()
+            .zip(question)
+            .map(|(target, question)| SemanticPlan {
+                target,
+                conversation: CacheKey::of_conversation(&partition, request),
+                question,
+                vector: None,
+            });
         Ok(Some(Self {
             key: CacheKey::of_chat(&partition, request),
             ttl: directives.ttl.unwrap_or(Duration::from_millis(config.ttl_ms)),
             directives,
             shared: config.shared.clone(),
+            semantic,
         }))
     }
 
@@ -137,8 +173,13 @@ pub struct ResponseCache {
     store: Store,
     /// Shared tiers by their settings, connected once and kept across reloads.
     shared: Mutex<HashMap<SharedCacheConfig, Arc<SharedTier>>>,
+    semantic: SemanticIndex,
     metrics: Arc<Metrics>,
 }
+
+/// The share of the memory budget question vectors may use on top of the
+/// answers: a vector is a few kilobytes, an answer often as much.
+const SEMANTIC_SHARE: u64 = 4;
 
 impl ResponseCache {
     /// A cache holding at most `max_bytes` of answers in memory.
@@ -146,16 +187,43 @@ impl ResponseCache {
         Self {
             store: Store::new(max_bytes, metrics.clone()),
             shared: Mutex::new(HashMap::new()),
+            semantic: SemanticIndex::new(max_bytes / SEMANTIC_SHARE),
             metrics,
         }
     }
 
     /// The stored answer for a plan, if it may be read and there is one:
-    /// from memory, else from the shared tier (then kept in memory too).
-    pub async fn lookup(&self, plan: &Plan) -> Option<Arc<Entry>> {
+    /// from memory, else from the shared tier (then kept in memory too),
+    /// else, on a semantic route, the answer to a near-identical question.
+    pub async fn lookup(&self, plan: &mut Plan) -> Option<(Arc<Entry>, CacheStatus)> {
         if !plan.directives.read {
             return None;
         }
+        if let Some(entry) = self.lookup_exact(plan).await {
+            return Some((entry, CacheStatus::Hit));
+        }
+        let semantic = plan.semantic.as_mut()?;
+        let vector: Arc<[f32]> = match semantic.target.embed(&semantic.question).await {
+            Ok(vector) => Arc::from(vector),
+            Err(error) => {
+                tracing::warn!(provider = %semantic.target.provider_name, %error, "cannot embed the question; semantic matching skipped");
+                return None;
+            }
+        };
+        semantic.vector = Some(vector.clone());
+        let threshold = semantic.target.threshold;
+        self.semantic
+            .matches(&semantic.conversation, &vector, threshold)
+            .into_iter()
+            .find_map(|(answer, similarity)| {
+                let entry = self.store.get(&answer)?;
+                // Logged so wrong hits can be reviewed: which entry, how similar.
+                tracing::info!(target: "llmesh::cache", similarity, matched_entry = %answer, threshold, "semantic hit");
+                Some((entry, CacheStatus::SemanticHit))
+            })
+    }
+
+    async fn lookup_exact(&self, plan: &Plan) -> Option<Arc<Entry>> {
         if let Some(entry) = self.store.get(&plan.key) {
             return Some(entry);
         }
@@ -197,7 +265,7 @@ impl ResponseCache {
     /// Stores `reply` under the plan when it may be written and ends
     /// normally: a complete answer now, a stream once its last chunk has
     /// passed. The reply itself goes on unchanged.
-    pub fn fill(&self, plan: Plan, origin: Origin, reply: Reply) -> Reply {
+    pub fn fill(self: &Arc<Self>, plan: Plan, origin: Origin, reply: Reply) -> Reply {
         if !plan.directives.write {
             return reply;
         }
@@ -206,7 +274,7 @@ impl ResponseCache {
                 if let Some(entry) =
                     Entry::of_answer(completed.body.clone(), completed.usage.clone(), origin, plan.ttl)
                 {
-                    store_everywhere(&self.store, self.shared_tier(&plan), plan.key, Arc::new(entry));
+                    self.keep(&plan, Arc::new(entry));
                 }
                 Reply::Complete(completed)
             }
@@ -217,7 +285,12 @@ impl ResponseCache {
     /// Passes a stream through, noting its chunks, and stores the answer they
     /// make once the upstream ends it normally. A stream that fails, times
     /// out or is dropped by the app never reaches that point.
-    fn fill_when_complete(&self, plan: Plan, origin: Origin, stream: CommittedStream) -> CommittedStream {
+    fn fill_when_complete(
+        self: &Arc<Self>,
+        plan: Plan,
+        origin: Origin,
+        stream: CommittedStream,
+    ) -> CommittedStream {
         let CommittedStream {
             head,
             tail,
@@ -226,8 +299,7 @@ impl ResponseCache {
         } = stream;
         let mut assembler = Assembler::default();
         head.iter().for_each(|event| assembler.observe(event));
-        let store = self.store.clone();
-        let tier = self.shared_tier(&plan);
+        let cache = self.clone();
         let mut upstream = tail.0;
         let tail = async_stream::stream! {
             while let Some(item) = upstream.next().await {
@@ -245,7 +317,7 @@ impl ResponseCache {
             };
             let body = crate::providers::to_json_bytes(&response);
             if let Some(entry) = Entry::of_answer(body, usage, origin, plan.ttl) {
-                store_everywhere(&store, tier, plan.key, Arc::new(entry));
+                cache.keep(&plan, Arc::new(entry));
             }
         };
         CommittedStream {
@@ -256,17 +328,28 @@ impl ResponseCache {
         }
     }
 
+    /// Keeps an entry in memory, indexes its question on a semantic route,
+    /// and writes it to the shared tier in the background so the app's
+    /// answer never waits for Redis.
+    fn keep(&self, plan: &Plan, entry: Arc<Entry>) {
+        self.store.insert(plan.key, entry.clone());
+        if let Some(SemanticPlan {
+            conversation,
+            vector: Some(vector),
+            ..
+        }) = &plan.semantic
+        {
+            self.semantic
+                .add(*conversation, vector.clone(), plan.key, entry.expires_at);
+        }
+        if let Some(tier) = self.shared_tier(plan) {
+            let key = plan.key;
+            tokio::spawn(async move { tier.put(&key, &entry).await });
+        }
+    }
+
     /// Applies pending evictions and updates the bytes-held gauge (before a scrape).
     pub fn sync(&self) {
         self.store.sync();
-    }
-}
-
-/// Keeps an entry in memory, and writes it to the shared tier in the
-/// background so the app's answer never waits for Redis.
-fn store_everywhere(store: &Store, tier: Option<Arc<SharedTier>>, key: CacheKey, entry: Arc<Entry>) {
-    store.insert(key, entry.clone());
-    if let Some(tier) = tier {
-        tokio::spawn(async move { tier.put(&key, &entry).await });
     }
 }

@@ -52,11 +52,11 @@ async fn serve_chat(
     };
     let timeouts = route.timeouts.tightened_by(asked_timeouts);
 
-    let cache_plan = cache::Plan::for_chat(&route, cache::ANONYMOUS_CALLER, headers, &facts, &request)?;
-    if let Some(plan) = &cache_plan {
+    let mut cache_plan = cache::Plan::for_chat(&route, cache::ANONYMOUS_CALLER, headers, &facts, &request)?;
+    if let Some(plan) = &mut cache_plan {
         record.set_cache(plan.status_unless_hit());
-        if let Some(entry) = app.cache.lookup(plan).await {
-            record.served_from_cache(&entry);
+        if let Some((entry, status)) = app.cache.lookup(plan).await {
+            record.served_from_cache(&entry, status);
             return Ok(ResponseCache::replay(&entry, &request));
         }
     }

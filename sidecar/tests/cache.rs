@@ -417,3 +417,66 @@ async fn a_dead_or_silent_redis_leaves_the_local_cache_serving() {
     assert_eq!(chat(&stalled, &ask("stalled"), &[]).await.0, "hit");
     held.abort();
 }
+
+fn semantic_sidecar_yaml(embeddings_provider: &str) -> String {
+    [
+        provider("mock", "{provider: mock}"),
+        provider("broken", "{provider: mock, mock: {faults: [{kind: status, status: 500}]}}"),
+        route(
+            "smart",
+            &format!(
+                "{{targets: [{{provider: mock, model: m}}], cache: {{mode: semantic, similarityThreshold: 0.9, embeddings: {{provider: {embeddings_provider}, model: mock-embedding}}}}}}"
+            ),
+        ),
+    ]
+    .concat()
+}
+
+fn in_conversation(system: &str, question: &str) -> Value {
+    json!({"model": "smart", "messages": [
+        {"role": "system", "content": system},
+        {"role": "user", "content": question},
+    ]})
+}
+
+#[tokio::test]
+async fn a_near_duplicate_question_in_the_same_conversation_gets_the_stored_answer() {
+    let sidecar = Sidecar::start(&semantic_sidecar_yaml("mock")).await;
+    let asked = in_conversation("Be brief.", "Please tell me what the capital city of France is");
+    let (verdict, body) = chat(&sidecar, &asked, &[]).await;
+    assert_eq!(verdict, "miss");
+
+    let rephrased = in_conversation("Be brief.", "Tell me what the capital city of France is");
+    let (verdict, again) = chat(&sidecar, &rephrased, &[]).await;
+    assert_eq!(verdict, "semantic-hit");
+    assert_eq!(
+        content(&again),
+        content(&body),
+        "the stored answer to the first phrasing"
+    );
+    let (verdict, stream) = chat(&sidecar, &streaming(rephrased), &[]).await;
+    assert_eq!(verdict, "semantic-hit");
+    assert_eq!(streamed_text(&stream), (content(&body), true));
+
+    let other_question = in_conversation("Be brief.", "How tall is Mount Everest in meters");
+    assert_eq!(chat(&sidecar, &other_question, &[]).await.0, "miss");
+    let other_conversation =
+        in_conversation("Answer in French.", "Tell me what the capital city of France is");
+    assert_eq!(chat(&sidecar, &other_conversation, &[]).await.0, "miss");
+
+    let text = metrics(&sidecar).await;
+    assert!(
+        text.contains(r#"llmesh_cache_requests_total{result="semantic-hit",route="smart"} 2"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_embeddings_model_leaves_exact_caching_working() {
+    let sidecar = Sidecar::start(&semantic_sidecar_yaml("broken")).await;
+    let asked = in_conversation("Be brief.", "What is the capital of France");
+    assert_eq!(chat(&sidecar, &asked, &[]).await.0, "miss");
+    assert_eq!(chat(&sidecar, &asked, &[]).await.0, "hit");
+    let rephrased = in_conversation("Be brief.", "what is the capital of France?");
+    assert_eq!(chat(&sidecar, &rephrased, &[]).await.0, "miss");
+}

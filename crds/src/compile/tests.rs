@@ -106,8 +106,20 @@ fn invalid_resources_are_reported_with_their_field() {
         ),
         (
             "fields of later releases are named, not ignored",
-            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: a}], cache: {mode: semantic}, mirror: {target: {provider: mock, model: d}, percent: 5}}")),
-            &["spec.cache.mode: semantic caching is not supported yet", "spec.mirror: mirroring is not supported yet"],
+            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: a}], mirror: {target: {provider: mock, model: d}, percent: 5}}")),
+            &["spec.mirror: mirroring is not supported yet"],
+        ),
+        (
+            "semantic cache mistakes name their field",
+            format!("{MOCK}{}{}",
+                route("a", "{targets: [{provider: mock, model: a}], cache: {mode: semantic}}"),
+                route("b", "{targets: [{provider: mock, model: a}], cache: {mode: semantic, similarityThreshold: 0, embeddings: {provider: nope, model: e}}}"),
+            ),
+            &[
+                "LLMRoute a: spec.cache.embeddings: required for mode semantic",
+                "LLMRoute b: spec.cache.similarityThreshold: must be greater than 0 and at most 1",
+                "LLMRoute b: spec.cache.embeddings.provider: ProviderSecret nope does not exist",
+            ],
         ),
         (
             "cache mistakes name their field",
@@ -358,7 +370,7 @@ fn a_full_routing_spec_compiles_with_defaults_filled_in() {
 
 #[test]
 fn cache_settings_compile_with_defaults_and_off_means_absent() {
-    use crate::config::{CacheConfig, SharedCacheConfig};
+    use crate::config::{CacheConfig, SemanticCacheConfig, SharedCacheConfig};
     use crate::resources::CacheScope;
     let cases: &[(&str, Option<CacheConfig>)] = &[
         ("{mode: off, ttl: 1m}", None),
@@ -369,6 +381,7 @@ fn cache_settings_compile_with_defaults_and_off_means_absent() {
                 scope: CacheScope::Key,
                 allow_overrides: true,
                 shared: None,
+                semantic: None,
             }),
         ),
         (
@@ -380,6 +393,21 @@ fn cache_settings_compile_with_defaults_and_off_means_absent() {
                 shared: Some(SharedCacheConfig {
                     redis_url: "redis://r:6379/2".into(),
                     timeout_ms: 50,
+                }),
+                semantic: None,
+            }),
+        ),
+        (
+            "{mode: semantic, embeddings: {provider: mock, model: e}}",
+            Some(CacheConfig {
+                ttl_ms: 300_000,
+                scope: CacheScope::Key,
+                allow_overrides: true,
+                shared: None,
+                semantic: Some(SemanticCacheConfig {
+                    similarity_threshold: 0.95,
+                    embeddings_provider: "mock".into(),
+                    embeddings_model: "e".into(),
                 }),
             }),
         ),

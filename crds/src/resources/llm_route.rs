@@ -249,6 +249,19 @@ pub struct CacheSettings {
     /// A Redis shared by every pod of the workload, behind each sidecar's own memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared: Option<SharedCache>,
+    /// For `semantic`: the model that embeds the last user turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<EmbeddingsTarget>,
+}
+
+/// An embeddings model (any OpenAI-compatible embeddings endpoint, or the mock).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmbeddingsTarget {
+    /// The `ProviderSecret` (same namespace) to call.
+    pub provider: String,
+    /// The embeddings model name the provider knows.
+    pub model: String,
 }
 
 /// The shared cache tier.

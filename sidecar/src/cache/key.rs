@@ -80,9 +80,35 @@ struct AnswerInputs<'a> {
     other: Map<String, Value>,
 }
 
+/// What a key covers: the whole request, or everything but its last turn.
+#[derive(Clone, Copy)]
+enum Coverage {
+    Request,
+    Conversation,
+}
+
 impl CacheKey {
     /// The key of a chat request within a partition.
     pub fn of_chat(partition: &Partition<'_>, request: &ChatRequest) -> Self {
+        Self::hash(partition, request, Coverage::Request)
+    }
+
+    /// The key of everything in a chat request but its last message (the
+    /// system prompt, earlier turns, tools, parameters): requests with the
+    /// same conversation key differ at most in the question just asked, so
+    /// only they may match semantically.
+    pub fn of_conversation(partition: &Partition<'_>, request: &ChatRequest) -> Self {
+        Self::hash(partition, request, Coverage::Conversation)
+    }
+
+    fn hash(partition: &Partition<'_>, request: &ChatRequest, coverage: Coverage) -> Self {
+        let messages = match coverage {
+            Coverage::Request => &request.messages[..],
+            Coverage::Conversation => request
+                .messages
+                .split_last()
+                .map_or(&[][..], |(_, earlier)| earlier),
+        };
         let other = request
             .extra
             .iter()
@@ -90,7 +116,7 @@ impl CacheKey {
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
         let inputs = AnswerInputs {
-            messages: &request.messages,
+            messages,
             tools: request.tools.as_deref(),
             tool_choice: request.tool_choice.as_ref(),
             parallel_tool_calls: request.parallel_tool_calls,
@@ -112,6 +138,10 @@ impl CacheKey {
             hasher.update(bytes);
         };
         part(KEY_VERSION);
+        part(match coverage {
+            Coverage::Request => b"request",
+            Coverage::Conversation => b"conversation",
+        });
         part(partition.route.as_bytes());
         part(partition.caller.as_bytes());
         for member in &partition.family {
@@ -202,6 +232,31 @@ mod tests {
         assert_ne!(
             key_of(&partition("ab", "", &["mock/m"]), body.clone()),
             key_of(&partition("a", "b", &["mock/m"]), body)
+        );
+    }
+
+    #[test]
+    fn a_conversation_key_ignores_only_the_last_turn() {
+        let here = partition("smart", "", &["mock/m"]);
+        let conversation = |system: &str, question: &str| {
+            let request: ChatRequest = serde_json::from_value(json!({"model": "smart", "messages": [
+                {"role": "system", "content": system}, {"role": "user", "content": question},
+            ]}))
+            .expect("request");
+            CacheKey::of_conversation(&here, &request)
+        };
+        assert_eq!(
+            conversation("Be brief.", "Hi"),
+            conversation("Be brief.", "Hello")
+        );
+        assert_ne!(conversation("Be brief.", "Hi"), conversation("Be verbose.", "Hi"));
+        let request: ChatRequest = serde_json::from_value(
+            json!({"model": "smart", "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .expect("request");
+        assert_ne!(
+            CacheKey::of_conversation(&here, &request),
+            CacheKey::of_chat(&here, &request)
         );
     }
 
