@@ -210,7 +210,10 @@ async fn the_fallback_drill_keeps_serving_while_the_primary_is_down() {
 #[tokio::test]
 async fn the_cache_example_answers_a_repeated_question_from_memory() {
     let sidecar = Sidecar::start(&example("cache")).await;
-    assert_eq!(aliases(&sidecar).await, ["cached", "cached-strict"]);
+    assert_eq!(
+        aliases(&sidecar).await,
+        ["cached", "cached-semantic", "cached-strict"]
+    );
     let ask = |model: &str, stream: bool| json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "What is llmesh?"}]});
     let verdict = |response: &reqwest::Response| {
         response.headers()["x-llmesh-cache"]
@@ -246,4 +249,21 @@ async fn the_cache_example_answers_a_repeated_question_from_memory() {
         metrics.contains(r#"llmesh_cache_requests_total{result="hit",route="cached"} 1"#),
         "{metrics}"
     );
+
+    let question =
+        |text: &str| json!({"model": "cached-semantic", "messages": [{"role": "user", "content": text}]});
+    let first = sidecar
+        .post(
+            "/v1/chat/completions",
+            &question("Please tell me what the capital city of France is"),
+        )
+        .await;
+    assert_eq!(verdict(&first), "miss");
+    let reworded = sidecar
+        .post(
+            "/v1/chat/completions",
+            &question("Tell me what the capital city of France is"),
+        )
+        .await;
+    assert_eq!(verdict(&reworded), "semantic-hit");
 }
