@@ -357,6 +357,20 @@ fn compile_provider(
         (None, _) => None,
     };
 
+    match (&spec.prompt_caching, kind) {
+        (Some(caching), ProviderKind::Anthropic) if caching.min_prefix_tokens == 0 => {
+            errors.push("spec.promptCaching.minPrefixTokens", "must be greater than zero");
+        }
+        (Some(_), ProviderKind::Anthropic) | (None, _) => {}
+        (Some(_), _) => errors.push(
+            "spec.promptCaching",
+            format!(
+                "prompt caching breakpoints are not supported yet for provider {}",
+                kind.as_str()
+            ),
+        ),
+    }
+
     if !errors.0.is_empty() {
         return Err(errors.0);
     }
@@ -368,6 +382,7 @@ fn compile_provider(
         region: spec.region.clone(),
         azure,
         mock,
+        prompt_caching: spec.prompt_caching.clone(),
     })
 }
 

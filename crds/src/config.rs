@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::resources::{CacheScope, ErrorClass, MockFault, Price, ProviderKind, RuleMatch, Strategy};
+use crate::resources::{
+    CacheScope, ErrorClass, MockFault, Price, PromptCaching, ProviderKind, RuleMatch, Strategy,
+};
 
 /// One namespace's compiled configuration.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -69,6 +71,9 @@ pub struct ProviderConfig {
     /// Mock provider behaviour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mock: Option<MockConfig>,
+    /// Anthropic prompt-cache breakpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_caching: Option<PromptCaching>,
 }
 
 /// References to credentials held in Secrets.

@@ -110,6 +110,11 @@ fn invalid_resources_are_reported_with_their_field() {
             &["spec.mirror: mirroring is not supported yet"],
         ),
         (
+            "prompt caching is for anthropic",
+            "apiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {name: m}\nspec: {provider: mock, promptCaching: {minPrefixTokens: 1024}}".into(),
+            &["spec.promptCaching: prompt caching breakpoints are not supported yet for provider mock"],
+        ),
+        (
             "semantic cache mistakes name their field",
             format!("{MOCK}{}{}",
                 route("a", "{targets: [{provider: mock, model: a}], cache: {mode: semantic}}"),
