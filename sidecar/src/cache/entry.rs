@@ -109,15 +109,18 @@ impl Entry {
     }
 }
 
-/// What `usage` cost at `price` (USD per million tokens); cached input at
-/// its own price when the target names one.
+/// What `usage` cost at `price` (USD per million tokens); input read from
+/// or written to the provider's prompt cache at its own price when the
+/// target names one.
 #[allow(clippy::cast_precision_loss)]
 pub fn cost_usd(price: &Price, usage: &Usage) -> f64 {
     let cached = usage.cached_input().min(usage.prompt_tokens);
-    let fresh = usage.prompt_tokens - cached;
+    let written = usage.cache_write().min(usage.prompt_tokens - cached);
+    let fresh = usage.prompt_tokens - cached - written;
     let per_token = |tokens: u64, usd_per_million: f64| tokens as f64 * usd_per_million / 1_000_000.0;
     per_token(fresh, price.input)
         + per_token(cached, price.cached_input.unwrap_or(price.input))
+        + per_token(written, price.cache_write.unwrap_or(price.input))
         + per_token(usage.completion_tokens, price.output)
 }
 
@@ -162,12 +165,12 @@ mod tests {
             input: 2.0,
             output: 10.0,
             cached_input: Some(1.0),
-            cache_write: None,
+            cache_write: Some(2.5),
         };
-        let usage = Usage::new(1_000, 500, 400, 0, 0);
+        let usage = Usage::new(1_000, 500, 400, 100, 0);
         let entry = Entry::of_answer(answer("stop"), usage, origin(Some(price)), Duration::from_secs(1))
             .expect("kept");
-        let expected = (600.0 * 2.0 + 400.0 * 1.0 + 500.0 * 10.0) / 1e6;
+        let expected = (500.0 * 2.0 + 400.0 * 1.0 + 100.0 * 2.5 + 500.0 * 10.0) / 1e6;
         assert!((entry.cost_usd - expected).abs() < 1e-12, "{}", entry.cost_usd);
     }
 }
