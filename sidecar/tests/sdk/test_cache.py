@@ -4,7 +4,7 @@ not, and streams and complete answers are served from each other's entries."""
 
 import uuid
 
-from conftest import CACHED_ALIAS, PROVIDERS
+from conftest import CACHED_ALIAS, PROVIDERS, SEMANTIC_ALIAS
 
 OPENAI = PROVIDERS["openai"]
 
@@ -77,3 +77,19 @@ def test_requests_can_refresh_or_bypass_the_cache(client, gateway):
     assert refreshed.headers["x-llmesh-cache"] == "refresh"
     assert bypassed.headers["x-llmesh-cache"] == "bypass"
     assert len(gateway.calls(OPENAI)) - before == 2
+
+
+def test_a_reworded_question_in_the_same_conversation_is_a_semantic_hit(client):
+    topic = uuid.uuid4().hex
+    def conversation(system: str, question: str) -> tuple[str | None, str]:
+        raw = client.chat.completions.with_raw_response.create(
+            model=SEMANTIC_ALIAS,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+        )
+        return raw.headers.get("x-llmesh-cache"), raw.parse().choices[0].message.content
+
+    verdict, answer = conversation("Be brief.", f"Please tell me what the capital city of {topic} is")
+    assert verdict == "miss"
+    assert conversation("Be brief.", f"Tell me what the capital city of {topic} is") == ("semantic-hit", answer)
+    assert conversation("Be brief.", f"How tall is mount {topic} in meters")[0] == "miss"
+    assert conversation("Answer in French.", f"Tell me what the capital city of {topic} is")[0] == "miss"
