@@ -123,22 +123,20 @@ impl Plan {
                 .map(|t| format!("{}/{}", t.provider_name, t.model))
                 .collect(),
         };
-        let question = request
-            .messages
-            .last()
-            .filter(|m| m.role == Role::User)
-            .map(crate::api::chat::Message::text)
-            .filter(|text| !text.trim().is_empty());
-        let semantic = route
-            .semantic
-            .clone()
-            .zip(question)
-            .map(|(target, question)| SemanticPlan {
+        let semantic = route.semantic.clone().and_then(|target| {
+            let question = request
+                .messages
+                .last()
+                .filter(|m| m.role == Role::User)
+                .map(crate::api::chat::Message::text)
+                .filter(|text| !text.trim().is_empty())?;
+            Some(SemanticPlan {
                 target,
                 conversation: CacheKey::of_conversation(&partition, request),
                 question,
                 vector: None,
-            });
+            })
+        });
         Ok(Some(Self {
             key: CacheKey::of_chat(&partition, request),
             ttl: directives.ttl.unwrap_or(Duration::from_millis(config.ttl_ms)),
