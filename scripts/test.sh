@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (README and CI): formatting, lints, the Rust
 # tests, the OpenAI Python SDK end-to-end tests, and a fuzz smoke run.
-# Installs what it needs (the Python venv, cargo-fuzz) and skips what is there.
+# Installs what it needs (redis-server, the Python venv, cargo-fuzz) and skips
+# what is there.
 #
 #   LLMESH_FUZZ_SECONDS  seconds per fuzz target (default 20)
 set -euo pipefail
@@ -11,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 FUZZ_SECONDS="${LLMESH_FUZZ_SECONDS:-20}"
 VENV=.venv
 SDK_TESTS=sidecar/tests/sdk
-TOTAL_STEPS=8
+TOTAL_STEPS=9
 
 step_number=0
 step_started=$SECONDS
@@ -91,6 +92,19 @@ cargo fmt --all -- --check
 
 step "cargo clippy (deny warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "redis-server for the shared-cache tests (installed if missing)"
+# The tests start their own instances on free loopback ports; the packaged
+# service is not used (and cannot start in these containers anyway).
+if ! command -v redis-server >/dev/null 2>&1; then
+    as_root=()
+    if [[ $(id -u) -ne 0 ]]; then
+        as_root=(sudo)
+    fi
+    "${as_root[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends redis-server
+fi
+redis-server --version
 
 step "cargo test --workspace"
 cargo test --workspace

@@ -13,6 +13,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::api::Usage;
 use crate::attempts::AttemptFailure;
+use crate::cache::{CacheStatus, Entry};
 use crate::metrics::Metrics;
 use crate::routing::{Route, Target};
 
@@ -28,6 +29,8 @@ pub const MODEL: HeaderName = HeaderName::from_static("x-llmesh-model");
 pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-llmesh-attempts");
 /// `x-llmesh-fallback`: 0 when the route's own targets served, n for its n-th fallback step.
 pub const FALLBACK: HeaderName = HeaderName::from_static("x-llmesh-fallback");
+/// `x-llmesh-cache`: `hit`, `semantic-hit`, `miss`, `bypass` or `refresh`, on caching routes.
+pub const CACHE: HeaderName = HeaderName::from_static(crate::cache::CACHE_HEADER);
 
 /// Which API a request used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +81,9 @@ pub struct AccessRecord {
     first_chunk: Option<Duration>,
     error: Option<&'static str>,
     ending: Ending,
+    cache: Option<CacheStatus>,
+    /// What the stored answer cost when it was made, on a hit.
+    saved: Option<(Usage, f64)>,
 }
 
 impl AccessRecord {
@@ -101,7 +107,24 @@ impl AccessRecord {
             first_chunk: None,
             error: None,
             ending: Ending::Open,
+            cache: None,
+            saved: None,
         }
+    }
+
+    /// Notes what the cache did (on a caching route).
+    pub fn set_cache(&mut self, status: CacheStatus) {
+        self.cache = Some(status);
+    }
+
+    /// Notes an answer served from the cache: who made it, and what asking
+    /// them again would have cost.
+    pub fn served_from_cache(&mut self, entry: &Entry, status: CacheStatus) {
+        self.cache = Some(status);
+        self.provider_name = Some(entry.origin.provider_name.clone());
+        self.provider_kind = entry.origin.provider_kind.as_str();
+        self.model = Some(entry.origin.model.clone());
+        self.saved = Some((entry.usage.clone(), entry.cost_usd));
     }
 
     /// Notes whether the app asked for a stream.
@@ -187,6 +210,9 @@ impl AccessRecord {
             put(ATTEMPTS, &self.attempts.to_string());
             put(FALLBACK, &self.step.to_string());
         }
+        if let Some(status) = self.cache {
+            put(CACHE, status.as_str());
+        }
         headers
     }
 }
@@ -255,6 +281,27 @@ impl Drop for AccessRecord {
                     .observe(count as f64);
             }
         }
+        if let Some(status) = self.cache {
+            self.metrics
+                .cache_requests
+                .with_label_values(&[route, status.as_str()])
+                .inc();
+        }
+        if let Some((usage, usd)) = &self.saved {
+            for (kind, count) in [
+                ("input", usage.prompt_tokens),
+                ("output", usage.completion_tokens),
+            ] {
+                self.metrics
+                    .cache_saved_tokens
+                    .with_label_values(&[route, kind])
+                    .inc_by(count);
+            }
+            self.metrics
+                .cache_saved_usd
+                .with_label_values(&[route])
+                .inc_by(*usd);
+        }
         if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
             let line = AccessLine {
                 timestamp: jiff::Timestamp::now(),
@@ -271,6 +318,7 @@ impl Drop for AccessRecord {
                 stream: self.stream,
                 attempts: self.attempts,
                 fallback_step: self.step,
+                cache: self.cache.map_or("", CacheStatus::as_str),
                 input_tokens: self.usage.prompt_tokens,
                 output_tokens: self.usage.completion_tokens,
                 cached_input_tokens: self.usage.cached_input(),
@@ -315,6 +363,7 @@ struct AccessLine<'a> {
     stream: bool,
     attempts: u32,
     fallback_step: usize,
+    cache: &'static str,
     input_tokens: u64,
     output_tokens: u64,
     cached_input_tokens: u64,

@@ -7,6 +7,7 @@ use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::routing::{get, post};
 
+use crate::cache::ResponseCache;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::providers::Deps;
@@ -31,16 +32,19 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// What provider adapters are built with.
     pub deps: Deps,
+    /// Stored answers, kept across configuration reloads.
+    pub cache: Arc<ResponseCache>,
 }
 
 impl App {
     /// An app with no configuration yet (not ready).
-    pub fn new(settings: Limits, metrics: Arc<Metrics>, deps: Deps) -> Self {
+    pub fn new(settings: Limits, metrics: Arc<Metrics>, deps: Deps, cache: Arc<ResponseCache>) -> Self {
         Self {
             runtime: ArcSwapOption::empty(),
             settings,
             metrics,
             deps,
+            cache,
         }
     }
 

@@ -111,6 +111,8 @@ fn route(
         retries,
         timeouts: Timeouts::default(),
         breaker,
+        cache: None,
+        semantic: None,
     }
 }
 

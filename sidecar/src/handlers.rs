@@ -1,5 +1,5 @@
 //! The endpoints. Each reads top to bottom as the request path:
-//! accept → route → attempt(s) → account → respond.
+//! accept → route → cache → attempt(s) → account → respond.
 
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use crate::api::embeddings::EmbeddingsRequest;
 use crate::api::{Model, ModelList};
 use crate::app::App;
 use crate::attempts::{self, Failed, Reply, Served};
+use crate::cache::{self, ResponseCache};
 use crate::error::ApiError;
 use crate::routing::{Estimate, RequestFacts};
 use crate::{inbound, respond};
@@ -51,10 +52,25 @@ async fn serve_chat(
     };
     let timeouts = route.timeouts.tightened_by(asked_timeouts);
 
-    settle(
-        record,
-        attempts::chat(&runtime, &route, &request, &facts, timeouts).await,
-    )
+    let mut cache_plan = cache::Plan::for_chat(&route, cache::ANONYMOUS_CALLER, headers, &facts, &request)?;
+    if let Some(plan) = &mut cache_plan {
+        record.set_cache(plan.status_unless_hit());
+        if let Some((entry, status)) = app.cache.lookup(plan).await {
+            record.served_from_cache(&entry, status);
+            return Ok(ResponseCache::replay(&entry, &request));
+        }
+    }
+
+    let outcome = attempts::chat(&runtime, &route, &request, &facts, timeouts).await;
+    let origin = outcome
+        .as_ref()
+        .ok()
+        .map(|served| cache::Origin::of(served.target));
+    let reply = settle(record, outcome)?;
+    Ok(match (cache_plan, origin) {
+        (Some(plan), Some(origin)) => app.cache.fill(plan, origin, reply),
+        _ => reply,
+    })
 }
 
 /// Notes who answered (or failed last) and hands on the answer.
@@ -181,6 +197,7 @@ pub struct Drill {
 
 /// `GET /metrics`.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.cache.sync();
     let content_type = [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")];
     (content_type, app.metrics.encode()).into_response()
 }

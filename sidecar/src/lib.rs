@@ -1,7 +1,7 @@
 //! The llmesh sidecar: an OpenAI-compatible gateway that runs next to each app.
 //!
 //! A request flows through one module per step:
-//! [`inbound`] (accept) → [`routing`] (route) → [`attempts`] (attempt(s),
+//! [`inbound`] (accept) → [`routing`] (route) → [`cache`] → [`attempts`] (attempt(s),
 //! through [`providers`]) → [`access_log`] (account) → [`respond`].
 //! [`handlers`] strings them together per endpoint; [`reload`] keeps the
 //! configuration they read current.
@@ -10,6 +10,7 @@ pub mod access_log;
 pub mod api;
 pub mod app;
 pub mod attempts;
+pub mod cache;
 pub mod credentials;
 pub mod drills;
 pub mod error;
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::{App, Limits};
+use crate::cache::ResponseCache;
 use crate::credentials::CredentialStore;
 use crate::health::HealthRegistry;
 use crate::metrics::Metrics;
@@ -99,7 +101,8 @@ impl Gateway {
             max_body_bytes: settings.max_body_bytes,
             drills_enabled: settings.drills_enabled,
         };
-        let app = Arc::new(App::new(limits, metrics, deps));
+        let cache = Arc::new(ResponseCache::new(settings.cache_max_bytes, metrics.clone()));
+        let app = Arc::new(App::new(limits, metrics, deps, cache));
 
         let reloader = Arc::new(Reloader::new(app.clone(), settings.source.clone()));
         let first = reloader.clone();

@@ -30,6 +30,8 @@ pub const DRAIN_TIMEOUT_MS: &str = "LLMESH_DRAIN_TIMEOUT_MS";
 /// `true` lets `POST /debug/faults` on the admin port inject faults into
 /// mock providers (default off: the admin port is reachable in the cluster).
 pub const ENABLE_DRILLS: &str = "LLMESH_ENABLE_DRILLS";
+/// Memory for cached answers, in bytes, shared by every caching route.
+pub const CACHE_MAX_BYTES: &str = "LLMESH_CACHE_MAX_BYTES";
 /// Log filter, `tracing` syntax (default `info`).
 pub const LOG: &str = "LLMESH_LOG";
 /// `json` (default) or `text`.
@@ -112,6 +114,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Whether failure drills may be started from the admin port.
     pub drills_enabled: bool,
+    /// Bytes of cached answers held at most.
+    pub cache_max_bytes: u64,
     /// Log filter.
     pub log_filter: String,
     /// Log format.
@@ -197,6 +201,8 @@ impl Settings {
             // Below Kubernetes' default 30 s termination grace period.
             drain_timeout: millis(env, DRAIN_TIMEOUT_MS, Duration::from_secs(25))?,
             drills_enabled: parsed(env, ENABLE_DRILLS, false)?,
+            // A modest share of a sidecar's usual 128 MiB limit; only used by routes that cache.
+            cache_max_bytes: parsed(env, CACHE_MAX_BYTES, 32 * 1024 * 1024)?,
             log_filter: env.get(LOG).unwrap_or_else(|| "info".to_owned()),
             log_format,
         })

@@ -40,6 +40,8 @@ pub struct Anthropic {
     api_key: Option<CredentialRef>,
     client: UpstreamClient,
     credentials: Arc<CredentialStore>,
+    /// Mark the stable prefix for Anthropic's prompt cache from this many tokens.
+    cache_prefix_from_tokens: Option<u64>,
 }
 
 impl Anthropic {
@@ -69,6 +71,7 @@ impl Anthropic {
             api_key,
             client: deps.client.clone(),
             credentials: deps.credentials.clone(),
+            cache_prefix_from_tokens: config.prompt_caching.as_ref().map(|c| c.min_prefix_tokens),
         })
     }
 
@@ -107,7 +110,10 @@ impl Provider for Anthropic {
     }
 
     async fn chat(&self, request: &ChatRequest, model: &str) -> Result<ChatReply, ProviderError> {
-        let outbound = request::translate(request, model)?;
+        let mut outbound = request::translate(request, model)?;
+        if let Some(min_tokens) = self.cache_prefix_from_tokens {
+            request::mark_stable_prefix(&mut outbound, min_tokens);
+        }
         let body = serde_json::to_vec(&outbound)
             .map_err(|e| ProviderError::new(ErrorKind::BadRequest, format!("cannot encode request: {e}")))?;
         let json_response = request::wants_json(request);
