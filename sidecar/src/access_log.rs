@@ -1,6 +1,7 @@
 //! Account: one record per request, written as a JSON log line and into the
-//! metrics when the request is over — for a stream, when its last chunk has
-//! gone out or the app hung up. Prompts and answers are never recorded.
+//! metrics when the request is over — for a complete answer just after the
+//! response has been handed to the connection, for a stream when its last
+//! chunk has gone out or the app hung up. Prompts and answers are never recorded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,6 +176,16 @@ impl AccessRecord {
     pub fn finish(&mut self) {
         if self.ending == Ending::Open {
             self.ending = Ending::Done;
+        }
+    }
+
+    /// The request is over and its response is ready: the record is written
+    /// by a task that runs once this one has handed the response to the
+    /// connection, so the log line and the metrics cost the app no latency.
+    pub fn close_after_response(mut self) {
+        self.finish();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { drop(self) });
         }
     }
 

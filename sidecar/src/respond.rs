@@ -23,7 +23,7 @@ pub fn complete(completed: Completed, mut record: AccessRecord) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.extend(record.headers());
-    record.finish();
+    record.close_after_response();
     response
 }
 
@@ -35,7 +35,7 @@ pub fn error(error: ApiError, mut record: AccessRecord) -> Response {
         Some(error.upstream_kind().map_or("request", ErrorKind::label)),
     );
     let headers = record.headers();
-    record.finish();
+    record.close_after_response();
     let mut response = error.into_response();
     response.headers_mut().extend(headers);
     response
