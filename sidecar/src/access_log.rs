@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::api::Usage;
 use crate::attempts::AttemptFailure;
+use crate::auth::Key;
 use crate::metrics::Metrics;
 use crate::routing::{Route, Target};
 
@@ -63,6 +64,7 @@ pub struct AccessRecord {
     operation: Operation,
     request_id: String,
     route: Option<String>,
+    key: Option<Arc<Key>>,
     provider_name: Option<String>,
     provider_kind: &'static str,
     model: Option<String>,
@@ -86,6 +88,7 @@ impl AccessRecord {
             operation,
             request_id: uuid::Uuid::new_v4().simple().to_string(),
             route: None,
+            key: None,
             provider_name: None,
             provider_kind: "",
             model: None,
@@ -109,6 +112,11 @@ impl AccessRecord {
     /// Notes the route.
     pub fn set_route(&mut self, route: &Route) {
         self.route = Some(route.alias.clone());
+    }
+
+    /// Notes the virtual key the request is made with.
+    pub fn set_key(&mut self, key: &Arc<Key>) {
+        self.key = Some(key.clone());
     }
 
     /// Notes the target of the last attempt, how many were made, and the failed ones.
@@ -203,6 +211,7 @@ impl Drop for AccessRecord {
         };
         let route = self.route.as_deref().unwrap_or("");
         let model = self.model.as_deref().unwrap_or("");
+        let key = self.key.as_deref();
         let status = self.status.to_string();
         self.metrics
             .requests
@@ -257,6 +266,9 @@ impl Drop for AccessRecord {
             request_id = %self.request_id,
             operation = self.operation.as_str(),
             route,
+            virtual_key = key.map_or("", |k| k.name.as_str()),
+            team = key.and_then(|k| k.config.team.as_deref()).unwrap_or(""),
+            feature = key.and_then(|k| k.config.feature.as_deref()).unwrap_or(""),
             provider = self.provider_name.as_deref().unwrap_or(""),
             provider_kind = self.provider_kind,
             model,

@@ -19,6 +19,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Whether `POST /debug/faults` may inject faults.
     pub drills_enabled: bool,
+    /// The `VirtualKey` requests without an llmesh key are made with.
+    pub default_key: Option<String>,
 }
 
 /// State shared by every request.

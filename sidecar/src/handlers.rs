@@ -1,5 +1,5 @@
 //! The endpoints. Each reads top to bottom as the request path:
-//! accept → route → attempt(s) → account → respond.
+//! accept → authenticate → route → attempt(s) → account → respond.
 
 use std::sync::Arc;
 
@@ -15,8 +15,9 @@ use crate::api::embeddings::EmbeddingsRequest;
 use crate::api::{Model, ModelList};
 use crate::app::App;
 use crate::attempts::{self, Failed, Reply, Served};
+use crate::auth::Key;
 use crate::error::ApiError;
-use crate::routing::{Estimate, RequestFacts};
+use crate::routing::{Estimate, RequestFacts, Runtime};
 use crate::{inbound, respond};
 
 /// `POST /v1/chat/completions`.
@@ -35,14 +36,18 @@ async fn serve_chat(
     body: Body,
     record: &mut AccessRecord,
 ) -> Result<Reply, ApiError> {
+    let runtime = app.runtime()?;
+    let key = authenticate(app, &runtime, headers, record)?;
     let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
     let request: ChatRequest = inbound::parse_json(&bytes)?;
     let asked_timeouts = inbound::timeout_overrides(headers)?;
     record.set_stream(request.is_stream());
 
-    let runtime = app.runtime()?;
     let route = runtime.route(&request.model)?;
     record.set_route(&route);
+    if let Some(key) = &key {
+        key.allow_route(&route.alias)?;
+    }
     let metadata = request.extra.get("metadata").and_then(|m| m.as_object());
     let facts = RequestFacts {
         headers,
@@ -55,6 +60,23 @@ async fn serve_chat(
         record,
         attempts::chat(&runtime, &route, &request, &facts, timeouts).await,
     )
+}
+
+/// Who is calling (`None` when no keys are configured), noted in the record.
+fn authenticate(
+    app: &App,
+    runtime: &Runtime,
+    headers: &HeaderMap,
+    record: &mut AccessRecord,
+) -> Result<Option<Arc<Key>>, ApiError> {
+    let now = jiff::Timestamp::now().as_second();
+    let key = runtime
+        .keys
+        .authenticate(headers, app.settings.default_key.as_deref(), now)?;
+    if let Some(key) = &key {
+        record.set_key(key);
+    }
+    Ok(key)
 }
 
 /// Notes who answered (or failed last) and hands on the answer.
@@ -86,13 +108,17 @@ async fn serve_embeddings(
     body: Body,
     record: &mut AccessRecord,
 ) -> Result<crate::providers::Completed, ApiError> {
+    let runtime = app.runtime()?;
+    let key = authenticate(app, &runtime, headers, record)?;
     let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
     let request: EmbeddingsRequest = inbound::parse_json(&bytes)?;
     let asked_timeouts = inbound::timeout_overrides(headers)?;
 
-    let runtime = app.runtime()?;
     let route = runtime.route(&request.model)?;
     record.set_route(&route);
+    if let Some(key) = &key {
+        key.allow_route(&route.alias)?;
+    }
     let facts = RequestFacts {
         headers,
         metadata: None,

@@ -1,7 +1,7 @@
 //! The llmesh sidecar: an OpenAI-compatible gateway that runs next to each app.
 //!
 //! A request flows through one module per step:
-//! [`inbound`] (accept) → [`routing`] (route) → [`attempts`] (attempt(s),
+//! [`inbound`] (accept) → [`auth`] (authenticate) → [`routing`] (route) → [`attempts`] (attempt(s),
 //! through [`providers`]) → [`access_log`] (account) → [`respond`].
 //! [`handlers`] strings them together per endpoint; [`reload`] keeps the
 //! configuration they read current.
@@ -10,6 +10,7 @@ pub mod access_log;
 pub mod api;
 pub mod app;
 pub mod attempts;
+pub mod auth;
 pub mod credentials;
 pub mod drills;
 pub mod error;
@@ -98,6 +99,7 @@ impl Gateway {
         let limits = Limits {
             max_body_bytes: settings.max_body_bytes,
             drills_enabled: settings.drills_enabled,
+            default_key: settings.default_key.clone(),
         };
         let app = Arc::new(App::new(limits, metrics, deps));
 

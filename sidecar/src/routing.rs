@@ -34,6 +34,8 @@ pub struct Runtime {
     /// Names of the mock providers (the only ones drills may touch).
     mock_providers: std::collections::BTreeSet<String>,
     routes: BTreeMap<String, Arc<Route>>,
+    /// The virtual keys requests are made with.
+    pub keys: crate::auth::Keys,
     /// Why routes that exist as resources are not served, by alias, so a
     /// request for one is told why instead of only "unknown".
     rejected: BTreeMap<String, String>,
@@ -274,6 +276,7 @@ impl Runtime {
             version: config.version.clone(),
             mock_providers,
             routes,
+            keys: crate::auth::Keys::new(&config.keys),
             rejected: BTreeMap::new(),
         })
     }

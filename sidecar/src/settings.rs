@@ -30,6 +30,9 @@ pub const DRAIN_TIMEOUT_MS: &str = "LLMESH_DRAIN_TIMEOUT_MS";
 /// `true` lets `POST /debug/faults` on the admin port inject faults into
 /// mock providers (default off: the admin port is reachable in the cluster).
 pub const ENABLE_DRILLS: &str = "LLMESH_ENABLE_DRILLS";
+/// The `VirtualKey` that requests without an llmesh key are made with (the
+/// pod's `llmesh.io/virtual-key` annotation, passed on by the webhook).
+pub const DEFAULT_VIRTUAL_KEY: &str = "LLMESH_VIRTUAL_KEY";
 /// Log filter, `tracing` syntax (default `info`).
 pub const LOG: &str = "LLMESH_LOG";
 /// `json` (default) or `text`.
@@ -112,6 +115,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Whether failure drills may be started from the admin port.
     pub drills_enabled: bool,
+    /// The pod's default virtual key.
+    pub default_key: Option<String>,
     /// Log filter.
     pub log_filter: String,
     /// Log format.
@@ -197,6 +202,7 @@ impl Settings {
             // Below Kubernetes' default 30 s termination grace period.
             drain_timeout: millis(env, DRAIN_TIMEOUT_MS, Duration::from_secs(25))?,
             drills_enabled: parsed(env, ENABLE_DRILLS, false)?,
+            default_key: env.get(DEFAULT_VIRTUAL_KEY).filter(|k| !k.is_empty()),
             log_filter: env.get(LOG).unwrap_or_else(|| "info".to_owned()),
             log_format,
         })
