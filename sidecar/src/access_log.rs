@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use llmesh_crds::resources::Price;
 use tokio::time::Instant;
 
 use crate::api::Usage;
 use crate::attempts::AttemptFailure;
 use crate::auth::Key;
 use crate::metrics::Metrics;
+use crate::pricing;
 use crate::routing::{Route, Target};
 
 /// `x-llmesh-request-id`.
@@ -24,6 +26,8 @@ pub const PROVIDER: HeaderName = HeaderName::from_static("x-llmesh-provider");
 pub const MODEL: HeaderName = HeaderName::from_static("x-llmesh-model");
 /// `x-llmesh-attempts`.
 pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-llmesh-attempts");
+/// `x-llmesh-cost-usd`: what the answer cost, from its usage and the target's price.
+pub const COST_USD: HeaderName = HeaderName::from_static("x-llmesh-cost-usd");
 /// `x-llmesh-fallback`: 0 when the route's own targets served, n for its n-th fallback step.
 pub const FALLBACK: HeaderName = HeaderName::from_static("x-llmesh-fallback");
 
@@ -68,6 +72,7 @@ pub struct AccessRecord {
     provider_name: Option<String>,
     provider_kind: &'static str,
     model: Option<String>,
+    price: Option<Price>,
     attempts: u32,
     failures: Vec<AttemptFailure>,
     step: usize,
@@ -92,6 +97,7 @@ impl AccessRecord {
             provider_name: None,
             provider_kind: "",
             model: None,
+            price: None,
             attempts: 0,
             failures: Vec::new(),
             step: 0,
@@ -133,6 +139,7 @@ impl AccessRecord {
             self.provider_name = Some(target.provider_name.clone());
             self.provider_kind = target.provider.kind().as_str();
             self.model = Some(target.model.clone());
+            self.price.clone_from(&target.price);
         }
         self.attempts = attempts;
     }
@@ -151,6 +158,16 @@ impl AccessRecord {
     /// Notes token usage.
     pub fn set_usage(&mut self, usage: Usage) {
         self.usage = usage;
+    }
+
+    /// USD of the usage noted so far, when the target has a price and
+    /// there was usage.
+    pub fn cost(&self) -> Option<f64> {
+        let used = self.usage.prompt_tokens > 0 || self.usage.completion_tokens > 0;
+        self.price
+            .as_ref()
+            .filter(|_| used)
+            .map(|price| pricing::cost(price, &self.usage))
     }
 
     /// The request is over.
@@ -191,6 +208,9 @@ impl AccessRecord {
         if self.attempts > 0 {
             put(ATTEMPTS, &self.attempts.to_string());
             put(FALLBACK, &self.step.to_string());
+        }
+        if let Some(cost) = self.cost() {
+            put(COST_USD, &pricing::format_usd(cost));
         }
         headers
     }
@@ -234,6 +254,25 @@ impl Drop for AccessRecord {
                 .fallbacks
                 .with_label_values(&[route, &self.step.to_string()])
                 .inc();
+        }
+        let key_labels = [
+            key.map_or("", |k| k.name.as_str()),
+            key.and_then(|k| k.config.team.as_deref()).unwrap_or(""),
+            key.and_then(|k| k.config.feature.as_deref()).unwrap_or(""),
+        ];
+        if key.is_some() {
+            self.metrics
+                .key_requests
+                .with_label_values(&[key_labels[0], key_labels[1], key_labels[2], route, &status])
+                .inc();
+        }
+        let cost = self.cost();
+        if let Some(cost) = cost {
+            let [name, team, feature] = key_labels;
+            self.metrics
+                .cost_usd
+                .with_label_values(&[route, self.provider_kind, model, name, team, feature])
+                .inc_by(cost);
         }
         let labels = [self.operation.as_str(), self.provider_kind, model, route];
         let error_label = error.unwrap_or("");
@@ -282,6 +321,7 @@ impl Drop for AccessRecord {
             output_tokens = self.usage.completion_tokens,
             cached_input_tokens = self.usage.cached_input(),
             reasoning_tokens = self.usage.reasoning(),
+            cost_usd = cost,
             latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             ttft_ms = self.first_chunk.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         );

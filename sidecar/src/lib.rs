@@ -18,6 +18,7 @@ pub mod handlers;
 pub mod health;
 pub mod inbound;
 pub mod metrics;
+pub mod pricing;
 pub mod providers;
 pub mod reload;
 pub mod respond;

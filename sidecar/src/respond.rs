@@ -88,6 +88,11 @@ pub fn stream(committed: CommittedStream, mut record: AccessRecord) -> Response 
             }
         }
         record.finish();
+        // Headers left before the usage was known: the cost goes in an SSE
+        // comment, which clients skip and scripts can read.
+        if let Some(cost) = record.cost() {
+            yield Ok(Bytes::from(format!(": x-llmesh-cost-usd {}\n\n", crate::pricing::format_usd(cost))));
+        }
         yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
     };
     let mut response = Response::new(Body::from_stream(body));

@@ -111,7 +111,7 @@ pub struct Target {
     pub model: String,
     /// Share under `weighted`.
     pub weight: u32,
-    /// USD per million tokens, for `cheapest`.
+    /// USD per million tokens: the target's own, or the built-in table's.
     pub price: Option<Price>,
     /// Context window in tokens.
     pub context_window: Option<u64>,
@@ -196,7 +196,10 @@ impl Builder<'_> {
             provider,
             model: target.model.clone(),
             weight: target.weight,
-            price: target.price.clone(),
+            price: target
+                .price
+                .clone()
+                .or_else(|| crate::pricing::builtin(&target.model)),
             context_window: target.context_window,
             timeout: target.timeout_ms.map(Duration::from_millis),
             health: self.health.target(TargetKey {
