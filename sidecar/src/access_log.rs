@@ -31,6 +31,14 @@ pub const COST_USD: HeaderName = HeaderName::from_static("x-llmesh-cost-usd");
 /// `x-llmesh-fallback`: 0 when the route's own targets served, n for its n-th fallback step.
 pub const FALLBACK: HeaderName = HeaderName::from_static("x-llmesh-fallback");
 
+/// Something charged at admission (a rate-limit reservation, budget spend)
+/// and settled with the actual usage and cost when the request is over —
+/// for a stream, when its last chunk is out or the app hung up.
+pub trait Settle: Send + Sync + std::fmt::Debug {
+    /// Accounts the request's actual usage and its cost, if priced.
+    fn settle(&self, usage: &Usage, cost: Option<f64>);
+}
+
 /// Which API a request used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
@@ -82,6 +90,8 @@ pub struct AccessRecord {
     first_chunk: Option<Duration>,
     error: Option<&'static str>,
     ending: Ending,
+    rate_limit_headers: HeaderMap,
+    settlements: Vec<Box<dyn Settle>>,
 }
 
 impl AccessRecord {
@@ -107,6 +117,8 @@ impl AccessRecord {
             first_chunk: None,
             error: None,
             ending: Ending::Open,
+            rate_limit_headers: HeaderMap::new(),
+            settlements: Vec::new(),
         }
     }
 
@@ -123,6 +135,16 @@ impl AccessRecord {
     /// Notes the virtual key the request is made with.
     pub fn set_key(&mut self, key: &Arc<Key>) {
         self.key = Some(key.clone());
+    }
+
+    /// Notes the key's `x-ratelimit-*` headers, sent with the answer.
+    pub fn set_rate_limit_headers(&mut self, headers: HeaderMap) {
+        self.rate_limit_headers = headers;
+    }
+
+    /// Holds a charge to settle when the request is over.
+    pub fn hold(&mut self, charge: impl Settle + 'static) {
+        self.settlements.push(Box::new(charge));
     }
 
     /// Notes the target of the last attempt, how many were made, and the failed ones.
@@ -212,6 +234,7 @@ impl AccessRecord {
         if let Some(cost) = self.cost() {
             put(COST_USD, &pricing::format_usd(cost));
         }
+        headers.extend(self.rate_limit_headers.clone());
         headers
     }
 }
@@ -267,6 +290,9 @@ impl Drop for AccessRecord {
                 .inc();
         }
         let cost = self.cost();
+        for charge in &self.settlements {
+            charge.settle(&self.usage, cost);
+        }
         if let Some(cost) = cost {
             let [name, team, feature] = key_labels;
             self.metrics

@@ -8,6 +8,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use crate::error::ApiError;
+use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::providers::Deps;
 use crate::routing::Runtime;
@@ -33,6 +34,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// What provider adapters are built with.
     pub deps: Deps,
+    /// Every key's rate-limit state; survives reloads.
+    pub rate_limits: Arc<RateLimiter>,
 }
 
 impl App {
@@ -43,6 +46,7 @@ impl App {
             settings,
             metrics,
             deps,
+            rate_limits: Arc::default(),
         }
     }
 

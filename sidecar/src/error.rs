@@ -9,6 +9,7 @@ use http::{HeaderValue, StatusCode};
 use serde::Serialize;
 
 use crate::auth::AuthError;
+use crate::limits::RateLimited;
 use crate::providers::{ErrorKind, ProviderError};
 
 /// A failed request.
@@ -51,6 +52,9 @@ pub enum ApiError {
     /// The caller's key is missing, unknown, not usable, or not allowed here.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The key's rate limit is reached.
+    #[error(transparent)]
+    RateLimited(#[from] Box<RateLimited>),
     /// Every attempt failed; this is the last failure.
     #[error("provider {provider}: {error}")]
     Upstream {
@@ -88,6 +92,7 @@ impl ApiError {
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::Auth(error) if error.is_forbidden() => StatusCode::FORBIDDEN,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream { error, .. } => match error.kind {
                 ErrorKind::RateLimit => StatusCode::TOO_MANY_REQUESTS,
                 ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -122,6 +127,7 @@ impl ApiError {
                 AuthError::Expired { .. } => ("invalid_request_error", "key_expired"),
                 AuthError::RouteNotAllowed { .. } => ("permission_error", "route_not_allowed"),
             },
+            Self::RateLimited(_) => ("rate_limit_error", "rate_limit_exceeded"),
             Self::Upstream { error, .. } => match error.kind {
                 ErrorKind::RateLimit => ("rate_limit_error", "rate_limit_exceeded"),
                 ErrorKind::Timeout => ("timeout_error", "upstream_timeout"),
@@ -165,6 +171,7 @@ impl ApiError {
             Self::Upstream { error, .. } if error.kind == ErrorKind::RateLimit => {
                 Some(error.retry_after.unwrap_or(Duration::from_secs(1)))
             }
+            Self::RateLimited(limited) => Some(limited.retry_after),
             _ => None,
         }
     }

@@ -48,11 +48,13 @@ async fn serve_chat(
     if let Some(key) = &key {
         key.allow_route(&route.alias)?;
     }
+    let estimate = Estimate::of_chat(&request);
+    admit(app, key.as_deref(), &estimate, record)?;
     let metadata = request.extra.get("metadata").and_then(|m| m.as_object());
     let facts = RequestFacts {
         headers,
         metadata,
-        estimate: Estimate::of_chat(&request),
+        estimate,
     };
     let timeouts = route.timeouts.tightened_by(asked_timeouts);
 
@@ -77,6 +79,35 @@ fn authenticate(
         record.set_key(key);
     }
     Ok(key)
+}
+
+/// Charges the key's rate limits with the request and its token estimate;
+/// the record corrects the estimate with the actual usage at the end.
+fn admit(
+    app: &App,
+    key: Option<&Key>,
+    estimate: &Estimate,
+    record: &mut AccessRecord,
+) -> Result<(), ApiError> {
+    let Some(key) = key else { return Ok(()) };
+    let tokens = estimate
+        .prompt_tokens
+        .saturating_add(estimate.max_output_tokens.unwrap_or(0));
+    match app.rate_limits.admit(key, tokens) {
+        Ok((state, reservation)) => {
+            record.set_rate_limit_headers(state.headers());
+            record.hold(reservation);
+            Ok(())
+        }
+        Err(limited) => {
+            record.set_rate_limit_headers(limited.state.headers());
+            app.metrics
+                .rate_limited
+                .with_label_values(&[key.name.as_str(), limited.unit])
+                .inc();
+            Err(limited.into())
+        }
+    }
 }
 
 /// Notes who answered (or failed last) and hands on the answer.
@@ -119,10 +150,12 @@ async fn serve_embeddings(
     if let Some(key) = &key {
         key.allow_route(&route.alias)?;
     }
+    let estimate = Estimate::of_embeddings(&request);
+    admit(app, key.as_deref(), &estimate, record)?;
     let facts = RequestFacts {
         headers,
         metadata: None,
-        estimate: Estimate::of_embeddings(&request),
+        estimate,
     };
     let timeouts = route.timeouts.tightened_by(asked_timeouts);
 

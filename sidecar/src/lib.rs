@@ -17,6 +17,7 @@ pub mod error;
 pub mod handlers;
 pub mod health;
 pub mod inbound;
+pub mod limits;
 pub mod metrics;
 pub mod pricing;
 pub mod providers;
