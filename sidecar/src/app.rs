@@ -7,6 +7,7 @@ use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::routing::{get, post};
 
+use crate::budget::Budgets;
 use crate::error::ApiError;
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
@@ -36,17 +37,20 @@ pub struct App {
     pub deps: Deps,
     /// Every key's rate-limit state; survives reloads.
     pub rate_limits: Arc<RateLimiter>,
+    /// Budget spend; survives reloads (and restarts, with a state file).
+    pub budgets: Arc<Budgets>,
 }
 
 impl App {
     /// An app with no configuration yet (not ready).
-    pub fn new(settings: Limits, metrics: Arc<Metrics>, deps: Deps) -> Self {
+    pub fn new(settings: Limits, metrics: Arc<Metrics>, deps: Deps, budgets: Arc<Budgets>) -> Self {
         Self {
             runtime: ArcSwapOption::empty(),
             settings,
             metrics,
             deps,
             rate_limits: Arc::default(),
+            budgets,
         }
     }
 

@@ -9,6 +9,7 @@ use http::{HeaderValue, StatusCode};
 use serde::Serialize;
 
 use crate::auth::AuthError;
+use crate::budget::BudgetError;
 use crate::limits::RateLimited;
 use crate::providers::{ErrorKind, ProviderError};
 
@@ -55,6 +56,9 @@ pub enum ApiError {
     /// The key's rate limit is reached.
     #[error(transparent)]
     RateLimited(#[from] Box<RateLimited>),
+    /// A budget refuses the request.
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
     /// Every attempt failed; this is the last failure.
     #[error("provider {provider}: {error}")]
     Upstream {
@@ -93,6 +97,8 @@ impl ApiError {
             Self::Auth(error) if error.is_forbidden() => StatusCode::FORBIDDEN,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Budget(BudgetError::RequestCeiling { .. }) => StatusCode::BAD_REQUEST,
+            Self::Budget(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream { error, .. } => match error.kind {
                 ErrorKind::RateLimit => StatusCode::TOO_MANY_REQUESTS,
                 ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -128,6 +134,11 @@ impl ApiError {
                 AuthError::RouteNotAllowed { .. } => ("permission_error", "route_not_allowed"),
             },
             Self::RateLimited(_) => ("rate_limit_error", "rate_limit_exceeded"),
+            Self::Budget(error) => match error {
+                BudgetError::Exhausted { .. } => ("budget_error", "budget_exceeded"),
+                BudgetError::RequestCeiling { .. } => ("invalid_request_error", "request_token_ceiling"),
+                BudgetError::SessionCeiling { .. } => ("budget_error", "session_token_ceiling"),
+            },
             Self::Upstream { error, .. } => match error.kind {
                 ErrorKind::RateLimit => ("rate_limit_error", "rate_limit_exceeded"),
                 ErrorKind::Timeout => ("timeout_error", "upstream_timeout"),
@@ -172,6 +183,7 @@ impl ApiError {
                 Some(error.retry_after.unwrap_or(Duration::from_secs(1)))
             }
             Self::RateLimited(limited) => Some(limited.retry_after),
+            Self::Budget(error) => error.retry_after_secs().map(Duration::from_secs),
             _ => None,
         }
     }

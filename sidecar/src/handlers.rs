@@ -16,8 +16,9 @@ use crate::api::{Model, ModelList};
 use crate::app::App;
 use crate::attempts::{self, Failed, Reply, Served};
 use crate::auth::Key;
+use crate::budget::{self, Admitted};
 use crate::error::ApiError;
-use crate::routing::{Estimate, RequestFacts, Runtime};
+use crate::routing::{Estimate, RequestFacts, Route, Runtime};
 use crate::{inbound, respond};
 
 /// `POST /v1/chat/completions`.
@@ -49,6 +50,7 @@ async fn serve_chat(
         key.allow_route(&route.alias)?;
     }
     let estimate = Estimate::of_chat(&request);
+    let route = check_budget(app, &runtime, key.as_deref(), route, &estimate, headers, record)?;
     admit(app, key.as_deref(), &estimate, record)?;
     let metadata = request.extra.get("metadata").and_then(|m| m.as_object());
     let facts = RequestFacts {
@@ -79,6 +81,41 @@ fn authenticate(
         record.set_key(key);
     }
     Ok(key)
+}
+
+/// Checks the key's budget: token ceilings, then spend. Returns the route to
+/// serve from — the budget's cheaper one when it is exhausted and downgrades.
+fn check_budget(
+    app: &App,
+    runtime: &Runtime,
+    key: Option<&Key>,
+    route: Arc<Route>,
+    estimate: &Estimate,
+    headers: &HeaderMap,
+    record: &mut AccessRecord,
+) -> Result<Arc<Route>, ApiError> {
+    let Some((name, config)) = key
+        .and_then(|k| k.config.budget.as_ref())
+        .and_then(|name| runtime.budgets.get_key_value(name))
+    else {
+        return Ok(route);
+    };
+    let session = headers
+        .get(budget::SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty());
+    match app.budgets.admit(name, config, estimate, session)? {
+        Admitted::Serve(charge) => {
+            record.hold(charge);
+            Ok(route)
+        }
+        Admitted::Downgrade(charge, cheaper) => {
+            record.hold(charge);
+            let cheaper = runtime.route(&cheaper)?;
+            record.set_route(&cheaper);
+            Ok(cheaper)
+        }
+    }
 }
 
 /// Charges the key's rate limits with the request and its token estimate;
@@ -151,6 +188,7 @@ async fn serve_embeddings(
         key.allow_route(&route.alias)?;
     }
     let estimate = Estimate::of_embeddings(&request);
+    let route = check_budget(app, &runtime, key.as_deref(), route, &estimate, headers, record)?;
     admit(app, key.as_deref(), &estimate, record)?;
     let facts = RequestFacts {
         headers,

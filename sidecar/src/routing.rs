@@ -36,6 +36,8 @@ pub struct Runtime {
     routes: BTreeMap<String, Arc<Route>>,
     /// The virtual keys requests are made with.
     pub keys: crate::auth::Keys,
+    /// The budgets keys name.
+    pub budgets: BTreeMap<String, llmesh_crds::config::BudgetConfig>,
     /// Why routes that exist as resources are not served, by alias, so a
     /// request for one is told why instead of only "unknown".
     rejected: BTreeMap<String, String>,
@@ -280,6 +282,7 @@ impl Runtime {
             mock_providers,
             routes,
             keys: crate::auth::Keys::new(&config.keys),
+            budgets: config.budgets.clone(),
             rejected: BTreeMap::new(),
         })
     }

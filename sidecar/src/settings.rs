@@ -33,6 +33,8 @@ pub const ENABLE_DRILLS: &str = "LLMESH_ENABLE_DRILLS";
 /// The `VirtualKey` that requests without an llmesh key are made with (the
 /// pod's `llmesh.io/virtual-key` annotation, passed on by the webhook).
 pub const DEFAULT_VIRTUAL_KEY: &str = "LLMESH_VIRTUAL_KEY";
+/// File where budget spend is kept across restarts (unset: in memory only).
+pub const STATE_FILE: &str = "LLMESH_STATE_FILE";
 /// Log filter, `tracing` syntax (default `info`).
 pub const LOG: &str = "LLMESH_LOG";
 /// `json` (default) or `text`.
@@ -117,6 +119,8 @@ pub struct Settings {
     pub drills_enabled: bool,
     /// The pod's default virtual key.
     pub default_key: Option<String>,
+    /// Where budget spend is kept.
+    pub state_file: Option<PathBuf>,
     /// Log filter.
     pub log_filter: String,
     /// Log format.
@@ -203,6 +207,7 @@ impl Settings {
             drain_timeout: millis(env, DRAIN_TIMEOUT_MS, Duration::from_secs(25))?,
             drills_enabled: parsed(env, ENABLE_DRILLS, false)?,
             default_key: env.get(DEFAULT_VIRTUAL_KEY).filter(|k| !k.is_empty()),
+            state_file: env.get(STATE_FILE).filter(|f| !f.is_empty()).map(PathBuf::from),
             log_filter: env.get(LOG).unwrap_or_else(|| "info".to_owned()),
             log_format,
         })
