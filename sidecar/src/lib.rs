@@ -95,7 +95,7 @@ impl Gateway {
     ) -> Result<Self, StartError> {
         let client = UpstreamClient::new(&settings.upstream).map_err(StartError::Client)?;
         let credentials = Arc::new(CredentialStore::new(settings.secrets_dir.clone(), env));
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_workload(settings.workload.as_ref()));
         let health = Arc::new(HealthRegistry::new(metrics.clone()));
         let deps = Deps {
             client,

@@ -75,6 +75,15 @@ pub struct Metrics {
     pub token_ceiling_rejections: IntCounterVec,
 }
 
+/// The pod's owner, as the webhook passes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// Its namespace.
+    pub namespace: String,
+    /// The Deployment, StatefulSet, Job, … that owns the pod.
+    pub name: String,
+}
+
 /// Labels of per-key metrics: bounded by the configured keys.
 pub const KEY_LABELS: &[&str] = &["virtual_key", "team", "feature"];
 
@@ -141,7 +150,20 @@ impl Metrics {
     /// Registers every metric. The names and labels are constants, so a
     /// failure here is a programming error caught by the first test.
     pub fn new() -> Self {
-        let registry = Registry::new();
+        Self::for_workload(None)
+    }
+
+    /// Metrics whose every series carries the workload's
+    /// `workload_namespace` and `workload_name` (not `namespace`, which
+    /// Prometheus' Kubernetes discovery sets itself).
+    pub fn for_workload(workload: Option<&Workload>) -> Self {
+        let labels = workload.map(|w| {
+            std::collections::HashMap::from([
+                ("workload_namespace".to_owned(), w.namespace.clone()),
+                ("workload_name".to_owned(), w.name.clone()),
+            ])
+        });
+        let registry = Registry::new_custom(None, labels).unwrap_or_else(|e| panic!("registry: {e}"));
         let requests = counter(
             &registry,
             "llmesh_requests_total",

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::metrics::Workload;
 use crate::providers::UpstreamSettings;
 
 /// API listen address (default `127.0.0.1:4000`: apps in the pod only).
@@ -35,6 +36,10 @@ pub const ENABLE_DRILLS: &str = "LLMESH_ENABLE_DRILLS";
 pub const DEFAULT_VIRTUAL_KEY: &str = "LLMESH_VIRTUAL_KEY";
 /// File where budget spend is kept across restarts (unset: in memory only).
 pub const STATE_FILE: &str = "LLMESH_STATE_FILE";
+/// The pod's namespace, for the `workload_namespace` label of every metric.
+pub const WORKLOAD_NAMESPACE: &str = "LLMESH_WORKLOAD_NAMESPACE";
+/// The pod's owning workload, for the `workload_name` label of every metric.
+pub const WORKLOAD_NAME: &str = "LLMESH_WORKLOAD_NAME";
 /// Log filter, `tracing` syntax (default `info`).
 pub const LOG: &str = "LLMESH_LOG";
 /// `json` (default) or `text`.
@@ -121,6 +126,8 @@ pub struct Settings {
     pub default_key: Option<String>,
     /// Where budget spend is kept.
     pub state_file: Option<PathBuf>,
+    /// The workload every metric is labelled with.
+    pub workload: Option<Workload>,
     /// Log filter.
     pub log_filter: String,
     /// Log format.
@@ -208,6 +215,10 @@ impl Settings {
             drills_enabled: parsed(env, ENABLE_DRILLS, false)?,
             default_key: env.get(DEFAULT_VIRTUAL_KEY).filter(|k| !k.is_empty()),
             state_file: env.get(STATE_FILE).filter(|f| !f.is_empty()).map(PathBuf::from),
+            workload: env.get(WORKLOAD_NAME).map(|name| Workload {
+                namespace: env.get(WORKLOAD_NAMESPACE).unwrap_or_default(),
+                name,
+            }),
             log_filter: env.get(LOG).unwrap_or_else(|| "info".to_owned()),
             log_format,
         })
