@@ -134,8 +134,8 @@ impl Keys {
         if self.keys.is_empty() {
             return Ok(None);
         }
-        let presented = presented_key(headers).and_then(|raw| self.by_secret(raw));
-        let key = match (presented, default_key) {
+        let presented = presented_key(headers);
+        let key = match (presented.and_then(|raw| self.by_secret(raw)), default_key) {
             (Some(key), _) => key,
             (None, Some(name)) => self
                 .keys
@@ -143,7 +143,7 @@ impl Keys {
                 .find(|k| k.name == name)
                 .cloned()
                 .ok_or_else(|| AuthError::DefaultMissing(name.to_owned()))?,
-            (None, None) if presented_key(headers).is_some() => return Err(AuthError::Unknown),
+            (None, None) if presented.is_some() => return Err(AuthError::Unknown),
             (None, None) => return Err(AuthError::Missing),
         };
         key.check_usable(now_unix)?;
