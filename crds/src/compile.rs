@@ -624,6 +624,7 @@ fn compile_route(
         retries,
         timeouts,
         circuit_breaker,
+        log_content: spec.log_content.unwrap_or(false),
     })
 }
 

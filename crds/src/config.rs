@@ -238,6 +238,9 @@ pub struct RouteConfig {
     /// Per-target circuit breaker.
     #[serde(default)]
     pub circuit_breaker: BreakerConfig,
+    /// Prompts and answers go into the access log.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub log_content: bool,
 }
 
 /// One upstream model.

@@ -14,6 +14,7 @@ use crate::attempts::AttemptFailure;
 use crate::auth::Key;
 use crate::metrics::Metrics;
 use crate::pricing;
+use crate::redact::Redact;
 use crate::routing::{Route, Target};
 
 /// `x-llmesh-request-id`.
@@ -92,6 +93,15 @@ pub struct AccessRecord {
     ending: Ending,
     rate_limit_headers: HeaderMap,
     settlements: Vec<Box<dyn Settle>>,
+    content: Option<Content>,
+}
+
+/// Prompt and answer text, for routes that log it.
+#[derive(Debug)]
+struct Content {
+    redactor: Arc<dyn Redact>,
+    prompt: String,
+    answer: String,
 }
 
 impl AccessRecord {
@@ -119,6 +129,7 @@ impl AccessRecord {
             ending: Ending::Open,
             rate_limit_headers: HeaderMap::new(),
             settlements: Vec::new(),
+            content: None,
         }
     }
 
@@ -140,6 +151,31 @@ impl AccessRecord {
     /// Notes the key's `x-ratelimit-*` headers, sent with the answer.
     pub fn set_rate_limit_headers(&mut self, headers: HeaderMap) {
         self.rate_limit_headers = headers;
+    }
+
+    /// Logs this request's prompt and answer (the route opted in), through `redactor`.
+    pub fn log_content(&mut self, redactor: Arc<dyn Redact>, prompt: String) {
+        self.content = Some(Content {
+            redactor,
+            prompt,
+            answer: String::new(),
+        });
+    }
+
+    /// Notes answer text from a complete chat body or a stream chunk, when
+    /// content is logged (parsing costs nothing otherwise).
+    pub fn note_answer(&mut self, json: &[u8]) {
+        let Some(content) = &mut self.content else { return };
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return;
+        };
+        let choices = value["choices"].as_array().into_iter().flatten();
+        for choice in choices {
+            let text = choice["message"]["content"]
+                .as_str()
+                .or(choice["delta"]["content"].as_str());
+            content.answer.push_str(text.unwrap_or_default());
+        }
     }
 
     /// Holds a charge to settle when the request is over.
@@ -326,6 +362,10 @@ impl Drop for AccessRecord {
                     .observe(count as f64);
             }
         }
+        let content = self
+            .content
+            .as_ref()
+            .map(|c| (c.redactor.redact(&c.prompt), c.redactor.redact(&c.answer)));
         tracing::info!(
             target: "llmesh::access",
             request_id = %self.request_id,
@@ -348,6 +388,8 @@ impl Drop for AccessRecord {
             cached_input_tokens = self.usage.cached_input(),
             reasoning_tokens = self.usage.reasoning(),
             cost_usd = cost,
+            prompt = content.as_ref().map(|(prompt, _)| prompt.as_str()),
+            answer = content.as_ref().map(|(_, answer)| answer.as_str()),
             latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             ttft_ms = self.first_chunk.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         );

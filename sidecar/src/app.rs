@@ -12,6 +12,7 @@ use crate::error::ApiError;
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::providers::Deps;
+use crate::redact::{MaskSecrets, Redact};
 use crate::routing::Runtime;
 
 /// Request-independent settings the handlers read.
@@ -39,6 +40,8 @@ pub struct App {
     pub rate_limits: Arc<RateLimiter>,
     /// Budget spend; survives reloads (and restarts, with a state file).
     pub budgets: Arc<Budgets>,
+    /// What logged prompts and answers pass through.
+    pub redactor: Arc<dyn Redact>,
 }
 
 impl App {
@@ -51,7 +54,15 @@ impl App {
             deps,
             rate_limits: Arc::default(),
             budgets,
+            redactor: Arc::new(MaskSecrets),
         }
+    }
+
+    /// Replaces the redaction hook for routes that log content.
+    #[must_use]
+    pub fn with_redactor(mut self, redactor: Arc<dyn Redact>) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// The configuration in force.

@@ -52,6 +52,10 @@ async fn serve_chat(
     let estimate = Estimate::of_chat(&request);
     let route = check_budget(app, &runtime, key.as_deref(), route, &estimate, headers, record)?;
     admit(app, key.as_deref(), &estimate, record)?;
+    if route.log_content {
+        let prompt: Vec<String> = request.messages.iter().map(|m| m.text()).collect();
+        record.log_content(app.redactor.clone(), prompt.join("\n"));
+    }
     let metadata = request.extra.get("metadata").and_then(|m| m.as_object());
     let facts = RequestFacts {
         headers,

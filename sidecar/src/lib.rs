@@ -22,6 +22,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pricing;
 pub mod providers;
+pub mod redact;
 pub mod reload;
 pub mod respond;
 pub mod routing;

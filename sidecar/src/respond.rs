@@ -19,6 +19,7 @@ use crate::providers::{Completed, ErrorKind, ProviderError, StreamEvent};
 pub fn complete(completed: Completed, mut record: AccessRecord) -> Response {
     record.set_status(200, None);
     record.set_usage(completed.usage);
+    record.note_answer(&completed.body);
     let mut response = (StatusCode::OK, completed.body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -111,6 +112,7 @@ fn frame(event: StreamEvent, record: &mut AccessRecord) -> Option<Bytes> {
     match event {
         StreamEvent::Chunk(json) => {
             record.first_chunk_sent();
+            record.note_answer(&json);
             Some(sse_data(&json))
         }
         StreamEvent::Usage(usage) => {

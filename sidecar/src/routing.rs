@@ -64,6 +64,8 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// When targets are shed.
     pub breaker: BreakerConfig,
+    /// Prompts and answers go into the access log.
+    pub log_content: bool,
 }
 
 /// Targets that are alternatives to each other, with their selection state.
@@ -268,6 +270,7 @@ impl Runtime {
                 retries: route.retries.clone(),
                 timeouts: Timeouts::from(&route.timeouts),
                 breaker: route.circuit_breaker.clone(),
+                log_content: route.log_content,
             };
             routes.insert(alias.clone(), Arc::new(live));
         }

@@ -4,13 +4,14 @@ against a sidecar of their own (the shared one takes no keys)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Iterator
 
 import openai
 import pytest
 
-from conftest import CLIENT_TIMEOUT_SECONDS, free_port, start, wait_until_ready
+from conftest import CLIENT_TIMEOUT_SECONDS, Process, free_port, start, wait_until_ready
 
 PROMPT = [{"role": "user", "content": "What does this cost?"}]
 
@@ -37,6 +38,11 @@ MANIFESTS = [
         "own",
         spec={"targets": [{"provider": "mock", "model": "x", "price": {"input": OWN_PRICE[0], "output": OWN_PRICE[1]}}]},
     ),
+    _doc(
+        "LLMRoute",
+        "logged",
+        spec={"targets": [{"provider": "mock", "model": "gpt-4o-mini"}], "logContent": True},
+    ),
     *_key("team", "sk-team", team="a"),
     *_key("off", "sk-off", disabled=True),
     *_key("old", "sk-old", expiresAt="2020-01-01T00:00:00Z"),
@@ -55,7 +61,7 @@ MANIFESTS = [
 
 
 @pytest.fixture(scope="module")
-def keyed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Process]]:
     work = tmp_path_factory.mktemp("keys")
     manifests = work / "manifests"
     manifests.mkdir()
@@ -69,9 +75,14 @@ def keyed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     try:
         wait_until_ready(sidecar, f"http://{admin_addr}/readyz")
-        yield f"http://{api_addr}/v1"
+        yield f"http://{api_addr}/v1", sidecar
     finally:
         sidecar.stop()
+
+
+@pytest.fixture
+def keyed_url(keyed) -> str:
+    return keyed[0]
 
 
 def client(url: str, key: str) -> openai.OpenAI:
@@ -167,3 +178,31 @@ def test_a_session_ceiling_stops_an_agent_loop(keyed_url):
     assert turns >= 1
     assert raised.value.code == "session_token_ceiling"
     assert "loop-1" in raised.value.message
+
+
+def access_lines(process: Process, since: int) -> list[dict]:
+    lines = [json.loads(l) for l in process.log_text(since).splitlines() if l.startswith("{")]
+    return [l for l in lines if l.get("target") == "llmesh::access"]
+
+
+def test_only_routes_that_opt_in_log_content_and_it_is_redacted(keyed):
+    url, process = keyed
+    since = process.log_size()
+    secret_prompt = [{"role": "user", "content": "my key is sk-live-0123456789abcdef please"}]
+    client(url, "sk-team").chat.completions.create(model="logged", messages=secret_prompt)
+    stream = client(url, "sk-team").chat.completions.create(model="logged", messages=secret_prompt, stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    client(url, "sk-team").chat.completions.create(model="table", messages=secret_prompt)
+    deadline = time.monotonic() + 5
+    while len(lines := access_lines(process, since)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    logged = [l for l in lines if l["route"] == "logged"]
+    plain = [l for l in lines if l["route"] == "table"]
+    assert len(logged) == 2 and len(plain) == 1, lines
+    for line in logged:
+        assert line["prompt"] == "my key is [REDACTED] please"
+        assert line["answer"] == "Mock reply to: my key is [REDACTED] please"
+        assert line["virtual_key"] == "team"
+    assert streamed.startswith("Mock reply to: my key is sk-live"), "only the log is redacted"
+    assert "prompt" not in plain[0] and "answer" not in plain[0]
+    assert "sk-live" not in process.log_text(since)
