@@ -24,7 +24,7 @@ use crate::access_log::Settle;
 use crate::api::Usage;
 use crate::metrics::Metrics;
 use crate::routing::Estimate;
-pub use state_file::{Spend, StateError};
+pub use state_file::{Saved, Spend, StateError};
 
 /// The header that names an agent session for the per-session ceiling.
 pub const SESSION_HEADER: &str = "x-llmesh-session-id";
@@ -146,16 +146,25 @@ impl Budgets {
         metrics: Arc<Metrics>,
         file: Option<PathBuf>,
     ) -> Result<Self, StateError> {
-        let spend = match &file {
+        let saved = match &file {
             Some(path) => state_file::load(path)?,
-            None => BTreeMap::new(),
+            None => Saved::default(),
         };
+        let sessions = saved
+            .sessions
+            .into_iter()
+            .flat_map(|(budget, sessions)| {
+                sessions
+                    .into_iter()
+                    .map(move |(id, used)| ((budget.clone(), id), used))
+            })
+            .collect();
         Ok(Self {
             clock,
             metrics,
             state: Mutex::new(State {
-                spend,
-                sessions: HashMap::new(),
+                spend: saved.budgets,
+                sessions,
             }),
             dirty: AtomicBool::new(false),
             file,
@@ -267,7 +276,20 @@ impl Budgets {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let snapshot = self.state.lock().spend.clone();
+        let snapshot = {
+            let state = self.state.lock();
+            let mut sessions: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+            for ((budget, id), used) in &state.sessions {
+                sessions
+                    .entry(budget.clone())
+                    .or_default()
+                    .insert(id.clone(), *used);
+            }
+            Saved {
+                budgets: state.spend.clone(),
+                sessions,
+            }
+        };
         state_file::save(path, &snapshot).inspect_err(|_| self.dirty.store(true, Ordering::Release))
     }
 
@@ -329,6 +351,7 @@ impl Budgets {
                 .entry((budget.to_owned(), session.to_owned()))
                 .or_insert(0);
             *used = used.saturating_add(tokens);
+            self.dirty.store(true, Ordering::Release);
         }
         let Some(cost) = cost.filter(|c| *c > 0.0) else {
             return;

@@ -1,5 +1,6 @@
-//! The local state file: each budget's spend in its current period, so a
-//! restarted sidecar carries on where it stopped.
+//! The local state file: each budget's spend in its current period and the
+//! tokens each agent session has used, so a restarted sidecar carries on
+//! where it stopped.
 //!
 //! Written whole, in batches (see [`super::Budgets::flush`]): to a temporary
 //! file that is fsynced and then renamed over the old one, and the folder
@@ -29,12 +30,23 @@ pub struct Spend {
     pub thresholds_crossed: u32,
 }
 
+/// What the file holds besides its format and checksum.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Saved {
+    /// Spend by budget.
+    pub budgets: BTreeMap<String, Spend>,
+    /// Tokens used by budget, then session id.
+    pub sessions: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     format: u32,
     checksum: String,
     budgets: BTreeMap<String, Spend>,
+    #[serde(default)]
+    sessions: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// The state file cannot be used.
@@ -60,22 +72,22 @@ pub enum StateError {
     },
 }
 
-fn checksum(budgets: &BTreeMap<String, Spend>) -> String {
-    let canonical = serde_json::to_vec(budgets).unwrap_or_default();
+fn checksum(saved: &Saved) -> String {
+    let canonical = serde_json::to_vec(saved).unwrap_or_default();
     Sha256::digest(&canonical)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
-/// The spend recorded at `path`; nothing when there is no file yet.
+/// What is recorded at `path`; nothing when there is no file yet.
 ///
 /// # Errors
 /// The file cannot be read, or fails to parse or its checksum.
-pub fn load(path: &Path) -> Result<BTreeMap<String, Spend>, StateError> {
+pub fn load(path: &Path) -> Result<Saved, StateError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Saved::default()),
         Err(error) => {
             return Err(StateError::Io {
                 path: path.to_owned(),
@@ -91,25 +103,30 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, Spend>, StateError> {
     if file.format != FORMAT {
         return Err(corrupt(format!("format {} is not {FORMAT}", file.format)));
     }
-    if checksum(&file.budgets) != file.checksum {
+    let saved = Saved {
+        budgets: file.budgets,
+        sessions: file.sessions,
+    };
+    if checksum(&saved) != file.checksum {
         return Err(corrupt("checksum mismatch".to_owned()));
     }
-    Ok(file.budgets)
+    Ok(saved)
 }
 
-/// Replaces the file at `path` with `budgets`, durably.
+/// Replaces the file at `path` with `saved`, durably.
 ///
 /// # Errors
 /// Writing, syncing or renaming failed.
-pub fn save(path: &Path, budgets: &BTreeMap<String, Spend>) -> Result<(), StateError> {
+pub fn save(path: &Path, saved: &Saved) -> Result<(), StateError> {
     let io = |error| StateError::Io {
         path: path.to_owned(),
         error,
     };
     let file = File {
         format: FORMAT,
-        checksum: checksum(budgets),
-        budgets: budgets.clone(),
+        checksum: checksum(saved),
+        budgets: saved.budgets.clone(),
+        sessions: saved.sessions.clone(),
     };
     let bytes = serde_json::to_vec_pretty(&file).map_err(|e| io(std::io::Error::other(e)))?;
     let folder = path
@@ -131,20 +148,24 @@ pub fn save(path: &Path, budgets: &BTreeMap<String, Spend>) -> Result<(), StateE
 mod tests {
     use super::*;
 
-    fn sample() -> BTreeMap<String, Spend> {
+    fn sample() -> Saved {
         let spend = Spend {
             period_start: 1_780_000_000,
             spent_usd: 0.123_456_789,
             thresholds_crossed: 50,
         };
-        BTreeMap::from([("team-a".to_owned(), spend)])
+        let sessions = BTreeMap::from([("agent-1".to_owned(), 1234)]);
+        Saved {
+            budgets: BTreeMap::from([("team-a".to_owned(), spend)]),
+            sessions: BTreeMap::from([("team-a".to_owned(), sessions)]),
+        }
     }
 
     #[test]
     fn what_is_saved_is_loaded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.json");
-        assert_eq!(load(&path).expect("no file yet"), BTreeMap::new());
+        assert_eq!(load(&path).expect("no file yet"), Saved::default());
         save(&path, &sample()).expect("save");
         assert_eq!(load(&path).expect("load"), sample());
     }

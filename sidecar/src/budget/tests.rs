@@ -156,7 +156,16 @@ fn spend_survives_a_restart_through_the_state_file() {
     let first =
         Arc::new(Budgets::new(clock.clone(), Arc::new(Metrics::new()), Some(path.clone())).expect("new"));
     spend(&first, &config, 0.25);
+    let Ok(Admitted::Serve(charge)) = first.admit("b", &config, &estimate(1, None), Some("agent")) else {
+        panic!("served");
+    };
+    charge.settle(&Usage::new(60, 40, 0, 0, 0), None);
     first.flush().expect("flush");
-    let second = Budgets::new(clock, Arc::new(Metrics::new()), Some(path)).expect("reload");
+    let second = Arc::new(Budgets::new(clock, Arc::new(Metrics::new()), Some(path)).expect("reload"));
     assert!((second.spent("b") - 0.25).abs() < 1e-12);
+    let stopped = second.admit("b", &config, &estimate(1, None), Some("agent"));
+    assert!(
+        matches!(stopped, Err(BudgetError::SessionCeiling { used: 100, .. })),
+        "{stopped:?}"
+    );
 }
