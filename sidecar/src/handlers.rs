@@ -70,17 +70,23 @@ async fn serve_chat(
     )
 }
 
-/// Who is calling (`None` when no keys are configured), noted in the record.
+/// Who is calling (`None` when no keys are configured).
+fn caller(app: &App, runtime: &Runtime, headers: &HeaderMap) -> Result<Option<Arc<Key>>, ApiError> {
+    let now = jiff::Timestamp::now().as_second();
+    let key = runtime
+        .keys
+        .authenticate(headers, app.settings.default_key.as_deref(), now)?;
+    Ok(key)
+}
+
+/// Who is calling, noted in the record.
 fn authenticate(
     app: &App,
     runtime: &Runtime,
     headers: &HeaderMap,
     record: &mut AccessRecord,
 ) -> Result<Option<Arc<Key>>, ApiError> {
-    let now = jiff::Timestamp::now().as_second();
-    let key = runtime
-        .keys
-        .authenticate(headers, app.settings.default_key.as_deref(), now)?;
+    let key = caller(app, runtime, headers)?;
     if let Some(key) = &key {
         record.set_key(key);
     }
@@ -207,11 +213,13 @@ async fn serve_embeddings(
     )
 }
 
-/// `GET /v1/models`: the route aliases.
-pub async fn models(State(app): State<Arc<App>>) -> Result<Json<ModelList>, ApiError> {
+/// `GET /v1/models`: the route aliases the caller's key may use.
+pub async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<ModelList>, ApiError> {
     let runtime = app.runtime()?;
+    let key = caller(&app, &runtime, &headers)?;
     let data = runtime
         .routes()
+        .filter(|route| key.as_ref().is_none_or(|k| k.allow_route(&route.alias).is_ok()))
         .map(|route| Model {
             id: route.alias.clone(),
             object: "model",

@@ -167,3 +167,24 @@ async fn without_virtual_keys_the_gateway_stays_open_and_keys_never_reach_metric
     let metrics = sidecar.get("/metrics").await.text().await.expect("metrics");
     assert!(!metrics.contains("sk-team-a"), "{metrics}");
 }
+
+#[tokio::test]
+async fn the_model_list_needs_a_key_and_shows_the_routes_it_may_use() {
+    let sidecar = Sidecar::start(&manifests()).await;
+    assert_eq!(sidecar.get("/v1/models").await.status(), 401);
+    let client = llmesh_test_support::harness::http_client();
+    let list = |key: &'static str| {
+        let request = client.get(format!("{}/v1/models", sidecar.url)).bearer_auth(key);
+        async move {
+            let body: Value = request.send().await.expect("sent").json().await.expect("json");
+            body["data"]
+                .as_array()
+                .expect("list")
+                .iter()
+                .map(|m| m["id"].as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list("sk-team-a").await, ["cheap", "smart"]);
+    assert_eq!(list("sk-narrow").await, ["cheap"]);
+}
