@@ -76,6 +76,7 @@ impl App {
     /// Puts a new configuration in force; requests already running finish on the old one.
     pub fn install(&self, runtime: Runtime) {
         self.metrics.set_config_version(&runtime.version);
+        self.budgets.publish_all(&runtime.budgets);
         self.runtime.store(Some(Arc::new(runtime)));
     }
 }

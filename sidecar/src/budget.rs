@@ -262,6 +262,18 @@ impl Budgets {
         }
     }
 
+    /// Publishes every configured budget's limit and current spend (restored
+    /// from the state file, or zero), so dashboards see a budget before its
+    /// first request.
+    pub fn publish_all(&self, budgets: &BTreeMap<String, BudgetConfig>) {
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        for (name, config) in budgets {
+            let spent = self.current(&mut state, name, config, now).spent_usd;
+            self.publish(name, config, spent);
+        }
+    }
+
     /// USD spent in the budget's period as last recorded.
     pub fn spent(&self, name: &str) -> f64 {
         self.state.lock().spend.get(name).map_or(0.0, |s| s.spent_usd)

@@ -168,6 +168,13 @@ async fn spend_survives_a_restart_and_a_corrupt_state_file_is_reported() {
     assert!(state.exists(), "spend written at shutdown");
 
     let second = Sidecar::start_with(&yaml, env.clone()).await;
+    let metrics = second.get("/metrics").await.text().await.expect("metrics");
+    let restored = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"llmesh_budget_spent_usd{budget="team",period="total"} "#))
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("restored spend published before any request");
+    assert!(restored > 0.001, "{restored}");
     let blocked = second.post_with("/v1/chat/completions", &ask(), &AUTH).await;
     assert_eq!(
         blocked.status(),
