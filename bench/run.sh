@@ -158,6 +158,7 @@ start_pinned() {
 }
 
 body='{"model":"bench","messages":[{"role":"user","content":"Say hello"}]}'
+resilient_body='{"model":"resilient","messages":[{"role":"user","content":"Say hello"}]}'
 
 # Waits until a server answers the benchmark request with a chat completion.
 wait_answering() {
@@ -259,6 +260,37 @@ spec:
   targets:
     - provider: paced
       model: mock-large
+---
+# A request that needs one retry and one fallback: both attempts at a target
+# whose upstream answers 503, then the fallback to the working upstream. The
+# breaker is off, or it would shed the failing target after a few requests.
+apiVersion: llmesh.io/v1alpha1
+kind: ProviderSecret
+metadata:
+  name: failing
+spec:
+  provider: openai-compatible
+  baseUrl: http://127.0.0.1:$mock_port/unavailable/v1
+---
+apiVersion: llmesh.io/v1alpha1
+kind: LLMRoute
+metadata:
+  name: resilient
+spec:
+  targets:
+    - provider: failing
+      model: gpt-4o-mini
+  retries:
+    attempts: 2
+    backoff: 1ms
+    maxBackoff: 1ms
+  fallbacks:
+    - target:
+        provider: upstream
+        model: gpt-4o-mini
+      on: [server-error]
+  circuitBreaker:
+    enabled: false
 EOF
 start_pinned "$server_cpu" "$work/sidecar.log" "$sidecar_bin" --manifests "$work/manifests" \
     --listen "127.0.0.1:$sidecar_port" --admin-listen "127.0.0.1:$admin_port"
@@ -286,7 +318,7 @@ oha_run() {
     local phase=$1 out=$2 url=$3
     shift 3
     pinned "$load_cpu" "$phase" oha --no-tui --output-format json -w -m POST \
-        -H 'content-type: application/json' -d "$body" "$@" "$url" >"$out"
+        -H 'content-type: application/json' -d "${request_body:-$body}" "$@" "$url" >"$out"
 }
 
 log "warm-up ($warmup_duration per target)"
@@ -303,6 +335,9 @@ for round in $(seq "$rounds"); do
         oha_run latency "$results/latency-$target-$round.json" "${urls[$target]}" \
             -z "$latency_duration" -q "$rate" -c "$latency_connections" --latency-correction
     done
+    log "latency: sidecar, one retry and one fallback per request (round $round/$rounds)"
+    request_body=$resilient_body oha_run latency "$results/latency-resilient-$round.json" "${urls[sidecar]}" \
+        -z "$latency_duration" -q "$rate" -c "$latency_connections" --latency-correction
 done
 
 declare -A proxy_pids=([direct]=$mock_pid [nginx]=$nginx_pid [sidecar]=$sidecar_pid)

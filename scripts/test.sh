@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's one test command (README and CI): formatting, lints, the Rust
 # tests, the OpenAI Python SDK end-to-end tests (with a real Prometheus
-# scraping a sidecar), and a fuzz smoke run. Installs what it needs (the
-# Python venv, Prometheus, cargo-fuzz) and skips what is there.
+# scraping a sidecar), and a fuzz smoke run. Installs what it needs
+# (redis-server, the Python venv, Prometheus, cargo-fuzz) and skips what is
+# there.
 #
 #   LLMESH_FUZZ_SECONDS  seconds per fuzz target (default 20)
 set -euo pipefail
@@ -12,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 FUZZ_SECONDS="${LLMESH_FUZZ_SECONDS:-20}"
 VENV=.venv
 SDK_TESTS=sidecar/tests/sdk
-TOTAL_STEPS=9
+TOTAL_STEPS=10
 
 step_number=0
 step_started=$SECONDS
@@ -92,6 +93,19 @@ cargo fmt --all -- --check
 
 step "cargo clippy (deny warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "redis-server for the shared-cache tests (installed if missing)"
+# The tests start their own instances on free loopback ports; the packaged
+# service is not used (and cannot start in these containers anyway).
+if ! command -v redis-server >/dev/null 2>&1; then
+    as_root=()
+    if [[ $(id -u) -ne 0 ]]; then
+        as_root=(sudo)
+    fi
+    "${as_root[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends redis-server
+fi
+redis-server --version
 
 step "cargo test --workspace"
 cargo test --workspace

@@ -10,14 +10,14 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
 use crate::config::{
-    AzureConfig, BreakerConfig, BudgetConfig, CredentialRef, Credentials, FallbackConfig, KeyConfig,
-    MockConfig, ProviderConfig, RetriesConfig, RouteConfig, RuleConfig, SidecarConfig, TargetConfig,
-    TimeoutsConfig, key_hash,
+    AzureConfig, BreakerConfig, BudgetConfig, CacheConfig, CredentialRef, Credentials, FallbackConfig,
+    KeyConfig, MockConfig, ProviderConfig, RetriesConfig, RouteConfig, RuleConfig, SemanticCacheConfig,
+    SharedCacheConfig, SidecarConfig, TargetConfig, TimeoutsConfig, key_hash,
 };
 use crate::duration;
 use crate::resources::{
-    Budget, BudgetAction, CacheMode, ErrorClass, Fallback, LLMRoute, ProviderKind, ProviderSecret,
-    RouteTarget, RuleMatch, VirtualKey,
+    Budget, BudgetAction, CacheMode, CacheSettings, ErrorClass, Fallback, LLMRoute, ProviderKind,
+    ProviderSecret, RouteTarget, RuleMatch, VirtualKey,
 };
 
 /// Everything the compiler reads.
@@ -437,6 +437,20 @@ fn compile_provider(
         (None, _) => None,
     };
 
+    match (&spec.prompt_caching, kind) {
+        (Some(caching), ProviderKind::Anthropic) if caching.min_prefix_tokens == 0 => {
+            errors.push("spec.promptCaching.minPrefixTokens", "must be greater than zero");
+        }
+        (Some(_), ProviderKind::Anthropic) | (None, _) => {}
+        (Some(_), _) => errors.push(
+            "spec.promptCaching",
+            format!(
+                "prompt caching breakpoints are not supported yet for provider {}",
+                kind.as_str()
+            ),
+        ),
+    }
+
     if !errors.0.is_empty() {
         return Err(errors.0);
     }
@@ -448,6 +462,7 @@ fn compile_provider(
         region: spec.region.clone(),
         azure,
         mock,
+        prompt_caching: spec.prompt_caching.clone(),
     })
 }
 
@@ -525,9 +540,6 @@ fn compile_route(
     if spec.targets.iter().all(|t| t.weight == Some(0)) && !spec.targets.is_empty() {
         errors.push("spec.targets", "weights must not all be zero");
     }
-    if spec.cache.as_ref().is_some_and(|c| c.mode != CacheMode::Off) {
-        errors.0.push(unsupported("spec.cache", "response caching"));
-    }
     if spec.mirror.is_some() {
         errors.0.push(unsupported("spec.mirror", "mirroring"));
     }
@@ -579,6 +591,11 @@ fn compile_route(
         errors.push("spec.retries.attempts", "must be between 1 and 10");
     }
 
+    let cache = spec
+        .cache
+        .as_ref()
+        .and_then(|settings| compile_cache(settings, scope, &mut errors));
+
     let timeouts = spec.timeouts.clone().unwrap_or_default();
     let timeouts = TimeoutsConfig {
         total_ms: errors.positive_millis("spec.timeouts.total", timeouts.total.as_deref()),
@@ -625,8 +642,111 @@ fn compile_route(
         timeouts,
         circuit_breaker,
         log_content: spec.log_content.unwrap_or(false),
+        cache,
     })
 }
+
+/// How long a cached answer is served when the route names no `ttl`: short
+/// enough that a changed prompt template or model upgrade shows within minutes.
+const DEFAULT_CACHE_TTL_MS: u64 = 5 * 60 * 1000;
+
+/// The similarity a semantic hit needs when the route names none: high,
+/// because a wrong hit serves one question's answer to another.
+const DEFAULT_SIMILARITY_THRESHOLD: f64 = 0.95;
+
+/// The route's cache settings, or `None` when caching is off.
+fn compile_cache(
+    settings: &CacheSettings,
+    scope: &RouteScope<'_>,
+    errors: &mut Errors,
+) -> Option<CacheConfig> {
+    let semantic = match settings.mode {
+        CacheMode::Off => return None,
+        CacheMode::Exact => {
+            if settings.similarity_threshold.is_some() {
+                errors.push("spec.cache.similarityThreshold", "only valid for mode semantic");
+            }
+            if settings.embeddings.is_some() {
+                errors.push("spec.cache.embeddings", "only valid for mode semantic");
+            }
+            None
+        }
+        CacheMode::Semantic => compile_semantic(settings, scope, errors),
+    };
+    let ttl_ms = errors
+        .positive_millis("spec.cache.ttl", settings.ttl.as_deref())
+        .unwrap_or(DEFAULT_CACHE_TTL_MS);
+    let shared = settings.shared.as_ref().map(|shared| {
+        let url = &shared.redis_url;
+        let field = "spec.cache.shared.redisUrl";
+        if url.starts_with("rediss://") {
+            errors.push(field, "TLS to Redis is not supported yet; use redis://");
+        } else if !url.starts_with("redis://") {
+            errors.push(field, format!("{url:?} must start with redis://"));
+        } else if url.contains('@') {
+            errors.push(
+                field,
+                "credentials in the URL are not supported yet (they would be written into the ConfigMap)",
+            );
+        }
+        SharedCacheConfig {
+            redis_url: url.clone(),
+            timeout_ms: errors
+                .positive_millis("spec.cache.shared.timeout", shared.timeout.as_deref())
+                .unwrap_or(DEFAULT_SHARED_CACHE_TIMEOUT_MS),
+        }
+    });
+    Some(CacheConfig {
+        ttl_ms,
+        scope: settings.scope.unwrap_or_default(),
+        allow_overrides: settings.allow_overrides.unwrap_or(true),
+        shared,
+        semantic,
+    })
+}
+
+fn compile_semantic(
+    settings: &CacheSettings,
+    scope: &RouteScope<'_>,
+    errors: &mut Errors,
+) -> Option<SemanticCacheConfig> {
+    let threshold = settings
+        .similarity_threshold
+        .unwrap_or(DEFAULT_SIMILARITY_THRESHOLD);
+    if !(threshold.is_finite() && threshold > 0.0 && threshold <= 1.0) {
+        errors.push(
+            "spec.cache.similarityThreshold",
+            "must be greater than 0 and at most 1",
+        );
+    }
+    let Some(embeddings) = &settings.embeddings else {
+        errors.push(
+            "spec.cache.embeddings",
+            "required for mode semantic (the provider and model that embed questions)",
+        );
+        return None;
+    };
+    if !scope.providers.contains_key(&embeddings.provider) {
+        let why = match scope.unready.get(&embeddings.provider) {
+            Some(reason) => format!("is not ready ({reason})"),
+            None => "does not exist".to_owned(),
+        };
+        errors.push(
+            "spec.cache.embeddings.provider",
+            format!("ProviderSecret {} {why}", embeddings.provider),
+        );
+    }
+    Some(SemanticCacheConfig {
+        similarity_threshold: threshold,
+        embeddings_provider: embeddings.provider.clone(),
+        embeddings_model: embeddings.model.clone(),
+    })
+}
+
+/// How long one Redis operation may take by default: a Redis in the same
+/// cluster answers in about a millisecond, and a dead or overloaded one
+/// should cost a request no more than this before the sidecar goes on alone.
+const DEFAULT_SHARED_CACHE_TIMEOUT_MS: u64 = 50;
 
 fn compile_targets(
     targets: &[RouteTarget],

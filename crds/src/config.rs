@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::resources::{
-    BudgetAction, BudgetPeriod, ErrorClass, MockFault, Price, ProviderKind, RuleMatch, Strategy,
+    BudgetAction, BudgetPeriod, CacheScope, ErrorClass, MockFault, Price, PromptCaching, ProviderKind,
+    RuleMatch, Strategy,
 };
 
 /// One namespace's compiled configuration.
@@ -144,6 +145,9 @@ pub struct ProviderConfig {
     /// Mock provider behaviour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mock: Option<MockConfig>,
+    /// Anthropic prompt-cache breakpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_caching: Option<PromptCaching>,
 }
 
 /// References to credentials held in Secrets.
@@ -241,6 +245,49 @@ pub struct RouteConfig {
     /// Prompts and answers go into the access log.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub log_content: bool,
+    /// Response caching; absent means off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheConfig>,
+}
+
+/// Response caching on a route.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How long an entry is served, unless a request sets its own.
+    pub ttl_ms: u64,
+    /// Who shares entries.
+    pub scope: CacheScope,
+    /// Whether request headers may steer the cache.
+    pub allow_overrides: bool,
+    /// The Redis tier shared by the workload's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedCacheConfig>,
+    /// Near-duplicate matching on top of exact matching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic: Option<SemanticCacheConfig>,
+}
+
+/// Semantic matching: the last user turn's embedding against earlier ones.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SemanticCacheConfig {
+    /// The least cosine similarity served as a hit.
+    pub similarity_threshold: f64,
+    /// Key into [`SidecarConfig::providers`].
+    pub embeddings_provider: String,
+    /// The embeddings model.
+    pub embeddings_model: String,
+}
+
+/// A Redis shared by every pod of a workload.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SharedCacheConfig {
+    /// `redis://host:port[/db]`.
+    pub redis_url: String,
+    /// The longest one Redis operation may take.
+    pub timeout_ms: u64,
 }
 
 /// One upstream model.

@@ -8,6 +8,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use crate::budget::Budgets;
+use crate::cache::ResponseCache;
 use crate::error::ApiError;
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
@@ -36,6 +37,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// What provider adapters are built with.
     pub deps: Deps,
+    /// Stored answers, kept across configuration reloads.
+    pub cache: Arc<ResponseCache>,
     /// Every key's rate-limit state; survives reloads.
     pub rate_limits: Arc<RateLimiter>,
     /// Budget spend; survives reloads (and restarts, with a state file).
@@ -46,12 +49,19 @@ pub struct App {
 
 impl App {
     /// An app with no configuration yet (not ready).
-    pub fn new(settings: Limits, metrics: Arc<Metrics>, deps: Deps, budgets: Arc<Budgets>) -> Self {
+    pub fn new(
+        settings: Limits,
+        metrics: Arc<Metrics>,
+        deps: Deps,
+        cache: Arc<ResponseCache>,
+        budgets: Arc<Budgets>,
+    ) -> Self {
         Self {
             runtime: ArcSwapOption::empty(),
             settings,
             metrics,
             deps,
+            cache,
             rate_limits: Arc::default(),
             budgets,
             redactor: Arc::new(MaskSecrets),

@@ -112,6 +112,8 @@ fn route(
         timeouts: Timeouts::default(),
         breaker,
         log_content: false,
+        cache: None,
+        semantic: None,
     }
 }
 

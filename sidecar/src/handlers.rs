@@ -1,5 +1,5 @@
 //! The endpoints. Each reads top to bottom as the request path:
-//! accept → authenticate → route → attempt(s) → account → respond.
+//! accept → authenticate → route → cache → attempt(s) → account → respond.
 
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::attempts::{self, Failed, Reply, Served};
 use crate::auth::Key;
 use crate::budget::{self, Admitted};
+use crate::cache::{self, ResponseCache};
 use crate::error::ApiError;
 use crate::routing::{Estimate, RequestFacts, Route, Runtime};
 use crate::{inbound, respond};
@@ -64,10 +65,26 @@ async fn serve_chat(
     };
     let timeouts = route.timeouts.tightened_by(asked_timeouts);
 
-    settle(
-        record,
-        attempts::chat(&runtime, &route, &request, &facts, timeouts).await,
-    )
+    let caller = key.as_ref().map_or(cache::ANONYMOUS_CALLER, |k| k.name.as_str());
+    let mut cache_plan = cache::Plan::for_chat(&route, caller, headers, &facts, &request)?;
+    if let Some(plan) = &mut cache_plan {
+        record.set_cache(plan.status_unless_hit());
+        if let Some((entry, status)) = app.cache.lookup(plan).await {
+            record.served_from_cache(&entry, status);
+            return Ok(ResponseCache::replay(&entry, &request));
+        }
+    }
+
+    let outcome = attempts::chat(&runtime, &route, &request, &facts, timeouts).await;
+    let origin = outcome
+        .as_ref()
+        .ok()
+        .map(|served| cache::Origin::of(served.target));
+    let reply = settle(record, outcome)?;
+    Ok(match (cache_plan, origin) {
+        (Some(plan), Some(origin)) => app.cache.fill(plan, origin, reply),
+        _ => reply,
+    })
 }
 
 /// Who is calling (`None` when no keys are configured).
@@ -290,6 +307,7 @@ pub struct Drill {
 
 /// `GET /metrics`.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.cache.sync();
     let content_type = [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")];
     (content_type, app.metrics.encode()).into_response()
 }

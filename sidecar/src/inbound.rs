@@ -67,6 +67,10 @@ pub fn timeout_overrides(headers: &HeaderMap) -> Result<Timeouts, ApiError> {
 /// # Errors
 /// [`ApiError::InvalidBody`].
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Tracking the path costs on every request; only a bad body needs it.
+    if let Ok(parsed) = serde_json::from_slice(bytes) {
+        return Ok(parsed);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -1,7 +1,7 @@
 //! The llmesh sidecar: an OpenAI-compatible gateway that runs next to each app.
 //!
 //! A request flows through one module per step:
-//! [`inbound`] (accept) → [`auth`] (authenticate) → [`routing`] (route) → [`attempts`] (attempt(s),
+//! [`inbound`] (accept) → [`auth`] (authenticate) → [`routing`] (route) → [`cache`] → [`attempts`] (attempt(s),
 //! through [`providers`]) → [`access_log`] (account) → [`respond`].
 //! [`handlers`] strings them together per endpoint; [`reload`] keeps the
 //! configuration they read current.
@@ -12,6 +12,7 @@ pub mod app;
 pub mod attempts;
 pub mod auth;
 pub mod budget;
+pub mod cache;
 pub mod credentials;
 pub mod drills;
 pub mod error;
@@ -38,6 +39,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::{App, Limits};
 use crate::budget::{Budgets, SystemClock};
+use crate::cache::ResponseCache;
 use crate::credentials::CredentialStore;
 use crate::health::HealthRegistry;
 use crate::metrics::Metrics;
@@ -115,7 +117,8 @@ impl Gateway {
             settings.state_file.clone(),
         )?;
         let budgets = Arc::new(budgets);
-        let app = Arc::new(App::new(limits, metrics, deps, budgets.clone()));
+        let cache = Arc::new(ResponseCache::new(settings.cache_max_bytes, metrics.clone()));
+        let app = Arc::new(App::new(limits, metrics, deps, cache, budgets.clone()));
 
         let reloader = Arc::new(Reloader::new(app.clone(), settings.source.clone()));
         let first = reloader.clone();

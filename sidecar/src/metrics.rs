@@ -6,8 +6,8 @@
 //! come from configuration, never from request content.
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Seconds; from a cache hit (well under a millisecond) to a long generation.
@@ -73,6 +73,18 @@ pub struct Metrics {
     pub budget_exceeded: IntCounterVec,
     /// Requests refused by a token ceiling, by budget and ceiling (request, session).
     pub token_ceiling_rejections: IntCounterVec,
+    /// Requests on caching routes by route and cache result.
+    pub cache_requests: IntCounterVec,
+    /// Cached answers dropped before being replaced, by reason (`size`, `expired`).
+    pub cache_evictions: IntCounterVec,
+    /// Bytes of cached answers held.
+    pub cache_bytes: IntGauge,
+    /// Tokens cache hits did not spend, by route and token type.
+    pub cache_saved_tokens: IntCounterVec,
+    /// Dollars cache hits did not spend, by route (targets with a price only).
+    pub cache_saved_usd: CounterVec,
+    /// Failed operations on the shared (Redis) cache tier, by operation.
+    pub cache_shared_errors: IntCounterVec,
 }
 
 /// The pod's owner, as the webhook passes it.
@@ -96,15 +108,20 @@ impl Default for Metrics {
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric =
         IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    metric
+    register(registry, name, metric)
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let metric =
         IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(registry, name, metric)
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    name: &str,
+    metric: M,
+) -> M {
     registry
         .register(Box::new(metric.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -132,10 +149,7 @@ fn float_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
     let metric = HistogramVec::new(opts, labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    metric
+    register(registry, name, metric)
 }
 
 /// Labels shared by the GenAI histograms.
@@ -288,6 +302,44 @@ impl Metrics {
             "Requests refused by a budget's token ceiling, by ceiling (request, session).",
             &["budget", "ceiling"],
         );
+        let cache_requests = counter(
+            &registry,
+            "llmesh_cache_requests_total",
+            "Requests on caching routes, by route and result (hit, miss, bypass, refresh).",
+            &["route", "result"],
+        );
+        let cache_evictions = counter(
+            &registry,
+            "llmesh_cache_evictions_total",
+            "Cached answers dropped, by reason (size: the memory bound; expired: past their TTL).",
+            &["reason"],
+        );
+        let cache_bytes_name = "llmesh_cache_bytes";
+        let cache_bytes = IntGauge::new(cache_bytes_name, "Bytes of cached answers held.")
+            .unwrap_or_else(|e| panic!("metric {cache_bytes_name}: {e}"));
+        let cache_bytes = register(&registry, cache_bytes_name, cache_bytes);
+        let cache_saved_tokens = counter(
+            &registry,
+            "llmesh_cache_saved_tokens_total",
+            "Tokens cache hits did not spend, by route and token type (input, output).",
+            &["route", "gen_ai_token_type"],
+        );
+        let saved_usd_name = "llmesh_cache_saved_usd_total";
+        let cache_saved_usd = CounterVec::new(
+            Opts::new(
+                saved_usd_name,
+                "US dollars cache hits did not spend, by route (targets with a price only).",
+            ),
+            &["route"],
+        )
+        .unwrap_or_else(|e| panic!("metric {saved_usd_name}: {e}"));
+        let cache_saved_usd = register(&registry, saved_usd_name, cache_saved_usd);
+        let cache_shared_errors = counter(
+            &registry,
+            "llmesh_cache_shared_errors_total",
+            "Failed or timed-out operations on the shared Redis cache, by operation (get, set, connect).",
+            &["operation"],
+        );
         Self {
             registry,
             requests,
@@ -309,6 +361,12 @@ impl Metrics {
             budget_thresholds,
             budget_exceeded,
             token_ceiling_rejections,
+            cache_requests,
+            cache_evictions,
+            cache_bytes,
+            cache_saved_tokens,
+            cache_saved_usd,
+            cache_shared_errors,
         }
     }
 

@@ -15,13 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmesh_crds::SidecarConfig;
-use llmesh_crds::config::{BreakerConfig, RetriesConfig, TargetConfig, TimeoutsConfig};
+use llmesh_crds::config::{
+    BreakerConfig, CacheConfig, RetriesConfig, SemanticCacheConfig, TargetConfig, TimeoutsConfig,
+};
 use llmesh_crds::resources::{ErrorClass, Price, RuleMatch, Strategy};
 
 pub use estimate::Estimate;
 pub use rules::RequestFacts;
 pub use strategy::Selector;
 
+use crate::cache::SemanticTarget;
 use crate::error::ApiError;
 use crate::health::{HealthRegistry, TargetKey, TargetState};
 use crate::providers::{self, Deps, Provider, ProviderError};
@@ -66,6 +69,10 @@ pub struct Route {
     pub breaker: BreakerConfig,
     /// Prompts and answers go into the access log.
     pub log_content: bool,
+    /// Response caching, when on.
+    pub cache: Option<CacheConfig>,
+    /// The embeddings model of a semantic cache.
+    pub semantic: Option<Arc<SemanticTarget>>,
 }
 
 /// Targets that are alternatives to each other, with their selection state.
@@ -186,15 +193,28 @@ impl Builder<'_> {
         Ok(TargetSet::new(targets))
     }
 
+    fn adapter(&self, alias: &str, provider: &str) -> Result<Arc<dyn Provider>, BuildError> {
+        self.adapters.get(provider).cloned().ok_or_else(|| BuildError {
+            provider: provider.to_owned(),
+            error: ProviderError::unsupported(format!("route {alias} names it but it is not configured")),
+        })
+    }
+
+    fn semantic_target(
+        &self,
+        alias: &str,
+        semantic: &SemanticCacheConfig,
+    ) -> Result<Arc<SemanticTarget>, BuildError> {
+        Ok(Arc::new(SemanticTarget {
+            provider_name: semantic.embeddings_provider.clone(),
+            provider: self.adapter(alias, &semantic.embeddings_provider)?,
+            model: semantic.embeddings_model.clone(),
+            threshold: semantic.similarity_threshold,
+        }))
+    }
+
     fn target(&self, alias: &str, target: &TargetConfig) -> Result<Target, BuildError> {
-        let provider = self
-            .adapters
-            .get(target.provider.as_str())
-            .cloned()
-            .ok_or_else(|| BuildError {
-                provider: target.provider.clone(),
-                error: ProviderError::unsupported(format!("route {alias} names it but it is not configured")),
-            })?;
+        let provider = self.adapter(alias, &target.provider)?;
         Ok(Target {
             provider_name: target.provider.clone(),
             provider,
@@ -271,6 +291,13 @@ impl Runtime {
                 timeouts: Timeouts::from(&route.timeouts),
                 breaker: route.circuit_breaker.clone(),
                 log_content: route.log_content,
+                cache: route.cache.clone(),
+                semantic: route
+                    .cache
+                    .as_ref()
+                    .and_then(|c| c.semantic.as_ref())
+                    .map(|semantic| builder.semantic_target(alias, semantic))
+                    .transpose()?,
             };
             routes.insert(alias.clone(), Arc::new(live));
         }

@@ -40,6 +40,8 @@ pub const STATE_FILE: &str = "LLMESH_STATE_FILE";
 pub const WORKLOAD_NAMESPACE: &str = "LLMESH_WORKLOAD_NAMESPACE";
 /// The pod's owning workload, for the `workload_name` label of every metric.
 pub const WORKLOAD_NAME: &str = "LLMESH_WORKLOAD_NAME";
+/// Memory for cached answers, in bytes, shared by every caching route.
+pub const CACHE_MAX_BYTES: &str = "LLMESH_CACHE_MAX_BYTES";
 /// Log filter, `tracing` syntax (default `info`).
 pub const LOG: &str = "LLMESH_LOG";
 /// `json` (default) or `text`.
@@ -128,6 +130,8 @@ pub struct Settings {
     pub state_file: Option<PathBuf>,
     /// The workload every metric is labelled with.
     pub workload: Option<Workload>,
+    /// Bytes of cached answers held at most.
+    pub cache_max_bytes: u64,
     /// Log filter.
     pub log_filter: String,
     /// Log format.
@@ -219,6 +223,8 @@ impl Settings {
                 namespace: env.get(WORKLOAD_NAMESPACE).unwrap_or_default(),
                 name,
             }),
+            // A modest share of a sidecar's usual 128 MiB limit; only used by routes that cache.
+            cache_max_bytes: parsed(env, CACHE_MAX_BYTES, 32 * 1024 * 1024)?,
             log_filter: env.get(LOG).unwrap_or_else(|| "info".to_owned()),
             log_format,
         })

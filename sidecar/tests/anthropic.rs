@@ -426,3 +426,31 @@ async fn parameters_anthropic_cannot_honour_are_refused_before_any_call() {
     );
     assert!(mock.calls().is_empty());
 }
+
+#[tokio::test]
+async fn a_long_system_prompt_is_marked_for_anthropics_prompt_cache() {
+    let mock = anthropic::start().await;
+    let yaml = [
+        secret("anthropic-key", "apiKey", API_KEY),
+        provider(
+            "claude",
+            &format!(
+                "{{provider: anthropic, baseUrl: '{}', secretRef: {{name: anthropic-key}}, promptCaching: {{minPrefixTokens: 50}}}}",
+                mock.url()
+            ),
+        ),
+        route("smart", "{targets: [{provider: claude, model: claude-sonnet-4-5}]}"),
+    ]
+    .concat();
+    let sidecar = Sidecar::start(&yaml).await;
+    let long_instructions = "Answer in the house style, citing sources. ".repeat(10);
+    for (system, marked) in [("Be brief.", false), (long_instructions.as_str(), true)] {
+        let body = json!({"model": "smart", "messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": "Say hello"},
+        ]});
+        assert_eq!(sidecar.post("/v1/chat/completions", &body).await.status(), 200);
+        let sent = mock.calls().last().expect("a call").json();
+        let breakpoint = &sent["system"][0]["cache_control"];
+        assert_eq!(breakpoint == &json!({"type": "ephemeral"}), marked, "{sent}");
+    }
+}

@@ -243,3 +243,64 @@ async fn keys_and_budgets_attribute_limit_and_downgrade() {
     }
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1, "{statuses:?}");
 }
+
+#[tokio::test]
+async fn the_cache_example_answers_a_repeated_question_from_memory() {
+    let sidecar = Sidecar::start(&example("cache")).await;
+    assert_eq!(
+        aliases(&sidecar).await,
+        ["cached", "cached-semantic", "cached-strict"]
+    );
+    let ask = |model: &str, stream: bool| json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "What is llmesh?"}]});
+    let verdict = |response: &reqwest::Response| {
+        response.headers()["x-llmesh-cache"]
+            .to_str()
+            .expect("ascii")
+            .to_owned()
+    };
+
+    let first = sidecar.post("/v1/chat/completions", &ask("cached", false)).await;
+    assert_eq!(verdict(&first), "miss");
+    let started = std::time::Instant::now();
+    let second = sidecar.post("/v1/chat/completions", &ask("cached", true)).await;
+    assert_eq!(verdict(&second), "hit");
+    assert!(second.text().await.expect("body").ends_with("data: [DONE]\n\n"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(400),
+        "no 500 ms upstream wait"
+    );
+
+    let client = llmesh_test_support::harness::http_client();
+    for (model, expected) in [("cached", "refresh"), ("cached-strict", "miss")] {
+        let response = client
+            .post(format!("{}/v1/chat/completions", sidecar.url))
+            .header("cache-control", "no-cache")
+            .json(&ask(model, false))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(verdict(&response), expected, "{model}");
+    }
+    let metrics = sidecar.get("/metrics").await.text().await.expect("text");
+    assert!(
+        metrics.contains(r#"llmesh_cache_requests_total{result="hit",route="cached"} 1"#),
+        "{metrics}"
+    );
+
+    let question =
+        |text: &str| json!({"model": "cached-semantic", "messages": [{"role": "user", "content": text}]});
+    let first = sidecar
+        .post(
+            "/v1/chat/completions",
+            &question("Please tell me what the capital city of France is"),
+        )
+        .await;
+    assert_eq!(verdict(&first), "miss");
+    let reworded = sidecar
+        .post(
+            "/v1/chat/completions",
+            &question("Tell me what the capital city of France is"),
+        )
+        .await;
+    assert_eq!(verdict(&reworded), "semantic-hit");
+}

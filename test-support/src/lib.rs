@@ -6,6 +6,7 @@
 //!   each answering in that provider's real shapes: bodies, SSE or
 //!   event-stream frames, errors.
 //! - [`harness`]: starts a real sidecar on loopback from YAML manifests.
+//! - [`redis_server`]: a real `redis-server` on a free loopback port.
 
 pub mod anthropic;
 pub mod bedrock;
@@ -13,6 +14,8 @@ pub mod gemini;
 pub mod harness;
 pub mod mock_server;
 pub mod openai;
+pub mod redis_server;
 
 pub use harness::Sidecar;
 pub use mock_server::{Behavior, Call, MockServer};
+pub use redis_server::RedisServer;

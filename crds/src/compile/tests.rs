@@ -108,9 +108,46 @@ fn invalid_resources_are_reported_with_their_field() {
         ),
         (
             "fields of later releases are named, not ignored",
-            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: a}], cache: {mode: exact}, mirror: {target: {provider: mock, model: d}, percent: 5}}")),
-            &["spec.cache: response caching is not supported yet", "spec.mirror: mirroring is not supported yet"],
+            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: a}], mirror: {target: {provider: mock, model: d}, percent: 5}}")),
+            &["spec.mirror: mirroring is not supported yet"],
         ),
+        (
+            "prompt caching is for anthropic",
+            "apiVersion: llmesh.io/v1alpha1\nkind: ProviderSecret\nmetadata: {name: m}\nspec: {provider: mock, promptCaching: {minPrefixTokens: 1024}}".into(),
+            &["spec.promptCaching: prompt caching breakpoints are not supported yet for provider mock"],
+        ),
+        (
+            "semantic cache mistakes name their field",
+            format!("{MOCK}{}{}",
+                route("a", "{targets: [{provider: mock, model: a}], cache: {mode: semantic}}"),
+                route("b", "{targets: [{provider: mock, model: a}], cache: {mode: semantic, similarityThreshold: 0, embeddings: {provider: nope, model: e}}}"),
+            ),
+            &[
+                "LLMRoute a: spec.cache.embeddings: required for mode semantic",
+                "LLMRoute b: spec.cache.similarityThreshold: must be greater than 0 and at most 1",
+                "LLMRoute b: spec.cache.embeddings.provider: ProviderSecret nope does not exist",
+            ],
+        ),
+        (
+            "cache mistakes name their field",
+            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: a}], cache: {mode: exact, ttl: 0s, similarityThreshold: 0.9}}")),
+            &["spec.cache.similarityThreshold: only valid for mode semantic", "spec.cache.ttl: must be greater than zero"],
+        ),
+        (
+            "shared cache mistakes name their field",
+            format!("{MOCK}{}{}{}",
+                route("a", "{targets: [{provider: mock, model: a}], cache: {mode: exact, shared: {redisUrl: 'http://redis:6379'}}}"),
+                route("b", "{targets: [{provider: mock, model: a}], cache: {mode: exact, shared: {redisUrl: 'redis://u:p@redis:6379', timeout: 0ms}}}"),
+                route("c", "{targets: [{provider: mock, model: a}], cache: {mode: exact, shared: {redisUrl: 'rediss://redis:6379'}}}"),
+            ),
+            &[
+                "LLMRoute a: spec.cache.shared.redisUrl: \"http://redis:6379\" must start with redis://",
+                "LLMRoute b: spec.cache.shared.redisUrl: credentials in the URL are not supported yet",
+                "LLMRoute b: spec.cache.shared.timeout: must be greater than zero",
+                "LLMRoute c: spec.cache.shared.redisUrl: TLS to Redis is not supported yet",
+            ],
+        ),
+        ("exact cache", format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: m}], cache: {mode: exact, ttl: 1h, scope: route}}")), &[]),
         (
             "routing mistakes name their field",
             format!(
@@ -492,4 +529,62 @@ fn an_invalid_key_keeps_its_previous_version() {
     assert_eq!(second.problems.len(), 1);
     assert!(second.problems[0].kept_previous);
     assert_eq!(second.config.keys, first.config.keys);
+}
+
+#[test]
+fn cache_settings_compile_with_defaults_and_off_means_absent() {
+    use crate::config::{CacheConfig, SemanticCacheConfig, SharedCacheConfig};
+    use crate::resources::CacheScope;
+    let cases: &[(&str, Option<CacheConfig>)] = &[
+        ("{mode: off, ttl: 1m}", None),
+        (
+            "{mode: exact}",
+            Some(CacheConfig {
+                ttl_ms: 300_000,
+                scope: CacheScope::Key,
+                allow_overrides: true,
+                shared: None,
+                semantic: None,
+            }),
+        ),
+        (
+            "{mode: exact, ttl: 90s, scope: route, allowOverrides: false, shared: {redisUrl: 'redis://r:6379/2'}}",
+            Some(CacheConfig {
+                ttl_ms: 90_000,
+                scope: CacheScope::Route,
+                allow_overrides: false,
+                shared: Some(SharedCacheConfig {
+                    redis_url: "redis://r:6379/2".into(),
+                    timeout_ms: 50,
+                }),
+                semantic: None,
+            }),
+        ),
+        (
+            "{mode: semantic, embeddings: {provider: mock, model: e}}",
+            Some(CacheConfig {
+                ttl_ms: 300_000,
+                scope: CacheScope::Key,
+                allow_overrides: true,
+                shared: None,
+                semantic: Some(SemanticCacheConfig {
+                    similarity_threshold: 0.95,
+                    embeddings_provider: "mock".into(),
+                    embeddings_model: "e".into(),
+                }),
+            }),
+        ),
+    ];
+    for (settings, expected) in cases {
+        let yaml = format!(
+            "{MOCK}{}",
+            route(
+                "smart",
+                &format!("{{targets: [{{provider: mock, model: m}}], cache: {settings}}}")
+            )
+        );
+        let compiled = compile_yaml(&yaml, None);
+        assert_eq!(compiled.problems, vec![], "{settings}");
+        assert_eq!(&compiled.config.routes["smart"].cache, expected, "{settings}");
+    }
 }

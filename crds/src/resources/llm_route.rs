@@ -245,6 +245,41 @@ pub struct CacheSettings {
     /// Who shares entries: `key` (default) or `route`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<CacheScope>,
+    /// Whether a request may steer the cache with `Cache-Control: no-cache`/`no-store`,
+    /// `x-llmesh-cache: bypass` and `x-llmesh-cache-ttl` (default true). When false
+    /// those headers are ignored on this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_overrides: Option<bool>,
+    /// A Redis shared by every pod of the workload, behind each sidecar's own memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedCache>,
+    /// For `semantic`: the model that embeds the last user turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<EmbeddingsTarget>,
+}
+
+/// An embeddings model (any OpenAI-compatible embeddings endpoint, or the mock).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmbeddingsTarget {
+    /// The `ProviderSecret` (same namespace) to call.
+    pub provider: String,
+    /// The embeddings model name the provider knows.
+    pub model: String,
+}
+
+/// The shared cache tier.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SharedCache {
+    /// `redis://host:port[/db]`. No credentials: they would end up in the
+    /// sidecar's ConfigMap.
+    pub redis_url: String,
+    /// How long one Redis operation may take before the sidecar carries on
+    /// without it (default `50ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub timeout: Option<String>,
 }
 
 /// Cache modes.
@@ -260,10 +295,11 @@ pub enum CacheMode {
 }
 
 /// Who shares cache entries.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum CacheScope {
     /// Each virtual key has its own entries.
+    #[default]
     Key,
     /// Every caller of the route shares entries.
     Route,

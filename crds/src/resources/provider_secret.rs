@@ -60,6 +60,21 @@ pub struct ProviderSecretSpec {
     /// Behaviour of the built-in `mock` provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mock: Option<MockSettings>,
+    /// `anthropic`: mark the stable prompt prefix (tools, system prompt) for
+    /// the provider's prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_caching: Option<PromptCaching>,
+}
+
+/// Provider-side prompt caching.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PromptCaching {
+    /// Mark the prefix only when it is at least this many tokens (estimated
+    /// at four characters a token). Anthropic caches prefixes from 1,024
+    /// tokens (2,048 on Haiku models); shorter ones are not worth a cache write.
+    #[schemars(range(min = 1))]
+    pub min_prefix_tokens: u64,
 }
 
 /// The provider APIs llmesh speaks.

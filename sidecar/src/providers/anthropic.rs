@@ -21,7 +21,7 @@ use serde::Deserialize;
 pub use stream::StreamTranslator;
 
 use super::openai::{snippet, static_headers};
-use super::upstream::{Answer, UpstreamClient};
+use super::upstream::{Answer, UpstreamClient, UpstreamResponse};
 use super::{ChatReply, ChunkStream, Deps, ErrorKind, Provider, ProviderError, sse};
 use crate::api::chat::ChatRequest;
 use crate::credentials::CredentialStore;
@@ -40,6 +40,8 @@ pub struct Anthropic {
     api_key: Option<CredentialRef>,
     client: UpstreamClient,
     credentials: Arc<CredentialStore>,
+    /// Mark the stable prefix for Anthropic's prompt cache from this many tokens.
+    cache_prefix_from_tokens: Option<u64>,
 }
 
 impl Anthropic {
@@ -69,10 +71,11 @@ impl Anthropic {
             api_key,
             client: deps.client.clone(),
             credentials: deps.credentials.clone(),
+            cache_prefix_from_tokens: config.prompt_caching.as_ref().map(|c| c.min_prefix_tokens),
         })
     }
 
-    async fn post(&self, body: Vec<u8>) -> Result<reqwest::Response, ProviderError> {
+    async fn post(&self, body: Vec<u8>) -> Result<UpstreamResponse, ProviderError> {
         let mut builder = self.client.post(&self.url).headers(self.headers.clone());
         if let Some(reference) = &self.api_key {
             let mut key =
@@ -107,7 +110,10 @@ impl Provider for Anthropic {
     }
 
     async fn chat(&self, request: &ChatRequest, model: &str) -> Result<ChatReply, ProviderError> {
-        let outbound = request::translate(request, model)?;
+        let mut outbound = request::translate(request, model)?;
+        if let Some(min_tokens) = self.cache_prefix_from_tokens {
+            request::mark_stable_prefix(&mut outbound, min_tokens);
+        }
         let body = serde_json::to_vec(&outbound)
             .map_err(|e| ProviderError::new(ErrorKind::BadRequest, format!("cannot encode request: {e}")))?;
         let json_response = request::wants_json(request);
@@ -126,7 +132,7 @@ impl Provider for Anthropic {
 
 /// Translates the upstream's SSE events as they arrive. The stream ends at
 /// `message_stop`; a body that ends before it is an error, never a silent end.
-fn relay_stream(response: reqwest::Response, mut translator: StreamTranslator) -> ChunkStream {
+fn relay_stream(response: UpstreamResponse, mut translator: StreamTranslator) -> ChunkStream {
     let mut events = Box::pin(sse::events(response.bytes_stream()));
     ChunkStream(
         stream! {

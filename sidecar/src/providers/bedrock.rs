@@ -23,7 +23,7 @@ use serde::Deserialize;
 pub use stream::{StreamSettings, StreamTranslator};
 
 use super::openai::{snippet, static_headers};
-use super::upstream::{Answer, UpstreamClient};
+use super::upstream::{Answer, UpstreamClient, UpstreamRequest, UpstreamResponse};
 use super::{ChatReply, Completed, Deps, ErrorKind, Provider, ProviderError, to_json_bytes, unix_now};
 use crate::api::Usage;
 use crate::api::chat::ChatRequest;
@@ -133,12 +133,7 @@ impl Bedrock {
     }
 
     /// A POST of `body` to `url`, with the static headers, signed.
-    fn signed_post(
-        &self,
-        url: &str,
-        body: Vec<u8>,
-        accept: &str,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+    fn signed_post(&self, url: &str, body: Vec<u8>, accept: &str) -> Result<UpstreamRequest, ProviderError> {
         let mut headers = self.headers.clone();
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -178,7 +173,7 @@ impl Bedrock {
         Ok(self.client.post(url).headers(headers).body(body))
     }
 
-    async fn post(&self, url: &str, body: Vec<u8>, accept: &str) -> Result<reqwest::Response, ProviderError> {
+    async fn post(&self, url: &str, body: Vec<u8>, accept: &str) -> Result<UpstreamResponse, ProviderError> {
         match self.client.send(self.signed_post(url, body, accept)?).await? {
             Answer::Success(response) => Ok(response),
             Answer::Failure {
@@ -200,7 +195,7 @@ fn signing_error(what: &str) -> ProviderError {
 }
 
 /// The response id for the app: Bedrock's request id when it sent one.
-fn response_id(response: &reqwest::Response) -> String {
+fn response_id(response: &UpstreamResponse) -> String {
     let request_id = response
         .headers()
         .get("x-amzn-requestid")

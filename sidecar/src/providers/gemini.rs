@@ -25,7 +25,7 @@ use serde::Deserialize;
 pub use self::stream::StreamTranslator;
 use self::wire::{BatchEmbedRequest, BatchEmbedResponse, Content, EmbedRequest, GoogleError, Part};
 use super::openai::{snippet, static_headers};
-use super::upstream::{Answer, UpstreamClient};
+use super::upstream::{Answer, UpstreamClient, UpstreamResponse};
 use super::{
     ChatReply, ChunkStream, Completed, Deps, ErrorKind, Provider, ProviderError, sse, to_json_bytes, unix_now,
 };
@@ -79,7 +79,7 @@ impl Gemini {
         format!("{}/v1beta/{}:{method}", self.base, model_resource(model))
     }
 
-    async fn post(&self, url: &str, body: Vec<u8>) -> Result<reqwest::Response, ProviderError> {
+    async fn post(&self, url: &str, body: Vec<u8>) -> Result<UpstreamResponse, ProviderError> {
         let mut builder = self.client.post(url).headers(self.headers.clone());
         if let Some(reference) = &self.api_key {
             builder = builder.header(API_KEY_HEADER, self.credentials.resolve(reference)?.expose());
@@ -196,7 +196,7 @@ fn estimate_tokens(text: &str) -> u64 {
     u64::try_from(text.chars().count().div_ceil(4)).unwrap_or(u64::MAX)
 }
 
-fn translate_stream(response: reqwest::Response, mut translator: StreamTranslator) -> ChunkStream {
+fn translate_stream(response: UpstreamResponse, mut translator: StreamTranslator) -> ChunkStream {
     let mut events = Box::pin(sse::events(response.bytes_stream()));
     ChunkStream(
         stream! {

@@ -15,7 +15,7 @@ use llmesh_crds::resources::ProviderKind;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::upstream::{Answer, UpstreamClient};
+use super::upstream::{Answer, UpstreamClient, UpstreamRequest, UpstreamResponse};
 use super::{ChatReply, ChunkStream, Completed, Deps, ErrorKind, Provider, ProviderError, StreamEvent, sse};
 use crate::api::Usage;
 use crate::api::chat::{ChatRequest, StreamOptions};
@@ -27,10 +27,12 @@ const PUBLIC_BASE_URL: &str = "https://api.openai.com/v1";
 /// Where requests go: OpenAI-style paths, or Azure's deployment paths.
 #[derive(Clone, Debug)]
 pub(super) enum Endpoint {
-    /// `{base}/chat/completions`.
+    /// `{base}/chat/completions` and `{base}/embeddings`, parsed once.
     Plain {
-        /// Base URL up to and including `/v1`.
-        base: String,
+        /// `{base}/chat/completions`.
+        chat: http::Uri,
+        /// `{base}/embeddings`.
+        embeddings: http::Uri,
     },
     /// `{base}/openai/deployments/{deployment}/chat/completions?api-version=…`.
     Azure {
@@ -43,20 +45,59 @@ pub(super) enum Endpoint {
     },
 }
 
-impl Endpoint {
-    fn url(&self, model: &str, operation: &str) -> String {
+/// The two operations an OpenAI-style upstream serves.
+#[derive(Clone, Copy, Debug)]
+enum Operation {
+    Chat,
+    Embeddings,
+}
+
+impl Operation {
+    fn path(self) -> &'static str {
         match self {
-            Self::Plain { base } => format!("{base}/{operation}"),
+            Self::Chat => "chat/completions",
+            Self::Embeddings => "embeddings",
+        }
+    }
+}
+
+impl Endpoint {
+    /// OpenAI-style paths under `base` (up to and including `/v1`).
+    ///
+    /// # Errors
+    /// `base` is not a URL.
+    pub(super) fn plain(base: &str) -> Result<Self, ProviderError> {
+        let parse = |operation: Operation| parse_url(&format!("{base}/{}", operation.path()));
+        Ok(Self::Plain {
+            chat: parse(Operation::Chat)?,
+            embeddings: parse(Operation::Embeddings)?,
+        })
+    }
+
+    fn url(&self, model: &str, operation: Operation) -> Result<http::Uri, ProviderError> {
+        match self {
+            Self::Plain { chat, embeddings } => Ok(match operation {
+                Operation::Chat => chat.clone(),
+                Operation::Embeddings => embeddings.clone(),
+            }),
             Self::Azure {
                 base,
                 api_version,
                 deployments,
             } => {
                 let deployment = deployments.get(model).map_or(model, String::as_str);
-                format!("{base}/openai/deployments/{deployment}/{operation}?api-version={api_version}")
+                let operation = operation.path();
+                parse_url(&format!(
+                    "{base}/openai/deployments/{deployment}/{operation}?api-version={api_version}"
+                ))
             }
         }
     }
+}
+
+fn parse_url(url: &str) -> Result<http::Uri, ProviderError> {
+    http::Uri::try_from(url)
+        .map_err(|e| ProviderError::new(ErrorKind::BadRequest, format!("invalid upstream URL {url}: {e}")))
 }
 
 /// How the API key is presented.
@@ -89,7 +130,7 @@ impl OpenAi {
             .base_url
             .clone()
             .unwrap_or_else(|| PUBLIC_BASE_URL.to_owned());
-        Self::with_endpoint(config, deps, Endpoint::Plain { base }, AuthStyle::Bearer)
+        Self::with_endpoint(config, deps, Endpoint::plain(&base)?, AuthStyle::Bearer)
     }
 
     pub(super) fn with_endpoint(
@@ -112,7 +153,7 @@ impl OpenAi {
         })
     }
 
-    fn request(&self, url: &str) -> Result<reqwest::RequestBuilder, ProviderError> {
+    fn request(&self, url: http::Uri) -> Result<UpstreamRequest, ProviderError> {
         let mut builder = self.client.post(url).headers(self.headers.clone());
         if let Some((style, reference)) = &self.auth {
             let key = self.credentials.resolve(reference)?;
@@ -124,7 +165,7 @@ impl OpenAi {
         Ok(builder.header(http::header::CONTENT_TYPE, "application/json"))
     }
 
-    async fn post(&self, url: &str, body: Vec<u8>) -> Result<reqwest::Response, ProviderError> {
+    async fn post(&self, url: http::Uri, body: Vec<u8>) -> Result<UpstreamResponse, ProviderError> {
         match self.client.send(self.request(url)?.body(body)).await? {
             Answer::Success(response) => Ok(response),
             Answer::Failure {
@@ -153,7 +194,7 @@ impl Provider for OpenAi {
         let body = serde_json::to_vec(&outbound)
             .map_err(|e| ProviderError::new(ErrorKind::BadRequest, format!("cannot encode request: {e}")))?;
         let response = self
-            .post(&self.endpoint.url(model, "chat/completions"), body)
+            .post(self.endpoint.url(model, Operation::Chat)?, body)
             .await?;
         if stream {
             return Ok(ChatReply::Stream(relay_stream(
@@ -171,7 +212,9 @@ impl Provider for OpenAi {
         outbound.model = model.to_owned();
         let body = serde_json::to_vec(&outbound)
             .map_err(|e| ProviderError::new(ErrorKind::BadRequest, format!("cannot encode request: {e}")))?;
-        let response = self.post(&self.endpoint.url(model, "embeddings"), body).await?;
+        let response = self
+            .post(self.endpoint.url(model, Operation::Embeddings)?, body)
+            .await?;
         let body = UpstreamClient::body(response).await?;
         let usage = usage_of(&body)?;
         Ok(Completed { body, usage })
@@ -283,7 +326,7 @@ struct ChunkPeek {
 
 /// Relays an OpenAI SSE stream chunk by chunk, noting usage on the way. The
 /// usage-only chunk llmesh asked for is forwarded only if the app asked too.
-fn relay_stream(response: reqwest::Response, app_wants_usage: bool) -> ChunkStream {
+fn relay_stream(response: UpstreamResponse, app_wants_usage: bool) -> ChunkStream {
     let mut events = Box::pin(sse::events(response.bytes_stream()));
     ChunkStream(
         stream! {
@@ -364,12 +407,37 @@ mod tests {
             deployments: [("gpt-4o".to_owned(), "prod-4o".to_owned())].into(),
         };
         assert_eq!(
-            endpoint.url("gpt-4o", "chat/completions"),
+            endpoint.url("gpt-4o", Operation::Chat).expect("url").to_string(),
             "https://x.openai.azure.com/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21"
         );
         assert_eq!(
-            endpoint.url("other", "embeddings"),
+            endpoint
+                .url("other", Operation::Embeddings)
+                .expect("url")
+                .to_string(),
             "https://x.openai.azure.com/openai/deployments/other/embeddings?api-version=2024-10-21"
+        );
+    }
+
+    #[test]
+    fn plain_urls_are_parsed_once_and_bad_bases_refused() {
+        let endpoint = Endpoint::plain("http://127.0.0.1:8000/v1").expect("valid base");
+        assert_eq!(
+            endpoint.url("any", Operation::Chat).expect("url").to_string(),
+            "http://127.0.0.1:8000/v1/chat/completions"
+        );
+        assert_eq!(
+            endpoint
+                .url("any", Operation::Embeddings)
+                .expect("url")
+                .to_string(),
+            "http://127.0.0.1:8000/v1/embeddings"
+        );
+        let error = Endpoint::plain("not a url").expect_err("no scheme");
+        assert!(
+            error.message.contains("invalid upstream URL"),
+            "{}",
+            error.message
         );
     }
 }

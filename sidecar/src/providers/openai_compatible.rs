@@ -18,5 +18,5 @@ pub fn new(config: &ProviderConfig, deps: &Deps) -> Result<OpenAi, ProviderError
             "openai-compatible provider needs a baseUrl",
         )
     })?;
-    OpenAi::with_endpoint(config, deps, Endpoint::Plain { base }, AuthStyle::Bearer)
+    OpenAi::with_endpoint(config, deps, Endpoint::plain(&base)?, AuthStyle::Bearer)
 }

@@ -26,6 +26,7 @@ fn targets(specs: &[Spec<'_>]) -> Vec<Target> {
         region: None,
         azure: None,
         mock: None,
+        prompt_caching: None,
     };
     specs
         .iter()

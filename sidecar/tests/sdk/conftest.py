@@ -237,10 +237,32 @@ def _route(alias: str, provider_name: str, model: str, timeouts: dict | None = N
     return _document("llmesh.io/v1alpha1", "LLMRoute", alias, spec=spec)
 
 
+# The caching route: OpenAI's mock behind an exact cache, so tests can
+# count which requests reached the upstream.
+CACHED_ALIAS = "openai-cached-route"
+# The semantic route: the in-process mock answers and embeds.
+SEMANTIC_ALIAS = "mock-semantic-route"
+
+
 def manifests(mock_url: str) -> list[dict]:
     """Every resource the sidecar serves in this session."""
     strict = {"firstToken": STRICT_FIRST_TOKEN}
-    documents: list[dict] = []
+    cached_spec = {
+        "targets": [{"provider": "openai", "model": PROVIDERS["openai"].model}],
+        "cache": {"mode": "exact", "ttl": "10m"},
+    }
+    semantic_spec = {
+        "targets": [{"provider": "mock", "model": PROVIDERS["mock"].model}],
+        "cache": {
+            "mode": "semantic",
+            "similarityThreshold": 0.9,
+            "embeddings": {"provider": "mock", "model": PROVIDERS["mock"].embedding_model},
+        },
+    }
+    documents: list[dict] = [
+        _document("llmesh.io/v1alpha1", "LLMRoute", CACHED_ALIAS, spec=cached_spec),
+        _document("llmesh.io/v1alpha1", "LLMRoute", SEMANTIC_ALIAS, spec=semantic_spec),
+    ]
     for provider in PROVIDERS.values():
         spec = {"provider": provider.kind, **provider.spec(mock_url)}
         if provider.secret:

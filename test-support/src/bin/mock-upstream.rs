@@ -9,6 +9,8 @@
 //! - `POST /_mock/{provider}/script` with a JSON list of behaviors
 //!   (`["hang", {"status": 500}]`) scripts the next calls.
 //! - `GET /_mock/{provider}/calls` returns `{"count": n, "calls": [...]}`.
+//! - `/unavailable/...`: every request fails with OpenAI's 503 (benchmarks
+//!   of a request that needs a retry and a fallback).
 //! - `--forget-calls` (load tests): no control endpoints, and each mock
 //!   starts afresh every few calls, so memory stays flat however long it runs.
 
@@ -55,7 +57,8 @@ async fn main() -> anyhow::Result<()> {
             .route_service(
                 "/bedrock/{*rest}",
                 forgetful(|state| bedrock::router_at(state, "/bedrock")),
-            );
+            )
+            .route("/unavailable/{*rest}", any(unavailable));
         axum::serve(listener, app).await?;
         return Ok(());
     }
@@ -75,7 +78,8 @@ async fn main() -> anyhow::Result<()> {
         .nest("/azure", openai::router(mocks["azure"].clone()))
         .nest("/anthropic", anthropic::router(mocks["anthropic"].clone()))
         .nest("/gemini", gemini::router(mocks["gemini"].clone()))
-        .merge(bedrock::router_at(mocks["bedrock"].clone(), "/bedrock"));
+        .merge(bedrock::router_at(mocks["bedrock"].clone(), "/bedrock"))
+        .route("/unavailable/{*rest}", any(unavailable));
     axum::serve(listener, app).await?;
     Ok(())
 }
@@ -101,6 +105,16 @@ fn forgetful(build: fn(Arc<State>) -> Router) -> MethodRouter {
 /// `Service::call` without a direct dependency on `tower`.
 fn dispatch<S: axum::ServiceExt<Request>>(mut router: S, request: Request) -> S::Future {
     router.call(request)
+}
+
+/// An upstream that is down: OpenAI's 503, which llmesh retries and falls back from.
+async fn unavailable() -> Response {
+    openai::error(
+        503,
+        "The engine is currently overloaded, please try again later.",
+        "server_error",
+        None,
+    )
 }
 
 async fn script(

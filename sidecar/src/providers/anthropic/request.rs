@@ -67,6 +67,8 @@ enum Speaker {
 enum Block {
     Text {
         text: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
     },
     Image {
         source: ImageSource,
@@ -96,6 +98,17 @@ struct ToolSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<String>,
     input_schema: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_control: Option<CacheControl>,
+}
+
+/// A prompt-cache breakpoint: Anthropic caches the prompt up to and
+/// including the block that carries it.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum CacheControl {
+    /// The default five-minute cache.
+    Ephemeral,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -171,6 +184,37 @@ pub(super) fn translate<'a>(
         metadata: request.user.clone().map(|user_id| Metadata { user_id }),
         stream: request.is_stream(),
     })
+}
+
+/// Marks the stable prefix of a request — tools, then the system prompt, the
+/// part repeated verbatim across calls — as a prompt-cache breakpoint when
+/// it is at least `min_tokens` long (estimated at four characters a token,
+/// as routing estimates). Shorter prefixes are left alone: Anthropic does
+/// not cache them, and a cache write costs more than plain input.
+pub(super) fn mark_stable_prefix(request: &mut MessagesRequest<'_>, min_tokens: u64) {
+    let system_chars: usize = request
+        .system
+        .iter()
+        .map(|block| match block {
+            Block::Text { text, .. } => text.len(),
+            _ => 0,
+        })
+        .sum();
+    let tool_chars: usize = request
+        .tools
+        .iter()
+        .map(|tool| serde_json::to_string(tool).map_or(0, |json| json.len()))
+        .sum();
+    let estimated_tokens = u64::try_from((system_chars + tool_chars) / 4).unwrap_or(u64::MAX);
+    if estimated_tokens < min_tokens {
+        return;
+    }
+    // The breakpoint goes on the last block of the prefix; everything before it is cached too.
+    if let Some(Block::Text { cache_control, .. }) = request.system.last_mut() {
+        *cache_control = Some(CacheControl::Ephemeral);
+    } else if let Some(tool) = request.tools.last_mut() {
+        tool.cache_control = Some(CacheControl::Ephemeral);
+    }
 }
 
 /// Anthropic rejects two turns in a row from the same side, so consecutive
@@ -310,8 +354,10 @@ fn content_blocks(
 
 /// A text block, or nothing for empty text (Anthropic rejects empty text blocks).
 fn text_block(text: Option<&str>) -> Option<Block> {
-    text.filter(|t| !t.is_empty())
-        .map(|t| Block::Text { text: t.to_owned() })
+    text.filter(|t| !t.is_empty()).map(|t| Block::Text {
+        text: t.to_owned(),
+        cache_control: None,
+    })
 }
 
 fn image_block(image: &ImageUrl) -> Result<Block, ProviderError> {
@@ -431,6 +477,7 @@ fn tool_spec(tool: &Tool) -> Result<ToolSpec, ProviderError> {
             .parameters
             .clone()
             .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        cache_control: None,
     })
 }
 
@@ -440,6 +487,7 @@ fn json_response_tool(format: &ResponseFormat) -> Result<ToolSpec, ProviderError
             name: JSON_RESPONSE_TOOL.to_owned(),
             description: Some("Give your answer as a JSON object: the input of this tool.".to_owned()),
             input_schema: json!({"type": "object"}),
+            cache_control: None,
         }),
         ("json_schema", Some(schema)) => {
             let mut description = format!(
@@ -454,6 +502,7 @@ fn json_response_tool(format: &ResponseFormat) -> Result<ToolSpec, ProviderError
                 name: JSON_RESPONSE_TOOL.to_owned(),
                 description: Some(description),
                 input_schema: schema.schema.clone().unwrap_or_else(|| json!({"type": "object"})),
+                cache_control: None,
             })
         }
         ("json_schema", None) => Err(bad_request("response_format json_schema has no json_schema")),
@@ -486,6 +535,45 @@ mod tests {
 
     fn refused(value: Value) -> ProviderError {
         translate(&request(value), "claude-test").expect_err("refused")
+    }
+
+    #[test]
+    fn a_long_stable_prefix_gets_a_cache_breakpoint_and_a_short_one_does_not() {
+        let long = "Follow the house style. ".repeat(40);
+        let tools = json!([{"type": "function", "function": {"name": "search", "description": long}}]);
+        let cases = [
+            // (system prompt, tools, breakpoint on the system prompt, on the last tool)
+            (Some(long.as_str()), None, true, false),
+            (Some("Be brief."), None, false, false),
+            (None, Some(tools.clone()), false, true),
+            (Some("Be brief."), Some(tools), true, false),
+        ];
+        for (system, tools, on_system, on_tool) in cases {
+            let mut messages = Vec::new();
+            if let Some(system) = system {
+                messages.push(json!({"role": "system", "content": system}));
+            }
+            messages.push(json!({"role": "user", "content": "hi"}));
+            let mut body = json!({"model": "m", "messages": messages});
+            if let Some(tools) = tools {
+                body["tools"] = tools;
+            }
+            let request = request(body);
+            let mut outbound = translate(&request, "claude-test").expect("translates");
+            mark_stable_prefix(&mut outbound, 100);
+            let json = serde_json::to_value(&outbound).expect("serializes");
+            let marked = |value: &Value| value.get("cache_control") == Some(&json!({"type": "ephemeral"}));
+            let system_marked = json["system"]
+                .as_array()
+                .and_then(|s| s.last())
+                .is_some_and(marked);
+            let tool_marked = json["tools"]
+                .as_array()
+                .and_then(|t| t.last())
+                .is_some_and(marked);
+            assert_eq!((system_marked, tool_marked), (on_system, on_tool), "{system:?}");
+            assert!(json["messages"].to_string().find("cache_control").is_none());
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use serde::Deserialize;
 
+use super::super::upstream::UpstreamResponse;
 use super::super::{ChunkStream, ErrorKind, ProviderError, StreamEvent, to_json_bytes};
 use super::exception_kind;
 use super::response::{TokenUsage, finish_reason};
@@ -362,8 +363,8 @@ fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, ProviderEr
 }
 
 /// Streams a ConverseStream body through `translator`.
-pub(super) fn relay(response: reqwest::Response, mut translator: StreamTranslator) -> ChunkStream {
-    let mut body = response.bytes_stream();
+pub(super) fn relay(response: UpstreamResponse, mut translator: StreamTranslator) -> ChunkStream {
+    let mut body = Box::pin(response.bytes_stream());
     ChunkStream(
         stream! {
             while let Some(piece) = body.next().await {

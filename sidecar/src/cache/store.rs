@@ -1,0 +1,181 @@
+//! The in-memory tier: a `moka` cache bounded in bytes, not entries, whose
+//! TinyLFU policy keeps frequently read answers over ones read once.
+//!
+//! Lifetimes are checked against tokio's clock on every read, so tests can
+//! pause time; moka also drops each entry at its TTL (on its own clock) so
+//! expired answers do not hold memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::notification::RemovalCause;
+use moka::policy::Expiry;
+use tokio::time::Instant;
+
+use super::entry::Entry;
+use super::key::CacheKey;
+use crate::metrics::Metrics;
+
+/// An entry larger than this share of the budget is not stored: one huge
+/// answer should not flush everything else.
+const LARGEST_ENTRY_SHARE: u64 = 8;
+
+/// Expires each entry after its own TTL.
+struct EntryTtl;
+
+impl Expiry<CacheKey, Arc<Entry>> for EntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        entry: &Arc<Entry>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+/// Stored answers, shared by every route and kept across reloads.
+#[derive(Clone)]
+pub struct Store {
+    entries: moka::sync::Cache<CacheKey, Arc<Entry>>,
+    max_bytes: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("entries", &self.entries.entry_count())
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+impl Store {
+    /// A store holding at most `max_bytes` (as [`Entry::weight`] counts them).
+    pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> Self {
+        let evictions = metrics.cache_evictions.clone();
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_key: &CacheKey, entry: &Arc<Entry>| entry.weight())
+            .expire_after(EntryTtl)
+            .eviction_listener(move |_key, _entry, cause| {
+                let reason = match cause {
+                    RemovalCause::Size => "size",
+                    RemovalCause::Expired | RemovalCause::Explicit => "expired",
+                    RemovalCause::Replaced => return,
+                };
+                evictions.with_label_values(&[reason]).inc();
+            })
+            .build();
+        Self {
+            entries,
+            max_bytes,
+            metrics,
+        }
+    }
+
+    /// The live entry under `key`.
+    pub fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let entry = self.entries.get(key)?;
+        if entry.is_expired(Instant::now()) {
+            self.entries.invalidate(key);
+            return None;
+        }
+        Some(entry)
+    }
+
+    /// Stores an entry (replacing one under the same key); entries over the
+    /// size limit are dropped.
+    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
+        if u64::from(entry.weight()) > self.max_bytes / LARGEST_ENTRY_SHARE {
+            tracing::debug!(key = %key, bytes = entry.weight(), "answer too large to cache");
+            return;
+        }
+        self.entries.insert(key, entry);
+    }
+
+    /// Applies pending evictions and publishes the bytes held; called before
+    /// metrics are read, so the gauge is exact when scraped.
+    pub fn sync(&self) {
+        self.entries.run_pending_tasks();
+        let held = i64::try_from(self.entries.weighted_size()).unwrap_or(i64::MAX);
+        self.metrics.cache_bytes.set(held);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use llmesh_crds::resources::ProviderKind;
+
+    use super::*;
+    use crate::api::Usage;
+    use crate::cache::entry::Origin;
+    use crate::cache::key::Partition;
+
+    fn key(n: usize) -> CacheKey {
+        let partition = Partition {
+            route: "r",
+            caller: "",
+            family: std::collections::BTreeSet::new(),
+        };
+        let request = serde_json::from_value(serde_json::json!({
+            "model": "r", "messages": [{"role": "user", "content": format!("question {n}")}],
+        }))
+        .expect("request");
+        CacheKey::of_chat(&partition, &request)
+    }
+
+    fn entry(content_bytes: usize, ttl: Duration) -> Arc<Entry> {
+        let body = serde_json::json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "x".repeat(content_bytes)}, "finish_reason": "stop"}],
+        });
+        let origin = Origin {
+            provider_name: "mock".into(),
+            provider_kind: ProviderKind::Mock,
+            model: "m".into(),
+            price: None,
+        };
+        Arc::new(
+            Entry::of_answer(Bytes::from(body.to_string()), Usage::default(), origin, ttl).expect("entry"),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_are_served_until_their_ttl_passes() {
+        let store = Store::new(1 << 20, Arc::new(Metrics::new()));
+        store.insert(key(1), entry(10, Duration::from_secs(60)));
+        store.insert(key(2), entry(10, Duration::from_secs(600)));
+
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(store.get(&key(1)).is_some(), "still fresh");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(store.get(&key(1)).is_none(), "expired at its TTL");
+        assert!(store.get(&key(2)).is_some(), "each entry has its own TTL");
+    }
+
+    #[tokio::test]
+    async fn memory_stays_within_the_byte_budget() {
+        let metrics = Arc::new(Metrics::new());
+        let budget = 64 * 1024;
+        let store = Store::new(budget, metrics.clone());
+        for n in 0..200 {
+            store.insert(key(n), entry(2_000, Duration::from_secs(60)));
+        }
+        store.sync();
+        let held = u64::try_from(metrics.cache_bytes.get()).expect("not negative");
+        assert!(held <= budget, "{held} bytes held, budget {budget}");
+        assert!(held > budget / 2, "the budget is used, not left empty: {held}");
+        let evicted = metrics.cache_evictions.with_label_values(&["size"]).get();
+        assert!(evicted > 0, "entries over the budget are evicted and counted");
+    }
+
+    #[tokio::test]
+    async fn an_answer_too_large_for_its_share_is_not_stored() {
+        let store = Store::new(16 * 1024, Arc::new(Metrics::new()));
+        store.insert(key(1), entry(4_000, Duration::from_secs(60)));
+        assert!(store.get(&key(1)).is_none());
+    }
+}
