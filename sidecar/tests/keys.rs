@@ -188,3 +188,38 @@ async fn the_model_list_needs_a_key_and_shows_the_routes_it_may_use() {
     assert_eq!(list("sk-team-a").await, ["cheap", "smart"]);
     assert_eq!(list("sk-narrow").await, ["cheap"]);
 }
+
+#[tokio::test]
+async fn a_per_key_cache_never_serves_one_keys_answer_to_another() {
+    let yaml = [
+        manifests(),
+        route(
+            "cached",
+            "{targets: [{provider: mock, model: big}], cache: {mode: exact, scope: key}}",
+        ),
+        secret("other", "key", "sk-other"),
+        virtual_key("other", "{}"),
+    ]
+    .concat();
+    let sidecar = Sidecar::start(&yaml).await;
+    let verdict = |key: &'static str| {
+        let sidecar = &sidecar;
+        async move {
+            let auth = [("authorization", key)];
+            let response = sidecar
+                .post_with("/v1/chat/completions", &ask("cached"), &auth)
+                .await;
+            response.headers()["x-llmesh-cache"]
+                .to_str()
+                .expect("ascii")
+                .to_owned()
+        }
+    };
+    assert_eq!(verdict("Bearer sk-team-a").await, "miss");
+    assert_eq!(verdict("Bearer sk-team-a").await, "hit");
+    assert_eq!(
+        verdict("Bearer sk-other").await,
+        "miss",
+        "one key never reads another's entry"
+    );
+}
