@@ -159,6 +159,7 @@ start_pinned() {
 
 body='{"model":"bench","messages":[{"role":"user","content":"Say hello"}]}'
 resilient_body='{"model":"resilient","messages":[{"role":"user","content":"Say hello"}]}'
+cached_body='{"model":"cached","messages":[{"role":"user","content":"Say hello"}]}'
 
 # Waits until a server answers the benchmark request with a chat completion.
 wait_answering() {
@@ -291,6 +292,21 @@ spec:
       on: [server-error]
   circuitBreaker:
     enabled: false
+---
+# Answers from the sidecar's own memory: after the first request every
+# request is a cache hit, no upstream involved.
+apiVersion: llmesh.io/v1alpha1
+kind: LLMRoute
+metadata:
+  name: cached
+spec:
+  targets:
+    - provider: upstream
+      model: gpt-4o-mini
+  cache:
+    mode: exact
+    ttl: 1h
+    scope: route
 EOF
 start_pinned "$server_cpu" "$work/sidecar.log" "$sidecar_bin" --manifests "$work/manifests" \
     --listen "127.0.0.1:$sidecar_port" --admin-listen "127.0.0.1:$admin_port"
@@ -338,6 +354,9 @@ for round in $(seq "$rounds"); do
     log "latency: sidecar, one retry and one fallback per request (round $round/$rounds)"
     request_body=$resilient_body oha_run latency "$results/latency-resilient-$round.json" "${urls[sidecar]}" \
         -z "$latency_duration" -q "$rate" -c "$latency_connections" --latency-correction
+    log "latency: sidecar, cache hits (round $round/$rounds)"
+    request_body=$cached_body oha_run latency "$results/latency-cached-$round.json" "${urls[sidecar]}" \
+        -z "$latency_duration" -q "$rate" -c "$latency_connections" --latency-correction
 done
 
 declare -A proxy_pids=([direct]=$mock_pid [nginx]=$nginx_pid [sidecar]=$sidecar_pid)
@@ -352,6 +371,13 @@ for round in $(seq "$rounds"); do
         echo "{\"cpu_ticks\": $((after - before)), \"ticks_per_second\": $(getconf CLK_TCK)}" \
             >"$results/cpu-$target-$round.json"
     done
+    log "throughput: sidecar cache hits, $throughput_connections connections (round $round/$rounds)"
+    before=$(cpu_ticks "$sidecar_pid")
+    request_body=$cached_body oha_run throughput "$results/throughput-cached-$round.json" "${urls[sidecar]}" \
+        -z "$throughput_duration" -c "$throughput_connections"
+    after=$(cpu_ticks "$sidecar_pid")
+    echo "{\"cpu_ticks\": $((after - before)), \"ticks_per_second\": $(getconf CLK_TCK)}" \
+        >"$results/cpu-cached-$round.json"
 done
 
 log "streaming: time to first chunk, $stream_requests requests per target"

@@ -26,6 +26,10 @@ fn spawn(manifests: &str, env: &[(&str, String)]) -> Process {
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .env_remove("HTTP_PROXY")
         .env_remove("http_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")
         .stdout(Stdio::piped())
@@ -85,9 +89,13 @@ async fn egress_goes_through_http_proxy_except_for_no_proxy_hosts() {
         route("local", "{targets: [{provider: near, model: near-model}]}"),
     ]
     .concat();
+    let proxy_with_credentials = proxy.url().replace("http://", "http://egress:s3cret@");
     let sidecar = spawn(
         &manifests,
-        &[("HTTP_PROXY", proxy.url()), ("NO_PROXY", "127.0.0.1".to_owned())],
+        &[
+            ("HTTP_PROXY", proxy_with_credentials),
+            ("NO_PROXY", "127.0.0.1".to_owned()),
+        ],
     );
     let client = http_client();
 
@@ -104,6 +112,10 @@ async fn egress_goes_through_http_proxy_except_for_no_proxy_hosts() {
         calls[0].path,
         "http://upstream.example.invalid:8080/v1/chat/completions"
     );
+    assert_eq!(
+        calls[0].headers["proxy-authorization"], "Basic ZWdyZXNzOnMzY3JldA==",
+        "the proxy URL's credentials go along"
+    );
 
     let mut local = ask();
     local["model"] = json!("local");
@@ -116,6 +128,54 @@ async fn egress_goes_through_http_proxy_except_for_no_proxy_hosts() {
     assert_eq!(response.status(), 200);
     assert_eq!(direct.calls().len(), 1, "NO_PROXY hosts are reached directly");
     assert_eq!(proxy.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn https_egress_is_tunnelled_through_the_proxy_with_connect() {
+    // A proxy that records what it is asked and refuses the tunnel.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let proxy_url = format!("http://tunnel:pw@{}", proxy.local_addr().expect("addr"));
+    let asked = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut connection, _) = proxy.accept().await.expect("the sidecar connects to the proxy");
+        let mut head = Vec::new();
+        let mut buffer = [0_u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let read = connection.read(&mut buffer).await.expect("read");
+            assert!(read > 0, "the request head ended early");
+            head.extend_from_slice(&buffer[..read]);
+        }
+        let refusal = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n";
+        connection.write_all(refusal).await.expect("write");
+        String::from_utf8(head).expect("text")
+    });
+    let manifests = [
+        provider(
+            "far",
+            "{provider: openai-compatible, baseUrl: 'https://api.example.invalid/v1'}",
+        ),
+        route("smart", "{targets: [{provider: far, model: far-model}]}"),
+    ]
+    .concat();
+    let sidecar = spawn(&manifests, &[("HTTPS_PROXY", proxy_url)]);
+
+    let response = http_client()
+        .post(format!("{}/v1/chat/completions", sidecar.url))
+        .json(&ask())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 502, "a refused tunnel is an upstream failure");
+    let head = asked.await.expect("the proxy saw a request");
+    assert!(
+        head.starts_with("CONNECT api.example.invalid:443 HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("proxy-authorization: basic dhvubmvsonb3"),
+        "{head}"
+    );
 }
 
 #[tokio::test]
