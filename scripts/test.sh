@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's one test command (README and CI): formatting, lints, the Rust
-# tests, the OpenAI Python SDK end-to-end tests, and a fuzz smoke run.
-# Installs what it needs (redis-server, the Python venv, cargo-fuzz) and skips
-# what is there.
+# tests, the OpenAI Python SDK end-to-end tests (with a real Prometheus
+# scraping a sidecar), and a fuzz smoke run. Installs what it needs
+# (redis-server, the Python venv, Prometheus, cargo-fuzz) and skips what is
+# there.
 #
 #   LLMESH_FUZZ_SECONDS  seconds per fuzz target (default 20)
 set -euo pipefail
@@ -12,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 FUZZ_SECONDS="${LLMESH_FUZZ_SECONDS:-20}"
 VENV=.venv
 SDK_TESTS=sidecar/tests/sdk
-TOTAL_STEPS=9
+TOTAL_STEPS=10
 
 step_number=0
 step_started=$SECONDS
@@ -123,6 +124,18 @@ if [[ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$requirements_hash" 
     echo "$requirements_hash" >"$VENV/.requirements.sha256"
 else
     echo "requirements unchanged; venv reused"
+fi
+
+step "Prometheus for the metrics test (installed if missing)"
+# Debian's package; its service start is blocked in containers, so the test
+# starts it by hand on loopback with a temporary config and data folder.
+if command -v prometheus >/dev/null 2>&1; then
+    prometheus --version 2>&1 | head -1
+else
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then sudo=sudo; fi
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends prometheus
 fi
 
 step "OpenAI SDK end-to-end tests (pytest)"

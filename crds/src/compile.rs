@@ -10,14 +10,14 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
 use crate::config::{
-    AzureConfig, BreakerConfig, CacheConfig, CredentialRef, Credentials, FallbackConfig, MockConfig,
-    ProviderConfig, RetriesConfig, RouteConfig, RuleConfig, SemanticCacheConfig, SharedCacheConfig,
-    SidecarConfig, TargetConfig, TimeoutsConfig,
+    AzureConfig, BreakerConfig, BudgetConfig, CacheConfig, CredentialRef, Credentials, FallbackConfig,
+    KeyConfig, MockConfig, ProviderConfig, RetriesConfig, RouteConfig, RuleConfig, SemanticCacheConfig,
+    SharedCacheConfig, SidecarConfig, TargetConfig, TimeoutsConfig, key_hash,
 };
 use crate::duration;
 use crate::resources::{
-    CacheMode, CacheSettings, ErrorClass, Fallback, LLMRoute, ProviderKind, ProviderSecret, RouteTarget,
-    RuleMatch,
+    Budget, BudgetAction, CacheMode, CacheSettings, ErrorClass, Fallback, LLMRoute, ProviderKind,
+    ProviderSecret, RouteTarget, RuleMatch, VirtualKey,
 };
 
 /// Everything the compiler reads.
@@ -27,6 +27,10 @@ pub struct Inputs<'a> {
     pub providers: &'a [ProviderSecret],
     /// The namespace's `LLMRoute`s.
     pub routes: &'a [LLMRoute],
+    /// The namespace's `VirtualKey`s.
+    pub keys: &'a [VirtualKey],
+    /// The namespace's `Budget`s.
+    pub budgets: &'a [Budget],
     /// Which keys each referenced Secret has (values are never read here).
     pub secrets: &'a SecretKeys,
     /// The configuration in force, whose entries stand in for resources that
@@ -34,33 +38,63 @@ pub struct Inputs<'a> {
     pub previous: Option<&'a SidecarConfig>,
 }
 
-/// Secret name → the keys it holds.
+/// Secret name → the keys it holds, each with the [`key_hash`] of its value
+/// when the value was at hand (virtual keys need it; provider credentials
+/// only need to exist).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SecretKeys(BTreeMap<String, BTreeSet<String>>);
+pub struct SecretKeys(BTreeMap<String, BTreeMap<String, Option<String>>>);
 
 impl SecretKeys {
-    /// Indexes the keys of Secrets (both `data` and `stringData`).
+    /// Indexes the keys of Secrets (both `data` and `stringData`), with the
+    /// hashes of their values.
     pub fn from_secrets<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Self {
         let mut index = Self::default();
         for secret in secrets {
-            let keys = secret.data.iter().flat_map(|d| d.keys());
-            let string_keys = secret.string_data.iter().flat_map(|d| d.keys());
-            for key in keys.chain(string_keys) {
-                index.insert(&secret.name_any(), key);
+            let name = secret.name_any();
+            let binary = secret.data.iter().flatten().map(|(k, v)| (k, v.0.as_slice()));
+            let text = secret
+                .string_data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k, v.as_bytes()));
+            for (key, value) in binary.chain(text) {
+                index.insert_hashed(&name, key, key_hash(value));
             }
         }
         index
     }
 
-    /// Records that Secret `name` holds `key`.
+    /// Records that Secret `name` holds `key`, value unknown.
     pub fn insert(&mut self, name: &str, key: &str) {
-        self.0.entry(name.to_owned()).or_default().insert(key.to_owned());
+        let keys = self.0.entry(name.to_owned()).or_default();
+        keys.entry(key.to_owned()).or_insert(None);
+    }
+
+    /// Records that Secret `name` holds `key` whose value hashes to `hash`.
+    pub fn insert_hashed(&mut self, name: &str, key: &str, hash: String) {
+        let keys = self.0.entry(name.to_owned()).or_default();
+        keys.insert(key.to_owned(), Some(hash));
+    }
+
+    /// The hash of a value, or why it is not known.
+    fn hash_of(&self, reference: &CredentialRef) -> Result<&str, String> {
+        self.check(reference)?;
+        self.0
+            .get(&reference.secret)
+            .and_then(|keys| keys.get(&reference.key))
+            .and_then(Option::as_deref)
+            .ok_or_else(|| {
+                format!(
+                    "Secret {} key {} has no readable value",
+                    reference.secret, reference.key
+                )
+            })
     }
 
     fn check(&self, reference: &CredentialRef) -> Result<(), String> {
         match self.0.get(&reference.secret) {
             None => Err(format!("Secret {} not found", reference.secret)),
-            Some(keys) if !keys.contains(&reference.key) => Err(format!(
+            Some(keys) if !keys.contains_key(&reference.key) => Err(format!(
                 "Secret {} has no key {}",
                 reference.secret, reference.key
             )),
@@ -90,7 +124,7 @@ impl Compiled {
 /// Why one resource is not in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    /// `ProviderSecret` or `LLMRoute`.
+    /// `ProviderSecret`, `LLMRoute`, `VirtualKey` or `Budget`.
     pub kind: &'static str,
     /// The resource's name.
     pub name: String,
@@ -185,9 +219,55 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
         }
     }
 
+    for budget in sorted_by_name(inputs.budgets) {
+        let name = budget.name_any();
+        let result = compile_budget(budget, &aliases);
+        let previous = inputs.previous.map(|p| &p.budgets);
+        if let Some((errors, kept)) = settle(&mut config.budgets, name.clone(), result, previous) {
+            problems.extend(attach("Budget", &name, errors, kept));
+        }
+    }
+    for key in sorted_by_name(inputs.keys) {
+        let name = key.name_any();
+        let scope = KeyScope {
+            secrets: inputs.secrets,
+            budgets: &config.budgets,
+            aliases: &aliases,
+        };
+        let result = compile_key(key, &name, &scope);
+        let previous = inputs.previous.map(|p| &p.keys);
+        if let Some((errors, kept)) = settle(&mut config.keys, name.clone(), result, previous) {
+            problems.extend(attach("VirtualKey", &name, errors, kept));
+        }
+    }
+
     Compiled {
         config: config.seal(),
         problems,
+    }
+}
+
+/// Puts a compiled entry in force, or on failure its previous version if
+/// there is one; returns the errors and whether the previous one was kept.
+fn settle<T: Clone>(
+    entries: &mut BTreeMap<String, T>,
+    name: String,
+    result: Result<T, Vec<FieldError>>,
+    previous: Option<&BTreeMap<String, T>>,
+) -> Option<(Vec<FieldError>, bool)> {
+    match result {
+        Ok(compiled) => {
+            entries.insert(name, compiled);
+            None
+        }
+        Err(errors) => {
+            let previous = previous.and_then(|p| p.get(&name)).cloned();
+            let kept = previous.is_some();
+            if let Some(previous) = previous {
+                entries.insert(name, previous);
+            }
+            Some((errors, kept))
+        }
     }
 }
 
@@ -561,6 +641,7 @@ fn compile_route(
         retries,
         timeouts,
         circuit_breaker,
+        log_content: spec.log_content.unwrap_or(false),
         cache,
     })
 }
@@ -761,6 +842,146 @@ fn compile_fallback(
         target,
         on,
     }
+}
+
+/// Thresholds above this many percent of the limit would never be reached
+/// usefully (and a typo like 800 for 80 should be caught).
+const MAX_THRESHOLD_PERCENT: u32 = 100;
+
+fn compile_budget(budget: &Budget, aliases: &BTreeSet<String>) -> Result<BudgetConfig, Vec<FieldError>> {
+    let spec = &budget.spec;
+    let mut errors = Errors::default();
+    if !spec.limit_usd.is_finite() || spec.limit_usd < 0.0 {
+        errors.push(
+            "spec.limitUsd",
+            "must be a finite, non-negative number of dollars",
+        );
+    }
+    let time_zone = spec.time_zone.clone().unwrap_or_else(|| "UTC".to_owned());
+    if let Err(error) = jiff::tz::TimeZone::get(&time_zone) {
+        errors.push(
+            "spec.timeZone",
+            format!("unknown time zone {time_zone:?}: {error}"),
+        );
+    }
+    let mut thresholds = spec.thresholds.clone();
+    if thresholds.iter().any(|t| *t == 0 || *t > MAX_THRESHOLD_PERCENT) {
+        errors.push("spec.thresholds", "each threshold is a percentage from 1 to 100");
+    }
+    thresholds.sort_unstable();
+    thresholds.dedup();
+    let action = spec.action.unwrap_or_default();
+    match (action, &spec.downgrade_to) {
+        (BudgetAction::Downgrade, None) => {
+            errors.push(
+                "spec.downgradeTo",
+                "required with action downgrade (the cheaper route)",
+            );
+        }
+        (BudgetAction::Downgrade, Some(route)) if !aliases.contains(route) => {
+            errors.push("spec.downgradeTo", format!("route {route} does not exist"));
+        }
+        (BudgetAction::Block | BudgetAction::Alert, Some(_)) => {
+            errors.push("spec.downgradeTo", "only valid with action downgrade");
+        }
+        _ => {}
+    }
+    if spec.max_tokens_per_request == Some(0) || spec.max_tokens_per_session == Some(0) {
+        errors.push("spec", "token ceilings must be greater than zero");
+    }
+    if !errors.0.is_empty() {
+        return Err(errors.0);
+    }
+    Ok(BudgetConfig {
+        limit_usd: spec.limit_usd,
+        period: spec.period.unwrap_or_default(),
+        time_zone,
+        thresholds,
+        action,
+        downgrade_to: spec.downgrade_to.clone(),
+        max_tokens_per_request: spec.max_tokens_per_request,
+        max_tokens_per_session: spec.max_tokens_per_session,
+    })
+}
+
+/// What a key may refer to.
+struct KeyScope<'a> {
+    secrets: &'a SecretKeys,
+    budgets: &'a BTreeMap<String, BudgetConfig>,
+    aliases: &'a BTreeSet<String>,
+}
+
+fn compile_key(key: &VirtualKey, name: &str, scope: &KeyScope<'_>) -> Result<KeyConfig, Vec<FieldError>> {
+    let spec = &key.spec;
+    let mut errors = Errors::default();
+    let reference = CredentialRef {
+        secret: spec
+            .secret_ref
+            .as_ref()
+            .map_or_else(|| name.to_owned(), |r| r.name.clone()),
+        key: spec
+            .secret_ref
+            .as_ref()
+            .and_then(|r| r.key.clone())
+            .unwrap_or_else(|| "key".to_owned()),
+    };
+    let hash = match scope.secrets.hash_of(&reference) {
+        Ok(hash) => hash.to_owned(),
+        Err(message) => {
+            errors.push("spec.secretRef", message);
+            String::new()
+        }
+    };
+    for (i, route) in spec.allowed_routes.iter().enumerate() {
+        if !scope.aliases.contains(route) {
+            errors.push(
+                format!("spec.allowedRoutes[{i}]"),
+                format!("route {route} does not exist"),
+            );
+        }
+    }
+    if let Some(budget) = &spec.budget
+        && !scope.budgets.contains_key(budget)
+    {
+        errors.push(
+            "spec.budget",
+            format!("Budget {budget} does not exist or is not ready"),
+        );
+    }
+    let limits = spec.rate_limits.clone().unwrap_or_default();
+    if limits.requests_per_minute == Some(0) || limits.tokens_per_minute == Some(0) {
+        errors.push(
+            "spec.rateLimits",
+            "limits must be greater than zero (omit a limit for none)",
+        );
+    }
+    let expires_at_unix = spec
+        .expires_at
+        .as_ref()
+        .and_then(|text| match text.parse::<jiff::Timestamp>() {
+            Ok(instant) => Some(instant.as_second()),
+            Err(error) => {
+                errors.push(
+                    "spec.expiresAt",
+                    format!("{text:?} is not an RFC 3339 instant: {error}"),
+                );
+                None
+            }
+        });
+    if !errors.0.is_empty() {
+        return Err(errors.0);
+    }
+    Ok(KeyConfig {
+        key_hash: hash,
+        allowed_routes: spec.allowed_routes.clone(),
+        requests_per_minute: limits.requests_per_minute,
+        tokens_per_minute: limits.tokens_per_minute,
+        budget: spec.budget.clone(),
+        team: spec.team.clone(),
+        feature: spec.feature.clone(),
+        expires_at_unix,
+        disabled: spec.disabled,
+    })
 }
 
 #[cfg(test)]

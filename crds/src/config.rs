@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::resources::{
-    CacheScope, ErrorClass, MockFault, Price, PromptCaching, ProviderKind, RuleMatch, Strategy,
+    BudgetAction, BudgetPeriod, CacheScope, ErrorClass, MockFault, Price, PromptCaching, ProviderKind,
+    RuleMatch, Strategy,
 };
 
 /// One namespace's compiled configuration.
@@ -22,6 +23,79 @@ pub struct SidecarConfig {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Routes by the alias apps send as `model`.
     pub routes: BTreeMap<String, RouteConfig>,
+    /// Virtual keys by `VirtualKey` name. Empty: the gateway asks for no key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, KeyConfig>,
+    /// Budgets by `Budget` name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub budgets: BTreeMap<String, BudgetConfig>,
+}
+
+/// The hash under which a virtual key is known: SHA-256 of the key with
+/// surrounding whitespace removed (a Secret written from a file often ends
+/// in a newline), lowercase hex. The one definition the compiler and the
+/// sidecar share.
+pub fn key_hash(raw_key: &[u8]) -> String {
+    let digest = Sha256::digest(raw_key.trim_ascii());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One virtual key, without the key.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyConfig {
+    /// [`key_hash`] of the key.
+    pub key_hash: String,
+    /// Route aliases the key may call; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_routes: Vec<String>,
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    /// Tokens per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    /// Key into [`SidecarConfig::budgets`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<String>,
+    /// Attribution: team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Attribution: feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    /// Refused from this Unix second on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_unix: Option<i64>,
+    /// Refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+/// One budget.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// USD per period.
+    pub limit_usd: f64,
+    /// When spend resets.
+    pub period: BudgetPeriod,
+    /// IANA time zone of the period's calendar.
+    pub time_zone: String,
+    /// Percentages of the limit that raise a warning, ascending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<u32>,
+    /// What an exhausted budget does.
+    pub action: BudgetAction,
+    /// The route alias `downgrade` serves from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downgrade_to: Option<String>,
+    /// Token ceiling of one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens_per_request: Option<u64>,
+    /// Token ceiling of one session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens_per_session: Option<u64>,
 }
 
 impl SidecarConfig {
@@ -168,6 +242,9 @@ pub struct RouteConfig {
     /// Per-target circuit breaker.
     #[serde(default)]
     pub circuit_breaker: BreakerConfig,
+    /// Prompts and answers go into the access log.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub log_content: bool,
     /// Response caching; absent means off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheConfig>,

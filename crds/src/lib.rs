@@ -12,7 +12,7 @@ pub mod resources;
 
 pub use compile::{Compiled, Inputs, Problem, compile};
 pub use config::SidecarConfig;
-pub use resources::{LLMRoute, ProviderSecret};
+pub use resources::{Budget, LLMRoute, ProviderSecret, VirtualKey};
 
 /// The API group of every llmesh resource.
 pub const API_GROUP: &str = "llmesh.io";

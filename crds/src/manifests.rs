@@ -6,7 +6,7 @@
 use k8s_openapi::api::core::v1::Secret;
 use serde::de::DeserializeOwned;
 
-use crate::resources::{LLMRoute, ProviderSecret};
+use crate::resources::{Budget, LLMRoute, ProviderSecret, VirtualKey};
 
 /// The resources found in a set of manifests.
 #[derive(Clone, Debug, Default)]
@@ -15,6 +15,10 @@ pub struct Manifests {
     pub providers: Vec<ProviderSecret>,
     /// `LLMRoute`s.
     pub routes: Vec<LLMRoute>,
+    /// `VirtualKey`s.
+    pub keys: Vec<VirtualKey>,
+    /// `Budget`s.
+    pub budgets: Vec<Budget>,
     /// `v1/Secret`s (credentials, in standalone mode only).
     pub secrets: Vec<Secret>,
 }
@@ -70,6 +74,8 @@ impl Manifests {
         match (llmesh, kind, api_version) {
             (true, "ProviderSecret", _) => self.providers.push(typed(value)?),
             (true, "LLMRoute", _) => self.routes.push(typed(value)?),
+            (true, "VirtualKey", _) => self.keys.push(typed(value)?),
+            (true, "Budget", _) => self.budgets.push(typed(value)?),
             (false, "Secret", "v1") => self.secrets.push(typed(value)?),
             (false, _, version) if version.starts_with(crate::API_GROUP) => {
                 return Err(format!(

@@ -1,10 +1,14 @@
 //! The custom resources of group `llmesh.io/v1alpha1`.
 
+mod budget;
 mod llm_route;
 mod provider_secret;
+mod virtual_key;
 
+pub use budget::*;
 pub use llm_route::*;
 pub use provider_secret::*;
+pub use virtual_key::*;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use schemars::JsonSchema;
@@ -32,5 +36,7 @@ pub fn crd_documents() -> Vec<(&'static str, String)> {
     vec![
         ("llmroutes.llmesh.io.yaml", render(LLMRoute::crd())),
         ("providersecrets.llmesh.io.yaml", render(ProviderSecret::crd())),
+        ("virtualkeys.llmesh.io.yaml", render(VirtualKey::crd())),
+        ("budgets.llmesh.io.yaml", render(Budget::crd())),
     ]
 }

@@ -13,6 +13,8 @@ fuzz_target!(|data: &[u8]| {
     let compiled = llmesh_crds::compile(Inputs {
         providers: &manifests.providers,
         routes: &manifests.routes,
+        keys: &manifests.keys,
+        budgets: &manifests.budgets,
         secrets: &secrets,
         previous: None,
     });

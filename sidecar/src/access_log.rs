@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use llmesh_crds::resources::Price;
 use tokio::time::Instant;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -14,8 +15,11 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::api::Usage;
 use crate::attempts::AttemptFailure;
+use crate::auth::Key;
 use crate::cache::{CacheStatus, Entry};
 use crate::metrics::Metrics;
+use crate::pricing;
+use crate::redact::Redact;
 use crate::routing::{Route, Target};
 
 /// `x-llmesh-request-id`.
@@ -28,10 +32,20 @@ pub const PROVIDER: HeaderName = HeaderName::from_static("x-llmesh-provider");
 pub const MODEL: HeaderName = HeaderName::from_static("x-llmesh-model");
 /// `x-llmesh-attempts`.
 pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-llmesh-attempts");
+/// `x-llmesh-cost-usd`: what the answer cost, from its usage and the target's price.
+pub const COST_USD: HeaderName = HeaderName::from_static("x-llmesh-cost-usd");
 /// `x-llmesh-fallback`: 0 when the route's own targets served, n for its n-th fallback step.
 pub const FALLBACK: HeaderName = HeaderName::from_static("x-llmesh-fallback");
 /// `x-llmesh-cache`: `hit`, `semantic-hit`, `miss`, `bypass` or `refresh`, on caching routes.
 pub const CACHE: HeaderName = HeaderName::from_static(crate::cache::CACHE_HEADER);
+
+/// Something charged at admission (a rate-limit reservation, budget spend)
+/// and settled with the actual usage and cost when the request is over —
+/// for a stream, when its last chunk is out or the app hung up.
+pub trait Settle: Send + Sync + std::fmt::Debug {
+    /// Accounts the request's actual usage and its cost, if priced.
+    fn settle(&self, usage: &Usage, cost: Option<f64>);
+}
 
 /// Which API a request used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,9 +84,11 @@ pub struct AccessRecord {
     operation: Operation,
     request_id: String,
     route: Option<String>,
+    key: Option<Arc<Key>>,
     provider_name: Option<String>,
     provider_kind: &'static str,
     model: Option<String>,
+    price: Option<Price>,
     attempts: u32,
     failures: Vec<AttemptFailure>,
     step: usize,
@@ -85,6 +101,17 @@ pub struct AccessRecord {
     cache: Option<CacheStatus>,
     /// What the stored answer cost when it was made, on a hit.
     saved: Option<(Usage, f64)>,
+    rate_limit_headers: HeaderMap,
+    settlements: Vec<Box<dyn Settle>>,
+    content: Option<Content>,
+}
+
+/// Prompt and answer text, for routes that log it.
+#[derive(Debug)]
+struct Content {
+    redactor: Arc<dyn Redact>,
+    prompt: String,
+    answer: String,
 }
 
 impl AccessRecord {
@@ -96,9 +123,11 @@ impl AccessRecord {
             operation,
             request_id: uuid::Uuid::new_v4().simple().to_string(),
             route: None,
+            key: None,
             provider_name: None,
             provider_kind: "",
             model: None,
+            price: None,
             attempts: 0,
             failures: Vec::new(),
             step: 0,
@@ -110,6 +139,9 @@ impl AccessRecord {
             ending: Ending::Open,
             cache: None,
             saved: None,
+            rate_limit_headers: HeaderMap::new(),
+            settlements: Vec::new(),
+            content: None,
         }
     }
 
@@ -138,6 +170,46 @@ impl AccessRecord {
         self.route = Some(route.alias.clone());
     }
 
+    /// Notes the virtual key the request is made with.
+    pub fn set_key(&mut self, key: &Arc<Key>) {
+        self.key = Some(key.clone());
+    }
+
+    /// Notes the key's `x-ratelimit-*` headers, sent with the answer.
+    pub fn set_rate_limit_headers(&mut self, headers: HeaderMap) {
+        self.rate_limit_headers = headers;
+    }
+
+    /// Logs this request's prompt and answer (the route opted in), through `redactor`.
+    pub fn log_content(&mut self, redactor: Arc<dyn Redact>, prompt: String) {
+        self.content = Some(Content {
+            redactor,
+            prompt,
+            answer: String::new(),
+        });
+    }
+
+    /// Notes answer text from a complete chat body or a stream chunk, when
+    /// content is logged (parsing costs nothing otherwise).
+    pub fn note_answer(&mut self, json: &[u8]) {
+        let Some(content) = &mut self.content else { return };
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return;
+        };
+        let choices = value["choices"].as_array().into_iter().flatten();
+        for choice in choices {
+            let text = choice["message"]["content"]
+                .as_str()
+                .or(choice["delta"]["content"].as_str());
+            content.answer.push_str(text.unwrap_or_default());
+        }
+    }
+
+    /// Holds a charge to settle when the request is over.
+    pub fn hold(&mut self, charge: impl Settle + 'static) {
+        self.settlements.push(Box::new(charge));
+    }
+
     /// Notes the target of the last attempt, how many were made, and the failed ones.
     pub fn set_attempts(
         &mut self,
@@ -152,6 +224,7 @@ impl AccessRecord {
             self.provider_name = Some(target.provider_name.clone());
             self.provider_kind = target.provider.kind().as_str();
             self.model = Some(target.model.clone());
+            self.price.clone_from(&target.price);
         }
         self.attempts = attempts;
     }
@@ -170,6 +243,16 @@ impl AccessRecord {
     /// Notes token usage.
     pub fn set_usage(&mut self, usage: Usage) {
         self.usage = usage;
+    }
+
+    /// USD of the usage noted so far, when the target has a price and
+    /// there was usage.
+    pub fn cost(&self) -> Option<f64> {
+        let used = self.usage.prompt_tokens > 0 || self.usage.completion_tokens > 0;
+        self.price
+            .as_ref()
+            .filter(|_| used)
+            .map(|price| pricing::cost(price, &self.usage))
     }
 
     /// The request is over.
@@ -224,6 +307,10 @@ impl AccessRecord {
         if let Some(status) = self.cache {
             put(CACHE, status.as_str());
         }
+        if let Some(cost) = self.cost() {
+            put(COST_USD, &pricing::format_usd(cost));
+        }
+        headers.extend(self.rate_limit_headers.clone());
         headers
     }
 }
@@ -243,6 +330,7 @@ impl Drop for AccessRecord {
         };
         let route = self.route.as_deref().unwrap_or("");
         let model = self.model.as_deref().unwrap_or("");
+        let key = self.key.as_deref();
         let status = self.status.to_string();
         self.metrics
             .requests
@@ -265,6 +353,28 @@ impl Drop for AccessRecord {
                 .fallbacks
                 .with_label_values(&[route, &self.step.to_string()])
                 .inc();
+        }
+        let key_labels = [
+            key.map_or("", |k| k.name.as_str()),
+            key.and_then(|k| k.config.team.as_deref()).unwrap_or(""),
+            key.and_then(|k| k.config.feature.as_deref()).unwrap_or(""),
+        ];
+        if key.is_some() {
+            self.metrics
+                .key_requests
+                .with_label_values(&[key_labels[0], key_labels[1], key_labels[2], route, &status])
+                .inc();
+        }
+        let cost = self.cost();
+        for charge in &self.settlements {
+            charge.settle(&self.usage, cost);
+        }
+        if let Some(cost) = cost {
+            let [name, team, feature] = key_labels;
+            self.metrics
+                .cost_usd
+                .with_label_values(&[route, self.provider_kind, model, name, team, feature])
+                .inc_by(cost);
         }
         let labels = [self.operation.as_str(), self.provider_kind, model, route];
         let error_label = error.unwrap_or("");
@@ -314,12 +424,19 @@ impl Drop for AccessRecord {
                 .inc_by(*usd);
         }
         if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+            let content = self
+                .content
+                .as_ref()
+                .map(|c| (c.redactor.redact(&c.prompt), c.redactor.redact(&c.answer)));
             let line = AccessLine {
                 timestamp: jiff::Timestamp::now(),
                 level: "INFO",
                 request_id: &self.request_id,
                 operation: self.operation.as_str(),
                 route,
+                virtual_key: key.map_or("", |k| k.name.as_str()),
+                team: key.and_then(|k| k.config.team.as_deref()).unwrap_or(""),
+                feature: key.and_then(|k| k.config.feature.as_deref()).unwrap_or(""),
                 provider: self.provider_name.as_deref().unwrap_or(""),
                 provider_kind: self.provider_kind,
                 model,
@@ -334,8 +451,11 @@ impl Drop for AccessRecord {
                 output_tokens: self.usage.completion_tokens,
                 cached_input_tokens: self.usage.cached_input(),
                 reasoning_tokens: self.usage.reasoning(),
+                cost_usd: cost,
                 latency_ms: millis(elapsed),
                 ttft_ms: self.first_chunk.map(millis),
+                prompt: content.as_ref().map(|(prompt, _)| prompt.as_str()),
+                answer: content.as_ref().map(|(_, answer)| answer.as_str()),
                 target: TARGET,
             };
             match serde_json::to_string(&line) {
@@ -365,6 +485,9 @@ struct AccessLine<'a> {
     request_id: &'a str,
     operation: &'static str,
     route: &'a str,
+    virtual_key: &'a str,
+    team: &'a str,
+    feature: &'a str,
     provider: &'a str,
     provider_kind: &'static str,
     model: &'a str,
@@ -379,9 +502,18 @@ struct AccessLine<'a> {
     output_tokens: u64,
     cached_input_tokens: u64,
     reasoning_tokens: u64,
+    /// Absent when the target has no price.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost_usd: Option<f64>,
     latency_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     ttft_ms: Option<u64>,
+    /// Only on routes with `logContent`, after the redaction hook.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<&'a str>,
+    /// Only on routes with `logContent`, after the redaction hook.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answer: Option<&'a str>,
     target: &'static str,
 }
 

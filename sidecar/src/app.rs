@@ -7,10 +7,13 @@ use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::routing::{get, post};
 
+use crate::budget::Budgets;
 use crate::cache::ResponseCache;
 use crate::error::ApiError;
+use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::providers::Deps;
+use crate::redact::{MaskSecrets, Redact};
 use crate::routing::Runtime;
 
 /// Request-independent settings the handlers read.
@@ -20,6 +23,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Whether `POST /debug/faults` may inject faults.
     pub drills_enabled: bool,
+    /// The `VirtualKey` requests without an llmesh key are made with.
+    pub default_key: Option<String>,
 }
 
 /// State shared by every request.
@@ -34,18 +39,40 @@ pub struct App {
     pub deps: Deps,
     /// Stored answers, kept across configuration reloads.
     pub cache: Arc<ResponseCache>,
+    /// Every key's rate-limit state; survives reloads.
+    pub rate_limits: Arc<RateLimiter>,
+    /// Budget spend; survives reloads (and restarts, with a state file).
+    pub budgets: Arc<Budgets>,
+    /// What logged prompts and answers pass through.
+    pub redactor: Arc<dyn Redact>,
 }
 
 impl App {
     /// An app with no configuration yet (not ready).
-    pub fn new(settings: Limits, metrics: Arc<Metrics>, deps: Deps, cache: Arc<ResponseCache>) -> Self {
+    pub fn new(
+        settings: Limits,
+        metrics: Arc<Metrics>,
+        deps: Deps,
+        cache: Arc<ResponseCache>,
+        budgets: Arc<Budgets>,
+    ) -> Self {
         Self {
             runtime: ArcSwapOption::empty(),
             settings,
             metrics,
             deps,
             cache,
+            rate_limits: Arc::default(),
+            budgets,
+            redactor: Arc::new(MaskSecrets),
         }
+    }
+
+    /// Replaces the redaction hook for routes that log content.
+    #[must_use]
+    pub fn with_redactor(mut self, redactor: Arc<dyn Redact>) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// The configuration in force.
@@ -59,6 +86,7 @@ impl App {
     /// Puts a new configuration in force; requests already running finish on the old one.
     pub fn install(&self, runtime: Runtime) {
         self.metrics.set_config_version(&runtime.version);
+        self.budgets.publish_all(&runtime.budgets);
         self.runtime.store(Some(Arc::new(runtime)));
     }
 }

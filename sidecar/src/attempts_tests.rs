@@ -111,6 +111,7 @@ fn route(
         retries,
         timeouts: Timeouts::default(),
         breaker,
+        log_content: false,
         cache: None,
         semantic: None,
     }

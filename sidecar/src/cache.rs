@@ -42,9 +42,8 @@ use semantic::SemanticIndex;
 use shared::SharedTier;
 use store::Store;
 
-/// The caller identity of a request that names none. Until virtual keys
-/// exist every caller is this one, so `scope: key` behaves like `scope:
-/// route`; the handler passes the key's id here once it has one.
+/// The caller identity of a request made without a virtual key (the
+/// gateway has none configured); keyed requests pass the VirtualKey's name.
 pub const ANONYMOUS_CALLER: &str = "anonymous";
 
 /// What the cache did for a request (the `x-llmesh-cache` response header).

@@ -8,6 +8,9 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use serde::Serialize;
 
+use crate::auth::AuthError;
+use crate::budget::BudgetError;
+use crate::limits::RateLimited;
 use crate::providers::{ErrorKind, ProviderError};
 
 /// A failed request.
@@ -47,6 +50,15 @@ pub enum ApiError {
     /// The sidecar has no configuration yet.
     #[error("the gateway has no configuration yet")]
     NotReady,
+    /// The caller's key is missing, unknown, not usable, or not allowed here.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The key's rate limit is reached.
+    #[error(transparent)]
+    RateLimited(#[from] Box<RateLimited>),
+    /// A budget refuses the request.
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
     /// Every attempt failed; this is the last failure.
     #[error("provider {provider}: {error}")]
     Upstream {
@@ -82,6 +94,11 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Auth(error) if error.is_forbidden() => StatusCode::FORBIDDEN,
+            Self::Auth(_) => StatusCode::UNAUTHORIZED,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Budget(BudgetError::RequestCeiling { .. }) => StatusCode::BAD_REQUEST,
+            Self::Budget(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream { error, .. } => match error.kind {
                 ErrorKind::RateLimit => StatusCode::TOO_MANY_REQUESTS,
                 ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -108,6 +125,20 @@ impl ApiError {
             }
             Self::UnknownPath(_) => ("invalid_request_error", "unknown_url"),
             Self::NotReady => ("server_error", "not_ready"),
+            Self::Auth(error) => match error {
+                AuthError::Missing | AuthError::Unknown | AuthError::DefaultMissing(_) => {
+                    ("invalid_request_error", "invalid_api_key")
+                }
+                AuthError::Disabled(_) => ("invalid_request_error", "key_disabled"),
+                AuthError::Expired { .. } => ("invalid_request_error", "key_expired"),
+                AuthError::RouteNotAllowed { .. } => ("permission_error", "route_not_allowed"),
+            },
+            Self::RateLimited(_) => ("rate_limit_error", "rate_limit_exceeded"),
+            Self::Budget(error) => match error {
+                BudgetError::Exhausted { .. } => ("budget_error", "budget_exceeded"),
+                BudgetError::RequestCeiling { .. } => ("invalid_request_error", "request_token_ceiling"),
+                BudgetError::SessionCeiling { .. } => ("budget_error", "session_token_ceiling"),
+            },
             Self::Upstream { error, .. } => match error.kind {
                 ErrorKind::RateLimit => ("rate_limit_error", "rate_limit_exceeded"),
                 ErrorKind::Timeout => ("timeout_error", "upstream_timeout"),
@@ -151,6 +182,8 @@ impl ApiError {
             Self::Upstream { error, .. } if error.kind == ErrorKind::RateLimit => {
                 Some(error.retry_after.unwrap_or(Duration::from_secs(1)))
             }
+            Self::RateLimited(limited) => Some(limited.retry_after),
+            Self::Budget(error) => error.retry_after_secs().map(Duration::from_secs),
             _ => None,
         }
     }
@@ -192,6 +225,16 @@ mod tests {
             (ApiError::InvalidBody("x".into()), 400),
             (ApiError::BodyTooLarge { limit: 1 }, 413),
             (ApiError::UnknownRoute("x".into()), 404),
+            (ApiError::Auth(AuthError::Missing), 401),
+            (ApiError::Auth(AuthError::Disabled("k".into())), 401),
+            (
+                ApiError::Auth(AuthError::RouteNotAllowed {
+                    key: "k".into(),
+                    route: "r".into(),
+                    allowed: "s".into(),
+                }),
+                403,
+            ),
             (upstream(ErrorKind::RateLimit), 429),
             (upstream(ErrorKind::ServerError), 502),
             (upstream(ErrorKind::Connect), 502),

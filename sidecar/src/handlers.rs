@@ -1,5 +1,5 @@
 //! The endpoints. Each reads top to bottom as the request path:
-//! accept → route → cache → attempt(s) → account → respond.
+//! accept → authenticate → route → cache → attempt(s) → account → respond.
 
 use std::sync::Arc;
 
@@ -15,9 +15,11 @@ use crate::api::embeddings::EmbeddingsRequest;
 use crate::api::{Model, ModelList};
 use crate::app::App;
 use crate::attempts::{self, Failed, Reply, Served};
+use crate::auth::Key;
+use crate::budget::{self, Admitted};
 use crate::cache::{self, ResponseCache};
 use crate::error::ApiError;
-use crate::routing::{Estimate, RequestFacts};
+use crate::routing::{Estimate, RequestFacts, Route, Runtime};
 use crate::{inbound, respond};
 
 /// `POST /v1/chat/completions`.
@@ -36,23 +38,35 @@ async fn serve_chat(
     body: Body,
     record: &mut AccessRecord,
 ) -> Result<Reply, ApiError> {
+    let runtime = app.runtime()?;
+    let key = authenticate(app, &runtime, headers, record)?;
     let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
     let request: ChatRequest = inbound::parse_json(&bytes)?;
     let asked_timeouts = inbound::timeout_overrides(headers)?;
     record.set_stream(request.is_stream());
 
-    let runtime = app.runtime()?;
     let route = runtime.route(&request.model)?;
     record.set_route(&route);
+    if let Some(key) = &key {
+        key.allow_route(&route.alias)?;
+    }
+    let estimate = Estimate::of_chat(&request);
+    let route = check_budget(app, &runtime, key.as_deref(), route, &estimate, headers, record)?;
+    admit(app, key.as_deref(), &estimate, record)?;
+    if route.log_content {
+        let prompt: Vec<String> = request.messages.iter().map(|m| m.text()).collect();
+        record.log_content(app.redactor.clone(), prompt.join("\n"));
+    }
     let metadata = request.extra.get("metadata").and_then(|m| m.as_object());
     let facts = RequestFacts {
         headers,
         metadata,
-        estimate: Estimate::of_chat(&request),
+        estimate,
     };
     let timeouts = route.timeouts.tightened_by(asked_timeouts);
 
-    let mut cache_plan = cache::Plan::for_chat(&route, cache::ANONYMOUS_CALLER, headers, &facts, &request)?;
+    let caller = key.as_ref().map_or(cache::ANONYMOUS_CALLER, |k| k.name.as_str());
+    let mut cache_plan = cache::Plan::for_chat(&route, caller, headers, &facts, &request)?;
     if let Some(plan) = &mut cache_plan {
         record.set_cache(plan.status_unless_hit());
         if let Some((entry, status)) = app.cache.lookup(plan).await {
@@ -71,6 +85,93 @@ async fn serve_chat(
         (Some(plan), Some(origin)) => app.cache.fill(plan, origin, reply),
         _ => reply,
     })
+}
+
+/// Who is calling (`None` when no keys are configured).
+fn caller(app: &App, runtime: &Runtime, headers: &HeaderMap) -> Result<Option<Arc<Key>>, ApiError> {
+    let now = jiff::Timestamp::now().as_second();
+    let key = runtime
+        .keys
+        .authenticate(headers, app.settings.default_key.as_deref(), now)?;
+    Ok(key)
+}
+
+/// Who is calling, noted in the record.
+fn authenticate(
+    app: &App,
+    runtime: &Runtime,
+    headers: &HeaderMap,
+    record: &mut AccessRecord,
+) -> Result<Option<Arc<Key>>, ApiError> {
+    let key = caller(app, runtime, headers)?;
+    if let Some(key) = &key {
+        record.set_key(key);
+    }
+    Ok(key)
+}
+
+/// Checks the key's budget: token ceilings, then spend. Returns the route to
+/// serve from — the budget's cheaper one when it is exhausted and downgrades.
+fn check_budget(
+    app: &App,
+    runtime: &Runtime,
+    key: Option<&Key>,
+    route: Arc<Route>,
+    estimate: &Estimate,
+    headers: &HeaderMap,
+    record: &mut AccessRecord,
+) -> Result<Arc<Route>, ApiError> {
+    let Some((name, config)) = key
+        .and_then(|k| k.config.budget.as_ref())
+        .and_then(|name| runtime.budgets.get_key_value(name))
+    else {
+        return Ok(route);
+    };
+    let session = headers
+        .get(budget::SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty());
+    match app.budgets.admit(name, config, estimate, session)? {
+        Admitted::Serve(charge) => {
+            record.hold(charge);
+            Ok(route)
+        }
+        Admitted::Downgrade(charge, cheaper) => {
+            record.hold(charge);
+            let cheaper = runtime.route(&cheaper)?;
+            record.set_route(&cheaper);
+            Ok(cheaper)
+        }
+    }
+}
+
+/// Charges the key's rate limits with the request and its token estimate;
+/// the record corrects the estimate with the actual usage at the end.
+fn admit(
+    app: &App,
+    key: Option<&Key>,
+    estimate: &Estimate,
+    record: &mut AccessRecord,
+) -> Result<(), ApiError> {
+    let Some(key) = key else { return Ok(()) };
+    let tokens = estimate
+        .prompt_tokens
+        .saturating_add(estimate.max_output_tokens.unwrap_or(0));
+    match app.rate_limits.admit(key, tokens) {
+        Ok((state, reservation)) => {
+            record.set_rate_limit_headers(state.headers());
+            record.hold(reservation);
+            Ok(())
+        }
+        Err(limited) => {
+            record.set_rate_limit_headers(limited.state.headers());
+            app.metrics
+                .rate_limited
+                .with_label_values(&[key.name.as_str(), limited.unit])
+                .inc();
+            Err(limited.into())
+        }
+    }
 }
 
 /// Notes who answered (or failed last) and hands on the answer.
@@ -102,17 +203,24 @@ async fn serve_embeddings(
     body: Body,
     record: &mut AccessRecord,
 ) -> Result<crate::providers::Completed, ApiError> {
+    let runtime = app.runtime()?;
+    let key = authenticate(app, &runtime, headers, record)?;
     let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
     let request: EmbeddingsRequest = inbound::parse_json(&bytes)?;
     let asked_timeouts = inbound::timeout_overrides(headers)?;
 
-    let runtime = app.runtime()?;
     let route = runtime.route(&request.model)?;
     record.set_route(&route);
+    if let Some(key) = &key {
+        key.allow_route(&route.alias)?;
+    }
+    let estimate = Estimate::of_embeddings(&request);
+    let route = check_budget(app, &runtime, key.as_deref(), route, &estimate, headers, record)?;
+    admit(app, key.as_deref(), &estimate, record)?;
     let facts = RequestFacts {
         headers,
         metadata: None,
-        estimate: Estimate::of_embeddings(&request),
+        estimate,
     };
     let timeouts = route.timeouts.tightened_by(asked_timeouts);
 
@@ -122,11 +230,13 @@ async fn serve_embeddings(
     )
 }
 
-/// `GET /v1/models`: the route aliases.
-pub async fn models(State(app): State<Arc<App>>) -> Result<Json<ModelList>, ApiError> {
+/// `GET /v1/models`: the route aliases the caller's key may use.
+pub async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<ModelList>, ApiError> {
     let runtime = app.runtime()?;
+    let key = caller(&app, &runtime, &headers)?;
     let data = runtime
         .routes()
+        .filter(|route| key.as_ref().is_none_or(|k| k.allow_route(&route.alias).is_ok()))
         .map(|route| Model {
             id: route.alias.clone(),
             object: "model",

@@ -1,7 +1,7 @@
 //! The llmesh sidecar: an OpenAI-compatible gateway that runs next to each app.
 //!
 //! A request flows through one module per step:
-//! [`inbound`] (accept) → [`routing`] (route) → [`cache`] → [`attempts`] (attempt(s),
+//! [`inbound`] (accept) → [`auth`] (authenticate) → [`routing`] (route) → [`cache`] → [`attempts`] (attempt(s),
 //! through [`providers`]) → [`access_log`] (account) → [`respond`].
 //! [`handlers`] strings them together per endpoint; [`reload`] keeps the
 //! configuration they read current.
@@ -10,6 +10,8 @@ pub mod access_log;
 pub mod api;
 pub mod app;
 pub mod attempts;
+pub mod auth;
+pub mod budget;
 pub mod cache;
 pub mod credentials;
 pub mod drills;
@@ -17,8 +19,11 @@ pub mod error;
 pub mod handlers;
 pub mod health;
 pub mod inbound;
+pub mod limits;
 pub mod metrics;
+pub mod pricing;
 pub mod providers;
+pub mod redact;
 pub mod reload;
 pub mod respond;
 pub mod routing;
@@ -33,6 +38,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::{App, Limits};
+use crate::budget::{Budgets, SystemClock};
 use crate::cache::ResponseCache;
 use crate::credentials::CredentialStore;
 use crate::health::HealthRegistry;
@@ -55,6 +61,9 @@ pub enum StartError {
     /// The outbound HTTP client could not be built.
     #[error("cannot build the upstream client: {0}")]
     Client(providers::ProviderError),
+    /// The budget state file cannot be used.
+    #[error("cannot restore budget spend: {0}")]
+    State(#[from] budget::StateError),
     /// The configuration source cannot be watched.
     #[error("cannot watch the configuration: {0}")]
     Watch(#[from] notify::Error),
@@ -89,7 +98,7 @@ impl Gateway {
     ) -> Result<Self, StartError> {
         let client = UpstreamClient::new(&settings.upstream).map_err(StartError::Client)?;
         let credentials = Arc::new(CredentialStore::new(settings.secrets_dir.clone(), env));
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_workload(settings.workload.as_ref()));
         let health = Arc::new(HealthRegistry::new(metrics.clone()));
         let deps = Deps {
             client,
@@ -100,9 +109,16 @@ impl Gateway {
         let limits = Limits {
             max_body_bytes: settings.max_body_bytes,
             drills_enabled: settings.drills_enabled,
+            default_key: settings.default_key.clone(),
         };
+        let budgets = Budgets::new(
+            Arc::new(SystemClock),
+            metrics.clone(),
+            settings.state_file.clone(),
+        )?;
+        let budgets = Arc::new(budgets);
         let cache = Arc::new(ResponseCache::new(settings.cache_max_bytes, metrics.clone()));
-        let app = Arc::new(App::new(limits, metrics, deps, cache));
+        let app = Arc::new(App::new(limits, metrics, deps, cache, budgets.clone()));
 
         let reloader = Arc::new(Reloader::new(app.clone(), settings.source.clone()));
         let first = reloader.clone();
@@ -128,7 +144,8 @@ impl Gateway {
         let (shutdown, signal) = watch::channel(false);
         let servers = vec![
             serve(api, app::api_router(app.clone()), signal.clone()),
-            serve(admin, app::admin_router(app.clone()), signal),
+            serve(admin, app::admin_router(app.clone()), signal.clone()),
+            flush_budgets(budgets, signal),
         ];
         tracing::info!(%api_addr, %admin_addr, "llmesh sidecar serving");
         Ok(Self {
@@ -150,7 +167,39 @@ impl Gateway {
         if tokio::time::timeout(drain, servers).await.is_err() {
             tracing::warn!(?drain, "in-flight requests did not finish in time; closing them");
         }
+        // The last requests' spend, settled while draining.
+        if let Err(error) = self.app.budgets.flush() {
+            tracing::error!(%error, "cannot write budget spend at shutdown");
+        }
     }
+}
+
+/// How often changed budget spend is written to the state file: a crash
+/// loses at most this much accounting, and the disk sees one small fsynced
+/// write per interval however busy the sidecar is.
+const STATE_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes budget spend in batches until shutdown, then once more (after
+/// the servers' in-flight requests, which share the signal, had their turn).
+fn flush_budgets(budgets: Arc<Budgets>, mut signal: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(STATE_FLUSH_INTERVAL);
+        loop {
+            let stopping = tokio::select! {
+                _ = ticks.tick() => false,
+                _ = signal.wait_for(|stop| *stop) => true,
+            };
+            let writer = budgets.clone();
+            match tokio::task::spawn_blocking(move || writer.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "cannot write budget spend; will retry"),
+                Err(error) => tracing::error!(%error, "budget state writer failed"),
+            }
+            if stopping {
+                break;
+            }
+        }
+    })
 }
 
 fn serve(listener: TcpListener, router: axum::Router, mut signal: watch::Receiver<bool>) -> JoinHandle<()> {

@@ -6,8 +6,8 @@
 //! come from configuration, never from request content.
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Seconds; from a cache hit (well under a millisecond) to a long generation.
@@ -55,6 +55,24 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// 1 for the configuration version in force.
     pub config_info: IntGaugeVec,
+    /// USD spent, by route, provider, model and virtual key with its team and feature.
+    pub cost_usd: CounterVec,
+    /// Requests by virtual key (with team and feature), route and HTTP status.
+    pub key_requests: IntCounterVec,
+    /// Requests refused by a key's rate limit, by key and limit (requests, tokens).
+    pub rate_limited: IntCounterVec,
+    /// USD spent in the budget's current period.
+    pub budget_spent: GaugeVec,
+    /// The budget's limit in USD.
+    pub budget_limit: GaugeVec,
+    /// USD left in the budget's current period (never below zero).
+    pub budget_remaining: GaugeVec,
+    /// Budget thresholds crossed, by budget and threshold percent.
+    pub budget_thresholds: IntCounterVec,
+    /// Requests that found their budget exhausted, by budget and the action taken.
+    pub budget_exceeded: IntCounterVec,
+    /// Requests refused by a token ceiling, by budget and ceiling (request, session).
+    pub token_ceiling_rejections: IntCounterVec,
     /// Requests on caching routes by route and cache result.
     pub cache_requests: IntCounterVec,
     /// Cached answers dropped before being replaced, by reason (`size`, `expired`).
@@ -68,6 +86,18 @@ pub struct Metrics {
     /// Failed operations on the shared (Redis) cache tier, by operation.
     pub cache_shared_errors: IntCounterVec,
 }
+
+/// The pod's owner, as the webhook passes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// Its namespace.
+    pub namespace: String,
+    /// The Deployment, StatefulSet, Job, … that owns the pod.
+    pub name: String,
+}
+
+/// Labels of per-key metrics: bounded by the configured keys.
+pub const KEY_LABELS: &[&str] = &["virtual_key", "team", "feature"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -98,6 +128,24 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(
     metric
 }
 
+fn float_counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+    let metric =
+        CounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    metric
+}
+
+fn float_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let metric =
+        GaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    metric
+}
+
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
     let metric = HistogramVec::new(opts, labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -116,7 +164,20 @@ impl Metrics {
     /// Registers every metric. The names and labels are constants, so a
     /// failure here is a programming error caught by the first test.
     pub fn new() -> Self {
-        let registry = Registry::new();
+        Self::for_workload(None)
+    }
+
+    /// Metrics whose every series carries the workload's
+    /// `workload_namespace` and `workload_name` (not `namespace`, which
+    /// Prometheus' Kubernetes discovery sets itself).
+    pub fn for_workload(workload: Option<&Workload>) -> Self {
+        let labels = workload.map(|w| {
+            std::collections::HashMap::from([
+                ("workload_namespace".to_owned(), w.namespace.clone()),
+                ("workload_name".to_owned(), w.name.clone()),
+            ])
+        });
+        let registry = Registry::new_custom(None, labels).unwrap_or_else(|e| panic!("registry: {e}"));
         let requests = counter(
             &registry,
             "llmesh_requests_total",
@@ -184,6 +245,63 @@ impl Metrics {
             "1 for the configuration version in force.",
             &["version"],
         );
+        let with_key = |first: &[&'static str], last: &[&'static str]| -> Vec<&'static str> {
+            first.iter().chain(KEY_LABELS).chain(last).copied().collect()
+        };
+        let cost_usd = float_counter(
+            &registry,
+            "llmesh_cost_usd_total",
+            "USD spent, from actual token usage and the target's price.",
+            &with_key(&["route", "provider", "model"], &[]),
+        );
+        let key_requests = counter(
+            &registry,
+            "llmesh_key_requests_total",
+            "Requests by virtual key, route and HTTP status.",
+            &with_key(&[], &["route", "status"]),
+        );
+        let rate_limited = counter(
+            &registry,
+            "llmesh_rate_limited_total",
+            "Requests refused by a virtual key's rate limit, by limit (requests, tokens).",
+            &["virtual_key", "limit"],
+        );
+        let budget_spent = float_gauge(
+            &registry,
+            "llmesh_budget_spent_usd",
+            "USD spent in the budget's current period.",
+            &["budget", "period"],
+        );
+        let budget_limit = float_gauge(
+            &registry,
+            "llmesh_budget_limit_usd",
+            "The budget's limit in USD per period.",
+            &["budget", "period"],
+        );
+        let budget_remaining = float_gauge(
+            &registry,
+            "llmesh_budget_remaining_usd",
+            "USD left in the budget's current period.",
+            &["budget", "period"],
+        );
+        let budget_thresholds = counter(
+            &registry,
+            "llmesh_budget_threshold_crossed_total",
+            "Budget thresholds crossed, by budget and threshold percent.",
+            &["budget", "threshold"],
+        );
+        let budget_exceeded = counter(
+            &registry,
+            "llmesh_budget_exceeded_total",
+            "Requests that found their budget exhausted, by budget and action (block, downgrade, alert).",
+            &["budget", "action"],
+        );
+        let token_ceiling_rejections = counter(
+            &registry,
+            "llmesh_token_ceiling_rejections_total",
+            "Requests refused by a budget's token ceiling, by ceiling (request, session).",
+            &["budget", "ceiling"],
+        );
         let cache_requests = counter(
             &registry,
             "llmesh_cache_requests_total",
@@ -234,6 +352,15 @@ impl Metrics {
             circuit_state,
             config_reloads,
             config_info,
+            cost_usd,
+            key_requests,
+            rate_limited,
+            budget_spent,
+            budget_limit,
+            budget_remaining,
+            budget_thresholds,
+            budget_exceeded,
+            token_ceiling_rejections,
             cache_requests,
             cache_evictions,
             cache_bytes,

@@ -166,6 +166,8 @@ fn load_manifests(
     let compiled = llmesh_crds::compile(Inputs {
         providers: &manifests.providers,
         routes: &manifests.routes,
+        keys: &manifests.keys,
+        budgets: &manifests.budgets,
         secrets: &secret_keys,
         previous,
     });

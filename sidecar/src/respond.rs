@@ -19,6 +19,7 @@ use crate::providers::{Completed, ErrorKind, ProviderError, StreamEvent};
 pub fn complete(completed: Completed, mut record: AccessRecord) -> Response {
     record.set_status(200, None);
     record.set_usage(completed.usage);
+    record.note_answer(&completed.body);
     let mut response = (StatusCode::OK, completed.body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -88,6 +89,11 @@ pub fn stream(committed: CommittedStream, mut record: AccessRecord) -> Response 
             }
         }
         record.finish();
+        // Headers left before the usage was known: the cost goes in an SSE
+        // comment, which clients skip and scripts can read.
+        if let Some(cost) = record.cost() {
+            yield Ok(Bytes::from(format!(": x-llmesh-cost-usd {}\n\n", crate::pricing::format_usd(cost))));
+        }
         yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
     };
     let mut response = Response::new(Body::from_stream(body));
@@ -106,6 +112,7 @@ fn frame(event: StreamEvent, record: &mut AccessRecord) -> Option<Bytes> {
     match event {
         StreamEvent::Chunk(json) => {
             record.first_chunk_sent();
+            record.note_answer(&json);
             Some(sse_data(&json))
         }
         StreamEvent::Usage(usage) => {

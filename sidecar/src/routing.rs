@@ -37,6 +37,10 @@ pub struct Runtime {
     /// Names of the mock providers (the only ones drills may touch).
     mock_providers: std::collections::BTreeSet<String>,
     routes: BTreeMap<String, Arc<Route>>,
+    /// The virtual keys requests are made with.
+    pub keys: crate::auth::Keys,
+    /// The budgets keys name.
+    pub budgets: BTreeMap<String, llmesh_crds::config::BudgetConfig>,
     /// Why routes that exist as resources are not served, by alias, so a
     /// request for one is told why instead of only "unknown".
     rejected: BTreeMap<String, String>,
@@ -63,6 +67,8 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// When targets are shed.
     pub breaker: BreakerConfig,
+    /// Prompts and answers go into the access log.
+    pub log_content: bool,
     /// Response caching, when on.
     pub cache: Option<CacheConfig>,
     /// The embeddings model of a semantic cache.
@@ -116,7 +122,7 @@ pub struct Target {
     pub model: String,
     /// Share under `weighted`.
     pub weight: u32,
-    /// USD per million tokens, for `cheapest`.
+    /// USD per million tokens: the target's own, or the built-in table's.
     pub price: Option<Price>,
     /// Context window in tokens.
     pub context_window: Option<u64>,
@@ -214,7 +220,10 @@ impl Builder<'_> {
             provider,
             model: target.model.clone(),
             weight: target.weight,
-            price: target.price.clone(),
+            price: target
+                .price
+                .clone()
+                .or_else(|| crate::pricing::builtin(&target.model)),
             context_window: target.context_window,
             timeout: target.timeout_ms.map(Duration::from_millis),
             health: self.health.target(TargetKey {
@@ -281,6 +290,7 @@ impl Runtime {
                 retries: route.retries.clone(),
                 timeouts: Timeouts::from(&route.timeouts),
                 breaker: route.circuit_breaker.clone(),
+                log_content: route.log_content,
                 cache: route.cache.clone(),
                 semantic: route
                     .cache
@@ -301,6 +311,8 @@ impl Runtime {
             version: config.version.clone(),
             mock_providers,
             routes,
+            keys: crate::auth::Keys::new(&config.keys),
+            budgets: config.budgets.clone(),
             rejected: BTreeMap::new(),
         })
     }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::metrics::Workload;
 use crate::providers::UpstreamSettings;
 
 /// API listen address (default `127.0.0.1:4000`: apps in the pod only).
@@ -30,6 +31,15 @@ pub const DRAIN_TIMEOUT_MS: &str = "LLMESH_DRAIN_TIMEOUT_MS";
 /// `true` lets `POST /debug/faults` on the admin port inject faults into
 /// mock providers (default off: the admin port is reachable in the cluster).
 pub const ENABLE_DRILLS: &str = "LLMESH_ENABLE_DRILLS";
+/// The `VirtualKey` that requests without an llmesh key are made with (the
+/// pod's `llmesh.io/virtual-key` annotation, passed on by the webhook).
+pub const DEFAULT_VIRTUAL_KEY: &str = "LLMESH_VIRTUAL_KEY";
+/// File where budget spend is kept across restarts (unset: in memory only).
+pub const STATE_FILE: &str = "LLMESH_STATE_FILE";
+/// The pod's namespace, for the `workload_namespace` label of every metric.
+pub const WORKLOAD_NAMESPACE: &str = "LLMESH_WORKLOAD_NAMESPACE";
+/// The pod's owning workload, for the `workload_name` label of every metric.
+pub const WORKLOAD_NAME: &str = "LLMESH_WORKLOAD_NAME";
 /// Memory for cached answers, in bytes, shared by every caching route.
 pub const CACHE_MAX_BYTES: &str = "LLMESH_CACHE_MAX_BYTES";
 /// Log filter, `tracing` syntax (default `info`).
@@ -114,6 +124,12 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Whether failure drills may be started from the admin port.
     pub drills_enabled: bool,
+    /// The pod's default virtual key.
+    pub default_key: Option<String>,
+    /// Where budget spend is kept.
+    pub state_file: Option<PathBuf>,
+    /// The workload every metric is labelled with.
+    pub workload: Option<Workload>,
     /// Bytes of cached answers held at most.
     pub cache_max_bytes: u64,
     /// Log filter.
@@ -201,6 +217,12 @@ impl Settings {
             // Below Kubernetes' default 30 s termination grace period.
             drain_timeout: millis(env, DRAIN_TIMEOUT_MS, Duration::from_secs(25))?,
             drills_enabled: parsed(env, ENABLE_DRILLS, false)?,
+            default_key: env.get(DEFAULT_VIRTUAL_KEY).filter(|k| !k.is_empty()),
+            state_file: env.get(STATE_FILE).filter(|f| !f.is_empty()).map(PathBuf::from),
+            workload: env.get(WORKLOAD_NAME).map(|name| Workload {
+                namespace: env.get(WORKLOAD_NAMESPACE).unwrap_or_default(),
+                name,
+            }),
             // A modest share of a sidecar's usual 128 MiB limit; only used by routes that cache.
             cache_max_bytes: parsed(env, CACHE_MAX_BYTES, 32 * 1024 * 1024)?,
             log_filter: env.get(LOG).unwrap_or_else(|| "info".to_owned()),

@@ -215,3 +215,49 @@ async fn sigterm_ends_the_process_cleanly() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn budget_spend_survives_a_killed_sidecar() {
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let state = state_dir.path().join("state.json");
+    let manifests = [
+        provider("m", "{provider: mock}"),
+        route(
+            "smart",
+            "{targets: [{provider: m, model: m, price: {input: 1000, output: 1000}}]}",
+        ),
+        llmesh_test_support::harness::secret("k", "key", "sk-k"),
+        llmesh_test_support::harness::virtual_key("k", "{budget: b}"),
+        llmesh_test_support::harness::budget("b", "{limitUsd: 0.001, period: total}"),
+    ]
+    .concat();
+    let env = [("LLMESH_STATE_FILE", state.display().to_string())];
+    let send = |url: String| async move {
+        http_client()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth("sk-k")
+            .json(&ask())
+            .send()
+            .await
+            .expect("sent")
+            .status()
+    };
+
+    let mut first = spawn(&manifests, &env);
+    assert_eq!(send(first.url.clone()).await, 200);
+    // The batch writer runs every second; then no shutdown gets a say.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !state.exists() {
+        assert!(std::time::Instant::now() < deadline, "spend never written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().expect("reaped");
+
+    let second = spawn(&manifests, &env);
+    assert_eq!(
+        send(second.url.clone()).await,
+        429,
+        "the spend from before the kill still counts"
+    );
+}

@@ -208,6 +208,43 @@ async fn the_fallback_drill_keeps_serving_while_the_primary_is_down() {
 }
 
 #[tokio::test]
+async fn keys_and_budgets_attribute_limit_and_downgrade() {
+    let sidecar = Sidecar::start(&example("keys-and-budgets")).await;
+    let ask = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "Summarise this paper"}]});
+    let research = [("authorization", "Bearer sk-llmesh-research-demo")];
+    let support = [("x-api-key", "sk-llmesh-support-demo")];
+
+    assert_eq!(
+        sidecar.post("/v1/chat/completions", &ask("smart")).await.status(),
+        401
+    );
+
+    let premium = sidecar
+        .post_with("/v1/chat/completions", &ask("premium"), &research)
+        .await;
+    assert_eq!(premium.status(), 200);
+    assert!(premium.headers().contains_key("x-llmesh-cost-usd"));
+    assert_eq!(premium.headers()["x-ratelimit-limit-requests"], "60");
+    // The budget is spent: research is downgraded to the cheap route.
+    let downgraded = sidecar
+        .post_with("/v1/chat/completions", &ask("premium"), &research)
+        .await;
+    assert_eq!(downgraded.headers()["x-llmesh-route"], "smart");
+
+    let forbidden = sidecar
+        .post_with("/v1/chat/completions", &ask("premium"), &support)
+        .await;
+    assert_eq!(forbidden.status(), 403);
+    let smart = ask("smart");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = sidecar.post_with("/v1/chat/completions", &smart, &support).await;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1, "{statuses:?}");
+}
+
+#[tokio::test]
 async fn the_cache_example_answers_a_repeated_question_from_memory() {
     let sidecar = Sidecar::start(&example("cache")).await;
     assert_eq!(

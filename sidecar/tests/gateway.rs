@@ -207,6 +207,8 @@ fn compiled_config(yaml: &str) -> String {
     let compiled = llmesh_crds::compile(Inputs {
         providers: &manifests.providers,
         routes: &manifests.routes,
+        keys: &manifests.keys,
+        budgets: &manifests.budgets,
         secrets: &secrets,
         previous: None,
     });

@@ -83,6 +83,24 @@ impl Sidecar {
             .unwrap()
     }
 
+    /// POSTs JSON to the API with extra request headers.
+    ///
+    /// # Panics
+    /// The request cannot be sent.
+    #[allow(clippy::unwrap_used)]
+    pub async fn post_with(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self.client.post(format!("{}{path}", self.url)).json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
     /// GETs a path of the API (`/v1/...`) or, with `admin`, of the admin port.
     ///
     /// # Panics
@@ -127,4 +145,16 @@ pub fn route(name: &str, spec: &str) -> String {
 /// A `Secret` manifest with one string key.
 pub fn secret(name: &str, key: &str, value: &str) -> String {
     format!("---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData: {{{key}: {value}}}\n")
+}
+
+/// A `VirtualKey` manifest with the given spec.
+pub fn virtual_key(name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: llmesh.io/v1alpha1\nkind: VirtualKey\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+    )
+}
+
+/// A `Budget` manifest with the given spec.
+pub fn budget(name: &str, spec: &str) -> String {
+    format!("---\napiVersion: llmesh.io/v1alpha1\nkind: Budget\nmetadata: {{name: {name}}}\nspec: {spec}\n")
 }

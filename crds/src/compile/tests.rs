@@ -36,6 +36,8 @@ fn compile_yaml(yaml: &str, previous: Option<&SidecarConfig>) -> Compiled {
     compile(Inputs {
         providers: &manifests.providers,
         routes: &manifests.routes,
+        keys: &manifests.keys,
+        budgets: &manifests.budgets,
         secrets: &secrets,
         previous,
     })
@@ -371,6 +373,162 @@ fn a_full_routing_spec_compiles_with_defaults_filled_in() {
         (2, 5_000)
     );
     assert_eq!(compiled.config.routes["cheap"].strategy, Strategy::Weighted);
+}
+
+fn key(name: &str, spec: &str) -> String {
+    format!(
+        "\n---\napiVersion: llmesh.io/v1alpha1\nkind: VirtualKey\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+    )
+}
+
+fn budget(name: &str, spec: &str) -> String {
+    format!("\n---\napiVersion: llmesh.io/v1alpha1\nkind: Budget\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+}
+
+fn key_secret(name: &str, value: &str) -> String {
+    format!("\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData: {{key: {value}}}\n")
+}
+
+#[test]
+fn keys_and_budgets_report_their_bad_fields() {
+    let base = format!(
+        "{MOCK}{}{}{}",
+        route("smart", "{targets: [{provider: mock, model: m}]}"),
+        route("cheap", "{targets: [{provider: mock, model: c}]}"),
+        key_secret("team-a", "sk-llmesh-a"),
+    );
+    let cases: &[(&str, String, &[&str])] = &[
+        ("minimal key", key("team-a", "{}"), &[]),
+        (
+            "full key and budget",
+            format!(
+                "{}{}",
+                budget(
+                    "monthly",
+                    "{limitUsd: 100, period: monthly, timeZone: Europe/Berlin, thresholds: [80, 50], action: downgrade, downgradeTo: cheap, maxTokensPerRequest: 1000, maxTokensPerSession: 5000}"
+                ),
+                key(
+                    "k",
+                    "{secretRef: {name: team-a}, allowedRoutes: [smart], rateLimits: {requestsPerMinute: 60, tokensPerMinute: 10000}, budget: monthly, team: a, feature: chat, expiresAt: '2030-01-01T00:00:00Z', disabled: true}"
+                )
+            ),
+            &[],
+        ),
+        (
+            "key whose Secret is missing",
+            key("nobody", "{}"),
+            &["VirtualKey nobody: spec.secretRef: Secret nobody not found"],
+        ),
+        (
+            "key naming missing routes and budget",
+            key(
+                "team-a",
+                "{allowedRoutes: [smart, gone], budget: nope, rateLimits: {requestsPerMinute: 0}, expiresAt: tomorrow}",
+            ),
+            &[
+                "spec.allowedRoutes[1]: route gone does not exist",
+                "spec.budget: Budget nope does not exist or is not ready",
+                "spec.rateLimits: limits must be greater than zero",
+                "spec.expiresAt: \"tomorrow\" is not an RFC 3339 instant",
+            ],
+        ),
+        (
+            "budget mistakes",
+            budget(
+                "b",
+                "{limitUsd: -1, timeZone: Mars/Olympus, thresholds: [0, 120], action: downgrade, maxTokensPerSession: 0}",
+            ),
+            &[
+                "Budget b: spec.limitUsd: must be a finite, non-negative number",
+                "spec.timeZone: unknown time zone \"Mars/Olympus\"",
+                "spec.thresholds: each threshold is a percentage from 1 to 100",
+                "spec.downgradeTo: required with action downgrade",
+                "spec: token ceilings must be greater than zero",
+            ],
+        ),
+        (
+            "downgrade target must exist and only downgrade takes one",
+            format!(
+                "{}{}",
+                budget("a", "{limitUsd: 1, action: downgrade, downgradeTo: gone}"),
+                budget("b", "{limitUsd: 1, downgradeTo: cheap}")
+            ),
+            &[
+                "Budget a: spec.downgradeTo: route gone does not exist",
+                "Budget b: spec.downgradeTo: only valid with action downgrade",
+            ],
+        ),
+        (
+            "a key on an invalid budget says so",
+            format!(
+                "{}{}",
+                budget("b", "{limitUsd: -5}"),
+                key("team-a", "{budget: b}")
+            ),
+            &[
+                "Budget b: spec.limitUsd",
+                "VirtualKey team-a: spec.budget: Budget b does not exist or is not ready",
+            ],
+        ),
+    ];
+    for (case, yaml, expected) in cases {
+        let compiled = compile_yaml(&format!("{base}{yaml}"), None);
+        let got = messages(&compiled);
+        assert_eq!(got.len(), expected.len(), "{case}: {got:#?}");
+        for want in *expected {
+            assert!(
+                got.iter().any(|g| g.contains(want)),
+                "{case}: no problem contains {want:?} in {got:#?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn only_the_hash_of_a_key_enters_the_config() {
+    let yaml = format!(
+        "{MOCK}{}{}{}{}",
+        route("smart", "{targets: [{provider: mock, model: m}]}"),
+        key_secret("team-a", "sk-llmesh-secret-value"),
+        budget("b", "{limitUsd: 2.5, period: daily, thresholds: [90, 50, 90]}"),
+        key(
+            "team-a",
+            "{budget: b, team: a, feature: chat, expiresAt: '2030-01-01T00:00:00Z', rateLimits: {tokensPerMinute: 500}}"
+        ),
+    );
+    let compiled = compile_yaml(&yaml, None);
+    assert_eq!(messages(&compiled), Vec::<String>::new());
+    let json = serde_json::to_string(&compiled.config).expect("config serializes");
+    assert!(
+        !json.contains("sk-llmesh-secret-value"),
+        "key leaked into config: {json}"
+    );
+    let key = &compiled.config.keys["team-a"];
+    assert_eq!(key.key_hash, crate::config::key_hash(b"sk-llmesh-secret-value\n"));
+    assert_eq!(key.expires_at_unix, Some(1_893_456_000));
+    assert_eq!(key.tokens_per_minute, Some(500));
+    assert_eq!(key.team.as_deref(), Some("a"));
+    let budget = &compiled.config.budgets["b"];
+    assert_eq!(budget.thresholds, [50, 90], "sorted and deduplicated");
+    assert_eq!(budget.time_zone, "UTC");
+    assert_eq!(budget.action, crate::resources::BudgetAction::Block);
+    assert_eq!(budget.period, crate::resources::BudgetPeriod::Daily);
+}
+
+#[test]
+fn an_invalid_key_keeps_its_previous_version() {
+    let good = format!(
+        "{MOCK}{}{}{}",
+        route("smart", "{targets: [{provider: mock, model: m}]}"),
+        key_secret("team-a", "sk-a"),
+        key("team-a", "{team: a}"),
+    );
+    let first = compile_yaml(&good, None);
+    let broken = good.replace("{team: a}", "{team: a, expiresAt: never}");
+    let second = compile_yaml(&broken, Some(&first.config));
+    assert_eq!(second.problems.len(), 1);
+    assert!(second.problems[0].kept_previous);
+    assert_eq!(second.config.keys, first.config.keys);
 }
 
 #[test]

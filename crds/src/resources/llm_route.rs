@@ -61,6 +61,10 @@ pub struct LLMRouteSpec {
     /// A share of traffic copied to a candidate model for offline evaluation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Mirror>,
+    /// Also write prompts and answers into the access log (default off),
+    /// after the sidecar's redaction hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_content: Option<bool>,
 }
 
 /// One upstream model behind a route.

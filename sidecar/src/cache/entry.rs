@@ -78,7 +78,10 @@ impl Entry {
         if !ended_normally {
             return None;
         }
-        let cost_usd = origin.price.as_ref().map_or(0.0, |price| cost_usd(price, &usage));
+        let cost_usd = origin
+            .price
+            .as_ref()
+            .map_or(0.0, |price| crate::pricing::cost(price, &usage));
         Some(Self::new(body, usage, cost_usd, origin, ttl))
     }
 
@@ -107,21 +110,6 @@ impl Entry {
     pub fn is_expired(&self, now: Instant) -> bool {
         now >= self.expires_at
     }
-}
-
-/// What `usage` cost at `price` (USD per million tokens); input read from
-/// or written to the provider's prompt cache at its own price when the
-/// target names one.
-#[allow(clippy::cast_precision_loss)]
-pub fn cost_usd(price: &Price, usage: &Usage) -> f64 {
-    let cached = usage.cached_input().min(usage.prompt_tokens);
-    let written = usage.cache_write().min(usage.prompt_tokens - cached);
-    let fresh = usage.prompt_tokens - cached - written;
-    let per_token = |tokens: u64, usd_per_million: f64| tokens as f64 * usd_per_million / 1_000_000.0;
-    per_token(fresh, price.input)
-        + per_token(cached, price.cached_input.unwrap_or(price.input))
-        + per_token(written, price.cache_write.unwrap_or(price.input))
-        + per_token(usage.completion_tokens, price.output)
 }
 
 #[cfg(test)]

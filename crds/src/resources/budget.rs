@@ -1,0 +1,111 @@
+//! `Budget`: a money limit over a period for the keys that name it.
+// kube-derive takes one `printcolumn(...)` per column, each with the same keys.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Spend limit in USD over a period, for every `VirtualKey` whose `budget`
+/// names it, with what happens when it runs out and token ceilings that stop
+/// runaway agents.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "llmesh.io",
+    version = "v1alpha1",
+    kind = "Budget",
+    namespaced,
+    status = "BudgetStatus",
+    shortname = "llmb",
+    category = "llmesh",
+    printcolumn(name = "Limit", type_ = "number", json_path = ".spec.limitUsd"),
+    printcolumn(name = "Spent", type_ = "number", json_path = ".status.spentUsd"),
+    printcolumn(name = "Period", type_ = "string", json_path = ".spec.period"),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BudgetSpec {
+    /// The limit in US dollars per period.
+    pub limit_usd: f64,
+    /// When spend resets (default `monthly`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<BudgetPeriod>,
+    /// IANA time zone the period's calendar follows (default `UTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Percentages of the limit at which a warning is logged and counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<u32>,
+    /// What happens once the limit is reached (default `block`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<BudgetAction>,
+    /// With `action: downgrade`, the route alias that serves requests instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downgrade_to: Option<String>,
+    /// Largest number of tokens (input estimate plus `max_tokens`) one request may ask for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens_per_request: Option<u64>,
+    /// Largest number of tokens one session (`x-llmesh-session-id`) may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens_per_session: Option<u64>,
+}
+
+/// How spend is grouped in time.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BudgetPeriod {
+    /// Resets at midnight.
+    Daily,
+    /// Resets at midnight between Sunday and Monday.
+    Weekly,
+    /// Resets at midnight on the first of the month.
+    #[default]
+    Monthly,
+    /// Never resets.
+    Total,
+}
+
+impl BudgetPeriod {
+    /// The name as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Daily => "daily",
+            Self::Weekly => "weekly",
+            Self::Monthly => "monthly",
+            Self::Total => "total",
+        }
+    }
+}
+
+/// What an exhausted budget does to the next request.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BudgetAction {
+    /// Refuse with 429 and an error naming the budget.
+    #[default]
+    Block,
+    /// Serve from the cheaper route named in `downgradeTo`.
+    Downgrade,
+    /// Serve anyway; log and count.
+    Alert,
+}
+
+/// Spend in the current period.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (true when the budget is part of the served configuration).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// USD spent in the current period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent_usd: Option<f64>,
+    /// `ok`, `warning` (a threshold passed) or `exceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}

@@ -1,0 +1,85 @@
+//! `VirtualKey`: an identity apps present to the sidecar, with what it may
+//! use, how fast, and who pays.
+// kube-derive takes one `printcolumn(...)` per column, each with the same keys.
+#![allow(clippy::duplicated_attributes)]
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::ResourceStatus;
+
+/// A key apps send as `Authorization: Bearer <key>` (or `x-api-key`,
+/// `api-key`). The key itself lives in a Secret; only its SHA-256 hash
+/// reaches the sidecar configuration.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "llmesh.io",
+    version = "v1alpha1",
+    kind = "VirtualKey",
+    namespaced,
+    status = "ResourceStatus",
+    shortname = "llmvk",
+    category = "llmesh",
+    printcolumn(name = "Team", type_ = "string", json_path = ".spec.team"),
+    printcolumn(name = "Feature", type_ = "string", json_path = ".spec.feature"),
+    printcolumn(name = "Budget", type_ = "string", json_path = ".spec.budget"),
+    printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualKeySpec {
+    /// The Secret holding the key. Defaults to the Secret named like this
+    /// resource, key `key` (where the operator writes a generated key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<KeySecretRef>,
+    /// Route aliases this key may call; empty means every route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_routes: Vec<String>,
+    /// Request and token rates for this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimits>,
+    /// The `Budget` (same namespace) this key's spend counts against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<String>,
+    /// Attribution label: the team that owns the traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Attribution label: the feature or service the traffic is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    /// After this instant (RFC 3339, e.g. `2027-01-01T00:00:00Z`) the key is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// True: the key is refused (kept in config so apps are told why).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+/// Where a key is stored.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeySecretRef {
+    /// The Secret's name.
+    pub name: String,
+    /// The key inside it (default `key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Per-key rates, each over a sliding minute.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimits {
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    /// Tokens (input and output) per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+}

@@ -1,0 +1,189 @@
+//! The local state file: each budget's spend in its current period and the
+//! tokens each agent session has used, so a restarted sidecar carries on
+//! where it stopped.
+//!
+//! Written whole, in batches (see [`super::Budgets::flush`]): to a temporary
+//! file that is fsynced and then renamed over the old one, and the folder
+//! fsynced, so a crash leaves the old file or the new one, never half of
+//! one. A checksum over the content catches what the file system does not;
+//! a file that fails it is reported and left alone, never zeroed.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The layout version this code writes and reads.
+const FORMAT: u32 = 1;
+
+/// One budget's spend.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Spend {
+    /// Unix second the current period began (0 for `total`).
+    pub period_start: i64,
+    /// USD spent since.
+    pub spent_usd: f64,
+    /// The highest threshold percent already reported this period.
+    pub thresholds_crossed: u32,
+}
+
+/// What the file holds besides its format and checksum.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Saved {
+    /// Spend by budget.
+    pub budgets: BTreeMap<String, Spend>,
+    /// Tokens used by budget, then session id.
+    pub sessions: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    format: u32,
+    checksum: String,
+    budgets: BTreeMap<String, Spend>,
+    #[serde(default)]
+    sessions: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// The state file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing failed.
+    #[error("state file {path}: {error}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The content is damaged or from an unknown format.
+    #[error(
+        "state file {path} is corrupt ({reason}); it was left untouched for inspection — move it away to start from zero"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn checksum(saved: &Saved) -> String {
+    let canonical = serde_json::to_vec(saved).unwrap_or_default();
+    Sha256::digest(&canonical)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What is recorded at `path`; nothing when there is no file yet.
+///
+/// # Errors
+/// The file cannot be read, or fails to parse or its checksum.
+pub fn load(path: &Path) -> Result<Saved, StateError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Saved::default()),
+        Err(error) => {
+            return Err(StateError::Io {
+                path: path.to_owned(),
+                error,
+            });
+        }
+    };
+    let corrupt = |reason: String| StateError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let file: File = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if file.format != FORMAT {
+        return Err(corrupt(format!("format {} is not {FORMAT}", file.format)));
+    }
+    let saved = Saved {
+        budgets: file.budgets,
+        sessions: file.sessions,
+    };
+    if checksum(&saved) != file.checksum {
+        return Err(corrupt("checksum mismatch".to_owned()));
+    }
+    Ok(saved)
+}
+
+/// Replaces the file at `path` with `saved`, durably.
+///
+/// # Errors
+/// Writing, syncing or renaming failed.
+pub fn save(path: &Path, saved: &Saved) -> Result<(), StateError> {
+    let io = |error| StateError::Io {
+        path: path.to_owned(),
+        error,
+    };
+    let file = File {
+        format: FORMAT,
+        checksum: checksum(saved),
+        budgets: saved.budgets.clone(),
+        sessions: saved.sessions.clone(),
+    };
+    let bytes = serde_json::to_vec_pretty(&file).map_err(|e| io(std::io::Error::other(e)))?;
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let temporary = path.with_extension("tmp");
+    let mut out = std::fs::File::create(&temporary).map_err(io)?;
+    out.write_all(&bytes).map_err(io)?;
+    out.sync_all().map_err(io)?;
+    drop(out);
+    std::fs::rename(&temporary, path).map_err(io)?;
+    std::fs::File::open(folder)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Saved {
+        let spend = Spend {
+            period_start: 1_780_000_000,
+            spent_usd: 0.123_456_789,
+            thresholds_crossed: 50,
+        };
+        let sessions = BTreeMap::from([("agent-1".to_owned(), 1234)]);
+        Saved {
+            budgets: BTreeMap::from([("team-a".to_owned(), spend)]),
+            sessions: BTreeMap::from([("team-a".to_owned(), sessions)]),
+        }
+    }
+
+    #[test]
+    fn what_is_saved_is_loaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        assert_eq!(load(&path).expect("no file yet"), Saved::default());
+        save(&path, &sample()).expect("save");
+        assert_eq!(load(&path).expect("load"), sample());
+    }
+
+    #[test]
+    fn damage_is_reported_and_the_file_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        save(&path, &sample()).expect("save");
+        let tampered = std::fs::read_to_string(&path)
+            .expect("read")
+            .replace("0.123456789", "0.000000001");
+        std::fs::write(&path, &tampered).expect("write");
+        let error = load(&path).expect_err("checksum catches it");
+        assert!(error.to_string().contains("checksum mismatch"), "{error}");
+        assert_eq!(std::fs::read_to_string(&path).expect("still there"), tampered);
+
+        std::fs::write(&path, "{\"format\": 1, \"checks").expect("write");
+        assert!(matches!(load(&path), Err(StateError::Corrupt { .. })));
+    }
+}
