@@ -37,7 +37,7 @@ pub async fn read(client: &Client, namespace: &str) -> Result<Option<ConfigMap>,
         .map_err(|source| Error::Read {
             what: format!("ConfigMap {NAME}"),
             namespace: namespace.to_owned(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -122,7 +122,7 @@ pub async fn apply_if_changed(
         .map_err(|source| Error::WriteConfigMap {
             namespace: name,
             name: NAME,
-            source,
+            source: Box::new(source),
         })?;
     Ok(true)
 }

@@ -15,7 +15,7 @@ pub enum Error {
         namespace: String,
         /// The API error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// Writing the compiled configuration failed.
     #[error("writing ConfigMap {namespace}/{name}: {source}")]
@@ -26,7 +26,7 @@ pub enum Error {
         name: &'static str,
         /// The API error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// Writing a resource's status failed.
     #[error("writing the status of {kind} {namespace}/{name}: {source}")]
@@ -39,7 +39,7 @@ pub enum Error {
         name: String,
         /// The API error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The compiled configuration could not be serialised (a bug, not an input problem).
     #[error("serialising the compiled configuration: {0}")]

@@ -118,7 +118,7 @@ where
         .map_err(|source| Error::Read {
             what: what.to_owned(),
             namespace: namespace.to_owned(),
-            source,
+            source: Box::new(source),
         })?
         .items;
     items.sort_by_key(ResourceExt::name_any);
@@ -139,7 +139,7 @@ async fn secret_keys(
         let secret = api.get_opt(name).await.map_err(|source| Error::Read {
             what: format!("Secret {name}"),
             namespace: namespace.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
         found.extend(secret);
     }

@@ -183,7 +183,7 @@ where
             kind: K::kind(&()).into_owned(),
             namespace: namespace.to_owned(),
             name,
-            source,
+            source: Box::new(source),
         })?;
     Ok(())
 }
