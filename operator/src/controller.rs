@@ -165,7 +165,11 @@ pub async fn run(ctx: Arc<Context>) {
     ));
     let secrets_ctx = Arc::clone(&ctx);
     Controller::new(Api::<Namespace>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned)
+        // Not `.owns`: it keys the owner in the child's namespace, which never
+        // matches a (cluster-scoped) Namespace.
+        .watches(Api::<ConfigMap>::all(client.clone()), owned, |cm| {
+            namespace_key(&cm)
+        })
         .watches(
             Api::<LLMRoute>::all(client.clone()),
             watcher::Config::default(),

@@ -41,6 +41,9 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// Reading or writing the leader-election Lease failed.
+    #[error("leader election Lease: {0}")]
+    Lease(#[source] Box<kube::Error>),
     /// The compiled configuration could not be serialised (a bug, not an input problem).
     #[error("serialising the compiled configuration: {0}")]
     Serialize(#[from] serde_json::Error),
@@ -54,6 +57,7 @@ impl Error {
             Self::WriteConfigMap { .. } => "write_configmap",
             Self::WriteStatus { .. } => "write_status",
             Self::Serialize(_) => "serialize",
+            Self::Lease(_) => "lease",
         }
     }
 }

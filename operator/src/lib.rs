@@ -10,6 +10,7 @@
 pub mod configmap;
 pub mod controller;
 pub mod error;
+pub mod lease;
 pub mod metrics;
 pub mod namespace;
 pub mod probes;

@@ -4,10 +4,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
 use llmesh_operator::controller::{self, Context};
+use llmesh_operator::lease::{Elector, LeaseSettings};
 use llmesh_operator::metrics::Metrics;
 use llmesh_operator::probes::{self, Health};
 
@@ -20,6 +22,18 @@ struct Args {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "LLMESH_OPERATOR_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     admin_addr: SocketAddr,
+    /// Namespace of the leader-election Lease (the operator's own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "llmesh-system")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "llmesh-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: the pod name, else the host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Reconcile without holding the Lease (development with a single process only).
+    #[arg(long)]
+    no_leader_election: bool,
     /// Log filter, `tracing` syntax.
     #[arg(long, env = "LLMESH_LOG", default_value = "info")]
     log: String,
@@ -53,7 +67,51 @@ async fn main() -> anyhow::Result<()> {
     });
 
     tracing::info!(admin = %args.admin_addr, "llmesh-operator starting");
-    controller::run(Arc::new(Context::new(client, metrics, health))).await;
+    let ctx = Arc::new(Context::new(client.clone(), metrics, health));
+    if args.no_leader_election {
+        controller::run(ctx).await;
+    } else {
+        let identity = args.identity.unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "llmesh-operator".to_owned());
+            format!("{host}-{}", std::process::id())
+        });
+        let elector = Elector::new(
+            client,
+            LeaseSettings {
+                namespace: args.lease_namespace,
+                name: args.lease_name,
+                identity,
+                duration: Duration::from_secs(15),
+            },
+        );
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = shutdown_signal() => return Ok(()),
+        }
+        tracing::info!("holding the leader Lease; reconciling");
+        tokio::select! {
+            () = controller::run(ctx) => {}
+            () = elector.hold() => {
+                anyhow::bail!("lost the leader Lease; exiting so the restarted pod rejoins as a candidate")
+            }
+        }
+    }
     tracing::info!("llmesh-operator stopped");
     Ok(())
+}
+
+/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C (development).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }

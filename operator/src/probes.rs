@@ -47,3 +47,52 @@ pub fn router(health: Arc<Health>, metrics: Metrics) -> Router {
         .with_state(health)
         .route("/metrics", get(move || async move { metrics.render() }))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn get(app: &Router, path: &str) -> (StatusCode, String) {
+        let request = Request::get(path).body(Body::empty()).expect("request");
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readyz_waits_for_the_first_successful_reconcile() {
+        let health = Arc::new(Health::default());
+        let app = router(Arc::clone(&health), Metrics::new().expect("metrics"));
+        assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
+        assert_eq!(get(&app, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        health.set_ready();
+        assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn metrics_count_reconciles_and_errors_by_reason() {
+        let metrics = Metrics::new().expect("metrics");
+        let app = router(Arc::new(Health::default()), metrics.clone());
+        metrics.succeeded(std::time::Duration::from_millis(3), true, 2);
+        let error = crate::Error::Serialize(serde_json::from_str::<u8>("x").expect_err("not a number"));
+        metrics.failed(std::time::Duration::from_millis(1), &error);
+        let (status, text) = get(&app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        for line in [
+            "llmesh_operator_reconciles_total{result=\"ok\"} 1",
+            "llmesh_operator_reconciles_total{result=\"error\"} 1",
+            "llmesh_operator_reconcile_errors_total{reason=\"serialize\"} 1",
+            "llmesh_operator_reconcile_duration_seconds_count 2",
+            "llmesh_operator_config_writes_total 1",
+            "llmesh_operator_status_writes_total 2",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+}
