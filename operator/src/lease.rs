@@ -132,12 +132,13 @@ impl Elector {
         }
     }
 
-    /// Waits until this replica holds the Lease.
-    pub async fn acquire(&self) {
+    /// Waits until this replica holds the Lease. `on_contact` runs after each
+    /// attempt the API server answered, so a standby can report itself ready.
+    pub async fn acquire(&self, on_contact: impl Fn()) {
         loop {
             match self.try_lead().await {
                 Ok(true) => return,
-                Ok(false) => {}
+                Ok(false) => on_contact(),
                 Err(error) => tracing::warn!(%error, "leader election"),
             }
             tokio::time::sleep(self.retry_period()).await;

@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
     });
 
     tracing::info!(admin = %args.admin_addr, "llmesh-operator starting");
-    let ctx = Arc::new(Context::new(client.clone(), metrics, health));
+    let ctx = Arc::new(Context::new(client.clone(), metrics, Arc::clone(&health)));
     if args.no_leader_election {
         controller::run(ctx).await;
     } else {
@@ -85,7 +85,9 @@ async fn main() -> anyhow::Result<()> {
             },
         );
         tokio::select! {
-            () = elector.acquire() => {}
+            // A standby that reaches the API server is ready: a rolling update
+            // must not wait for a pod that only becomes leader later.
+            () = elector.acquire(|| health.set_ready()) => {}
             () = shutdown_signal() => return Ok(()),
         }
         tracing::info!("holding the leader Lease; reconciling");

@@ -1,6 +1,6 @@
 //! The admin HTTP server: `/metrics`, `/healthz` (the process answers) and
-//! `/readyz` (the first reconcile pass has succeeded, so the API server is
-//! reachable and the operator's permissions work).
+//! `/readyz` (the API server answered: the leader has reconciled once, or a
+//! standby has read the leader Lease).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +19,7 @@ pub struct Health {
 }
 
 impl Health {
-    /// Marks the operator ready (after its first successful reconcile).
+    /// Marks the operator ready (a successful reconcile, or a standby's Lease check).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
     }
