@@ -92,6 +92,36 @@ impl ApiServer {
         call
     }
 
+    /// Serves calls in whatever order they come, as a running controller makes
+    /// them: `answer` returns the reply, or `None` to hold the call open (a
+    /// watch with nothing to report).
+    pub fn serve(
+        mut self,
+        mut answer: impl FnMut(&Call) -> Option<(u16, Value)> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut open_watches = Vec::new();
+            while let Some((request, send)) = self.0.next_request().await {
+                let call = Call {
+                    method: request.method().to_string(),
+                    path: request.uri().path().to_owned(),
+                    query: request.uri().query().unwrap_or_default().to_owned(),
+                    body: Value::Null,
+                };
+                match answer(&call) {
+                    Some((status, reply)) => send.send_response(
+                        Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Body::from(serde_json::to_vec(&reply).expect("reply JSON")))
+                            .expect("response"),
+                    ),
+                    None => open_watches.push(send),
+                }
+            }
+        })
+    }
+
     /// Answers a GET with 404 Not Found.
     pub async fn expect_missing(&mut self, path: &str) -> Call {
         let name = path.rsplit('/').next().unwrap_or_default();
