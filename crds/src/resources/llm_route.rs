@@ -15,7 +15,7 @@ use super::ResourceStatus;
     version = "v1alpha1",
     kind = "LLMRoute",
     namespaced,
-    status = "ResourceStatus",
+    status = "LLMRouteStatus",
     shortname = "llmr",
     category = "llmesh",
     printcolumn(name = "Model", type_ = "string", json_path = ".spec.model"),
@@ -65,6 +65,21 @@ pub struct LLMRouteSpec {
     /// after the sidecar's redaction hook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_content: Option<bool>,
+}
+
+/// What the operator reports about a route.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LLMRouteStatus {
+    /// `Ready` and the generation it describes.
+    #[serde(flatten)]
+    pub common: ResourceStatus,
+    /// The alias served, so `kubectl get` shows what apps send as `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The targets in force, as `provider/model`: what the sidecars actually call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved_targets: Vec<String>,
 }
 
 /// One upstream model behind a route.

@@ -18,7 +18,7 @@ use super::ResourceStatus;
     version = "v1alpha1",
     kind = "ProviderSecret",
     namespaced,
-    status = "ResourceStatus",
+    status = "ProviderSecretStatus",
     shortname = "llmps",
     category = "llmesh",
     printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider"),
@@ -130,6 +130,18 @@ pub struct SecretRef {
     /// Bedrock: the key holding a session token, for temporary credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_token_key: Option<String>,
+}
+
+/// What the operator reports about a provider account.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderSecretStatus {
+    /// `Ready` and the generation it describes.
+    #[serde(flatten)]
+    pub common: ResourceStatus,
+    /// The `LLMRoute`s whose targets name this provider, so a change's reach is visible before it is made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub used_by: Vec<String>,
 }
 
 /// How Azure OpenAI names models: by deployment, under an API version.

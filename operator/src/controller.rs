@@ -1,0 +1,233 @@
+//! The controller: watches, coalescing per namespace, and the error policy.
+//!
+//! The reconciled object is the Namespace. Every watched object (LLMRoute,
+//! ProviderSecret, a referenced Secret, the owned ConfigMap) maps to its
+//! namespace's key, and kube-runtime keeps at most one pending reconcile per
+//! key; with the debounce below, a burst of changes becomes a few reconciles.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::runtime::controller::{Action, Config};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, ResourceExt};
+use llmesh_crds::{LLMRoute, ProviderSecret};
+use parking_lot::RwLock;
+
+use crate::metrics::Metrics;
+use crate::probes::Health;
+use crate::{Error, configmap, namespace};
+
+/// How long the controller waits for more changes before reconciling a
+/// namespace: short enough to stay well inside the 2 s route-change target,
+/// long enough that a `kubectl apply` of a folder is one reconcile.
+pub const DEBOUNCE: Duration = Duration::from_millis(500);
+/// A safety-net resync for each namespace, in case a watch event was missed.
+pub const RESYNC: Duration = Duration::from_secs(600);
+/// First retry delay after a failed reconcile; doubles per consecutive failure.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Upper bound of the retry delay, so a fixed API server is noticed within minutes.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Which Secrets each namespace's ProviderSecrets reference, as of its last
+/// reconcile: a Secret event re-reconciles its namespace only if it is one of them.
+#[derive(Debug, Default)]
+pub struct SecretIndex(RwLock<BTreeMap<String, BTreeSet<String>>>);
+
+impl SecretIndex {
+    /// Replaces the Secrets `namespace` references.
+    pub fn record(&self, namespace: &str, secrets: BTreeSet<String>) {
+        let mut index = self.0.write();
+        if secrets.is_empty() {
+            index.remove(namespace);
+        } else {
+            index.insert(namespace.to_owned(), secrets);
+        }
+    }
+
+    /// The namespace to reconcile when `secret` changes, if any of its resources reference it.
+    pub fn namespace_to_reconcile(&self, secret: &Secret) -> Option<ObjectRef<Namespace>> {
+        let namespace = secret.namespace()?;
+        let referenced = self
+            .0
+            .read()
+            .get(&namespace)
+            .is_some_and(|names| names.contains(&secret.name_any()));
+        referenced.then(|| ObjectRef::new(&namespace))
+    }
+}
+
+/// Shared state of the reconciles.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Referenced Secrets per namespace.
+    pub secrets: SecretIndex,
+    /// Reconcile metrics.
+    pub metrics: Metrics,
+    /// Readiness for `/readyz`.
+    pub health: Arc<Health>,
+    /// Consecutive failures per namespace, for the backoff.
+    failures: parking_lot::Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context for a fresh controller.
+    pub fn new(client: Client, metrics: Metrics, health: Arc<Health>) -> Self {
+        Self {
+            client,
+            secrets: SecretIndex::default(),
+            metrics,
+            health,
+            failures: parking_lot::Mutex::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Context {
+    // `kube::Client` is not `Debug`; the rest is enough to tell contexts apart.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("secrets", &self.secrets)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The namespace key of a namespaced object.
+pub fn namespace_key<K: ResourceExt>(object: &K) -> Option<ObjectRef<Namespace>> {
+    object.namespace().map(|ns| ObjectRef::new(&ns))
+}
+
+/// The retry delay after `failures` consecutive failed reconciles (1 s, 2 s, 4 s, … 5 min).
+pub fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    BACKOFF_BASE.saturating_mul(1 << exponent).min(BACKOFF_MAX)
+}
+
+/// Reconciles one namespace, with metrics and logs.
+///
+/// # Errors
+/// An API call failed; [`error_policy`] schedules the retry.
+pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let name = ns.name_any();
+    let result = namespace::reconcile(&ctx.client, &ns, |secrets| ctx.secrets.record(&name, secrets)).await;
+    match &result {
+        Ok(outcome) => {
+            ctx.metrics.succeeded(
+                started.elapsed(),
+                outcome.config_written,
+                outcome.statuses_written,
+            );
+            ctx.failures.lock().remove(&name);
+            ctx.health.set_ready();
+            if outcome.config_written || outcome.statuses_written > 0 {
+                tracing::info!(
+                    namespace = %name,
+                    version = outcome.version.as_deref().unwrap_or_default(),
+                    config_written = outcome.config_written,
+                    statuses_written = outcome.statuses_written,
+                    problems = outcome.problems,
+                    "reconciled"
+                );
+            }
+        }
+        Err(error) => ctx.metrics.failed(started.elapsed(), error),
+    }
+    result.map(|_| Action::requeue(RESYNC))
+}
+
+/// Retries a failed namespace with exponential backoff.
+pub fn error_policy(ns: Arc<Namespace>, error: &Error, ctx: Arc<Context>) -> Action {
+    let name = ns.name_any();
+    let failures = {
+        let mut failures = ctx.failures.lock();
+        let count = failures.entry(name.clone()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay = backoff(failures);
+    tracing::warn!(namespace = %name, %error, failures, retry_in_ms = delay.as_millis(), "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Runs the controller until SIGTERM or Ctrl-C, then lets running reconciles finish.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let owned = watcher::Config::default().labels(&format!(
+        "{}={}",
+        configmap::MANAGED_BY_LABEL,
+        configmap::MANAGED_BY
+    ));
+    let secrets_ctx = Arc::clone(&ctx);
+    Controller::new(Api::<Namespace>::all(client.clone()), watcher::Config::default())
+        // Not `.owns`: it keys the owner in the child's namespace, which never
+        // matches a (cluster-scoped) Namespace.
+        .watches(Api::<ConfigMap>::all(client.clone()), owned, |cm| {
+            namespace_key(&cm)
+        })
+        .watches(
+            Api::<LLMRoute>::all(client.clone()),
+            watcher::Config::default(),
+            |r| namespace_key(&r),
+        )
+        .watches(
+            Api::<ProviderSecret>::all(client.clone()),
+            watcher::Config::default(),
+            |p| namespace_key(&p),
+        )
+        .watches(Api::<Secret>::all(client), watcher::Config::default(), move |s| {
+            secrets_ctx.secrets.namespace_to_reconcile(&s)
+        })
+        .with_config(Config::default().debounce(DEBOUNCE))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "controller event");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let delays: Vec<u64> = [1, 2, 3, 9, 10, 100].map(|n| backoff(n).as_secs()).to_vec();
+        assert_eq!(delays, [1, 2, 4, 256, 300, 300]);
+    }
+
+    fn secret(namespace: &str, name: &str) -> Secret {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some(name.to_owned());
+        secret.metadata.namespace = Some(namespace.to_owned());
+        secret
+    }
+
+    #[test]
+    fn only_referenced_secrets_map_to_their_namespace() {
+        let index = SecretIndex::default();
+        index.record("team-a", BTreeSet::from(["openai-key".to_owned()]));
+        assert_eq!(
+            index.namespace_to_reconcile(&secret("team-a", "openai-key")),
+            Some(ObjectRef::new("team-a"))
+        );
+        assert_eq!(index.namespace_to_reconcile(&secret("team-a", "other")), None);
+        assert_eq!(
+            index.namespace_to_reconcile(&secret("team-b", "openai-key")),
+            None
+        );
+        index.record("team-a", BTreeSet::new());
+        assert_eq!(
+            index.namespace_to_reconcile(&secret("team-a", "openai-key")),
+            None
+        );
+    }
+}

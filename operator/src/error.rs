@@ -1,0 +1,63 @@
+//! The operator's error type.
+
+use thiserror::Error;
+
+/// Why a namespace reconcile failed. Every variant is an API call that can be
+/// retried; invalid resources are not errors (they become status conditions).
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A list or get of the namespace's inputs failed.
+    #[error("reading {what} in namespace {namespace}: {source}")]
+    Read {
+        /// What was read, e.g. `LLMRoutes` or `Secret openai-key`.
+        what: String,
+        /// The namespace.
+        namespace: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// Writing the compiled configuration failed.
+    #[error("writing ConfigMap {namespace}/{name}: {source}")]
+    WriteConfigMap {
+        /// The namespace.
+        namespace: String,
+        /// The ConfigMap's name.
+        name: &'static str,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// Writing a resource's status failed.
+    #[error("writing the status of {kind} {namespace}/{name}: {source}")]
+    WriteStatus {
+        /// `LLMRoute` or `ProviderSecret`.
+        kind: String,
+        /// The namespace.
+        namespace: String,
+        /// The resource's name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// Reading or writing the leader-election Lease failed.
+    #[error("leader election Lease: {0}")]
+    Lease(#[source] Box<kube::Error>),
+    /// The compiled configuration could not be serialised (a bug, not an input problem).
+    #[error("serialising the compiled configuration: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// A small fixed label for the `reason` of the error metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Read { .. } => "read",
+            Self::WriteConfigMap { .. } => "write_configmap",
+            Self::WriteStatus { .. } => "write_status",
+            Self::Serialize(_) => "serialize",
+            Self::Lease(_) => "lease",
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! `llmesh-operator`: parses flags, connects to the cluster (in-cluster, or
+//! `KUBECONFIG` for development), serves the admin endpoints and runs the
+//! controller until SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use llmesh_operator::controller::{self, Context};
+use llmesh_operator::lease::{Elector, LeaseSettings};
+use llmesh_operator::metrics::Metrics;
+use llmesh_operator::probes::{self, Health};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Compiles llmesh resources into per-namespace sidecar configuration"
+)]
+struct Args {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "LLMESH_OPERATOR_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    admin_addr: SocketAddr,
+    /// Namespace of the leader-election Lease (the operator's own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "llmesh-system")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "llmesh-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: the pod name, else the host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Reconcile without holding the Lease (development with a single process only).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// Log filter, `tracing` syntax.
+    #[arg(long, env = "LLMESH_LOG", default_value = "info")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .init();
+    // kube's TLS uses rustls with ring; rustls needs the provider chosen once per process.
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the cluster (in-cluster service account, or KUBECONFIG)")?;
+    let metrics = Metrics::new().context("registering metrics")?;
+    let health = Arc::new(Health::default());
+    let admin = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding {}", args.admin_addr))?;
+    let router = probes::router(Arc::clone(&health), metrics.clone());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(admin, router).await {
+            tracing::error!(%error, "admin server stopped");
+        }
+    });
+
+    tracing::info!(admin = %args.admin_addr, "llmesh-operator starting");
+    let ctx = Arc::new(Context::new(client.clone(), metrics, Arc::clone(&health)));
+    if args.no_leader_election {
+        controller::run(ctx).await;
+    } else {
+        let identity = args.identity.unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "llmesh-operator".to_owned());
+            format!("{host}-{}", std::process::id())
+        });
+        let elector = Elector::new(
+            client,
+            LeaseSettings {
+                namespace: args.lease_namespace,
+                name: args.lease_name,
+                identity,
+                duration: Duration::from_secs(15),
+            },
+        );
+        tokio::select! {
+            // A standby that reaches the API server is ready: a rolling update
+            // must not wait for a pod that only becomes leader later.
+            () = elector.acquire(|| health.set_ready()) => {}
+            () = shutdown_signal() => return Ok(()),
+        }
+        tracing::info!("holding the leader Lease; reconciling");
+        tokio::select! {
+            () = controller::run(ctx) => {}
+            () = elector.hold() => {
+                anyhow::bail!("lost the leader Lease; exiting so the restarted pod rejoins as a candidate")
+            }
+        }
+    }
+    tracing::info!("llmesh-operator stopped");
+    Ok(())
+}
+
+/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C (development).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
