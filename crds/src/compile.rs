@@ -804,6 +804,8 @@ fn compile_target(
         price: target.price.clone(),
         context_window: target.context_window,
         timeout_ms: errors.positive_millis(&format!("{field}.timeout"), target.timeout.as_deref()),
+        idle_timeout_ms: errors
+            .positive_millis(&format!("{field}.idleTimeout"), target.idle_timeout.as_deref()),
     }
 }
 

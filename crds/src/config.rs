@@ -310,6 +310,9 @@ pub struct TargetConfig {
     /// Limit for one attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Longest silence between two chunks of this target's streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 fn default_weight() -> u32 {

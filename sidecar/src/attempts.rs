@@ -24,7 +24,7 @@ use crate::api::chat::ChatRequest;
 use crate::api::embeddings::EmbeddingsRequest;
 use crate::error::ApiError;
 use crate::providers::{ChatReply, ChunkStream, Completed, ErrorKind, ProviderError, StreamEvent};
-use crate::routing::{Estimate, FallbackTo, RequestFacts, Route, Runtime, Target, Timeouts};
+use crate::routing::{Estimate, FallbackTo, RequestFacts, Route, Runtime, Target, Timeouts, tighter};
 
 /// A successful answer and who gave it.
 #[derive(Debug)]
@@ -112,7 +112,7 @@ pub async fn chat<'r>(
                 Ok(Reply::Stream(CommittedStream {
                     head,
                     tail,
-                    idle: timeouts.idle,
+                    idle: tighter(timeouts.idle, target.idle_timeout),
                     deadline,
                 }))
             }

@@ -87,6 +87,7 @@ impl Fixture {
             price: None,
             context_window: None,
             timeout: None,
+            idle_timeout: None,
             health: self.health.target(TargetKey {
                 provider: name.to_owned(),
                 model: format!("{name}-model"),

@@ -70,7 +70,7 @@ pub fn stream(committed: CommittedStream, mut record: AccessRecord) -> Response 
                     Ok(next) => next,
                     Err(_) => Some(Err(ProviderError::new(
                         ErrorKind::Timeout,
-                        "the upstream stream went silent past the route's time limit",
+                        "the upstream stream went silent past the time limit of the route or target",
                     ))),
                 },
             };

@@ -128,6 +128,8 @@ pub struct Target {
     pub context_window: Option<u64>,
     /// Limit for one attempt, until its answer starts.
     pub timeout: Option<Duration>,
+    /// Longest silence between two chunks of this target's streams.
+    pub idle_timeout: Option<Duration>,
     /// Health shared with every route using this target.
     pub health: Arc<TargetState>,
 }
@@ -158,15 +160,19 @@ impl Timeouts {
     /// route's limits, never lengthen them).
     #[must_use]
     pub fn tightened_by(self, request: Self) -> Self {
-        let min = |route: Option<Duration>, asked: Option<Duration>| match (route, asked) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         Self {
-            total: min(self.total, request.total),
-            first_token: min(self.first_token, request.first_token),
-            idle: min(self.idle, request.idle),
+            total: tighter(self.total, request.total),
+            first_token: tighter(self.first_token, request.first_token),
+            idle: tighter(self.idle, request.idle),
         }
+    }
+}
+
+/// The stricter of two optional limits (none set: no limit).
+pub fn tighter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -226,6 +232,7 @@ impl Builder<'_> {
                 .or_else(|| crate::pricing::builtin(&target.model)),
             context_window: target.context_window,
             timeout: target.timeout_ms.map(Duration::from_millis),
+            idle_timeout: target.idle_timeout_ms.map(Duration::from_millis),
             health: self.health.target(TargetKey {
                 provider: target.provider.clone(),
                 model: target.model.clone(),

@@ -175,6 +175,32 @@ async fn a_hang_is_ended_by_the_route_timeout() {
 }
 
 #[tokio::test]
+async fn a_target_idle_timeout_cuts_a_stream_that_goes_quiet_between_chunks() {
+    // The route allows any silence; the target does not.
+    let sidecar = mock_sidecar(
+        "{perToken: 400ms}",
+        "{targets: [{provider: mock, model: m, idleTimeout: 100ms}]}",
+    )
+    .await;
+    let started = Instant::now();
+    let response = sidecar.post("/v1/chat/completions", &ask(true)).await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.expect("body");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut early, not after the whole answer"
+    );
+    let last = body
+        .split("\n\n")
+        .filter_map(|f| f.strip_prefix("data: "))
+        .last()
+        .expect("an event");
+    let last: Value = serde_json::from_str(last).expect("an error event");
+    assert_eq!(last["error"]["code"], "upstream_timeout", "{body}");
+    assert!(!body.contains("[DONE]"));
+}
+
+#[tokio::test]
 async fn faults_hit_about_the_configured_share_of_requests() {
     // The breaker is off: with it, a run of failures would shed the target
     // and every later request would fail, hiding the fault rate.

@@ -172,8 +172,12 @@ fn invalid_resources_are_reported_with_their_field() {
         ("cache off is fine", format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: m}], cache: {mode: off}}")), &[]),
         (
             "bad timeouts",
-            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: m, timeout: 0s}], timeouts: {total: 10x}}")),
-            &["spec.timeouts.total: duration \"10x\" has unknown unit", "spec.targets[0].timeout: must be greater than zero"],
+            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: m, timeout: 0s, idleTimeout: 5q}], timeouts: {total: 10x}}")),
+            &[
+                "spec.timeouts.total: duration \"10x\" has unknown unit",
+                "spec.targets[0].timeout: must be greater than zero",
+                "spec.targets[0].idleTimeout: duration \"5q\" has unknown unit",
+            ],
         ),
         (
             "duplicate alias",

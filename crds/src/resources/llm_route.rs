@@ -103,6 +103,11 @@ pub struct RouteTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub timeout: Option<String>,
+    /// The longest silence between two chunks when this target streams,
+    /// e.g. `10s`; tightens the route's `timeouts.idle` for this target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub idle_timeout: Option<String>,
 }
 
 /// USD per million tokens.

@@ -43,6 +43,7 @@ fn targets(specs: &[Spec<'_>]) -> Vec<Target> {
             }),
             context_window: None,
             timeout: None,
+            idle_timeout: None,
             health: health.target(TargetKey {
                 provider: (*name).to_owned(),
                 model: (*name).to_owned(),
