@@ -45,14 +45,16 @@ async fn serve_chat(
     let asked_timeouts = inbound::timeout_overrides(headers)?;
     record.set_stream(request.is_stream());
 
-    let route = runtime.route(&request.model)?;
-    record.set_route(&route);
-    if let Some(key) = &key {
-        key.allow_route(&route.alias)?;
-    }
     let estimate = Estimate::of_chat(&request);
-    let route = check_budget(app, &runtime, key.as_deref(), route, &estimate, headers, record)?;
-    admit(app, key.as_deref(), &estimate, record)?;
+    let route = authorize(
+        app,
+        &runtime,
+        key.as_deref(),
+        &request.model,
+        &estimate,
+        headers,
+        record,
+    )?;
     if route.log_content {
         let prompt: Vec<String> = request.messages.iter().map(|m| m.text()).collect();
         record.log_content(app.redactor.clone(), prompt.join("\n"));
@@ -108,6 +110,28 @@ fn authenticate(
         record.set_key(key);
     }
     Ok(key)
+}
+
+/// The route a request names, once the caller's key may use it, its budget
+/// allows the request (or downgrades it to a cheaper route) and its rate
+/// limits admit it.
+fn authorize(
+    app: &App,
+    runtime: &Runtime,
+    key: Option<&Key>,
+    alias: &str,
+    estimate: &Estimate,
+    headers: &HeaderMap,
+    record: &mut AccessRecord,
+) -> Result<Arc<Route>, ApiError> {
+    let route = runtime.route(alias)?;
+    record.set_route(&route);
+    if let Some(key) = key {
+        key.allow_route(&route.alias)?;
+    }
+    let route = check_budget(app, runtime, key, route, estimate, headers, record)?;
+    admit(app, key, estimate, record)?;
+    Ok(route)
 }
 
 /// Checks the key's budget: token ceilings, then spend. Returns the route to
@@ -209,14 +233,16 @@ async fn serve_embeddings(
     let request: EmbeddingsRequest = inbound::parse_json(&bytes)?;
     let asked_timeouts = inbound::timeout_overrides(headers)?;
 
-    let route = runtime.route(&request.model)?;
-    record.set_route(&route);
-    if let Some(key) = &key {
-        key.allow_route(&route.alias)?;
-    }
     let estimate = Estimate::of_embeddings(&request);
-    let route = check_budget(app, &runtime, key.as_deref(), route, &estimate, headers, record)?;
-    admit(app, key.as_deref(), &estimate, record)?;
+    let route = authorize(
+        app,
+        &runtime,
+        key.as_deref(),
+        &request.model,
+        &estimate,
+        headers,
+        record,
+    )?;
     let facts = RequestFacts {
         headers,
         metadata: None,
