@@ -135,6 +135,20 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Refuses an `encoding_format` that llmesh cannot produce for providers
+/// whose embeddings it re-encodes in OpenAI's shape.
+///
+/// # Errors
+/// Anything but `float` or `base64`.
+pub fn check_encoding_format(request: &EmbeddingsRequest) -> Result<(), ProviderError> {
+    match request.encoding_format.as_deref() {
+        None | Some("float" | "base64") => Ok(()),
+        Some(_) => Err(ProviderError::unsupported(
+            "`encoding_format` must be float or base64",
+        )),
+    }
+}
+
 /// Serializes an OpenAI object that cannot fail to serialize (plain structs
 /// with string keys).
 pub fn to_json_bytes<T: serde::Serialize>(value: &T) -> Bytes {

@@ -24,7 +24,10 @@ pub use stream::{StreamSettings, StreamTranslator};
 
 use super::openai::{snippet, static_headers};
 use super::upstream::{Answer, UpstreamClient, UpstreamRequest, UpstreamResponse};
-use super::{ChatReply, Completed, Deps, ErrorKind, Provider, ProviderError, to_json_bytes, unix_now};
+use super::{
+    ChatReply, Completed, Deps, ErrorKind, Provider, ProviderError, check_encoding_format, to_json_bytes,
+    unix_now,
+};
 use crate::api::Usage;
 use crate::api::chat::ChatRequest;
 use crate::api::embeddings::{EmbeddingsRequest, EmbeddingsResponse};
@@ -250,15 +253,7 @@ impl Provider for Bedrock {
             .input
             .texts()
             .ok_or_else(|| ProviderError::unsupported("Bedrock Titan embeddings take text, not token ids"))?;
-        if request
-            .encoding_format
-            .as_deref()
-            .is_some_and(|f| f != "float" && f != "base64")
-        {
-            return Err(ProviderError::unsupported(
-                "`encoding_format` must be float or base64",
-            ));
-        }
+        check_encoding_format(request)?;
         let url = self.url(model, "invoke");
         let mut vectors = Vec::with_capacity(texts.len());
         let mut tokens: u64 = 0;

@@ -27,7 +27,8 @@ use self::wire::{BatchEmbedRequest, BatchEmbedResponse, Content, EmbedRequest, G
 use super::openai::{snippet, static_headers};
 use super::upstream::{Answer, UpstreamClient, UpstreamResponse};
 use super::{
-    ChatReply, ChunkStream, Completed, Deps, ErrorKind, Provider, ProviderError, sse, to_json_bytes, unix_now,
+    ChatReply, ChunkStream, Completed, Deps, ErrorKind, Provider, ProviderError, check_encoding_format, sse,
+    to_json_bytes, unix_now,
 };
 use crate::api::Usage;
 use crate::api::chat::ChatRequest;
@@ -141,15 +142,7 @@ impl Provider for Gemini {
         let texts = request.input.texts().ok_or_else(|| {
             ProviderError::unsupported("Gemini embeds text only; token-array `input` cannot be translated")
         })?;
-        if request
-            .encoding_format
-            .as_deref()
-            .is_some_and(|f| f != "float" && f != "base64")
-        {
-            return Err(ProviderError::unsupported(
-                "`encoding_format` must be float or base64",
-            ));
-        }
+        check_encoding_format(request)?;
         let resource = model_resource(model);
         let batch = BatchEmbedRequest {
             requests: texts
