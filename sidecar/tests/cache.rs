@@ -30,6 +30,18 @@ async fn openai_sidecar(mock: &MockServer, route_extra: &str) -> Sidecar {
     Sidecar::start(&yaml).await
 }
 
+/// A caching route `smart` on a mock provider with the given spec.
+fn cached_mock(provider_spec: &str) -> String {
+    [
+        provider("mock", provider_spec),
+        route(
+            "smart",
+            &format!("{{targets: [{{provider: mock, model: m}}], {CACHED}}}"),
+        ),
+    ]
+    .concat()
+}
+
 fn ask(question: &str) -> Value {
     json!({"model": "smart", "temperature": 0, "messages": [{"role": "user", "content": question}]})
 }
@@ -201,15 +213,7 @@ async fn failures_and_broken_streams_are_never_stored() {
 
 #[tokio::test]
 async fn answers_cut_at_the_output_limit_are_not_stored() {
-    let yaml = [
-        provider("mock", "{provider: mock}"),
-        route(
-            "smart",
-            &format!("{{targets: [{{provider: mock, model: m}}], {CACHED}}}"),
-        ),
-    ]
-    .concat();
-    let sidecar = Sidecar::start(&yaml).await;
+    let sidecar = Sidecar::start(&cached_mock("{provider: mock}")).await;
     let mut limited = ask("a question with many words in it");
     limited["max_tokens"] = json!(2);
     for stream in [false, true] {
@@ -281,15 +285,7 @@ async fn requests_steer_the_cache_with_headers_unless_the_route_forbids_it() {
 /// real time, only that a request's own TTL reaches its entry.
 #[tokio::test]
 async fn an_entry_expires_after_the_requests_own_ttl() {
-    let yaml = [
-        provider("mock", "{provider: mock}"),
-        route(
-            "smart",
-            &format!("{{targets: [{{provider: mock, model: m}}], {CACHED}}}"),
-        ),
-    ]
-    .concat();
-    let sidecar = Sidecar::start(&yaml).await;
+    let sidecar = Sidecar::start(&cached_mock("{provider: mock}")).await;
     let short = [("x-llmesh-cache-ttl", "300ms")];
     assert_eq!(chat(&sidecar, &ask("brief"), &short).await.0, "miss");
     assert_eq!(chat(&sidecar, &ask("brief"), &[]).await.0, "hit");
@@ -303,17 +299,10 @@ async fn an_entry_expires_after_the_requests_own_ttl() {
 
 #[tokio::test]
 async fn memory_stays_within_the_configured_bytes_when_filled_with_large_answers() {
-    let yaml = [
-        provider(
-            "mock",
-            &format!("{{provider: mock, mock: {{reply: '{}'}}}}", "word ".repeat(400)),
-        ),
-        route(
-            "smart",
-            &format!("{{targets: [{{provider: mock, model: m}}], {CACHED}}}"),
-        ),
-    ]
-    .concat();
+    let yaml = cached_mock(&format!(
+        "{{provider: mock, mock: {{reply: '{}'}}}}",
+        "word ".repeat(400)
+    ));
     let budget = 64 * 1024;
     let sidecar = Sidecar::start_with(
         &yaml,
