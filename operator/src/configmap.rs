@@ -17,8 +17,8 @@ use crate::{Error, FIELD_MANAGER};
 
 /// The ConfigMap's name in every namespace; the injected sidecar mounts it.
 pub const NAME: &str = "llmesh-config";
-/// The key holding the configuration JSON (the sidecar's `LLMESH_CONFIG` file name).
-pub const CONFIG_KEY: &str = "config.json";
+/// The key holding the configuration JSON: the file name the injected sidecar reads.
+pub use llmesh_crds::injection::CONFIG_KEY;
 /// The annotation carrying the configuration's content hash (`SidecarConfig::version`).
 pub const VERSION_ANNOTATION: &str = "llmesh.io/config-version";
 /// The label that marks objects this operator manages (and that its ConfigMap watch selects).

@@ -6,6 +6,7 @@
 //! namespace's inputs and calls the pure compiler, [`configmap`] writes the
 //! result, [`status`] derives and writes conditions, [`controller`] wires the
 //! watches (every watched object maps to its namespace) and the error policy.
+//! [`webhook`] injects the sidecar into pods and watches for pods it missed.
 
 pub mod configmap;
 pub mod controller;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod probes;
 pub mod status;
+pub mod webhook;
 
 pub use error::Error;
 

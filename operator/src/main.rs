@@ -1,6 +1,6 @@
 //! `llmesh-operator`: parses flags, connects to the cluster (in-cluster, or
-//! `KUBECONFIG` for development), serves the admin endpoints and runs the
-//! controller until SIGTERM.
+//! `KUBECONFIG` for development), serves the admin endpoints and the
+//! sidecar-injecting webhook, and runs the controller until SIGTERM.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use llmesh_operator::controller::{self, Context};
 use llmesh_operator::lease::{Elector, LeaseSettings};
 use llmesh_operator::metrics::Metrics;
 use llmesh_operator::probes::{self, Health};
+use llmesh_operator::webhook::{Webhook, WebhookArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +35,8 @@ struct Args {
     /// Reconcile without holding the Lease (development with a single process only).
     #[arg(long)]
     no_leader_election: bool,
+    #[command(flatten)]
+    webhook: WebhookArgs,
     /// Log filter, `tracing` syntax.
     #[arg(long, env = "LLMESH_LOG", default_value = "info")]
     log: String,
@@ -67,14 +70,35 @@ async fn main() -> anyhow::Result<()> {
     });
 
     tracing::info!(admin = %args.admin_addr, "llmesh-operator starting");
+    // Every replica serves the webhook (the Service picks any ready one); it
+    // is serving before this replica reports ready below.
+    let webhook = Webhook::start(
+        &client,
+        args.webhook,
+        args.lease_namespace.clone(),
+        metrics.registry(),
+    )
+    .await
+    .context("registering webhook metrics")?;
+    let serving = webhook.bind(&client).await.context("starting the webhook")?;
+    tokio::spawn(async move {
+        if let Err(error) = serving.await {
+            tracing::error!(%error, "webhook server stopped");
+        }
+    });
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "llmesh-operator".to_owned());
+        format!("{host}-{}", std::process::id())
+    });
+    // Only the leader reports and restarts missed pods, so nothing is done twice.
+    let missed = Arc::new(webhook.missed(client.clone(), identity.clone()));
     let ctx = Arc::new(Context::new(client.clone(), metrics, Arc::clone(&health)));
     if args.no_leader_election {
-        controller::run(ctx).await;
+        tokio::select! {
+            () = controller::run(ctx) => {}
+            () = missed.run() => {}
+        }
     } else {
-        let identity = args.identity.unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "llmesh-operator".to_owned());
-            format!("{host}-{}", std::process::id())
-        });
         let elector = Elector::new(
             client,
             LeaseSettings {
@@ -93,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("holding the leader Lease; reconciling");
         tokio::select! {
             () = controller::run(ctx) => {}
+            () = missed.run() => {}
             () = elector.hold() => {
                 anyhow::bail!("lost the leader Lease; exiting so the restarted pod rejoins as a candidate")
             }

@@ -86,6 +86,11 @@ impl Metrics {
         self.duration.observe(took.as_secs_f64());
     }
 
+    /// The registry, for metrics other parts of the operator register.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         TextEncoder::new()

@@ -147,7 +147,8 @@ impl Gateway {
             serve(admin, app::admin_router(app.clone()), signal.clone()),
             flush_budgets(budgets, signal),
         ];
-        tracing::info!(%api_addr, %admin_addr, "llmesh sidecar serving");
+        let pod = settings.pod.as_deref().unwrap_or_default();
+        tracing::info!(%api_addr, %admin_addr, pod, "llmesh sidecar serving");
         Ok(Self {
             api_addr,
             admin_addr,

@@ -1,25 +1,24 @@
 //! Settings, from the environment the webhook injects (and, for standalone
 //! use, command-line flags that override it). Each variable name is defined
-//! once here; the operator's injection uses the same constants.
+//! once: the ones the operator's webhook injects in `llmesh_crds::injection`
+//! (re-exported here), the rest here.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use llmesh_crds::injection::{
+    ADMIN_ADDR, CONFIG_FILE, DEFAULT_VIRTUAL_KEY, LISTEN_ADDR, POD_NAME, SECRETS_DIR, WORKLOAD_NAME,
+    WORKLOAD_NAMESPACE,
+};
+use llmesh_crds::injection::{ADMIN_PORT, API_PORT, SECRETS_MOUNT_DIR};
+
 use crate::metrics::Workload;
 use crate::providers::UpstreamSettings;
 
-/// API listen address (default `127.0.0.1:4000`: apps in the pod only).
-pub const LISTEN_ADDR: &str = "LLMESH_LISTEN_ADDR";
-/// Admin listen address for metrics and probes (default `0.0.0.0:9464`).
-pub const ADMIN_ADDR: &str = "LLMESH_ADMIN_ADDR";
-/// Path of the compiled configuration (JSON), as mounted from the ConfigMap.
-pub const CONFIG_FILE: &str = "LLMESH_CONFIG";
 /// Directory of YAML manifests (standalone mode).
 pub const MANIFESTS_DIR: &str = "LLMESH_MANIFESTS";
-/// Directory where provider Secrets are mounted, one folder per Secret.
-pub const SECRETS_DIR: &str = "LLMESH_SECRETS_DIR";
 /// Largest accepted request body, in bytes.
 pub const MAX_BODY_BYTES: &str = "LLMESH_MAX_BODY_BYTES";
 /// Upstream connect timeout, in milliseconds.
@@ -31,24 +30,14 @@ pub const DRAIN_TIMEOUT_MS: &str = "LLMESH_DRAIN_TIMEOUT_MS";
 /// `true` lets `POST /debug/faults` on the admin port inject faults into
 /// mock providers (default off: the admin port is reachable in the cluster).
 pub const ENABLE_DRILLS: &str = "LLMESH_ENABLE_DRILLS";
-/// The `VirtualKey` that requests without an llmesh key are made with (the
-/// pod's `llmesh.io/virtual-key` annotation, passed on by the webhook).
-pub const DEFAULT_VIRTUAL_KEY: &str = "LLMESH_VIRTUAL_KEY";
 /// File where budget spend is kept across restarts (unset: in memory only).
 pub const STATE_FILE: &str = "LLMESH_STATE_FILE";
-/// The pod's namespace, for the `workload_namespace` label of every metric.
-pub const WORKLOAD_NAMESPACE: &str = "LLMESH_WORKLOAD_NAMESPACE";
-/// The pod's owning workload, for the `workload_name` label of every metric.
-pub const WORKLOAD_NAME: &str = "LLMESH_WORKLOAD_NAME";
 /// Memory for cached answers, in bytes, shared by every caching route.
 pub const CACHE_MAX_BYTES: &str = "LLMESH_CACHE_MAX_BYTES";
 /// Log filter, `tracing` syntax (default `info`).
 pub const LOG: &str = "LLMESH_LOG";
 /// `json` (default) or `text`.
 pub const LOG_FORMAT: &str = "LLMESH_LOG_FORMAT";
-
-/// Where the secrets directory is when nothing says otherwise.
-pub const DEFAULT_SECRETS_DIR: &str = "/etc/llmesh/secrets";
 
 /// Reads variables; tests pass a map instead of touching the process.
 pub trait Env {
@@ -130,6 +119,8 @@ pub struct Settings {
     pub state_file: Option<PathBuf>,
     /// The workload every metric is labelled with.
     pub workload: Option<Workload>,
+    /// The pod's name, for the start-up log line.
+    pub pod: Option<String>,
     /// Bytes of cached answers held at most.
     pub cache_max_bytes: u64,
     /// Log filter.
@@ -189,7 +180,7 @@ impl Settings {
         let secrets_dir = env
             .get(SECRETS_DIR)
             .map(PathBuf::from)
-            .or_else(|| Some(PathBuf::from(DEFAULT_SECRETS_DIR)).filter(|p| p.is_dir()));
+            .or_else(|| Some(PathBuf::from(SECRETS_MOUNT_DIR)).filter(|p| p.is_dir()));
         let defaults = UpstreamSettings::default();
         let log_format = match env.get(LOG_FORMAT).as_deref() {
             None | Some("json") => LogFormat::Json,
@@ -203,8 +194,8 @@ impl Settings {
             }
         };
         Ok(Self {
-            listen: parsed(env, LISTEN_ADDR, SocketAddr::from(([127, 0, 0, 1], 4000)))?,
-            admin_listen: parsed(env, ADMIN_ADDR, SocketAddr::from(([0, 0, 0, 0], 9464)))?,
+            listen: parsed(env, LISTEN_ADDR, SocketAddr::from(([127, 0, 0, 1], API_PORT)))?,
+            admin_listen: parsed(env, ADMIN_ADDR, SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)))?,
             source,
             secrets_dir,
             // Large enough for a few base64 images in one request.
@@ -223,6 +214,7 @@ impl Settings {
                 namespace: env.get(WORKLOAD_NAMESPACE).unwrap_or_default(),
                 name,
             }),
+            pod: env.get(POD_NAME).filter(|p| !p.is_empty()),
             // A modest share of a sidecar's usual 128 MiB limit; only used by routes that cache.
             cache_max_bytes: parsed(env, CACHE_MAX_BYTES, 32 * 1024 * 1024)?,
             log_filter: env.get(LOG).unwrap_or_else(|| "info".to_owned()),

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test file uses a different part of the fixtures.
 
+pub mod admission;
+
 use std::time::Duration;
 
 use http::{Request, Response};

@@ -1,0 +1,106 @@
+//! The injection contract: every name the operator's webhook writes into a
+//! pod and the sidecar reads back (env variables, mount paths, ports,
+//! annotations), defined once so the two cannot drift apart.
+
+use std::collections::BTreeSet;
+
+use crate::config::{Credentials, SidecarConfig};
+
+/// API listen address (default `127.0.0.1:4000`: apps in the pod only).
+pub const LISTEN_ADDR: &str = "LLMESH_LISTEN_ADDR";
+/// Admin listen address for metrics and probes (default `0.0.0.0:9464`).
+pub const ADMIN_ADDR: &str = "LLMESH_ADMIN_ADDR";
+/// Path of the compiled configuration (JSON), as mounted from the ConfigMap.
+pub const CONFIG_FILE: &str = "LLMESH_CONFIG";
+/// Directory where provider Secrets are mounted, one folder per Secret.
+pub const SECRETS_DIR: &str = "LLMESH_SECRETS_DIR";
+/// The `VirtualKey` that requests without an llmesh key are made with (the
+/// pod's `llmesh.io/virtual-key` annotation, passed on by the webhook).
+pub const DEFAULT_VIRTUAL_KEY: &str = "LLMESH_VIRTUAL_KEY";
+/// The pod's namespace, for the `workload_namespace` label of every metric.
+pub const WORKLOAD_NAMESPACE: &str = "LLMESH_WORKLOAD_NAMESPACE";
+/// The pod's owning workload, for the `workload_name` label of every metric.
+pub const WORKLOAD_NAME: &str = "LLMESH_WORKLOAD_NAME";
+/// The pod's own name (from the downward API: unknown at admission when the
+/// pod has a generated name), for the sidecar's logs.
+pub const POD_NAME: &str = "LLMESH_POD_NAME";
+
+/// The API port apps call (`http://127.0.0.1:4000/v1`).
+pub const API_PORT: u16 = 4000;
+/// The admin port: `/metrics`, `/healthz`, `/readyz`.
+pub const ADMIN_PORT: u16 = 9464;
+/// The liveness path on the admin port: the process answers.
+pub const HEALTHZ_PATH: &str = "/healthz";
+/// The readiness path on the admin port: a configuration is loaded.
+pub const READYZ_PATH: &str = "/readyz";
+/// The Prometheus path on the admin port.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Where the namespace's `llmesh-config` ConfigMap is mounted.
+pub const CONFIG_MOUNT_DIR: &str = "/etc/llmesh/config";
+/// The configuration file inside [`CONFIG_MOUNT_DIR`] (the ConfigMap's key).
+pub const CONFIG_KEY: &str = "config.json";
+/// Where provider Secrets are mounted, one folder per Secret named after it.
+pub const SECRETS_MOUNT_DIR: &str = "/etc/llmesh/secrets";
+/// The name of the injected container.
+pub const CONTAINER_NAME: &str = "llmesh-proxy";
+/// The name of the admin port on the injected container (for a PodMonitor).
+pub const ADMIN_PORT_NAME: &str = "llmesh-admin";
+
+/// Pod (template) or namespace annotation: `enabled` or `disabled`. A pod's
+/// value wins over its namespace's.
+pub const INJECT_ANNOTATION: &str = "llmesh.io/inject";
+/// Pod annotation naming the default `VirtualKey`.
+pub const VIRTUAL_KEY_ANNOTATION: &str = "llmesh.io/virtual-key";
+/// Pod annotation overriding [`API_PORT`].
+pub const PORT_ANNOTATION: &str = "llmesh.io/port";
+/// Pod annotation overriding the sidecar's CPU request.
+pub const CPU_REQUEST_ANNOTATION: &str = "llmesh.io/cpu-request";
+/// Pod annotation overriding the sidecar's CPU limit.
+pub const CPU_LIMIT_ANNOTATION: &str = "llmesh.io/cpu-limit";
+/// Pod annotation overriding the sidecar's memory request.
+pub const MEMORY_REQUEST_ANNOTATION: &str = "llmesh.io/memory-request";
+/// Pod annotation overriding the sidecar's memory limit.
+pub const MEMORY_LIMIT_ANNOTATION: &str = "llmesh.io/memory-limit";
+/// Namespace or pod (template) annotation: `true` lets the operator restart a
+/// workload whose pods came up without the sidecar.
+pub const RESTART_ON_MISS_ANNOTATION: &str = "llmesh.io/restart-on-miss";
+/// Set on injected pods: the hash of the sidecar template and image they got.
+pub const SIDECAR_HASH_ANNOTATION: &str = "llmesh.io/sidecar-hash";
+/// Label set on injected pods, `true`; a PodMonitor selects on it.
+pub const INJECTED_LABEL: &str = "llmesh.io/injected";
+/// The value of [`INJECT_ANNOTATION`] that asks for the sidecar.
+pub const ENABLED: &str = "enabled";
+/// The value of [`INJECT_ANNOTATION`] that refuses it.
+pub const DISABLED: &str = "disabled";
+
+/// The Secrets a configuration reads credentials from: each is mounted into
+/// the sidecar as `SECRETS_MOUNT_DIR/<name>`.
+pub fn credential_secrets(config: &SidecarConfig) -> BTreeSet<String> {
+    let mut secrets = BTreeSet::new();
+    for provider in config.providers.values() {
+        match &provider.credentials {
+            Credentials::None => {}
+            Credentials::ApiKey { api_key } => {
+                secrets.insert(api_key.secret.clone());
+            }
+            Credentials::Aws {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => {
+                secrets.extend(
+                    [
+                        Some(access_key_id),
+                        Some(secret_access_key),
+                        session_token.as_ref(),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .map(|r| r.secret.clone()),
+                );
+            }
+        }
+    }
+    secrets
+}
