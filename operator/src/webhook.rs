@@ -239,7 +239,7 @@ impl Webhook {
         tracing::info!(addr = %self.args.webhook_addr, names = ?certs.names, "webhook serving");
         let this = self.clone();
         let client = client.clone();
-        let tls_config = Arc::new(tls::server_config(Arc::clone(&resolver)));
+        let tls_config = Arc::new(tls::server_config(Arc::clone(&resolver))?);
         Ok(async move {
             let router = server::router(this.injector.clone());
             let renew = this.keep_certificate(client, certs, issued, resolver);

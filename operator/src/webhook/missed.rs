@@ -370,7 +370,7 @@ mod tests {
                 pairs
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
+                    .collect::<BTreeMap<_, _>>(),
             )
         };
         serde_json::from_value(json!({

@@ -286,13 +286,19 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// The TLS configuration of the webhook server: HTTP/1.1 (what the API server speaks to webhooks).
-pub fn server_config(resolver: Arc<CertResolver>) -> rustls::ServerConfig {
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+/// The TLS configuration of the webhook server: ring, like the rest of the
+/// operator, and HTTP/1.1 (what the API server speaks to webhooks).
+///
+/// # Errors
+/// The crypto provider supports none of the default protocol versions (a build problem).
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, Error> {
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
+    Ok(config)
 }
 
 /// Where the certificate lives and what it is for.
