@@ -384,3 +384,44 @@ fn injection_is_idempotent() {
         "a second pass changes nothing: {response}"
     );
 }
+
+#[test]
+fn the_injection_example_gets_the_sidecar() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/injection/deployment.yaml");
+    let text = std::fs::read_to_string(path).expect("example");
+    let deployment: k8s_openapi::api::apps::v1::Deployment =
+        serde_norway::from_str(&text).expect("a Deployment");
+    let template = deployment.spec.expect("spec").template;
+    // The pod the ReplicaSet controller creates from the template.
+    let mut pod = Pod {
+        metadata: template.metadata.unwrap_or_default(),
+        spec: template.spec,
+        ..Pod::default()
+    };
+    pod.metadata.generate_name = Some("chat-api-5f7d9c8b4-".to_owned());
+    pod.metadata
+        .labels
+        .get_or_insert_default()
+        .insert("pod-template-hash".to_owned(), "5f7d9c8b4".to_owned());
+    pod.metadata.owner_references = Some(vec![serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "chat-api-5f7d9c8b4", "uid": "rs", "controller": true
+    }))
+    .expect("owner")]);
+    let mut body: Value = serde_json::from_slice(&fixture_bytes("deployment-pod.json")).expect("json");
+    body["request"]["object"] = serde_json::to_value(&pod).expect("pod");
+    let response = answer(&native(), &serde_json::to_vec(&body).expect("json"));
+    let mut object = body["request"]["object"].clone();
+    json_patch::patch(&mut object, &patch_of(&response).expect("a patch")).expect("applies");
+    let pod: Pod = serde_json::from_value(object).expect("pod");
+    let sidecar = sidecar(&pod, true);
+    assert_eq!(env(sidecar, injection::WORKLOAD_NAME), Some("chat-api"));
+    assert_eq!(env(sidecar, injection::DEFAULT_VIRTUAL_KEY), Some("chat-api"));
+    let limits = sidecar
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .expect("limits");
+    assert_eq!(limits["memory"].0, "192Mi");
+    let app = &pod.spec.as_ref().expect("spec").containers[0];
+    assert_eq!(env(app, "OPENAI_BASE_URL"), Some("http://127.0.0.1:4000/v1"));
+}
