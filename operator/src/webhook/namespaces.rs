@@ -53,14 +53,16 @@ pub fn namespace_settings(
     }
 }
 
+/// Per namespace: the `llmesh-config` resourceVersion parsed last, and the Secrets it names.
+type ParsedCredentials = HashMap<String, (String, BTreeSet<String>)>;
+
 /// Namespace settings from two watch caches: Namespaces, and the operator's
 /// ConfigMaps (whose Secrets are parsed once per ConfigMap version).
 #[derive(Clone)]
 pub struct Cached {
     namespaces: Store<Namespace>,
     config_maps: Store<ConfigMap>,
-    /// Per namespace: the ConfigMap's resourceVersion and the Secrets it names.
-    parsed: Arc<Mutex<HashMap<String, (String, BTreeSet<String>)>>>,
+    parsed: Arc<Mutex<ParsedCredentials>>,
 }
 
 impl std::fmt::Debug for Cached {
