@@ -16,6 +16,7 @@ pub mod server;
 pub mod tls;
 pub mod version;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -77,15 +78,6 @@ impl Error {
             source: Box::new(source),
         }
     }
-
-    /// A small fixed label for metrics.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Certificate(_) | Self::StoredCertificate(..) | Self::Tls(_) => "certificate",
-            Self::Api { .. } => "api",
-            Self::Io(_) => "io",
-        }
-    }
 }
 
 /// Where the webhook's certificate comes from.
@@ -101,8 +93,8 @@ pub enum CertSource {
 #[derive(Clone, Debug, clap::Args)]
 pub struct WebhookArgs {
     /// Address of the HTTPS admission webhook.
-    #[arg(long, env = "LLMESH_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
-    pub webhook_addr: std::net::SocketAddr,
+    #[arg(long, env = "LLMESH_WEBHOOK_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], PORT)))]
+    pub webhook_addr: SocketAddr,
     /// The sidecar image injected into pods.
     #[arg(long, env = "LLMESH_SIDECAR_IMAGE", default_value = concat!("ghcr.io/llmesh/llmesh-sidecar:", env!("CARGO_PKG_VERSION")))]
     pub sidecar_image: String,
