@@ -175,6 +175,21 @@ pub fn mutate(pod: &Pod, namespace: &NamespaceSettings, settings: &InjectionSett
     let container = sidecar_container(settings, namespace, &overrides, &workload);
     let mut patch = Vec::new();
     let spec = pod.spec.clone().unwrap_or_default();
+    // The sidecar shares the pod's network namespace: an app on the same port
+    // fails to bind (or the sidecar does). Said at admission, where it is cheap to fix.
+    for port in [overrides.api_port, ADMIN_PORT] {
+        let clash = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .any(|p| p.container_port == i32::from(port));
+        if clash {
+            warnings.push(format!(
+                "llmesh: an app container declares port {port}, which the sidecar uses; \
+                 set {PORT_ANNOTATION} to another API port, or move the app"
+            ));
+        }
+    }
 
     // App env before the sidecar is inserted: these paths use the original container indices.
     for (index, app) in spec.containers.iter().enumerate() {
@@ -593,6 +608,34 @@ mod tests {
     }
 
     #[test]
+    fn an_app_on_the_sidecars_port_is_warned_about() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"annotations": {"llmesh.io/inject": "enabled"}},
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 4000}]}]}
+        }))
+        .expect("pod");
+        let namespace = NamespaceSettings {
+            name: "team-a".to_owned(),
+            ..NamespaceSettings::default()
+        };
+        let Mutation::Inject { warnings, .. } = mutate(&pod, &namespace, &settings()) else {
+            panic!("injected");
+        };
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("port 4000"), "{warnings:?}");
+    }
+
+    fn settings() -> InjectionSettings {
+        InjectionSettings {
+            image: "ghcr.io/llmesh/llmesh-sidecar:0.1.0".to_owned(),
+            image_pull_policy: None,
+            native_sidecar: true,
+            operator_namespace: "llmesh-system".to_owned(),
+            resources: Resources::default(),
+        }
+    }
+
+    #[test]
     fn credential_volume_names_fit_the_volume_name_limit() {
         let long = "a".repeat(253);
         let name = credential_volume(&long);
@@ -602,13 +645,7 @@ mod tests {
 
     #[test]
     fn the_template_hash_follows_the_image() {
-        let settings = InjectionSettings {
-            image: "ghcr.io/llmesh/llmesh-sidecar:0.1.0".to_owned(),
-            image_pull_policy: None,
-            native_sidecar: true,
-            operator_namespace: "llmesh-system".to_owned(),
-            resources: Resources::default(),
-        };
+        let settings = settings();
         let newer = InjectionSettings {
             image: "ghcr.io/llmesh/llmesh-sidecar:0.2.0".to_owned(),
             ..settings.clone()
