@@ -21,6 +21,29 @@ use support::*;
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/team-a/events";
 const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/team-a/deployments/chat-api";
 
+fn pod_path(uid: &str) -> String {
+    format!("/api/v1/namespaces/team-a/pods/chat-api-6d4cf56db6-{uid}")
+}
+
+/// The full pod behind a candidate, as the watch reads it once before reporting.
+fn full_pod(uid: &str, host_network: bool) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("chat-api-6d4cf56db6-{uid}"), "namespace": NS, "uid": uid},
+        "spec": {"hostNetwork": host_network, "containers": [{"name": "app", "image": "example/app"}]}
+    })
+}
+
+/// Serves the spec read and the Event of a newly missed pod.
+async fn expect_report(server: &mut ApiServer, uid: &str) -> support::Call {
+    server
+        .expect("GET", &pod_path(uid), 200, full_pod(uid, false))
+        .await;
+    server
+        .expect_with("POST", EVENTS, |call| (201, call.body.clone()))
+        .await
+}
+
 /// A pod of Deployment `chat-api` that asked for the sidecar and has none.
 fn missed_pod(uid: &str) -> PartialObjectMeta<Pod> {
     serde_json::from_value(json!({
@@ -82,9 +105,7 @@ async fn a_missed_pod_gets_one_warning_event_and_is_counted() {
         }
     };
     let restarted = play(operator, async {
-        let call = server
-            .expect_with("POST", EVENTS, |call| (201, call.body.clone()))
-            .await;
+        let call = expect_report(&mut server, "a").await;
         assert_eq!(call.body["type"], "Warning");
         assert_eq!(call.body["reason"], "SidecarMissing");
         assert_eq!(call.body["regarding"]["kind"], "Pod");
@@ -113,10 +134,8 @@ async fn an_opted_in_deployment_is_restarted_once_when_the_webhook_is_healthy() 
         }
     };
     let (first, again) = play(operator, async {
-        for _ in 0..2 {
-            server
-                .expect_with("POST", EVENTS, |call| (201, call.body.clone()))
-                .await;
+        for uid in ["a", "b"] {
+            expect_report(&mut server, uid).await;
         }
         let call = server
             .expect(
@@ -160,12 +179,34 @@ async fn no_restart_while_the_webhook_is_unhealthy() {
         }
     };
     let restarted = play(operator, async {
+        expect_report(&mut server, "a").await;
+    })
+    .await;
+    assert_eq!(restarted, 0);
+}
+
+#[tokio::test]
+async fn a_host_network_pod_is_not_reported() {
+    let (client, mut server) = ApiServer::start();
+    let (missed, registry) = watch(client, true, true);
+    let operator = {
+        let missed = Arc::clone(&missed);
+        async move {
+            missed.on_pod(&missed_pod("h")).await.expect("judged");
+            // Seen again: the spec is not read twice.
+            missed.on_pod(&missed_pod("h")).await.expect("judged");
+            missed.restart_due(Timestamp::now()).await
+        }
+    };
+    let restarted = play(operator, async {
         server
-            .expect_with("POST", EVENTS, |call| (201, call.body.clone()))
+            .expect("GET", &pod_path("h"), 200, full_pod("h", true))
             .await;
     })
     .await;
     assert_eq!(restarted, 0);
+    assert_eq!(metric(&registry, "llmesh_operator_pods_missing_sidecar"), 0.0);
+    assert_eq!(metric(&registry, "llmesh_operator_missed_pods_total"), 0.0);
 }
 
 const TLS_SECRET: &str = "/api/v1/namespaces/llmesh-system/secrets/llmesh-webhook-tls";

@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use super::metrics::WebhookMetrics;
-use super::mutate::{InjectionSettings, NamespaceSettings, Owner, decide, owner};
+use super::mutate::{InjectionSettings, NamespaceSettings, Owner, decide, owner, spec_skip};
 use super::namespaces::NamespaceLookup;
 use super::{Error, WEBHOOK_NAME};
 
@@ -103,12 +103,29 @@ pub struct Tracker {
     missing: HashMap<String, Option<Workload>>,
     stale: BTreeSet<String>,
     reported: BTreeSet<String>,
+    exempt: BTreeSet<String>,
     restarted: BTreeMap<Workload, Timestamp>,
 }
 
 impl Tracker {
+    /// Whether pod `uid` is a missed-pod candidate seen for the first time,
+    /// whose spec must be read before it is reported.
+    pub fn is_new_candidate(&self, uid: &str, verdict: &Verdict) -> bool {
+        matches!(verdict, Verdict::Missed(_)) && !self.reported.contains(uid) && !self.exempt.contains(uid)
+    }
+
+    /// Marks pod `uid` as one the webhook rightly leaves alone (its spec rules the sidecar out).
+    pub fn exempt(&mut self, uid: &str) {
+        self.exempt.insert(uid.to_owned());
+    }
+
     /// Records the verdict on pod `uid`; returns whether it is a newly missed pod to report.
     pub fn observe(&mut self, uid: &str, verdict: Verdict) -> bool {
+        let verdict = if self.exempt.contains(uid) {
+            Verdict::Fine
+        } else {
+            verdict
+        };
         self.stale.remove(uid);
         match verdict {
             Verdict::Fine => {
@@ -129,6 +146,7 @@ impl Tracker {
 
     /// Forgets a deleted pod.
     pub fn forget(&mut self, uid: &str) {
+        self.exempt.remove(uid);
         self.missing.remove(uid);
         self.stale.remove(uid);
         self.reported.remove(uid);
@@ -216,6 +234,17 @@ impl Missed {
         let uid = pod.uid().unwrap_or_default();
         let namespace = self.namespaces.settings(&pod.namespace().unwrap_or_default());
         let verdict = verdict(&pod.metadata, &namespace, &self.settings, &self.current_hash);
+        if self.tracker.lock().is_new_candidate(&uid, &verdict) {
+            // Metadata cannot show a host-network pod, which the webhook leaves alone
+            // on purpose; one read of the spec per candidate settles it.
+            let full = Api::<Pod>::namespaced(self.client.clone(), &namespace.name)
+                .get_opt(&pod.name_any())
+                .await
+                .map_err(|e| Error::api(format!("reading pod {}/{}", namespace.name, pod.name_any()), e))?;
+            if full.as_ref().and_then(spec_skip).is_some() {
+                self.tracker.lock().exempt(&uid);
+            }
+        }
         let new = {
             let mut tracker = self.tracker.lock();
             let new = tracker.observe(&uid, verdict);
@@ -507,6 +536,20 @@ mod tests {
             tracker.restarts_due(now + RESTART_COOLDOWN, true),
             vec![workload],
             "again after the cooldown if pods still miss it"
+        );
+        assert!(
+            !tracker.is_new_candidate("a", &Verdict::Missed(None)),
+            "already reported"
+        );
+        assert!(tracker.is_new_candidate("d", &Verdict::Missed(None)));
+        tracker.exempt("d");
+        assert!(
+            !tracker.observe("d", Verdict::Missed(None)),
+            "a host-network pod is never missed"
+        );
+        assert!(
+            !tracker.is_new_candidate("d", &Verdict::Missed(None)),
+            "its spec is read once"
         );
         tracker.forget("a");
         tracker.forget("b");

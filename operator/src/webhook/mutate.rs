@@ -102,6 +102,9 @@ pub enum Skip {
     OptedOut,
     /// The pod already has the sidecar.
     AlreadyInjected,
+    /// The pod uses the node's network: the sidecar's ports would clash
+    /// with every other such pod on the node, and its admin port would be the node's.
+    HostNetwork,
 }
 
 impl Skip {
@@ -112,6 +115,7 @@ impl Skip {
             Self::NotRequested => "not_requested",
             Self::OptedOut => "opted_out",
             Self::AlreadyInjected => "already_injected",
+            Self::HostNetwork => "host_network",
         }
     }
 }
@@ -154,6 +158,15 @@ pub fn decide(
     Ok(())
 }
 
+/// Why the pod's spec rules the sidecar out, if it does (what [`decide`],
+/// which sees metadata only, cannot tell).
+pub fn spec_skip(pod: &Pod) -> Option<Skip> {
+    pod.spec
+        .as_ref()
+        .is_some_and(|spec| spec.host_network == Some(true))
+        .then_some(Skip::HostNetwork)
+}
+
 /// Whether the pod carries the sidecar (as a container or an init container).
 pub fn is_injected(pod: &Pod) -> bool {
     pod.spec.as_ref().is_some_and(|spec| {
@@ -167,6 +180,9 @@ pub fn is_injected(pod: &Pod) -> bool {
 /// The patch that injects the sidecar into `pod`, or why not.
 pub fn mutate(pod: &Pod, namespace: &NamespaceSettings, settings: &InjectionSettings) -> Mutation {
     if let Err(skip) = decide(&pod.metadata, is_injected(pod), namespace, settings) {
+        return Mutation::Skip(skip);
+    }
+    if let Some(skip) = spec_skip(pod) {
         return Mutation::Skip(skip);
     }
     let mut warnings = Vec::new();
@@ -623,6 +639,23 @@ mod tests {
         };
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("port 4000"), "{warnings:?}");
+    }
+
+    #[test]
+    fn host_network_pods_are_left_alone() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"annotations": {"llmesh.io/inject": "enabled"}},
+            "spec": {"hostNetwork": true, "containers": [{"name": "agent"}]}
+        }))
+        .expect("pod");
+        let namespace = NamespaceSettings {
+            name: "monitoring".to_owned(),
+            ..NamespaceSettings::default()
+        };
+        assert_eq!(
+            mutate(&pod, &namespace, &settings()),
+            Mutation::Skip(Skip::HostNetwork)
+        );
     }
 
     fn settings() -> InjectionSettings {
