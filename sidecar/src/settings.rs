@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::metrics::Workload;
 use crate::providers::UpstreamSettings;
+use crate::redact::{MaskSecrets, Redact};
 
 /// API listen address (default `127.0.0.1:4000`: apps in the pod only).
 pub const LISTEN_ADDR: &str = "LLMESH_LISTEN_ADDR";
@@ -126,7 +128,7 @@ pub struct Settings {
     pub drills_enabled: bool,
     /// The pod's default virtual key.
     pub default_key: Option<String>,
-    /// Where budget spend is kept.
+    /// Where budget spend and rate-limit buckets are kept.
     pub state_file: Option<PathBuf>,
     /// The workload every metric is labelled with.
     pub workload: Option<Workload>,
@@ -136,6 +138,10 @@ pub struct Settings {
     pub log_filter: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// What prompts and answers pass through before a route that opts in
+    /// (`logContent`) logs them. Not an environment setting: a platform
+    /// with stricter rules embeds the sidecar and sets its own.
+    pub redactor: Arc<dyn Redact>,
 }
 
 /// A setting that cannot be used.
@@ -227,6 +233,7 @@ impl Settings {
             cache_max_bytes: parsed(env, CACHE_MAX_BYTES, 32 * 1024 * 1024)?,
             log_filter: env.get(LOG).unwrap_or_else(|| "info".to_owned()),
             log_format,
+            redactor: Arc::new(MaskSecrets),
         })
     }
 }

@@ -132,7 +132,7 @@ async fn an_identical_request_is_answered_from_memory_and_a_changed_one_is_not()
     for line in [
         r#"llmesh_cache_requests_total{result="hit",route="smart"} 2"#,
         r#"llmesh_cache_requests_total{result="miss",route="smart"} 3"#,
-        r#"llmesh_requests_total{model="gpt-4o-mini",provider="openai",route="smart",status="200"} 5"#,
+        r#"llmesh_requests_total{feature="",model="gpt-4o-mini",provider="openai",route="smart",status="200",team="",virtual_key=""} 5"#,
     ] {
         assert!(text.contains(line), "{line} in\n{text}");
     }
