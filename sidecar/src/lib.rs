@@ -20,6 +20,7 @@ pub mod handlers;
 pub mod health;
 pub mod inbound;
 pub mod limits;
+pub mod log_output;
 pub mod metrics;
 pub mod pricing;
 pub mod providers;
