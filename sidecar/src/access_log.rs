@@ -282,9 +282,10 @@ impl AccessRecord {
         self.provider_name.as_deref().unwrap_or("")
     }
 
-    /// The `x-llmesh-*` headers known so far.
-    pub fn headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::new();
+    /// Adds the `x-llmesh-*` and rate-limit headers known so far to
+    /// `headers` (the response's own map: building one to merge costs a
+    /// second hash of every name).
+    pub fn add_headers(&self, headers: &mut HeaderMap) {
         let mut put = |name: HeaderName, value: &str| {
             if let Ok(value) = HeaderValue::from_str(value) {
                 headers.insert(name, value);
@@ -310,8 +311,9 @@ impl AccessRecord {
         if let Some(cost) = self.cost() {
             put(COST_USD, &pricing::format_usd(cost));
         }
-        headers.extend(self.rate_limit_headers.clone());
-        headers
+        for (name, value) in &self.rate_limit_headers {
+            headers.insert(name, value.clone());
+        }
     }
 }
 
