@@ -92,7 +92,9 @@ pub enum BudgetAction {
     Alert,
 }
 
-/// Spend in the current period.
+/// The budget's validity (written by the operator's reconcile) and spend in
+/// the current period (`spentUsd`, `state`: filled once sidecars report usage
+/// to the operator; absent until then).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct BudgetStatus {
@@ -102,6 +104,9 @@ pub struct BudgetStatus {
     /// `Ready` (true when the budget is part of the served configuration).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The period in force and its calendar, e.g. `monthly (UTC)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
     /// USD spent in the current period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spent_usd: Option<f64>,
