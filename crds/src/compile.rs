@@ -9,17 +9,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
+use crate::config::PreviousKey;
 use crate::config::{
     AzureConfig, BreakerConfig, BudgetConfig, CacheConfig, CredentialRef, Credentials, FallbackConfig,
     KeyConfig, MockConfig, ProviderConfig, RetriesConfig, RouteConfig, RuleConfig, SemanticCacheConfig,
     SharedCacheConfig, SidecarConfig, TargetConfig, TimeoutsConfig, key_hash,
 };
-use crate::config::PreviousKey;
-use crate::{duration, generated_key};
 use crate::resources::{
     Budget, BudgetAction, CacheMode, CacheSettings, ErrorClass, Fallback, LLMRoute, ProviderKind,
     ProviderSecret, RouteTarget, RuleMatch, VirtualKey,
 };
+use crate::{duration, generated_key};
 
 /// Everything the compiler reads.
 #[derive(Clone, Copy, Debug)]
@@ -84,11 +84,7 @@ impl SecretKeys {
             previous.retain(|p| p.valid_until_unix > now_unix);
         }
         self.previous.retain(|_, previous| !previous.is_empty());
-        self.previous
-            .values()
-            .flatten()
-            .map(|p| p.valid_until_unix)
-            .min()
+        self.previous.values().flatten().map(|p| p.valid_until_unix).min()
     }
 
     /// Records that Secret `name` holds `key`, value unknown.
