@@ -58,6 +58,7 @@ pub struct VirtualKeySpec {
     pub feature: Option<String>,
     /// After this instant (RFC 3339, e.g. `2027-01-01T00:00:00Z`) the key is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub expires_at: Option<String>,
     /// True: the key is refused (kept in config so apps are told why).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -108,8 +109,10 @@ pub struct KeySecretRef {
 pub struct RateLimits {
     /// Requests per minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub requests_per_minute: Option<u32>,
     /// Tokens (input and output) per minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub tokens_per_minute: Option<u64>,
 }
