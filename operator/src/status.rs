@@ -182,7 +182,7 @@ pub fn budget_status(budget: &Budget, compiled: &Compiled, now: &Time) -> Budget
         |b| (b.period, b.time_zone.clone()),
     );
     let period = format!("{} ({time_zone})", period.as_str());
-    let in_force = format!("limit {} USD per {period} is enforced", budget.spec.limit_usd);
+    let in_force = format!("{} USD {period} limit in force", budget.spec.limit_usd);
     let generation = budget.meta().generation;
     BudgetStatus {
         observed_generation: generation,
