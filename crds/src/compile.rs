@@ -257,7 +257,7 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
             budgets: &config.budgets,
             aliases: &aliases,
         };
-        let result = compile_key(key, &name, &scope);
+        let result = compile_key(key, &scope);
         let previous = inputs.previous.map(|p| &p.keys);
         if let Some((errors, kept)) = settle(&mut config.keys, name.clone(), result, previous) {
             problems.extend(attach("VirtualKey", &name, errors, kept));
@@ -936,14 +936,11 @@ struct KeyScope<'a> {
     aliases: &'a BTreeSet<String>,
 }
 
-fn compile_key(key: &VirtualKey, name: &str, scope: &KeyScope<'_>) -> Result<KeyConfig, Vec<FieldError>> {
+fn compile_key(key: &VirtualKey, scope: &KeyScope<'_>) -> Result<KeyConfig, Vec<FieldError>> {
     let spec = &key.spec;
     let mut errors = Errors::default();
     let reference = CredentialRef {
-        secret: spec
-            .secret_ref
-            .as_ref()
-            .map_or_else(|| name.to_owned(), |r| r.name.clone()),
+        secret: key.secret_name(),
         key: spec
             .secret_ref
             .as_ref()

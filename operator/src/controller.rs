@@ -2,8 +2,9 @@
 //!
 //! The reconciled object is the Namespace. Every watched object (LLMRoute,
 //! ProviderSecret, VirtualKey, Budget, a referenced Secret, the owned
-//! ConfigMap) maps to its namespace's key, and kube-runtime keeps at most one pending reconcile per
-//! key; with the debounce below, a burst of changes becomes a few reconciles.
+//! ConfigMap) maps to its namespace's key, and kube-runtime keeps at most one
+//! pending reconcile per key; with the debounce below, a burst of changes
+//! becomes a few reconciles.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -34,8 +35,9 @@ const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Upper bound of the retry delay, so a fixed API server is noticed within minutes.
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-/// Which Secrets each namespace's ProviderSecrets and VirtualKeys reference, as of its last
-/// reconcile: a Secret event re-reconciles its namespace only if it is one of them.
+/// Which Secrets each namespace's ProviderSecrets and VirtualKeys reference,
+/// as of its last reconcile: a Secret event re-reconciles its namespace only
+/// if it is one of them.
 #[derive(Debug, Default)]
 pub struct SecretIndex(RwLock<BTreeMap<String, BTreeSet<String>>>);
 

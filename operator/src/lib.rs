@@ -5,8 +5,9 @@
 //! The work is split so each part is testable alone: [`namespace`] fetches a
 //! namespace's inputs and calls the pure compiler, [`configmap`] writes the
 //! result, [`keys`] generates and rotates virtual keys, [`status`] derives
-//! and writes conditions, [`events`] tells people what changed, [`controller`] wires the
-//! watches (every watched object maps to its namespace) and the error policy.
+//! and writes conditions, [`events`] tells people what changed, and
+//! [`controller`] wires the watches (every watched object maps to its
+//! namespace) and the error policy.
 
 pub mod configmap;
 pub mod controller;

@@ -81,13 +81,9 @@ pub fn referenced_secrets(providers: &[ProviderSecret], keys: &[VirtualKey]) -> 
         .iter()
         .filter_map(|p| p.spec.secret_ref.as_ref())
         .map(|r| r.name.clone());
-    let key_secrets = keys.iter().map(|k| {
-        k.spec
-            .secret_ref
-            .as_ref()
-            .map_or_else(|| k.name_any(), |r| r.name.clone())
-    });
-    provider_secrets.chain(key_secrets).collect()
+    provider_secrets
+        .chain(keys.iter().map(VirtualKey::secret_name))
+        .collect()
 }
 
 /// Reconciles one namespace. `on_references` learns which Secrets the

@@ -153,12 +153,7 @@ pub fn key_status(key: &VirtualKey, compiled: &Compiled, generated: bool, now: &
             conditions: vec![ready_condition(&problems, in_force, generation, current, now)],
         },
         key_id: generated.then(|| generated_key::key_id(&key.uid().unwrap_or_default())),
-        secret_name: Some(
-            key.spec
-                .secret_ref
-                .as_ref()
-                .map_or_else(|| name.clone(), |r| r.name.clone()),
-        ),
+        secret_name: Some(key.secret_name()),
         expires_at: key.spec.expires_at.clone(),
         previous_key_valid_until,
     }

@@ -70,6 +70,17 @@ pub struct VirtualKeySpec {
     pub rotation_grace_period: Option<String>,
 }
 
+impl VirtualKey {
+    /// The Secret that holds the key: `secretRef.name`, or the one named
+    /// like this resource (where the operator generates keys).
+    pub fn secret_name(&self) -> String {
+        self.spec
+            .secret_ref
+            .as_ref()
+            .map_or_else(|| kube::ResourceExt::name_any(self), |r| r.name.clone())
+    }
+}
+
 /// What a key's status reports besides `Ready`. Never the key itself.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
