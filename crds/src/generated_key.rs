@@ -6,7 +6,6 @@
 //! agree on one definition.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Every generated key starts with this, so secret scanners and people can
 /// tell an llmesh key from a provider key.
@@ -36,18 +35,9 @@ pub struct PreviousKey {
     pub valid_until_unix: i64,
 }
 
-/// The public id of a generated key: 8 hex characters derived from the
-/// `VirtualKey`'s UID. Not secret (it is in the key's status and the key
-/// itself), stable across rotations, and different for a deleted and
-/// re-created `VirtualKey` of the same name.
-pub fn key_id(uid: &str) -> String {
-    Sha256::digest(uid.as_bytes())[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// `sk-llmesh-<id>-<secret>`, the secret being 32 random bytes in lowercase hex.
+/// `sk-llmesh-<id>-<secret>`: `id` is the `VirtualKey`'s name, the one key
+/// id the sidecar shows in logs and metrics, so a key found in a log or a
+/// ticket names its VirtualKey; the secret is 32 random bytes in lowercase hex.
 pub fn format(id: &str, random: &[u8; 32]) -> String {
     let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
     format!("{PREFIX}{id}-{secret}")
@@ -67,13 +57,9 @@ mod tests {
 
     #[test]
     fn a_generated_key_carries_its_id() {
-        let id = key_id("0d9c6a3e-uid");
-        assert_eq!(id.len(), 8);
-        assert_eq!(id, key_id("0d9c6a3e-uid"), "stable for one VirtualKey");
-        assert_ne!(id, key_id("another-uid"));
-        let key = format(&id, &[0xab; 32]);
-        assert!(key.starts_with(&format!("sk-llmesh-{id}-abab")), "{key}");
-        assert_eq!(key.len(), "sk-llmesh-".len() + 8 + 1 + 64);
+        let key = format("research", &[0xab; 32]);
+        assert!(key.starts_with("sk-llmesh-research-abab"), "{key}");
+        assert_eq!(key.len(), "sk-llmesh-research-".len() + 64);
     }
 
     #[test]

@@ -24,8 +24,9 @@ use crate::events::Notice;
 /// What a reconcile does about one key's Secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
-    /// The key is not the operator's to manage (it has a `secretRef`, or a
-    /// Secret of its name exists that the operator did not create).
+    /// The key is not the operator's to manage (it has a `secretRef`, a
+    /// Secret of its name exists that the operator did not create, or the
+    /// VirtualKey is being deleted).
     Leave,
     /// Nothing to do now; look again at this instant (a rotation scheduled
     /// for the future), if any.
@@ -52,7 +53,8 @@ pub fn is_generated_for(secret: &Secret, key: &VirtualKey) -> bool {
 
 /// What to do about `key`, whose default Secret is `secret` (if it exists), at `now`.
 pub fn plan(key: &VirtualKey, secret: Option<&Secret>, now: jiff::Timestamp) -> Plan {
-    if key.spec.secret_ref.is_some() {
+    // A key being deleted gets no new Secret: garbage collection would only remove it again.
+    if key.spec.secret_ref.is_some() || key.meta().deletion_timestamp.is_some() {
         return Plan::Leave;
     }
     let Some(secret) = secret else { return Plan::Create };
@@ -98,10 +100,7 @@ pub fn grace_period(key: &VirtualKey) -> Duration {
 fn generate(key: &VirtualKey) -> Result<String, Error> {
     let mut random = [0_u8; 32];
     getrandom::fill(&mut random).map_err(|e| Error::Random(e.to_string()))?;
-    Ok(generated_key::format(
-        &generated_key::key_id(&key.uid().unwrap_or_default()),
-        &random,
-    ))
+    Ok(generated_key::format(&key.name_any(), &random))
 }
 
 /// The Secret holding a newly generated key, owned by `key` so it goes away with it.
@@ -344,6 +343,10 @@ mod tests {
             ..Secret::default()
         };
         assert_eq!(plan(&plain, Some(&foreign), now), Plan::Leave);
+        let mut deleting = plain.clone();
+        deleting.meta_mut().deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+        assert_eq!(plan(&deleting, None, now), Plan::Leave);
     }
 
     #[test]
@@ -365,7 +368,6 @@ mod tests {
             generate(&plain).expect("random"),
         );
         assert_ne!(a, b);
-        let id = generated_key::key_id("vk-uid");
-        assert!(a.starts_with(&format!("sk-llmesh-{id}-")), "{a}");
+        assert!(a.starts_with("sk-llmesh-team-a-"), "{a}");
     }
 }

@@ -37,8 +37,6 @@ pub struct Gathered {
     pub budgets: Vec<Budget>,
     /// Which keys each referenced Secret holds (values are reduced to hashes here).
     pub secrets: SecretKeys,
-    /// The `VirtualKey`s whose Secret the operator generated.
-    pub generated: BTreeSet<String>,
 }
 
 impl Gathered {
@@ -108,15 +106,6 @@ pub async fn reconcile(
     on_references(references.clone());
     let mut secrets = read_secrets(client, &name, &references).await?;
     let ensured = keys::ensure(client, &name, &virtual_keys, &mut secrets, now).await?;
-    let generated = virtual_keys
-        .iter()
-        .filter(|k| {
-            secrets
-                .get(&k.name_any())
-                .is_some_and(|s| keys::is_generated_for(s, k))
-        })
-        .map(ResourceExt::name_any)
-        .collect();
     let mut secret_keys = SecretKeys::from_secrets(secrets.values());
     // Values are hashed; drop the Secrets so nothing downstream can see them.
     drop(secrets);
@@ -130,7 +119,6 @@ pub async fn reconcile(
         keys: virtual_keys,
         budgets,
         secrets: secret_keys,
-        generated,
     };
     if gathered.is_empty() {
         return Ok(Outcome::default());

@@ -11,7 +11,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use llmesh_crds::resources::{
     BudgetStatus, LLMRouteStatus, ProviderSecretStatus, ResourceStatus, VirtualKeyStatus,
 };
-use llmesh_crds::{Budget, Compiled, LLMRoute, Problem, ProviderSecret, VirtualKey, generated_key};
+use llmesh_crds::{Budget, Compiled, LLMRoute, Problem, ProviderSecret, VirtualKey};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -128,9 +128,8 @@ pub fn provider_status(
     }
 }
 
-/// The status a virtual key should report. `generated`: its Secret is the
-/// one the operator generated (so the key carries the id reported here).
-pub fn key_status(key: &VirtualKey, compiled: &Compiled, generated: bool, now: &Time) -> VirtualKeyStatus {
+/// The status a virtual key should report.
+pub fn key_status(key: &VirtualKey, compiled: &Compiled, now: &Time) -> VirtualKeyStatus {
     let name = key.name_any();
     let problems: Vec<&Problem> = compiled.problems_of("VirtualKey", &name).collect();
     let current = key.status.as_ref().and_then(|s| ready_of(&s.common));
@@ -152,7 +151,7 @@ pub fn key_status(key: &VirtualKey, compiled: &Compiled, generated: bool, now: &
             observed_generation: generation,
             conditions: vec![ready_condition(&problems, in_force, generation, current, now)],
         },
-        key_id: generated.then(|| generated_key::key_id(&key.uid().unwrap_or_default())),
+        key_id: Some(name),
         secret_name: Some(key.secret_name()),
         expires_at: key.spec.expires_at.clone(),
         previous_key_valid_until,
@@ -282,7 +281,7 @@ pub async fn write_changed(
             .await?;
     }
     for key in &gathered.keys {
-        let desired = key_status(key, compiled, gathered.generated.contains(&key.name_any()), &now);
+        let desired = key_status(key, compiled, &now);
         let before = key.status.as_ref().and_then(|s| ready_of(&s.common));
         let changed = key.status.as_ref() != Some(&desired);
         let after = ready_of(&desired.common);

@@ -88,8 +88,9 @@ pub struct VirtualKeyStatus {
     /// `Ready` and the generation it describes.
     #[serde(flatten)]
     pub common: ResourceStatus,
-    /// The public id inside a generated key (`sk-llmesh-<id>-…`), to tell
-    /// which VirtualKey a key found in a log or a ticket belongs to.
+    /// The key's id: the name the sidecars' logs and metrics show for it
+    /// (`virtual_key`), and the `<id>` inside a generated key
+    /// (`sk-llmesh-<id>-…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
     /// The Secret that holds the key.
