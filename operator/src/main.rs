@@ -67,14 +67,19 @@ async fn main() -> anyhow::Result<()> {
     });
 
     tracing::info!(admin = %args.admin_addr, "llmesh-operator starting");
-    let ctx = Arc::new(Context::new(client.clone(), metrics, Arc::clone(&health)));
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "llmesh-operator".to_owned());
+        format!("{host}-{}", std::process::id())
+    });
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        Arc::clone(&health),
+        Some(identity.clone()),
+    ));
     if args.no_leader_election {
         controller::run(ctx).await;
     } else {
-        let identity = args.identity.unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "llmesh-operator".to_owned());
-            format!("{host}-{}", std::process::id())
-        });
         let elector = Elector::new(
             client,
             LeaseSettings {

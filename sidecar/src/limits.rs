@@ -367,6 +367,7 @@ mod tests {
             name: "k".into(),
             config: KeyConfig {
                 key_hash: String::new(),
+                previous_key_hashes: Vec::new(),
                 allowed_routes: Vec::new(),
                 requests_per_minute: rpm,
                 tokens_per_minute: tpm,
