@@ -387,7 +387,8 @@ async fn a_dead_or_silent_redis_leaves_the_local_cache_serving() {
         .iter()
         .filter_map(|operation| {
             let series = format!(r#"llmesh_cache_shared_errors_total{{operation="{operation}"}}"#);
-            text.contains(&series).then(|| metric_value::<u64>(&text, &series))
+            text.contains(&series)
+                .then(|| metric_value::<u64>(&text, &series))
         })
         .sum();
     assert!(errors >= 1, "{text}");
