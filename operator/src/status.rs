@@ -198,17 +198,53 @@ pub struct Written {
     pub states: States,
 }
 
+/// What [`Written::settle`] needs of a status.
+trait OwnedStatus: Serialize + PartialEq + Clone {
+    fn conditions(&self) -> &[Condition];
+
+    /// The part of a stored status this operator writes; fields another
+    /// writer fills are cleared, so they alone never cause a write.
+    fn owned_part(&self) -> Self {
+        self.clone()
+    }
+}
+
+macro_rules! common_status {
+    ($($status:ty),*) => {$(
+        impl OwnedStatus for $status {
+            fn conditions(&self) -> &[Condition] {
+                &self.common.conditions
+            }
+        }
+    )*};
+}
+common_status!(ProviderSecretStatus, LLMRouteStatus, VirtualKeyStatus);
+
+impl OwnedStatus for BudgetStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    /// Spend and state come from the sidecars' reports, not from this operator.
+    fn owned_part(&self) -> Self {
+        Self {
+            spent_usd: None,
+            state: None,
+            ..self.clone()
+        }
+    }
+}
+
 impl Written {
-    /// Writes `desired` when it differs from what is stored (`changed`),
-    /// counts the resource's state and notes a change of `Ready`.
-    async fn settle<K>(
+    /// Writes `desired` when it differs from what is `stored`, counts the
+    /// resource's state and notes a change of `Ready`.
+    async fn settle<K, S: OwnedStatus>(
         &mut self,
         client: &Client,
         namespace: &str,
         resource: &K,
-        (before, after): (Option<&Condition>, Option<&Condition>),
-        status: &impl Serialize,
-        changed: bool,
+        stored: Option<&S>,
+        desired: &S,
     ) -> Result<(), Error>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -216,19 +252,21 @@ impl Written {
             + DeserializeOwned
             + Debug,
     {
-        let is_ready = after.is_some_and(|c| c.status == "True");
+        let ready = |status: &S| status.conditions().iter().find(|c| c.type_ == READY).cloned();
+        let (before, after) = (stored.and_then(ready), ready(desired));
+        let is_ready = after.as_ref().is_some_and(|c| c.status == "True");
         *self
             .states
             .entry((K::kind(&()).into_owned(), is_ready))
             .or_default() += 1;
-        if let Some(after) = after
-            && before.map(|c| &c.status) != Some(&after.status)
+        if let Some(after) = &after
+            && before.map(|c| c.status) != Some(after.status.clone())
         {
             self.notices
                 .push(Notice::ready_changed(resource, is_ready, &after.message));
         }
-        if changed {
-            write(client, namespace, resource, status).await?;
+        if stored.map(S::owned_part).as_ref() != Some(desired) {
+            write(client, namespace, resource, desired).await?;
             self.count += 1;
         }
         Ok(())
@@ -249,45 +287,27 @@ pub async fn write_changed(
     let mut written = Written::default();
     for provider in &gathered.providers {
         let desired = provider_status(provider, &gathered.routes, compiled, &now);
-        let before = provider.status.as_ref().and_then(|s| ready_of(&s.common));
-        let changed = provider.status.as_ref() != Some(&desired);
-        let after = ready_of(&desired.common);
+        let stored = provider.status.as_ref();
         written
-            .settle(client, namespace, provider, (before, after), &desired, changed)
+            .settle(client, namespace, provider, stored, &desired)
             .await?;
     }
     for route in &gathered.routes {
         let desired = route_status(route, compiled, &now);
-        let before = route.status.as_ref().and_then(|s| ready_of(&s.common));
-        let changed = route.status.as_ref() != Some(&desired);
-        let after = ready_of(&desired.common);
-        written
-            .settle(client, namespace, route, (before, after), &desired, changed)
-            .await?;
+        let stored = route.status.as_ref();
+        written.settle(client, namespace, route, stored, &desired).await?;
     }
     for budget in &gathered.budgets {
         let desired = budget_status(budget, compiled, &now);
         let stored = budget.status.as_ref();
-        let before = stored.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
-        let owned_part = stored.map(|s| BudgetStatus {
-            spent_usd: None,
-            state: None,
-            ..s.clone()
-        });
-        let changed = owned_part.as_ref() != Some(&desired);
-        let after = desired.conditions.iter().find(|c| c.type_ == READY);
         written
-            .settle(client, namespace, budget, (before, after), &desired, changed)
+            .settle(client, namespace, budget, stored, &desired)
             .await?;
     }
     for key in &gathered.keys {
         let desired = key_status(key, compiled, &now);
-        let before = key.status.as_ref().and_then(|s| ready_of(&s.common));
-        let changed = key.status.as_ref() != Some(&desired);
-        let after = ready_of(&desired.common);
-        written
-            .settle(client, namespace, key, (before, after), &desired, changed)
-            .await?;
+        let stored = key.status.as_ref();
+        written.settle(client, namespace, key, stored, &desired).await?;
     }
     Ok(written)
 }
