@@ -9,16 +9,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
+use crate::config::PreviousKey;
 use crate::config::{
     AzureConfig, BreakerConfig, BudgetConfig, CacheConfig, CredentialRef, Credentials, FallbackConfig,
     KeyConfig, MockConfig, ProviderConfig, RetriesConfig, RouteConfig, RuleConfig, SemanticCacheConfig,
     SharedCacheConfig, SidecarConfig, TargetConfig, TimeoutsConfig, key_hash,
 };
-use crate::duration;
 use crate::resources::{
     Budget, BudgetAction, CacheMode, CacheSettings, ErrorClass, Fallback, LLMRoute, ProviderKind,
     ProviderSecret, RouteTarget, RuleMatch, VirtualKey,
 };
+use crate::{duration, generated_key};
 
 /// Everything the compiler reads.
 #[derive(Clone, Copy, Debug)]
@@ -40,9 +41,12 @@ pub struct Inputs<'a> {
 
 /// Secret name → the keys it holds, each with the [`key_hash`] of its value
 /// when the value was at hand (virtual keys need it; provider credentials
-/// only need to exist).
+/// only need to exist), and the replaced keys still in their grace period.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SecretKeys(BTreeMap<String, BTreeMap<String, Option<String>>>);
+pub struct SecretKeys {
+    keys: BTreeMap<String, BTreeMap<String, Option<String>>>,
+    previous: BTreeMap<String, Vec<PreviousKey>>,
+}
 
 impl SecretKeys {
     /// Indexes the keys of Secrets (both `data` and `stringData`), with the
@@ -60,26 +64,45 @@ impl SecretKeys {
             for (key, value) in binary.chain(text) {
                 index.insert_hashed(&name, key, key_hash(value));
             }
+            let previous = generated_key::previous_keys(
+                secret
+                    .annotations()
+                    .get(generated_key::PREVIOUS_KEYS_ANNOTATION)
+                    .map(String::as_str),
+            );
+            if !previous.is_empty() {
+                index.previous.insert(name, previous);
+            }
         }
         index
     }
 
+    /// Drops replaced keys whose grace period has ended by `now_unix`, so they
+    /// leave the configuration; returns the earliest end still to come.
+    pub fn expire_previous(&mut self, now_unix: i64) -> Option<i64> {
+        for previous in self.previous.values_mut() {
+            previous.retain(|p| p.valid_until_unix > now_unix);
+        }
+        self.previous.retain(|_, previous| !previous.is_empty());
+        self.previous.values().flatten().map(|p| p.valid_until_unix).min()
+    }
+
     /// Records that Secret `name` holds `key`, value unknown.
     pub fn insert(&mut self, name: &str, key: &str) {
-        let keys = self.0.entry(name.to_owned()).or_default();
+        let keys = self.keys.entry(name.to_owned()).or_default();
         keys.entry(key.to_owned()).or_insert(None);
     }
 
     /// Records that Secret `name` holds `key` whose value hashes to `hash`.
     pub fn insert_hashed(&mut self, name: &str, key: &str, hash: String) {
-        let keys = self.0.entry(name.to_owned()).or_default();
+        let keys = self.keys.entry(name.to_owned()).or_default();
         keys.insert(key.to_owned(), Some(hash));
     }
 
     /// The hash of a value, or why it is not known.
     fn hash_of(&self, reference: &CredentialRef) -> Result<&str, String> {
         self.check(reference)?;
-        self.0
+        self.keys
             .get(&reference.secret)
             .and_then(|keys| keys.get(&reference.key))
             .and_then(Option::as_deref)
@@ -92,7 +115,7 @@ impl SecretKeys {
     }
 
     fn check(&self, reference: &CredentialRef) -> Result<(), String> {
-        match self.0.get(&reference.secret) {
+        match self.keys.get(&reference.secret) {
             None => Err(format!("Secret {} not found", reference.secret)),
             Some(keys) if !keys.contains_key(&reference.key) => Err(format!(
                 "Secret {} has no key {}",
@@ -234,7 +257,7 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
             budgets: &config.budgets,
             aliases: &aliases,
         };
-        let result = compile_key(key, &name, &scope);
+        let result = compile_key(key, &scope);
         let previous = inputs.previous.map(|p| &p.keys);
         if let Some((errors, kept)) = settle(&mut config.keys, name.clone(), result, previous) {
             problems.extend(attach("VirtualKey", &name, errors, kept));
@@ -913,19 +936,16 @@ struct KeyScope<'a> {
     aliases: &'a BTreeSet<String>,
 }
 
-fn compile_key(key: &VirtualKey, name: &str, scope: &KeyScope<'_>) -> Result<KeyConfig, Vec<FieldError>> {
+fn compile_key(key: &VirtualKey, scope: &KeyScope<'_>) -> Result<KeyConfig, Vec<FieldError>> {
     let spec = &key.spec;
     let mut errors = Errors::default();
     let reference = CredentialRef {
-        secret: spec
-            .secret_ref
-            .as_ref()
-            .map_or_else(|| name.to_owned(), |r| r.name.clone()),
+        secret: key.secret_name(),
         key: spec
             .secret_ref
             .as_ref()
             .and_then(|r| r.key.clone())
-            .unwrap_or_else(|| "key".to_owned()),
+            .unwrap_or_else(|| generated_key::SECRET_KEY.to_owned()),
     };
     let hash = match scope.secrets.hash_of(&reference) {
         Ok(hash) => hash.to_owned(),
@@ -970,11 +990,18 @@ fn compile_key(key: &VirtualKey, name: &str, scope: &KeyScope<'_>) -> Result<Key
                 None
             }
         });
+    errors.millis("spec.rotationGracePeriod", spec.rotation_grace_period.as_deref());
     if !errors.0.is_empty() {
         return Err(errors.0);
     }
     Ok(KeyConfig {
         key_hash: hash,
+        previous_key_hashes: scope
+            .secrets
+            .previous
+            .get(&reference.secret)
+            .cloned()
+            .unwrap_or_default(),
         allowed_routes: spec.allowed_routes.clone(),
         requests_per_minute: limits.requests_per_minute,
         tokens_per_minute: limits.tokens_per_minute,

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::generated_key::PreviousKey;
 use crate::resources::{
     BudgetAction, BudgetPeriod, CacheScope, ErrorClass, MockFault, Price, PromptCaching, ProviderKind,
     RuleMatch, Strategy,
@@ -46,6 +47,10 @@ pub fn key_hash(raw_key: &[u8]) -> String {
 pub struct KeyConfig {
     /// [`key_hash`] of the key.
     pub key_hash: String,
+    /// Keys replaced by a rotation that still authenticate as this key until
+    /// their grace period ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_key_hashes: Vec<PreviousKey>,
     /// Route aliases the key may call; empty means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_routes: Vec<String>,

@@ -7,6 +7,7 @@
 pub mod compile;
 pub mod config;
 pub mod duration;
+pub mod generated_key;
 pub mod injection;
 pub mod manifests;
 pub mod resources;

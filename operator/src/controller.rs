@@ -1,9 +1,10 @@
 //! The controller: watches, coalescing per namespace, and the error policy.
 //!
 //! The reconciled object is the Namespace. Every watched object (LLMRoute,
-//! ProviderSecret, a referenced Secret, the owned ConfigMap) maps to its
-//! namespace's key, and kube-runtime keeps at most one pending reconcile per
-//! key; with the debounce below, a burst of changes becomes a few reconciles.
+//! ProviderSecret, VirtualKey, Budget, a referenced Secret, the owned
+//! ConfigMap) maps to its namespace's key, and kube-runtime keeps at most one
+//! pending reconcile per key; with the debounce below, a burst of changes
+//! becomes a few reconciles.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -12,15 +13,16 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::runtime::controller::{Action, Config};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
-use llmesh_crds::{LLMRoute, ProviderSecret};
+use llmesh_crds::{Budget, LLMRoute, ProviderSecret, VirtualKey};
 use parking_lot::RwLock;
 
 use crate::metrics::Metrics;
 use crate::probes::Health;
-use crate::{Error, configmap, namespace};
+use crate::{Error, FIELD_MANAGER, configmap, events, namespace};
 
 /// How long the controller waits for more changes before reconciling a
 /// namespace: short enough to stay well inside the 2 s route-change target,
@@ -33,8 +35,9 @@ const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Upper bound of the retry delay, so a fixed API server is noticed within minutes.
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-/// Which Secrets each namespace's ProviderSecrets reference, as of its last
-/// reconcile: a Secret event re-reconciles its namespace only if it is one of them.
+/// Which Secrets each namespace's ProviderSecrets and VirtualKeys reference,
+/// as of its last reconcile: a Secret event re-reconciles its namespace only
+/// if it is one of them.
 #[derive(Debug, Default)]
 pub struct SecretIndex(RwLock<BTreeMap<String, BTreeSet<String>>>);
 
@@ -71,20 +74,48 @@ pub struct Context {
     pub metrics: Metrics,
     /// Readiness for `/readyz`.
     pub health: Arc<Health>,
+    /// Publishes the reconciles' Events.
+    recorder: Recorder,
     /// Consecutive failures per namespace, for the backoff.
     failures: parking_lot::Mutex<HashMap<String, u32>>,
+    /// Namespaces with a change not yet reconciled (the queue-depth metric).
+    pending: parking_lot::Mutex<BTreeSet<String>>,
 }
 
 impl Context {
-    /// A context for a fresh controller.
-    pub fn new(client: Client, metrics: Metrics, health: Arc<Health>) -> Self {
+    /// A context for a fresh controller; `instance` (the pod name) tells
+    /// replicas apart in the Events they publish.
+    pub fn new(client: Client, metrics: Metrics, health: Arc<Health>, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance,
+        };
         Self {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             secrets: SecretIndex::default(),
             metrics,
             health,
             failures: parking_lot::Mutex::default(),
+            pending: parking_lot::Mutex::default(),
         }
+    }
+
+    /// Counts `key`'s namespace as waiting for a reconcile; passes `key` on.
+    fn queued(&self, key: Option<ObjectRef<Namespace>>) -> Option<ObjectRef<Namespace>> {
+        if let Some(key) = &key {
+            let mut pending = self.pending.lock();
+            pending.insert(key.name.clone());
+            self.metrics.set_queue_depth(pending.len());
+        }
+        key
+    }
+
+    /// `namespace` is being reconciled: it no longer waits.
+    fn dequeued(&self, namespace: &str) {
+        let mut pending = self.pending.lock();
+        pending.remove(namespace);
+        self.metrics.set_queue_depth(pending.len());
     }
 }
 
@@ -115,30 +146,31 @@ pub fn backoff(failures: u32) -> Duration {
 pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let name = ns.name_any();
-    let result = namespace::reconcile(&ctx.client, &ns, |secrets| ctx.secrets.record(&name, secrets)).await;
-    match &result {
-        Ok(outcome) => {
-            ctx.metrics.succeeded(
-                started.elapsed(),
-                outcome.config_written,
-                outcome.statuses_written,
-            );
-            ctx.failures.lock().remove(&name);
-            ctx.health.set_ready();
-            if outcome.config_written || outcome.statuses_written > 0 {
-                tracing::info!(
-                    namespace = %name,
-                    version = outcome.version.as_deref().unwrap_or_default(),
-                    config_written = outcome.config_written,
-                    statuses_written = outcome.statuses_written,
-                    problems = outcome.problems,
-                    "reconciled"
-                );
-            }
-        }
-        Err(error) => ctx.metrics.failed(started.elapsed(), error),
+    ctx.dequeued(&name);
+    let outcome = namespace::reconcile(&ctx.client, &ns, |secrets| ctx.secrets.record(&name, secrets))
+        .await
+        .inspect_err(|error| ctx.metrics.failed(started.elapsed(), error))?;
+    ctx.metrics.succeeded(
+        started.elapsed(),
+        outcome.config_written,
+        outcome.statuses_written,
+    );
+    ctx.metrics.set_states(&name, &outcome.states);
+    ctx.failures.lock().remove(&name);
+    ctx.health.set_ready();
+    if outcome.config_written || outcome.statuses_written > 0 {
+        tracing::info!(
+            namespace = %name,
+            version = outcome.version.as_deref().unwrap_or_default(),
+            config_written = outcome.config_written,
+            statuses_written = outcome.statuses_written,
+            problems = outcome.problems,
+            "reconciled"
+        );
     }
-    result.map(|_| Action::requeue(RESYNC))
+    events::publish(&ctx.recorder, outcome.notices).await;
+    let requeue = outcome.next_check.map_or(RESYNC, |due| due.min(RESYNC));
+    Ok(Action::requeue(requeue))
 }
 
 /// Retries a failed namespace with exponential backoff.
@@ -163,25 +195,30 @@ pub async fn run(ctx: Arc<Context>) {
         configmap::MANAGED_BY_LABEL,
         configmap::MANAGED_BY
     ));
-    let secrets_ctx = Arc::clone(&ctx);
-    Controller::new(Api::<Namespace>::all(client.clone()), watcher::Config::default())
+    // Each watch's mapper counts the namespace it wakes as pending.
+    let [cm_ctx, route_ctx, provider_ctx, key_ctx, budget_ctx, secrets_ctx] =
+        std::array::from_fn(|_| Arc::clone(&ctx));
+    let all = watcher::Config::default;
+    Controller::new(Api::<Namespace>::all(client.clone()), all())
         // Not `.owns`: it keys the owner in the child's namespace, which never
         // matches a (cluster-scoped) Namespace.
-        .watches(Api::<ConfigMap>::all(client.clone()), owned, |cm| {
-            namespace_key(&cm)
+        .watches(Api::<ConfigMap>::all(client.clone()), owned, move |cm| {
+            cm_ctx.queued(namespace_key(&cm))
         })
-        .watches(
-            Api::<LLMRoute>::all(client.clone()),
-            watcher::Config::default(),
-            |r| namespace_key(&r),
-        )
-        .watches(
-            Api::<ProviderSecret>::all(client.clone()),
-            watcher::Config::default(),
-            |p| namespace_key(&p),
-        )
-        .watches(Api::<Secret>::all(client), watcher::Config::default(), move |s| {
-            secrets_ctx.secrets.namespace_to_reconcile(&s)
+        .watches(Api::<LLMRoute>::all(client.clone()), all(), move |r| {
+            route_ctx.queued(namespace_key(&r))
+        })
+        .watches(Api::<ProviderSecret>::all(client.clone()), all(), move |p| {
+            provider_ctx.queued(namespace_key(&p))
+        })
+        .watches(Api::<VirtualKey>::all(client.clone()), all(), move |k| {
+            key_ctx.queued(namespace_key(&k))
+        })
+        .watches(Api::<Budget>::all(client.clone()), all(), move |b| {
+            budget_ctx.queued(namespace_key(&b))
+        })
+        .watches(Api::<Secret>::all(client), all(), move |s| {
+            secrets_ctx.queued(secrets_ctx.secrets.namespace_to_reconcile(&s))
         })
         .with_config(Config::default().debounce(DEBOUNCE))
         .shutdown_on_signal()

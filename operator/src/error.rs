@@ -31,7 +31,7 @@ pub enum Error {
     /// Writing a resource's status failed.
     #[error("writing the status of {kind} {namespace}/{name}: {source}")]
     WriteStatus {
-        /// `LLMRoute` or `ProviderSecret`.
+        /// `LLMRoute`, `ProviderSecret`, `VirtualKey` or `Budget`.
         kind: String,
         /// The namespace.
         namespace: String,
@@ -41,6 +41,20 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// Creating or rotating a generated key's Secret failed.
+    #[error("writing Secret {namespace}/{name}: {source}")]
+    WriteSecret {
+        /// The namespace.
+        namespace: String,
+        /// The Secret's name (the `VirtualKey`'s).
+        name: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// The operating system's random source failed while generating a key.
+    #[error("reading the OS random source: {0}")]
+    Random(String),
     /// Reading or writing the leader-election Lease failed.
     #[error("leader election Lease: {0}")]
     Lease(#[source] Box<kube::Error>),
@@ -56,6 +70,8 @@ impl Error {
             Self::Read { .. } => "read",
             Self::WriteConfigMap { .. } => "write_configmap",
             Self::WriteStatus { .. } => "write_status",
+            Self::WriteSecret { .. } => "write_secret",
+            Self::Random(_) => "random",
             Self::Serialize(_) => "serialize",
             Self::Lease(_) => "lease",
         }

@@ -4,13 +4,17 @@
 //!
 //! The work is split so each part is testable alone: [`namespace`] fetches a
 //! namespace's inputs and calls the pure compiler, [`configmap`] writes the
-//! result, [`status`] derives and writes conditions, [`controller`] wires the
-//! watches (every watched object maps to its namespace) and the error policy.
+//! result, [`keys`] generates and rotates virtual keys, [`status`] derives
+//! and writes conditions, [`events`] tells people what changed, and
+//! [`controller`] wires the watches (every watched object maps to its
+//! namespace) and the error policy.
 //! [`webhook`] injects the sidecar into pods and watches for pods it missed.
 
 pub mod configmap;
 pub mod controller;
 pub mod error;
+pub mod events;
+pub mod keys;
 pub mod lease;
 pub mod metrics;
 pub mod namespace;

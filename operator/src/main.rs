@@ -92,7 +92,12 @@ async fn main() -> anyhow::Result<()> {
     });
     // Only the leader reports and restarts missed pods, so nothing is done twice.
     let missed = Arc::new(webhook.missed(client.clone(), identity.clone()));
-    let ctx = Arc::new(Context::new(client.clone(), metrics, Arc::clone(&health)));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        Arc::clone(&health),
+        Some(identity.clone()),
+    ));
     if args.no_leader_election {
         tokio::select! {
             () = controller::run(ctx) => {}

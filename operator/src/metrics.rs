@@ -1,11 +1,19 @@
 //! Prometheus metrics of the operator's reconciles. Labels are fixed small
 //! sets (result, error reason); never a resource's content.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use parking_lot::Mutex;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::Error;
+
+/// Resources by (kind, Ready) with their count.
+pub type States = BTreeMap<(String, bool), u64>;
 
 /// The operator's metrics and the registry that exposes them.
 #[derive(Clone, Debug)]
@@ -16,6 +24,11 @@ pub struct Metrics {
     duration: Histogram,
     config_writes: IntCounter,
     status_writes: IntCounter,
+    queue_depth: IntGauge,
+    resources: IntGaugeVec,
+    /// Each namespace's resources by (kind, ready), as of its last reconcile:
+    /// the gauge is their sum.
+    states: Arc<Mutex<HashMap<String, States>>>,
 }
 
 impl Metrics {
@@ -53,6 +66,19 @@ impl Metrics {
         )?;
         let status_writes =
             IntCounter::new("llmesh_operator_status_writes_total", "Resource status writes.")?;
+        let queue_depth = IntGauge::new(
+            "llmesh_operator_queue_depth",
+            "Namespaces with a change not yet reconciled.",
+        )?;
+        let resources = IntGaugeVec::new(
+            Opts::new(
+                "llmesh_operator_resources",
+                "llmesh resources by kind and whether they are Ready.",
+            ),
+            &["kind", "ready"],
+        )?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(resources.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -65,7 +91,36 @@ impl Metrics {
             duration,
             config_writes,
             status_writes,
+            queue_depth,
+            resources,
+            states: Arc::default(),
         })
+    }
+
+    /// Sets how many namespaces wait for a reconcile.
+    pub fn set_queue_depth(&self, pending: usize) {
+        self.queue_depth.set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    /// Records `namespace`'s resources by (kind, ready) and updates the totals.
+    pub fn set_states(&self, namespace: &str, states: &States) {
+        let mut all = self.states.lock();
+        if states.is_empty() {
+            all.remove(namespace);
+        } else {
+            all.insert(namespace.to_owned(), states.clone());
+        }
+        let mut totals: BTreeMap<(&str, bool), u64> = BTreeMap::new();
+        for ((kind, ready), count) in all.values().flatten() {
+            *totals.entry((kind, *ready)).or_default() += count;
+        }
+        // Reset first so a kind whose last resource went away reads 0, not its old count.
+        self.resources.reset();
+        for ((kind, ready), count) in totals {
+            self.resources
+                .with_label_values(&[kind, if ready { "true" } else { "false" }])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     /// Records a successful reconcile.

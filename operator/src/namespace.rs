@@ -1,22 +1,26 @@
 //! One namespace's reconcile: fetch its llmesh resources and the Secrets they
-//! reference, call the pure compiler, write the ConfigMap and the statuses.
+//! reference, generate or rotate the keys the operator manages, call the pure
+//! compiler, write the ConfigMap and the statuses.
 //!
 //! Everything a namespace's configuration depends on is gathered in
-//! [`Gathered`]; a new kind (VirtualKey, Budget) is one more list there, one
-//! more field of `llmesh_crds::Inputs`, and one more status loop.
+//! [`Gathered`]; a new kind is one more list there, one more field of
+//! `llmesh_crds::Inputs`, and one more status loop.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
+use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Secret};
 use kube::api::ListParams;
 use kube::{Api, Client, Resource, ResourceExt};
 use llmesh_crds::compile::SecretKeys;
-use llmesh_crds::{Inputs, LLMRoute, ProviderSecret, compile};
+use llmesh_crds::{Budget, Inputs, LLMRoute, ProviderSecret, SidecarConfig, VirtualKey, compile};
 use serde::de::DeserializeOwned;
 
-use crate::{Error, configmap, status};
+use crate::events::Notice;
+use crate::metrics::States;
+use crate::{Error, configmap, keys, status};
 
 /// A namespace's inputs to the compiler, as read from the API server.
 #[derive(Debug, Default)]
@@ -27,7 +31,11 @@ pub struct Gathered {
     pub providers: Vec<ProviderSecret>,
     /// The namespace's `LLMRoute`s.
     pub routes: Vec<LLMRoute>,
-    /// Which keys each referenced Secret holds (values are dropped here).
+    /// The namespace's `VirtualKey`s.
+    pub keys: Vec<VirtualKey>,
+    /// The namespace's `Budget`s.
+    pub budgets: Vec<Budget>,
+    /// Which keys each referenced Secret holds (values are reduced to hashes here).
     pub secrets: SecretKeys,
 }
 
@@ -35,12 +43,16 @@ impl Gathered {
     /// Whether the namespace has nothing for the operator to do: no llmesh
     /// resources and no ConfigMap (so unrelated namespaces get no ConfigMap).
     pub fn is_empty(&self) -> bool {
-        self.config_map.is_none() && self.providers.is_empty() && self.routes.is_empty()
+        self.config_map.is_none()
+            && self.providers.is_empty()
+            && self.routes.is_empty()
+            && self.keys.is_empty()
+            && self.budgets.is_empty()
     }
 }
 
-/// What a reconcile did, for logs and metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What a reconcile did, for logs, metrics and Events.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outcome {
     /// Whether the ConfigMap was written (false: it already served this version).
     pub config_written: bool,
@@ -50,14 +62,25 @@ pub struct Outcome {
     pub statuses_written: usize,
     /// How many resource problems the compiler reported.
     pub problems: usize,
+    /// Events to publish.
+    pub notices: Vec<Notice>,
+    /// How many resources of each kind are Ready (`true`) or not.
+    pub states: States,
+    /// When something time-based is due (a rotated-out key's grace period
+    /// ends, a scheduled rotation): reconcile again after this long.
+    pub next_check: Option<Duration>,
 }
 
-/// The names of the Secrets a namespace's `ProviderSecret`s reference.
-pub fn referenced_secrets(providers: &[ProviderSecret]) -> BTreeSet<String> {
-    providers
+/// The names of the Secrets a namespace's resources reference: provider
+/// credentials, and each virtual key's Secret (its `secretRef`, or the one
+/// named like it that the operator generates).
+pub fn referenced_secrets(providers: &[ProviderSecret], keys: &[VirtualKey]) -> BTreeSet<String> {
+    let provider_secrets = providers
         .iter()
         .filter_map(|p| p.spec.secret_ref.as_ref())
-        .map(|r| r.name.clone())
+        .map(|r| r.name.clone());
+    provider_secrets
+        .chain(keys.iter().map(VirtualKey::secret_name))
         .collect()
 }
 
@@ -73,16 +96,29 @@ pub async fn reconcile(
     on_references: impl FnOnce(BTreeSet<String>),
 ) -> Result<Outcome, Error> {
     let name = namespace.name_any();
+    let now = jiff::Timestamp::now();
     let config_map = configmap::read(client, &name).await?;
     let providers = list::<ProviderSecret>(client, &name, "ProviderSecrets").await?;
     let routes = list::<LLMRoute>(client, &name, "LLMRoutes").await?;
-    let references = referenced_secrets(&providers);
+    let virtual_keys = list::<VirtualKey>(client, &name, "VirtualKeys").await?;
+    let budgets = list::<Budget>(client, &name, "Budgets").await?;
+    let references = referenced_secrets(&providers, &virtual_keys);
     on_references(references.clone());
+    let mut secrets = read_secrets(client, &name, &references).await?;
+    let ensured = keys::ensure(client, &name, &virtual_keys, &mut secrets, now).await?;
+    let mut secret_keys = SecretKeys::from_secrets(secrets.values());
+    // Values are hashed; drop the Secrets so nothing downstream can see them.
+    drop(secrets);
+    let grace_ends = secret_keys
+        .expire_previous(now.as_second())
+        .and_then(|at| jiff::Timestamp::from_second(at).ok());
     let gathered = Gathered {
         config_map,
-        secrets: secret_keys(client, &name, &references).await?,
         providers,
         routes,
+        keys: virtual_keys,
+        budgets,
+        secrets: secret_keys,
     };
     if gathered.is_empty() {
         return Ok(Outcome::default());
@@ -92,23 +128,59 @@ pub async fn reconcile(
     let compiled = compile(Inputs {
         providers: &gathered.providers,
         routes: &gathered.routes,
-        // Not reconciled yet: see "What the operator does not do yet" in docs/operations.md.
-        keys: &[],
-        budgets: &[],
+        keys: &gathered.keys,
+        budgets: &gathered.budgets,
         secrets: &gathered.secrets,
         previous: previous.as_ref(),
     });
     let config_written =
         configmap::apply_if_changed(client, namespace, gathered.config_map.as_ref(), &compiled.config)
             .await?;
-    let statuses_written =
-        status::write_changed(client, &name, &gathered.providers, &gathered.routes, &compiled).await?;
+    let written = status::write_changed(client, &name, &gathered, &compiled).await?;
+    let mut notices = ensured.notices;
+    notices.extend(written.notices);
+    if config_written {
+        notices.push(Notice::config_written(
+            config_map_ref(&name),
+            &compiled.config.version,
+            &summary(&compiled.config),
+        ));
+    }
+    let due = [grace_ends, ensured.next_rotation].into_iter().flatten().min();
     Ok(Outcome {
         config_written,
         version: Some(compiled.config.version.clone()),
-        statuses_written,
+        statuses_written: written.count,
         problems: compiled.problems.len(),
+        notices,
+        states: written.states,
+        next_check: due.map(|at| {
+            // A second late, so the instant has passed when the reconcile runs.
+            Duration::try_from(at.duration_since(now)).unwrap_or_default() + Duration::from_secs(1)
+        }),
     })
+}
+
+/// The namespace's ConfigMap as an Event's subject.
+fn config_map_ref(namespace: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("ConfigMap".to_owned()),
+        name: Some(configmap::NAME.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        ..ObjectReference::default()
+    }
+}
+
+/// What a configuration holds, in a few words for an Event.
+fn summary(config: &SidecarConfig) -> String {
+    format!(
+        "{} providers, {} routes, {} keys, {} budgets",
+        config.providers.len(),
+        config.routes.len(),
+        config.keys.len(),
+        config.budgets.len()
+    )
 }
 
 async fn list<K>(client: &Client, namespace: &str, what: &str) -> Result<Vec<K>, Error>
@@ -128,23 +200,24 @@ where
     Ok(items)
 }
 
-/// Reads each referenced Secret and keeps only its key names: values never
-/// leave this function. A missing Secret is simply absent from the index
-/// (the compiler reports it on the ProviderSecret).
-async fn secret_keys(
+/// Reads each referenced Secret. A missing Secret is simply absent (the
+/// compiler reports it on the resource, or the operator generates it).
+async fn read_secrets(
     client: &Client,
     namespace: &str,
     names: &BTreeSet<String>,
-) -> Result<SecretKeys, Error> {
+) -> Result<BTreeMap<String, Secret>, Error> {
     let api = Api::<Secret>::namespaced(client.clone(), namespace);
-    let mut found = Vec::with_capacity(names.len());
+    let mut found = BTreeMap::new();
     for name in names {
         let secret = api.get_opt(name).await.map_err(|source| Error::Read {
             what: format!("Secret {name}"),
             namespace: namespace.to_owned(),
             source: Box::new(source),
         })?;
-        found.extend(secret);
+        if let Some(secret) = secret {
+            found.insert(name.clone(), secret);
+        }
     }
-    Ok(SecretKeys::from_secrets(&found))
+    Ok(found)
 }

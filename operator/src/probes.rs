@@ -95,4 +95,35 @@ mod tests {
             assert!(text.contains(line), "{line} in\n{text}");
         }
     }
+
+    #[tokio::test]
+    async fn metrics_show_the_queue_and_resources_by_state_summed_over_namespaces() {
+        let metrics = Metrics::new().expect("metrics");
+        let app = router(Arc::new(Health::default()), metrics.clone());
+        let states = |ready: u64, invalid: u64| {
+            crate::metrics::States::from([
+                (("VirtualKey".to_owned(), true), ready),
+                (("VirtualKey".to_owned(), false), invalid),
+            ])
+        };
+        metrics.set_states("a", &states(2, 1));
+        metrics.set_states("b", &states(3, 0));
+        metrics.set_queue_depth(4);
+        let (_, text) = get(&app, "/metrics").await;
+        for line in [
+            "llmesh_operator_resources{kind=\"VirtualKey\",ready=\"true\"} 5",
+            "llmesh_operator_resources{kind=\"VirtualKey\",ready=\"false\"} 1",
+            "llmesh_operator_queue_depth 4",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        // Namespace a loses its resources: its counts leave the totals.
+        metrics.set_states("a", &crate::metrics::States::new());
+        let (_, text) = get(&app, "/metrics").await;
+        assert!(
+            text.contains("llmesh_operator_resources{kind=\"VirtualKey\",ready=\"true\"} 3"),
+            "{text}"
+        );
+        assert!(!text.contains("ready=\"false\"} 1"), "{text}");
+    }
 }

@@ -8,11 +8,16 @@ use std::fmt::Debug;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
-use llmesh_crds::resources::{LLMRouteStatus, ProviderSecretStatus, ResourceStatus};
-use llmesh_crds::{Compiled, LLMRoute, Problem, ProviderSecret};
+use llmesh_crds::resources::{
+    BudgetStatus, LLMRouteStatus, ProviderSecretStatus, ResourceStatus, VirtualKeyStatus,
+};
+use llmesh_crds::{Budget, Compiled, LLMRoute, Problem, ProviderSecret, VirtualKey};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::events::Notice;
+use crate::metrics::States;
+use crate::namespace::Gathered;
 use crate::{Error, FIELD_MANAGER};
 
 /// The one condition type every llmesh resource reports.
@@ -123,32 +128,186 @@ pub fn provider_status(
     }
 }
 
-/// Writes every status that differs from the one stored; returns how many it wrote.
+/// The status a virtual key should report.
+pub fn key_status(key: &VirtualKey, compiled: &Compiled, now: &Time) -> VirtualKeyStatus {
+    let name = key.name_any();
+    let problems: Vec<&Problem> = compiled.problems_of("VirtualKey", &name).collect();
+    let current = key.status.as_ref().and_then(|s| ready_of(&s.common));
+    let in_force = if key.spec.disabled {
+        "the sidecars know the key and refuse it (spec.disabled)".to_owned()
+    } else {
+        "the sidecars accept the key".to_owned()
+    };
+    let generation = key.meta().generation;
+    let previous_key_valid_until = compiled
+        .config
+        .keys
+        .get(&name)
+        .and_then(|k| k.previous_key_hashes.iter().map(|p| p.valid_until_unix).max())
+        .and_then(|at| jiff::Timestamp::from_second(at).ok())
+        .map(|at| at.to_string());
+    VirtualKeyStatus {
+        common: ResourceStatus {
+            observed_generation: generation,
+            conditions: vec![ready_condition(&problems, in_force, generation, current, now)],
+        },
+        key_id: Some(name),
+        secret_name: Some(key.secret_name()),
+        expires_at: key.spec.expires_at.clone(),
+        previous_key_valid_until,
+    }
+}
+
+/// The status a budget should report. Spend (`spentUsd`, `state`) is not
+/// the reconcile's: it is left out here, and out of the comparison.
+pub fn budget_status(budget: &Budget, compiled: &Compiled, now: &Time) -> BudgetStatus {
+    let name = budget.name_any();
+    let problems: Vec<&Problem> = compiled.problems_of("Budget", &name).collect();
+    let current = budget
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
+    let (period, time_zone) = compiled.config.budgets.get(&name).map_or_else(
+        || {
+            let spec = &budget.spec;
+            let zone = spec.time_zone.clone().unwrap_or_else(|| "UTC".to_owned());
+            (spec.period.unwrap_or_default(), zone)
+        },
+        |b| (b.period, b.time_zone.clone()),
+    );
+    let period = format!("{} ({time_zone})", period.as_str());
+    let in_force = format!("{} USD {period} limit in force", budget.spec.limit_usd);
+    let generation = budget.meta().generation;
+    BudgetStatus {
+        observed_generation: generation,
+        conditions: vec![ready_condition(&problems, in_force, generation, current, now)],
+        period: Some(period),
+        spent_usd: None,
+        state: None,
+    }
+}
+
+/// What writing the statuses did.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// How many statuses were written.
+    pub count: usize,
+    /// Events for resources whose `Ready` changed.
+    pub notices: Vec<Notice>,
+    /// How many resources of each kind are Ready (`true`) or not.
+    pub states: States,
+}
+
+/// What [`Written::settle`] needs of a status.
+trait OwnedStatus: Serialize + PartialEq + Clone {
+    fn conditions(&self) -> &[Condition];
+
+    /// The part of a stored status this operator writes; fields another
+    /// writer fills are cleared, so they alone never cause a write.
+    fn owned_part(&self) -> Self {
+        self.clone()
+    }
+}
+
+macro_rules! common_status {
+    ($($status:ty),*) => {$(
+        impl OwnedStatus for $status {
+            fn conditions(&self) -> &[Condition] {
+                &self.common.conditions
+            }
+        }
+    )*};
+}
+common_status!(ProviderSecretStatus, LLMRouteStatus, VirtualKeyStatus);
+
+impl OwnedStatus for BudgetStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    /// Spend and state come from the sidecars' reports, not from this operator.
+    fn owned_part(&self) -> Self {
+        Self {
+            spent_usd: None,
+            state: None,
+            ..self.clone()
+        }
+    }
+}
+
+impl Written {
+    /// Writes `desired` when it differs from what is `stored`, counts the
+    /// resource's state and notes a change of `Ready`.
+    async fn settle<K, S: OwnedStatus>(
+        &mut self,
+        client: &Client,
+        namespace: &str,
+        resource: &K,
+        stored: Option<&S>,
+        desired: &S,
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+    {
+        let ready = |status: &S| status.conditions().iter().find(|c| c.type_ == READY).cloned();
+        let (before, after) = (stored.and_then(ready), ready(desired));
+        let is_ready = after.as_ref().is_some_and(|c| c.status == "True");
+        *self
+            .states
+            .entry((K::kind(&()).into_owned(), is_ready))
+            .or_default() += 1;
+        if let Some(after) = &after
+            && before.map(|c| c.status) != Some(after.status.clone())
+        {
+            self.notices
+                .push(Notice::ready_changed(resource, is_ready, &after.message));
+        }
+        if stored.map(S::owned_part).as_ref() != Some(desired) {
+            write(client, namespace, resource, desired).await?;
+            self.count += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Writes every status that differs from the one stored.
 ///
 /// # Errors
 /// A status write failed.
 pub async fn write_changed(
     client: &Client,
     namespace: &str,
-    providers: &[ProviderSecret],
-    routes: &[LLMRoute],
+    gathered: &Gathered,
     compiled: &Compiled,
-) -> Result<usize, Error> {
+) -> Result<Written, Error> {
     let now = Time(jiff::Timestamp::now());
-    let mut written = 0;
-    for provider in providers {
-        let desired = provider_status(provider, routes, compiled, &now);
-        if provider.status.as_ref() != Some(&desired) {
-            write(client, namespace, provider, &desired).await?;
-            written += 1;
-        }
+    let mut written = Written::default();
+    for provider in &gathered.providers {
+        let desired = provider_status(provider, &gathered.routes, compiled, &now);
+        let stored = provider.status.as_ref();
+        written
+            .settle(client, namespace, provider, stored, &desired)
+            .await?;
     }
-    for route in routes {
+    for route in &gathered.routes {
         let desired = route_status(route, compiled, &now);
-        if route.status.as_ref() != Some(&desired) {
-            write(client, namespace, route, &desired).await?;
-            written += 1;
-        }
+        let stored = route.status.as_ref();
+        written.settle(client, namespace, route, stored, &desired).await?;
+    }
+    for budget in &gathered.budgets {
+        let desired = budget_status(budget, compiled, &now);
+        let stored = budget.status.as_ref();
+        written
+            .settle(client, namespace, budget, stored, &desired)
+            .await?;
+    }
+    for key in &gathered.keys {
+        let desired = key_status(key, compiled, &now);
+        let stored = key.status.as_ref();
+        written.settle(client, namespace, key, stored, &desired).await?;
     }
     Ok(written)
 }

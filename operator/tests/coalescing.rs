@@ -10,7 +10,7 @@ use llmesh_operator::controller::{self, Context};
 use llmesh_operator::metrics::Metrics;
 use llmesh_operator::probes::Health;
 use serde_json::{Value, json};
-use support::{ApiServer, CONFIG_MAP, NS, PROVIDERS, ROUTES, list_of, route};
+use support::{ApiServer, BUDGETS, CONFIG_MAP, KEYS, NS, PROVIDERS, ROUTES, list_of, route};
 
 /// How many LLMRoutes change at once.
 const BURST: usize = 500;
@@ -44,6 +44,8 @@ async fn a_burst_of_route_events_in_one_namespace_is_a_few_reconciles() {
             }
             // Every route of the burst arrives in the initial list: BURST events for one namespace.
             "/apis/llmesh.io/v1alpha1/llmroutes" => list("llmesh.io/v1alpha1", "LLMRouteList", burst.clone()),
+            "/apis/llmesh.io/v1alpha1/virtualkeys" => list("llmesh.io/v1alpha1", "VirtualKeyList", vec![]),
+            "/apis/llmesh.io/v1alpha1/budgets" => list("llmesh.io/v1alpha1", "BudgetList", vec![]),
             CONFIG_MAP => {
                 counted.fetch_add(1, Ordering::SeqCst);
                 let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -53,6 +55,8 @@ async fn a_burst_of_route_events_in_one_namespace_is_a_few_reconciles() {
             // The namespace-scoped reads of a reconcile: nothing there, so nothing to write.
             PROVIDERS => list_of::<Value>("ProviderSecret", &[]),
             ROUTES => list_of::<Value>("LLMRoute", &[]),
+            KEYS => list_of::<Value>("VirtualKey", &[]),
+            BUDGETS => list_of::<Value>("Budget", &[]),
             other => panic!("unexpected call {} {other}?{}", call.method, call.query),
         };
         Some((200, reply))
@@ -62,6 +66,7 @@ async fn a_burst_of_route_events_in_one_namespace_is_a_few_reconciles() {
         client,
         Metrics::new().expect("metrics"),
         Arc::new(Health::default()),
+        None,
     ));
     let operator = tokio::spawn(controller::run(ctx));
     // Debounce (500 ms) plus slack for a loaded test machine.

@@ -4,12 +4,13 @@ mod support;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::runtime::reflector::ObjectRef;
 use llmesh_crds::compile::SecretKeys;
-use llmesh_crds::{Inputs, LLMRoute, ProviderSecret, SidecarConfig, compile};
+use llmesh_crds::config::key_hash;
+use llmesh_crds::{Budget, Inputs, LLMRoute, ProviderSecret, SidecarConfig, VirtualKey, compile};
 use llmesh_operator::configmap;
 use llmesh_operator::controller::SecretIndex;
 use llmesh_operator::namespace::{self, Outcome};
@@ -24,15 +25,21 @@ async fn reconcile(client: Client, index: Arc<SecretIndex>) -> Outcome {
         .expect("reconcile succeeds")
 }
 
-/// The calls that read the namespace's inputs, answered with these objects.
-async fn serve_reads(
-    server: &mut ApiServer,
-    config_map: Option<&ConfigMap>,
-    providers: &[ProviderSecret],
-    routes: &[LLMRoute],
-    secret_keys: Option<&[&str]>,
-) {
-    match config_map {
+/// A namespace's objects as the mocked API server holds them.
+#[derive(Default)]
+struct Stored<'a> {
+    config_map: Option<&'a ConfigMap>,
+    providers: &'a [ProviderSecret],
+    routes: &'a [LLMRoute],
+    keys: &'a [VirtualKey],
+    budgets: &'a [Budget],
+    /// Each referenced Secret in name order, `None` when missing.
+    secrets: Vec<(&'a str, Option<Secret>)>,
+}
+
+/// The calls that read the namespace's inputs, answered from `stored`.
+async fn serve(server: &mut ApiServer, stored: Stored<'_>) {
+    match stored.config_map {
         Some(cm) => {
             server
                 .expect("GET", CONFIG_MAP, 200, serde_json::to_value(cm).expect("cm"))
@@ -41,20 +48,47 @@ async fn serve_reads(
         None => server.expect_missing(CONFIG_MAP).await,
     };
     server
-        .expect("GET", PROVIDERS, 200, list_of("ProviderSecret", providers))
+        .expect("GET", PROVIDERS, 200, list_of("ProviderSecret", stored.providers))
         .await;
     server
-        .expect("GET", ROUTES, 200, list_of("LLMRoute", routes))
+        .expect("GET", ROUTES, 200, list_of("LLMRoute", stored.routes))
         .await;
-    let path = secret_path("openai-key");
-    match secret_keys {
-        Some(keys) => {
-            server
-                .expect("GET", &path, 200, serde_json::to_value(secret(keys)).expect("s"))
-                .await
-        }
-        None => server.expect_missing(&path).await,
+    server
+        .expect("GET", KEYS, 200, list_of("VirtualKey", stored.keys))
+        .await;
+    server
+        .expect("GET", BUDGETS, 200, list_of("Budget", stored.budgets))
+        .await;
+    for (name, secret) in stored.secrets {
+        let path = secret_path(name);
+        match secret {
+            Some(secret) => {
+                server
+                    .expect("GET", &path, 200, serde_json::to_value(secret).expect("s"))
+                    .await
+            }
+            None => server.expect_missing(&path).await,
+        };
+    }
+}
+
+/// The reads of a namespace with only providers and routes, whose Secret
+/// `openai-key` holds `secret_keys` (`None`: it is missing).
+async fn serve_reads(
+    server: &mut ApiServer,
+    config_map: Option<&ConfigMap>,
+    providers: &[ProviderSecret],
+    routes: &[LLMRoute],
+    secret_keys: Option<&[&str]>,
+) {
+    let stored = Stored {
+        config_map,
+        providers,
+        routes,
+        secrets: vec![("openai-key", secret_keys.map(secret))],
+        ..Stored::default()
     };
+    serve(server, stored).await;
 }
 
 /// Expects the ConfigMap apply; returns the configuration it carries.
@@ -108,6 +142,11 @@ async fn expect_status<T: serde::Serialize + kube::ResourceExt>(
     call.body
 }
 
+/// The reasons of the Events a reconcile asks for, in order.
+fn reasons(outcome: &Outcome) -> Vec<&'static str> {
+    outcome.notices.iter().map(|n| n.reason).collect()
+}
+
 #[tokio::test]
 async fn a_new_namespace_gets_its_configmap_and_ready_statuses() {
     let (client, mut server) = ApiServer::start();
@@ -146,6 +185,11 @@ async fn a_new_namespace_gets_its_configmap_and_ready_statuses() {
     .await;
     assert!(outcome.config_written);
     assert_eq!(outcome.statuses_written, 2);
+    assert_eq!(
+        reasons(&outcome),
+        ["Ready", "Ready", "ConfigWritten"],
+        "both resources became Ready and a config was written"
+    );
     // The Secret watch now maps `openai-key` to this namespace.
     assert_eq!(
         index.namespace_to_reconcile(&secret(&[])),
@@ -193,6 +237,11 @@ async fn nothing_changed_means_no_write() {
     .await;
     assert!(!outcome.config_written);
     assert_eq!(outcome.statuses_written, 0);
+    assert_eq!(
+        reasons(&outcome),
+        Vec::<&str>::new(),
+        "nothing happened worth an Event"
+    );
 }
 
 #[tokio::test]
@@ -210,6 +259,12 @@ async fn a_namespace_without_llmesh_resources_gets_no_configmap() {
             .await;
         server
             .expect("GET", ROUTES, 200, list_of::<LLMRoute>("LLMRoute", &[]))
+            .await;
+        server
+            .expect("GET", KEYS, 200, list_of::<VirtualKey>("VirtualKey", &[]))
+            .await;
+        server
+            .expect("GET", BUDGETS, 200, list_of::<Budget>("Budget", &[]))
             .await;
     })
     .await;
@@ -276,6 +331,11 @@ async fn broken_resources_get_conditions_that_say_what_to_fix() {
     })
     .await;
     assert_eq!(outcome.problems, 3);
+    assert_eq!(
+        reasons(&outcome),
+        ["Invalid", "Invalid", "Invalid", "ConfigWritten"]
+    );
+    assert!(outcome.notices[..3].iter().all(|n| n.warning));
 }
 
 #[tokio::test]
@@ -362,4 +422,179 @@ async fn a_fixed_secret_brings_its_provider_into_the_config() {
         expect_status(&mut server, ROUTES, &smart).await;
     })
     .await;
+}
+
+/// A VirtualKey without `secretRef`, the operator's to generate.
+fn virtual_key(name: &str, annotations: Value, spec: Value) -> VirtualKey {
+    serde_json::from_value(json!({
+        "apiVersion": "llmesh.io/v1alpha1", "kind": "VirtualKey",
+        "metadata": {
+            "name": name, "namespace": NS, "uid": format!("{name}-uid"), "generation": 2,
+            "annotations": annotations
+        },
+        "spec": spec
+    }))
+    .expect("virtual key")
+}
+
+/// The key value in a Secret's `data.key` (base64 on the wire).
+fn key_value(secret: &Value) -> String {
+    let secret: Secret = serde_json::from_value(secret.clone()).expect("secret");
+    let bytes = secret.data.expect("data")["key"].0.clone();
+    String::from_utf8(bytes).expect("utf-8 key")
+}
+
+#[tokio::test]
+async fn a_new_virtual_key_gets_a_generated_secret_and_only_its_hash_in_the_config() {
+    let (client, mut server) = ApiServer::start();
+    let (provider, smart) = (openai_provider(), route("smart", "openai"));
+    let budget: Budget = serde_json::from_value(json!({
+        "apiVersion": "llmesh.io/v1alpha1", "kind": "Budget",
+        "metadata": {"name": "monthly", "namespace": NS, "generation": 1},
+        "spec": {"limitUsd": 50.0}
+    }))
+    .expect("budget");
+    let generated = virtual_key("team-a", json!({}), json!({"budget": "monthly", "team": "a"}));
+    let byo = virtual_key("byo", json!({}), json!({"secretRef": {"name": "byo-key"}}));
+    let keys = [byo.clone(), generated.clone()];
+    let outcome = play(reconcile(client, Arc::default()), async {
+        let stored = Stored {
+            providers: std::slice::from_ref(&provider),
+            routes: std::slice::from_ref(&smart),
+            keys: &keys,
+            budgets: std::slice::from_ref(&budget),
+            secrets: vec![
+                ("byo-key", None),
+                ("openai-key", Some(secret(&["apiKey"]))),
+                ("team-a", None),
+            ],
+            ..Stored::default()
+        };
+        serve(&mut server, stored).await;
+        // Only the key without secretRef gets a Secret; `byo-key` is its owner's to create.
+        let created = server
+            .expect_with("POST", SECRETS, |call| (201, call.body.clone()))
+            .await;
+        let body = &created.body;
+        assert_eq!(body["metadata"]["name"], "team-a");
+        let owner = &body["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            [
+                &owner["kind"],
+                &owner["name"],
+                &owner["uid"],
+                &owner["controller"]
+            ],
+            [
+                &json!("VirtualKey"),
+                &json!("team-a"),
+                &json!("team-a-uid"),
+                &json!(true)
+            ]
+        );
+        let key = key_value(body);
+        assert!(
+            key.starts_with("sk-llmesh-team-a-"),
+            "documented format: {key:.20}"
+        );
+
+        let config = expect_config_write(&mut server).await;
+        assert_eq!(config.keys.keys().collect::<Vec<_>>(), ["team-a"]);
+        assert_eq!(config.keys["team-a"].key_hash, key_hash(key.as_bytes()));
+        assert_eq!(config.keys["team-a"].budget.as_deref(), Some("monthly"));
+        assert_eq!(config.budgets["monthly"].limit_usd, 50.0);
+        let text = serde_json::to_string(&config).expect("config");
+        assert!(!text.contains(&key), "the key itself never reaches the config");
+
+        expect_status(&mut server, PROVIDERS, &provider).await;
+        expect_status(&mut server, ROUTES, &smart).await;
+        let patch = expect_status(&mut server, BUDGETS, &budget).await;
+        assert_eq!(ready_condition(&patch)["status"], "True");
+        assert_eq!(patch["status"]["period"], "monthly (UTC)");
+        assert_eq!(
+            patch["status"].get("spentUsd"),
+            None,
+            "spend is the sync service's, not the reconcile's"
+        );
+
+        let patch = expect_status(&mut server, KEYS, &byo).await;
+        let ready = ready_condition(&patch);
+        assert_eq!(
+            (&ready["status"], &ready["message"]),
+            (
+                &json!("False"),
+                &json!("spec.secretRef: Secret byo-key not found")
+            )
+        );
+        assert_eq!(patch["status"]["secretName"], "byo-key");
+        assert_eq!(patch["status"]["keyId"], "byo");
+
+        let patch = expect_status(&mut server, KEYS, &generated).await;
+        assert_eq!(ready_condition(&patch)["status"], "True");
+        assert_eq!(ready_condition(&patch)["message"], "the sidecars accept the key");
+        assert_eq!(patch["status"]["secretName"], "team-a");
+        assert_eq!(patch["status"]["keyId"], "team-a");
+        assert_eq!(patch["status"]["observedGeneration"], 2);
+        assert!(!patch.to_string().contains(&key), "no key in the status");
+    })
+    .await;
+    assert_eq!(outcome.notices[0].reason, "KeyGenerated");
+    assert_eq!(outcome.notices.last().map(|n| n.reason), Some("ConfigWritten"));
+    assert_eq!(outcome.states[&("VirtualKey".to_owned(), false)], 1);
+    assert_eq!(outcome.states[&("VirtualKey".to_owned(), true)], 1);
+    assert_eq!(outcome.next_check, None);
+}
+
+#[tokio::test]
+async fn a_rotation_request_replaces_the_key_and_the_old_one_works_for_the_grace_period() {
+    let (client, mut server) = ApiServer::start();
+    let requested = "2026-01-01T00:00:00Z";
+    let key = virtual_key(
+        "team-a",
+        json!({"llmesh.io/rotate-at": requested}),
+        json!({"rotationGracePeriod": "2h"}),
+    );
+    let old = "sk-llmesh-old";
+    let mut existing =
+        llmesh_operator::keys::new_secret(&virtual_key("team-a", json!({}), json!({})), old.to_owned());
+    existing.metadata.resource_version = Some("7".to_owned());
+    let outcome = play(reconcile(client, Arc::default()), async {
+        let stored = Stored {
+            keys: std::slice::from_ref(&key),
+            secrets: vec![("team-a", Some(existing.clone()))],
+            ..Stored::default()
+        };
+        serve(&mut server, stored).await;
+        let replaced = server
+            .expect_with("PUT", &secret_path("team-a"), |call| (200, call.body.clone()))
+            .await;
+        let body = &replaced.body;
+        assert_eq!(
+            body["metadata"]["resourceVersion"], "7",
+            "a concurrent change conflicts instead of being overwritten"
+        );
+        let new = key_value(body);
+        assert_ne!(new, old);
+        let annotations = &body["metadata"]["annotations"];
+        assert_eq!(annotations["llmesh.io/rotated-at"], requested);
+
+        let config = expect_config_write(&mut server).await;
+        let configured = &config.keys["team-a"];
+        assert_eq!(configured.key_hash, key_hash(new.as_bytes()));
+        assert_eq!(configured.previous_key_hashes.len(), 1);
+        assert_eq!(configured.previous_key_hashes[0].hash, key_hash(old.as_bytes()));
+        let grace_left =
+            configured.previous_key_hashes[0].valid_until_unix - jiff::Timestamp::now().as_second();
+        assert!((7_190..=7_200).contains(&grace_left), "{grace_left}");
+
+        let patch = expect_status(&mut server, KEYS, &key).await;
+        assert!(patch["status"]["previousKeyValidUntil"].is_string(), "{patch}");
+    })
+    .await;
+    assert_eq!(outcome.notices[0].reason, "KeyRotated");
+    assert!(!outcome.notices[0].note.contains("sk-llmesh"), "no key in Events");
+    let due = outcome
+        .next_check
+        .expect("a reconcile when the grace period ends");
+    assert!((7_190..=7_201).contains(&due.as_secs()), "{due:?}");
 }

@@ -282,9 +282,10 @@ impl AccessRecord {
         self.provider_name.as_deref().unwrap_or("")
     }
 
-    /// The `x-llmesh-*` headers known so far.
-    pub fn headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::new();
+    /// Adds the `x-llmesh-*` and rate-limit headers known so far to
+    /// `headers` (the response's own map: building one to merge costs a
+    /// second hash of every name).
+    pub fn add_headers(&self, headers: &mut HeaderMap) {
         let mut put = |name: HeaderName, value: &str| {
             if let Ok(value) = HeaderValue::from_str(value) {
                 headers.insert(name, value);
@@ -310,8 +311,9 @@ impl AccessRecord {
         if let Some(cost) = self.cost() {
             put(COST_USD, &pricing::format_usd(cost));
         }
-        headers.extend(self.rate_limit_headers.clone());
-        headers
+        for (name, value) in &self.rate_limit_headers {
+            headers.insert(name, value.clone());
+        }
     }
 }
 
@@ -331,10 +333,16 @@ impl Drop for AccessRecord {
         let route = self.route.as_deref().unwrap_or("");
         let model = self.model.as_deref().unwrap_or("");
         let key = self.key.as_deref();
+        let key_labels = [
+            key.map_or("", |k| k.name.as_str()),
+            key.and_then(|k| k.config.team.as_deref()).unwrap_or(""),
+            key.and_then(|k| k.config.feature.as_deref()).unwrap_or(""),
+        ];
+        let [key_name, team, feature] = key_labels;
         let status = self.status.to_string();
         self.metrics
             .requests
-            .with_label_values(&[route, self.provider_kind, model, &status])
+            .with_label_values(&[route, self.provider_kind, model, &status, key_name, team, feature])
             .inc();
         for failure in &self.failures {
             self.metrics
@@ -354,26 +362,14 @@ impl Drop for AccessRecord {
                 .with_label_values(&[route, &self.step.to_string()])
                 .inc();
         }
-        let key_labels = [
-            key.map_or("", |k| k.name.as_str()),
-            key.and_then(|k| k.config.team.as_deref()).unwrap_or(""),
-            key.and_then(|k| k.config.feature.as_deref()).unwrap_or(""),
-        ];
-        if key.is_some() {
-            self.metrics
-                .key_requests
-                .with_label_values(&[key_labels[0], key_labels[1], key_labels[2], route, &status])
-                .inc();
-        }
         let cost = self.cost();
         for charge in &self.settlements {
             charge.settle(&self.usage, cost);
         }
         if let Some(cost) = cost {
-            let [name, team, feature] = key_labels;
             self.metrics
                 .cost_usd
-                .with_label_values(&[route, self.provider_kind, model, name, team, feature])
+                .with_label_values(&[route, self.provider_kind, model, key_name, team, feature])
                 .inc_by(cost);
         }
         let labels = [self.operation.as_str(), self.provider_kind, model, route];
@@ -394,7 +390,9 @@ impl Drop for AccessRecord {
                 ("input", self.usage.prompt_tokens),
                 ("output", self.usage.completion_tokens),
             ] {
-                let token_labels = [labels[0], labels[1], labels[2], labels[3], kind];
+                let token_labels = [
+                    labels[0], labels[1], labels[2], labels[3], key_name, team, feature, kind,
+                ];
                 #[allow(clippy::cast_precision_loss)]
                 self.metrics
                     .token_usage
@@ -434,9 +432,9 @@ impl Drop for AccessRecord {
                 request_id: &self.request_id,
                 operation: self.operation.as_str(),
                 route,
-                virtual_key: key_labels[0],
-                team: key_labels[1],
-                feature: key_labels[2],
+                virtual_key: key_name,
+                team,
+                feature,
                 provider: self.provider_name.as_deref().unwrap_or(""),
                 provider_kind: self.provider_kind,
                 model,

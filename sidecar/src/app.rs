@@ -13,8 +13,9 @@ use crate::error::ApiError;
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::providers::Deps;
-use crate::redact::{MaskSecrets, Redact};
+use crate::redact::Redact;
 use crate::routing::Runtime;
+use crate::state::LocalState;
 
 /// Request-independent settings the handlers read.
 #[derive(Clone, Debug)]
@@ -25,6 +26,8 @@ pub struct Limits {
     pub drills_enabled: bool,
     /// The `VirtualKey` requests without an llmesh key are made with.
     pub default_key: Option<String>,
+    /// What logged prompts and answers pass through.
+    pub redactor: Arc<dyn Redact>,
 }
 
 /// State shared by every request.
@@ -43,8 +46,6 @@ pub struct App {
     pub rate_limits: Arc<RateLimiter>,
     /// Budget spend; survives reloads (and restarts, with a state file).
     pub budgets: Arc<Budgets>,
-    /// What logged prompts and answers pass through.
-    pub redactor: Arc<dyn Redact>,
 }
 
 impl App {
@@ -54,7 +55,7 @@ impl App {
         metrics: Arc<Metrics>,
         deps: Deps,
         cache: Arc<ResponseCache>,
-        budgets: Arc<Budgets>,
+        state: &LocalState,
     ) -> Self {
         Self {
             runtime: ArcSwapOption::empty(),
@@ -62,17 +63,9 @@ impl App {
             metrics,
             deps,
             cache,
-            rate_limits: Arc::default(),
-            budgets,
-            redactor: Arc::new(MaskSecrets),
+            rate_limits: state.rate_limits.clone(),
+            budgets: state.budgets.clone(),
         }
-    }
-
-    /// Replaces the redaction hook for routes that log content.
-    #[must_use]
-    pub fn with_redactor(mut self, redactor: Arc<dyn Redact>) -> Self {
-        self.redactor = redactor;
-        self
     }
 
     /// The configuration in force.

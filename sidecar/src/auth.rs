@@ -135,7 +135,8 @@ impl Keys {
             return Ok(None);
         }
         let presented = presented_key(headers);
-        let key = match (presented.and_then(|raw| self.by_secret(raw)), default_key) {
+        let by_secret = presented.and_then(|raw| self.by_secret(raw, now_unix));
+        let key = match (by_secret, default_key) {
             (Some(key), _) => key,
             (None, Some(name)) => self
                 .keys
@@ -150,13 +151,20 @@ impl Keys {
         Ok(Some(key))
     }
 
-    /// The key whose hash equals the presented key's. Every hash is compared,
-    /// match or not, in constant time.
-    fn by_secret(&self, raw: &[u8]) -> Option<Arc<Key>> {
+    /// The key whose hash, or a rotated-out hash still in its grace period,
+    /// equals the presented key's. Every hash is compared, match or not, in
+    /// constant time.
+    fn by_secret(&self, raw: &[u8], now_unix: i64) -> Option<Arc<Key>> {
         let presented = key_hash(raw);
+        let matches = |hash: &str| bool::from(hash.as_bytes().ct_eq(presented.as_bytes()));
         let mut found = None;
         for key in &self.keys {
-            if bool::from(key.config.key_hash.as_bytes().ct_eq(presented.as_bytes())) {
+            let current = matches(&key.config.key_hash);
+            let mut previous = false;
+            for old in &key.config.previous_key_hashes {
+                previous |= matches(&old.hash) && now_unix < old.valid_until_unix;
+            }
+            if current || previous {
                 found = Some(key.clone());
             }
         }
@@ -184,12 +192,14 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;
+    use llmesh_crds::config::PreviousKey;
 
     use super::*;
 
     fn keys() -> Keys {
         let key = |secret: &str| KeyConfig {
             key_hash: key_hash(secret.as_bytes()),
+            previous_key_hashes: Vec::new(),
             allowed_routes: Vec::new(),
             requests_per_minute: None,
             tokens_per_minute: None,
@@ -213,6 +223,16 @@ mod tests {
             KeyConfig {
                 expires_at_unix: Some(1_000),
                 ..key("sk-old")
+            },
+        );
+        config.insert(
+            "rotated".to_owned(),
+            KeyConfig {
+                previous_key_hashes: vec![PreviousKey {
+                    hash: key_hash(b"sk-replaced"),
+                    valid_until_unix: 2_000,
+                }],
+                ..key("sk-new")
             },
         );
         config.insert(
@@ -285,6 +305,15 @@ mod tests {
             auth("", Some("gone"), 0),
             Err(AuthError::DefaultMissing("gone".into()))
         );
+    }
+
+    #[test]
+    fn a_rotated_out_key_works_until_its_grace_period_ends() {
+        let keys = keys();
+        let auth = |value: &str, now| name(keys.authenticate(&headers("x-api-key", value), None, now));
+        assert_eq!(auth("sk-new", 5_000), Ok("rotated".into()));
+        assert_eq!(auth("sk-replaced", 1_999), Ok("rotated".into()));
+        assert_eq!(auth("sk-replaced", 2_000), Err(AuthError::Unknown));
     }
 
     #[test]

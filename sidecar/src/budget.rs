@@ -2,15 +2,13 @@
 //! the action once a budget is exhausted, and token ceilings per request and
 //! per session (`x-llmesh-session-id`) that stop a runaway agent loop.
 //!
-//! Spend is kept per budget and period and written to a local state file
-//! ([`state_file`]) so it survives a restart. Each sidecar only knows its own
-//! spend; summing across sidecars is the operator's job, later.
+//! Spend is kept per budget and period and written to the local state file
+//! ([`crate::state`]) so it survives a restart. Each sidecar only knows its
+//! own spend; summing across sidecars is the operator's job, later.
 
 mod period;
-pub mod state_file;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -24,7 +22,7 @@ use crate::access_log::Settle;
 use crate::api::Usage;
 use crate::metrics::Metrics;
 use crate::routing::Estimate;
-pub use state_file::{Saved, Spend, StateError};
+use crate::state::file::Spend;
 
 /// The header that names an agent session for the per-session ceiling.
 pub const SESSION_HEADER: &str = "x-llmesh-session-id";
@@ -123,6 +121,10 @@ struct State {
     sessions: HashMap<(String, String), u64>,
 }
 
+/// Spend by budget, and tokens used by budget and then session id: what the
+/// state file keeps of [`Budgets`].
+pub type Recorded = (BTreeMap<String, Spend>, BTreeMap<String, BTreeMap<String, u64>>);
+
 /// Every budget's spend in this sidecar; survives reloads, and restarts
 /// through the state file.
 #[derive(Debug)]
@@ -132,26 +134,13 @@ pub struct Budgets {
     state: Mutex<State>,
     /// Spend changed since the state file was last written.
     dirty: AtomicBool,
-    file: Option<PathBuf>,
 }
 
 impl Budgets {
-    /// Budgets with the spend recorded in `file`, if given.
-    ///
-    /// # Errors
-    /// The file exists but cannot be read or is corrupt. It is left as it
-    /// is for a person to look at; nothing is zeroed.
-    pub fn new(
-        clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
-        file: Option<PathBuf>,
-    ) -> Result<Self, StateError> {
-        let saved = match &file {
-            Some(path) => state_file::load(path)?,
-            None => Saved::default(),
-        };
-        let sessions = saved
-            .sessions
+    /// Budgets carrying on from what was `recorded` (empty maps: from zero).
+    pub fn new(clock: Arc<dyn Clock>, metrics: Arc<Metrics>, recorded: Recorded) -> Self {
+        let (spend, sessions) = recorded;
+        let sessions = sessions
             .into_iter()
             .flat_map(|(budget, sessions)| {
                 sessions
@@ -159,16 +148,12 @@ impl Budgets {
                     .map(move |(id, used)| ((budget.clone(), id), used))
             })
             .collect();
-        Ok(Self {
+        Self {
             clock,
             metrics,
-            state: Mutex::new(State {
-                spend: saved.budgets,
-                sessions,
-            }),
+            state: Mutex::new(State { spend, sessions }),
             dirty: AtomicBool::new(false),
-            file,
-        })
+        }
     }
 
     /// Checks a request against its key's budget.
@@ -279,30 +264,28 @@ impl Budgets {
         self.state.lock().spend.get(name).map_or(0.0, |s| s.spent_usd)
     }
 
-    /// Writes the state file if spend changed since the last write.
-    ///
-    /// # Errors
-    /// The file cannot be written.
-    pub fn flush(&self) -> Result<(), StateError> {
-        let Some(path) = &self.file else { return Ok(()) };
-        if !self.dirty.swap(false, Ordering::AcqRel) {
-            return Ok(());
+    /// Whether anything changed since the last call; the state file is
+    /// rewritten only then.
+    pub fn take_changed(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    /// Marks the state as not yet written (the write failed; the next flush retries).
+    pub fn mark_changed(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// What the state file keeps.
+    pub fn recorded(&self) -> Recorded {
+        let state = self.state.lock();
+        let mut sessions: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for ((budget, id), used) in &state.sessions {
+            sessions
+                .entry(budget.clone())
+                .or_default()
+                .insert(id.clone(), *used);
         }
-        let snapshot = {
-            let state = self.state.lock();
-            let mut sessions: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-            for ((budget, id), used) in &state.sessions {
-                sessions
-                    .entry(budget.clone())
-                    .or_default()
-                    .insert(id.clone(), *used);
-            }
-            Saved {
-                budgets: state.spend.clone(),
-                sessions,
-            }
-        };
-        state_file::save(path, &snapshot).inspect_err(|_| self.dirty.store(true, Ordering::Release))
+        (state.spend.clone(), sessions)
     }
 
     /// The budget's spend in the current period, starting a new period
@@ -331,7 +314,7 @@ impl Budgets {
                 spent_usd: 0.0,
                 thresholds_crossed: 0,
             };
-            self.dirty.store(true, Ordering::Release);
+            self.mark_changed();
         }
         spend
     }
@@ -363,7 +346,7 @@ impl Budgets {
                 .entry((budget.to_owned(), session.to_owned()))
                 .or_insert(0);
             *used = used.saturating_add(tokens);
-            self.dirty.store(true, Ordering::Release);
+            self.mark_changed();
         }
         let Some(cost) = cost.filter(|c| *c > 0.0) else {
             return;
@@ -386,7 +369,7 @@ impl Budgets {
             spend.thresholds_crossed = *highest;
         }
         drop(state);
-        self.dirty.store(true, Ordering::Release);
+        self.mark_changed();
         for threshold in newly {
             tracing::warn!(
                 target: "llmesh::budget",

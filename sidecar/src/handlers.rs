@@ -57,7 +57,7 @@ async fn serve_chat(
     )?;
     if route.log_content {
         let prompt: Vec<String> = request.messages.iter().map(|m| m.text()).collect();
-        record.log_content(app.redactor.clone(), prompt.join("\n"));
+        record.log_content(app.settings.redactor.clone(), prompt.join("\n"));
     }
     let metadata = request.extra.get("metadata").and_then(|m| m.as_object());
     let facts = RequestFacts {

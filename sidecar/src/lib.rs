@@ -20,6 +20,7 @@ pub mod handlers;
 pub mod health;
 pub mod inbound;
 pub mod limits;
+pub mod log_output;
 pub mod metrics;
 pub mod pricing;
 pub mod providers;
@@ -28,6 +29,7 @@ pub mod reload;
 pub mod respond;
 pub mod routing;
 pub mod settings;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,7 +40,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::{App, Limits};
-use crate::budget::{Budgets, SystemClock};
+use crate::budget::SystemClock;
 use crate::cache::ResponseCache;
 use crate::credentials::CredentialStore;
 use crate::health::HealthRegistry;
@@ -46,6 +48,7 @@ use crate::metrics::Metrics;
 use crate::providers::{Deps, UpstreamClient};
 use crate::reload::{Reloader, WatchGuard};
 use crate::settings::Settings;
+use crate::state::LocalState;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +64,9 @@ pub enum StartError {
     /// The outbound HTTP client could not be built.
     #[error("cannot build the upstream client: {0}")]
     Client(providers::ProviderError),
-    /// The budget state file cannot be used.
+    /// The state file cannot be used.
     #[error("cannot restore budget spend: {0}")]
-    State(#[from] budget::StateError),
+    State(#[from] state::StateError),
     /// The configuration source cannot be watched.
     #[error("cannot watch the configuration: {0}")]
     Watch(#[from] notify::Error),
@@ -80,6 +83,7 @@ pub struct Gateway {
     pub app: Arc<App>,
     /// Reloads configuration on demand.
     pub reloader: Arc<Reloader>,
+    state: Arc<LocalState>,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     _watch: WatchGuard,
@@ -110,15 +114,16 @@ impl Gateway {
             max_body_bytes: settings.max_body_bytes,
             drills_enabled: settings.drills_enabled,
             default_key: settings.default_key.clone(),
+            redactor: settings.redactor.clone(),
         };
-        let budgets = Budgets::new(
+        let state = LocalState::open(
+            settings.state_file.clone(),
             Arc::new(SystemClock),
             metrics.clone(),
-            settings.state_file.clone(),
         )?;
-        let budgets = Arc::new(budgets);
+        let state = Arc::new(state);
         let cache = Arc::new(ResponseCache::new(settings.cache_max_bytes, metrics.clone()));
-        let app = Arc::new(App::new(limits, metrics, deps, cache, budgets.clone()));
+        let app = Arc::new(App::new(limits, metrics, deps, cache, &state));
 
         let reloader = Arc::new(Reloader::new(app.clone(), settings.source.clone()));
         let first = reloader.clone();
@@ -145,7 +150,7 @@ impl Gateway {
         let servers = vec![
             serve(api, app::api_router(app.clone()), signal.clone()),
             serve(admin, app::admin_router(app.clone()), signal.clone()),
-            flush_budgets(budgets, signal),
+            flush_state(state.clone(), signal),
         ];
         let pod = settings.pod.as_deref().unwrap_or_default();
         tracing::info!(%api_addr, %admin_addr, pod, "llmesh sidecar serving");
@@ -156,6 +161,7 @@ impl Gateway {
             reloader,
             shutdown,
             servers,
+            state,
             _watch: watch_guard,
         })
     }
@@ -168,21 +174,21 @@ impl Gateway {
         if tokio::time::timeout(drain, servers).await.is_err() {
             tracing::warn!(?drain, "in-flight requests did not finish in time; closing them");
         }
-        // The last requests' spend, settled while draining.
-        if let Err(error) = self.app.budgets.flush() {
-            tracing::error!(%error, "cannot write budget spend at shutdown");
+        // The last requests' spend and rate-limit use, settled while draining.
+        if let Err(error) = self.state.flush() {
+            tracing::error!(%error, "cannot write the state file at shutdown");
         }
     }
 }
 
-/// How often changed budget spend is written to the state file: a crash
-/// loses at most this much accounting, and the disk sees one small fsynced
-/// write per interval however busy the sidecar is.
+/// How often changed spend and rate-limit buckets are written to the state
+/// file: a crash loses at most this much accounting, and the disk sees one
+/// small fsynced write per interval however busy the sidecar is.
 const STATE_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Writes budget spend in batches until shutdown, then once more (after
+/// Writes the state file in batches until shutdown, then once more (after
 /// the servers' in-flight requests, which share the signal, had their turn).
-fn flush_budgets(budgets: Arc<Budgets>, mut signal: watch::Receiver<bool>) -> JoinHandle<()> {
+fn flush_state(state: Arc<LocalState>, mut signal: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(STATE_FLUSH_INTERVAL);
         loop {
@@ -190,11 +196,11 @@ fn flush_budgets(budgets: Arc<Budgets>, mut signal: watch::Receiver<bool>) -> Jo
                 _ = ticks.tick() => false,
                 _ = signal.wait_for(|stop| *stop) => true,
             };
-            let writer = budgets.clone();
+            let writer = state.clone();
             match tokio::task::spawn_blocking(move || writer.flush()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!(%error, "cannot write budget spend; will retry"),
-                Err(error) => tracing::error!(%error, "budget state writer failed"),
+                Ok(Err(error)) => tracing::error!(%error, "cannot write the state file; will retry"),
+                Err(error) => tracing::error!(%error, "state file writer failed"),
             }
             if stopping {
                 break;

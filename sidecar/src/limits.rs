@@ -9,17 +9,20 @@
 //! bucket of its own rather than `governor`, whose cells cannot be returned
 //! and whose state is not exposed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use jiff::Timestamp;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::access_log::Settle;
 use crate::api::Usage;
 use crate::auth::Key;
+use crate::state::file::{SavedBucket, SavedLimits};
 
 /// The one minute both limits are per.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -127,15 +130,43 @@ impl Bucket {
         self.capacity / WINDOW.as_secs_f64()
     }
 
+    /// The level after `elapsed` more of refilling.
+    fn level_after(&self, elapsed: Duration) -> f64 {
+        (self.level + elapsed.as_secs_f64() * self.per_second()).min(self.capacity)
+    }
+
     #[allow(clippy::cast_precision_loss)]
     fn refill(&mut self, capacity: u64, now: Instant) {
         // A changed limit applies from now on, without forgetting what was used.
         let capacity = capacity as f64;
         self.level += capacity - self.capacity;
         self.capacity = capacity;
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.level = (self.level + elapsed * self.per_second()).min(self.capacity);
+        self.level = self.level_after(now.saturating_duration_since(self.updated));
         self.updated = now;
+    }
+
+    /// The bucket as the state file keeps it, unless it is full by `wall`
+    /// (a full bucket is the same as none).
+    fn save(&self, now: Instant, wall: Timestamp) -> Option<SavedBucket> {
+        let level = self.level_after(now.saturating_duration_since(self.updated));
+        (level < self.capacity).then_some(SavedBucket {
+            capacity: self.capacity,
+            level,
+            saved_at_ms: wall.as_millisecond(),
+        })
+    }
+
+    /// A saved bucket, refilled for the time that passed since it was saved
+    /// (none when the wall clock went back).
+    fn restore(saved: SavedBucket, now: Instant, wall: Timestamp) -> Self {
+        let away = u64::try_from(wall.as_millisecond().saturating_sub(saved.saved_at_ms)).unwrap_or(0);
+        let mut bucket = Self {
+            capacity: saved.capacity,
+            level: saved.level.clamp(-saved.capacity, saved.capacity),
+            updated: now,
+        };
+        bucket.level = bucket.level_after(Duration::from_millis(away));
+        bucket
     }
 
     /// How long until `amount` fits (a request larger than the whole
@@ -171,13 +202,63 @@ struct KeyBuckets {
 }
 
 /// Every key's buckets. Lives as long as the process, so a reload does not
-/// hand a key a fresh minute.
+/// hand a key a fresh minute, and is kept in the state file, so a restart
+/// does not either.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
     keys: Mutex<HashMap<String, KeyBuckets>>,
+    /// Buckets changed since the state file was last written.
+    dirty: AtomicBool,
 }
 
 impl RateLimiter {
+    /// A limiter carrying on from `saved` buckets, `wall` being now.
+    pub fn restore(saved: BTreeMap<String, SavedLimits>, wall: Timestamp) -> Self {
+        let now = Instant::now();
+        let keys = saved
+            .into_iter()
+            .map(|(key, limits)| {
+                let restore = |bucket| Bucket::restore(bucket, now, wall);
+                let buckets = KeyBuckets {
+                    requests: limits.requests.map(restore),
+                    tokens: limits.tokens.map(restore),
+                };
+                (key, buckets)
+            })
+            .collect();
+        Self {
+            keys: Mutex::new(keys),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// Every bucket that is not full, for the state file.
+    pub fn saved(&self, wall: Timestamp) -> BTreeMap<String, SavedLimits> {
+        let now = Instant::now();
+        self.keys
+            .lock()
+            .iter()
+            .filter_map(|(key, buckets)| {
+                let save = |bucket: &Option<Bucket>| bucket.as_ref().and_then(|b| b.save(now, wall));
+                let limits = SavedLimits {
+                    requests: save(&buckets.requests),
+                    tokens: save(&buckets.tokens),
+                };
+                (limits != SavedLimits::default()).then(|| (key.clone(), limits))
+            })
+            .collect()
+    }
+
+    /// Whether any bucket changed since the last call.
+    pub fn take_changed(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    /// Marks the buckets as not yet written (the write failed; the next flush retries).
+    pub fn mark_changed(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
     /// Admits one request of `key` expected to use `estimated_tokens`, or
     /// says how long to wait. Nothing is charged when it is refused.
     ///
@@ -223,10 +304,11 @@ impl RateLimiter {
             }
             ready.push((bucket, amount));
         }
-        if refused.is_none() {
+        if refused.is_none() && !ready.is_empty() {
             for (bucket, amount) in ready {
                 bucket.take(amount);
             }
+            self.mark_changed();
         }
         let state = LimitState {
             requests: buckets.requests.as_ref().map(Bucket::window),
@@ -254,6 +336,7 @@ impl RateLimiter {
         if let Some(bucket) = self.keys.lock().get_mut(key).and_then(|b| b.tokens.as_mut()) {
             bucket.take(actual as f64 - estimated as f64);
             bucket.level = bucket.level.min(bucket.capacity);
+            self.mark_changed();
         }
     }
 }
@@ -284,6 +367,7 @@ mod tests {
             name: "k".into(),
             config: KeyConfig {
                 key_hash: String::new(),
+                previous_key_hashes: Vec::new(),
                 allowed_routes: Vec::new(),
                 requests_per_minute: rpm,
                 tokens_per_minute: tpm,
@@ -333,6 +417,36 @@ mod tests {
         assert_eq!(refused.unit, "tokens");
         // 300 left, then 900 more than estimated: 600 owed, 610 to refill at 1000/min.
         assert_eq!(refused.retry_after, Duration::from_millis(36_600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn saved_buckets_carry_on_refilled_for_the_time_away() {
+        let limiter = Arc::new(RateLimiter::default());
+        let key = key(Some(6), Some(1000));
+        for _ in 0..6 {
+            limiter.admit(&key, 100).expect("within the limits");
+        }
+        assert!(limiter.take_changed());
+        let wall: Timestamp = "2026-05-10T12:00:00Z".parse().expect("timestamp");
+        let saved = limiter.saved(wall);
+        let requests = saved["k"].requests.expect("an empty bucket is saved");
+        assert_eq!((requests.capacity, requests.level), (6.0, 0.0));
+
+        // Back 10 s later: one request's worth (6 per minute) has refilled, no more.
+        let back = wall + jiff::SignedDuration::from_secs(10);
+        let restarted = Arc::new(RateLimiter::restore(saved.clone(), back));
+        let (state, _) = restarted.admit(&key, 100).expect("the refilled request");
+        assert_eq!(
+            state.tokens.map(|w| w.remaining),
+            Some(466),
+            "400 + 10 s at 1000/min - 100"
+        );
+        let refused = restarted.admit(&key, 0).expect_err("the minute is not new");
+        assert_eq!(refused.unit, "requests");
+
+        // Back after more than a minute: full again, and nothing worth saving.
+        let later = RateLimiter::restore(saved, wall + jiff::SignedDuration::from_secs(61));
+        assert!(later.saved(wall).is_empty(), "full buckets are not kept");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use llmesh_sidecar::Gateway;
 use llmesh_sidecar::access_log::AccessLines;
+use llmesh_sidecar::log_output;
 use llmesh_sidecar::settings::{self, LogFormat, Overlay, ProcessEnv, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -57,7 +58,12 @@ fn main() -> anyhow::Result<()> {
         under: &ProcessEnv,
     })?;
 
-    let (writer, _flush_on_exit) = tracing_appender::non_blocking(std::io::stdout());
+    let (writer, _flush_on_exit) = log_output::batched(
+        std::io::stdout(),
+        log_output::FLUSH_INTERVAL,
+        log_output::MAX_BUFFERED_BYTES,
+    )
+    .context("cannot start the log writer")?;
     let filter = EnvFilter::try_new(&settings.log_filter).context("invalid LLMESH_LOG filter")?;
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -35,9 +35,9 @@ const TOKEN_BUCKETS: &[f64] = &[
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// Requests by route, provider, model and HTTP status.
+    /// Requests by route, provider, model, HTTP status and virtual key (with team and feature).
     pub requests: IntCounterVec,
-    /// `gen_ai_client_token_usage`: tokens per request by type.
+    /// `gen_ai_client_token_usage`: tokens per request by type and virtual key.
     pub token_usage: HistogramVec,
     /// `gen_ai_server_request_duration`: seconds per request.
     pub request_duration: HistogramVec,
@@ -57,8 +57,6 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     /// USD spent, by route, provider, model and virtual key with its team and feature.
     pub cost_usd: CounterVec,
-    /// Requests by virtual key (with team and feature), route and HTTP status.
-    pub key_requests: IntCounterVec,
     /// Requests refused by a key's rate limit, by key and limit (requests, tokens).
     pub rate_limited: IntCounterVec,
     /// USD spent in the budget's current period.
@@ -169,7 +167,9 @@ impl Metrics {
 
     /// Metrics whose every series carries the workload's
     /// `workload_namespace` and `workload_name` (not `namespace`, which
-    /// Prometheus' Kubernetes discovery sets itself).
+    /// Prometheus' Kubernetes discovery sets itself). The registry adds
+    /// these at scrape time and accepts any value, so whatever the webhook
+    /// passes cannot make this fail.
     pub fn for_workload(workload: Option<&Workload>) -> Self {
         let labels = workload.map(|w| {
             std::collections::HashMap::from([
@@ -178,14 +178,16 @@ impl Metrics {
             ])
         });
         let registry = Registry::new_custom(None, labels).unwrap_or_else(|e| panic!("registry: {e}"));
+        let with_key = |first: &[&'static str], last: &[&'static str]| -> Vec<&'static str> {
+            first.iter().chain(KEY_LABELS).chain(last).copied().collect()
+        };
         let requests = counter(
             &registry,
             "llmesh_requests_total",
-            "Requests answered, by route, provider, model and HTTP status.",
-            &["route", "provider", "model", "status"],
+            "Requests answered, by route, provider, model, HTTP status and virtual key.",
+            &with_key(&["route", "provider", "model", "status"], &[]),
         );
-        let mut token_labels = GEN_AI_LABELS.to_vec();
-        token_labels.push("gen_ai_token_type");
+        let token_labels = with_key(GEN_AI_LABELS, &["gen_ai_token_type"]);
         let token_usage = histogram(
             &registry,
             "gen_ai_client_token_usage",
@@ -245,20 +247,11 @@ impl Metrics {
             "1 for the configuration version in force.",
             &["version"],
         );
-        let with_key = |first: &[&'static str], last: &[&'static str]| -> Vec<&'static str> {
-            first.iter().chain(KEY_LABELS).chain(last).copied().collect()
-        };
         let cost_usd = float_counter(
             &registry,
             "llmesh_cost_usd_total",
             "USD spent, from actual token usage and the target's price.",
             &with_key(&["route", "provider", "model"], &[]),
-        );
-        let key_requests = counter(
-            &registry,
-            "llmesh_key_requests_total",
-            "Requests by virtual key, route and HTTP status.",
-            &with_key(&[], &["route", "status"]),
         );
         let rate_limited = counter(
             &registry,
@@ -353,7 +346,6 @@ impl Metrics {
             config_reloads,
             config_info,
             cost_usd,
-            key_requests,
             rate_limited,
             budget_spent,
             budget_limit,
@@ -382,5 +374,33 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_workload_name_is_carried_escaped() {
+        let workload = Workload {
+            namespace: String::new(),
+            name: "odd \"name\"\nwith a newline".to_owned(),
+        };
+        let metrics = Metrics::for_workload(Some(&workload));
+        metrics.set_config_version("v1");
+        let text = metrics.encode();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("llmesh_config_info{"))
+            .expect("the config version series");
+        // Label order follows a hash map; the escaping is what matters.
+        for label in [
+            r#"version="v1""#,
+            r#"workload_namespace="""#,
+            r#"workload_name="odd \"name\"\nwith a newline""#,
+        ] {
+            assert!(line.contains(label), "{label} in {line}");
+        }
     }
 }

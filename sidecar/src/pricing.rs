@@ -41,9 +41,11 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
 /// Cross-region inference profiles prefix Bedrock model ids with a geography.
 const BEDROCK_GEOGRAPHIES: &[&str] = &["us.", "eu.", "apac.", "global."];
 
-/// The built-in price of an upstream model: the table entry whose name is the
-/// longest prefix of `model` (so dated versions such as `gpt-4o-2024-08-06`
-/// find `gpt-4o`, and `gpt-4o-mini` is not priced as `gpt-4o`).
+/// The built-in price of an upstream model: the table entry it names, or
+/// that it names with a snapshot or version tag after it
+/// (`gpt-4o-2024-08-06` is `gpt-4o`). Anything else after the name makes it
+/// another model: `gpt-4o-mini` is not `gpt-4o`, and `claude-opus-4-5` —
+/// a third of `claude-opus-4`'s price — is not `claude-opus-4`.
 pub fn builtin(model: &str) -> Option<Price> {
     let model = BEDROCK_GEOGRAPHIES
         .iter()
@@ -52,9 +54,41 @@ pub fn builtin(model: &str) -> Option<Price> {
     TABLE
         .models
         .iter()
-        .filter(|entry| model.starts_with(&entry.model))
+        .filter(|entry| {
+            model
+                .strip_prefix(entry.model.as_str())
+                .is_some_and(is_snapshot_suffix)
+        })
         .max_by_key(|entry| entry.model.len())
         .map(|entry| entry.price.clone())
+}
+
+/// Whether what follows a model's name only picks a snapshot of it: nothing;
+/// a date (`-20250514`, `-2024-08-06`, Vertex's `@20250514`); `-latest`; a
+/// three-digit revision (`-001`); or a Bedrock version (`-v1:0`). Whatever
+/// comes after the first such tag is the snapshot's business.
+fn is_snapshot_suffix(rest: &str) -> bool {
+    let Some(tag) = rest.strip_prefix('-').or_else(|| rest.strip_prefix('@')) else {
+        return rest.is_empty();
+    };
+    let digits = |text: &str, count: usize| text.len() == count && text.bytes().all(|b| b.is_ascii_digit());
+    let mut parts = tag.split('-');
+    let first = parts.next().unwrap_or_default();
+    let first = first.split(':').next().unwrap_or_default();
+    let iso_date = || {
+        let mut date = tag.splitn(4, '-');
+        let (year, month, day) = (date.next(), date.next(), date.next());
+        [(year, 4), (month, 2), (day, 2)]
+            .into_iter()
+            .all(|(part, count)| part.is_some_and(|p| digits(p, count)))
+    };
+    digits(first, 8)
+        || digits(first, 3)
+        || first == "latest"
+        || first
+            .strip_prefix('v')
+            .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        || iso_date()
 }
 
 /// USD for `usage` at `price`. Cached input and cache writes use their own
@@ -89,13 +123,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dated_and_regional_names_find_their_family() {
+    fn snapshots_find_their_model_and_other_models_do_not() {
         let input = |model: &str| builtin(model).map(|p| p.input);
-        assert_eq!(input("gpt-4o-2024-08-06"), Some(2.5));
-        assert_eq!(input("gpt-4o-mini"), Some(0.15));
-        assert_eq!(input("claude-sonnet-4-20250514"), Some(3.0));
-        assert_eq!(input("us.anthropic.claude-sonnet-4-20250514-v1:0"), Some(3.0));
-        assert_eq!(input("llama3.1:8b"), None);
+        let cases = [
+            ("gpt-4o", Some(2.5)),
+            ("gpt-4o-2024-08-06", Some(2.5)),
+            ("gpt-4o-mini", Some(0.15)),
+            ("gpt-4o-mini-2024-07-18", Some(0.15)),
+            ("gpt-5-mini-2025-08-07", Some(0.25)),
+            ("gpt-5.4-nano", Some(0.2)),
+            ("claude-sonnet-4-20250514", Some(3.0)),
+            ("claude-sonnet-4-5-20250929", Some(3.0)),
+            ("claude-3-5-haiku-latest", Some(0.8)),
+            ("claude-opus-4-20250514", Some(15.0)),
+            ("claude-opus-4-5-20251101", Some(5.0)),
+            ("claude-opus-4-5@20251101", Some(5.0)),
+            ("us.anthropic.claude-sonnet-4-20250514-v1:0", Some(3.0)),
+            ("amazon.nova-pro-v1:0", Some(0.8)),
+            ("gemini-2.0-flash-001", Some(0.1)),
+            // Unknown models and unknown variants are unpriced, not priced as a relative.
+            ("claude-opus-4-9", None),
+            ("o3-pro", None),
+            ("gemini-2.5-flash-lite", None),
+            ("gpt-4o-audio-preview", None),
+            ("llama3.1:8b", None),
+        ];
+        for (model, expected) in cases {
+            assert_eq!(input(model), expected, "{model}");
+        }
     }
 
     #[test]

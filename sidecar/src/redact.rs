@@ -10,7 +10,7 @@ pub trait Redact: Send + Sync + std::fmt::Debug {
 /// The default hook: words that look like credentials or card numbers become
 /// `[REDACTED]` — `sk-…` API keys, `AKIA…` AWS key ids, `eyJ…` JWTs, and
 /// runs of 12 or more digits. A platform with stricter rules embeds the
-/// sidecar with its own [`Redact`] ([`crate::app::App::with_redactor`]).
+/// sidecar with its own [`Redact`] ([`crate::settings::Settings::redactor`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MaskSecrets;
 

@@ -23,7 +23,7 @@ pub fn complete(completed: Completed, mut record: AccessRecord) -> Response {
     let mut response = (StatusCode::OK, completed.body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.extend(record.headers());
+    record.add_headers(headers);
     record.close_after_response();
     response
 }
@@ -35,10 +35,9 @@ pub fn error(error: ApiError, mut record: AccessRecord) -> Response {
         status,
         Some(error.upstream_kind().map_or("request", ErrorKind::label)),
     );
-    let headers = record.headers();
-    record.close_after_response();
     let mut response = error.into_response();
-    response.headers_mut().extend(headers);
+    record.add_headers(response.headers_mut());
+    record.close_after_response();
     response
 }
 
@@ -47,7 +46,8 @@ pub fn error(error: ApiError, mut record: AccessRecord) -> Response {
 /// OpenAI SDKs raise, never with a silent end.
 pub fn stream(committed: CommittedStream, mut record: AccessRecord) -> Response {
     record.set_status(200, None);
-    let headers = record.headers();
+    let mut headers = http::HeaderMap::new();
+    record.add_headers(&mut headers);
     let CommittedStream {
         head,
         mut tail,

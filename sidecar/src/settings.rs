@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use llmesh_crds::injection::{
@@ -16,6 +17,7 @@ use llmesh_crds::injection::{ADMIN_PORT, API_PORT, SECRETS_MOUNT_DIR};
 
 use crate::metrics::Workload;
 use crate::providers::UpstreamSettings;
+use crate::redact::{MaskSecrets, Redact};
 
 /// Directory of YAML manifests (standalone mode).
 pub const MANIFESTS_DIR: &str = "LLMESH_MANIFESTS";
@@ -115,7 +117,7 @@ pub struct Settings {
     pub drills_enabled: bool,
     /// The pod's default virtual key.
     pub default_key: Option<String>,
-    /// Where budget spend is kept.
+    /// Where budget spend and rate-limit buckets are kept.
     pub state_file: Option<PathBuf>,
     /// The workload every metric is labelled with.
     pub workload: Option<Workload>,
@@ -127,6 +129,10 @@ pub struct Settings {
     pub log_filter: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// What prompts and answers pass through before a route that opts in
+    /// (`logContent`) logs them. Not an environment setting: a platform
+    /// with stricter rules embeds the sidecar and sets its own.
+    pub redactor: Arc<dyn Redact>,
 }
 
 /// A setting that cannot be used.
@@ -219,6 +225,7 @@ impl Settings {
             cache_max_bytes: parsed(env, CACHE_MAX_BYTES, 32 * 1024 * 1024)?,
             log_filter: env.get(LOG).unwrap_or_else(|| "info".to_owned()),
             log_format,
+            redactor: Arc::new(MaskSecrets),
         })
     }
 }

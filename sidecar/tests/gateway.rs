@@ -103,10 +103,10 @@ async fn models_probes_and_metrics_describe_what_is_served() {
     );
     let metrics = sidecar.get("/metrics").await.text().await.expect("text");
     assert!(
-        metrics.contains(r#"llmesh_requests_total{model="m",provider="mock",route="smart",status="200"} 1"#),
+        metrics.contains(r#"llmesh_requests_total{feature="",model="m",provider="mock",route="smart",status="200",team="",virtual_key=""} 1"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"gen_ai_client_token_usage_count{gen_ai_operation_name="chat",gen_ai_provider_name="mock",gen_ai_request_model="m",gen_ai_token_type="input",route="smart"} 1"#));
+    assert!(metrics.contains(r#"gen_ai_client_token_usage_count{feature="",gen_ai_operation_name="chat",gen_ai_provider_name="mock",gen_ai_request_model="m",gen_ai_token_type="input",route="smart",team="",virtual_key=""} 1"#));
     assert!(metrics.contains(r#"llmesh_config_reloads_total{result="applied"} 1"#));
 }
 

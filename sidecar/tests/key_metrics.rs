@@ -92,21 +92,21 @@ async fn keyed_traffic_is_counted_by_key_team_feature_and_workload() {
     );
     assert!((counted - cost).abs() < 1e-9, "{counted} != {cost}");
     assert_eq!(
-        value(&samples, "llmesh_key_requests_total", &with(&[("status", "200")])),
+        value(&samples, "llmesh_requests_total", &with(&[("status", "200")])),
         2.0
     );
     assert_eq!(
         value(
             &samples,
-            "llmesh_key_requests_total",
+            "llmesh_requests_total",
             &with(&[("route", "other"), ("status", "403")])
         ),
         1.0
     );
     assert_eq!(
-        value(&samples, "gen_ai_client_token_usage_count", &workload),
+        value(&samples, "gen_ai_client_token_usage_count", &with(&[])),
         4.0,
-        "input and output, twice"
+        "input and output, twice, for this key"
     );
     assert!(
         samples

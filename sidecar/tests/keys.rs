@@ -223,3 +223,40 @@ async fn a_per_key_cache_never_serves_one_keys_answer_to_another() {
         "one key never reads another's entry"
     );
 }
+
+#[tokio::test]
+async fn a_spent_rate_limit_stays_spent_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.json");
+    let env = vec![(settings::STATE_FILE.to_owned(), state.display().to_string())];
+    let yaml = [
+        provider("mock", "{provider: mock}"),
+        route("smart", "{targets: [{provider: mock, model: big}]}"),
+        secret("busy", "key", "sk-busy"),
+        virtual_key("busy", "{rateLimits: {requestsPerMinute: 2}}"),
+    ]
+    .concat();
+    let auth = [("authorization", "Bearer sk-busy")];
+
+    let first = Sidecar::start_with(&yaml, env.clone()).await;
+    for _ in 0..2 {
+        let response = first
+            .post_with("/v1/chat/completions", &ask("smart"), &auth)
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    first.stop(std::time::Duration::from_secs(1)).await;
+
+    let second = Sidecar::start_with(&yaml, env).await;
+    let response = second
+        .post_with("/v1/chat/completions", &ask("smart"), &auth)
+        .await;
+    assert_eq!(
+        response.headers()["x-ratelimit-remaining-requests"],
+        "0",
+        "the minute's two requests were used before the restart"
+    );
+    let (status, _, message) = refusal(response).await;
+    assert_eq!(status, 429);
+    assert!(message.contains("2 requests per minute"), "{message}");
+}

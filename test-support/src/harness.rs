@@ -27,11 +27,22 @@ impl Sidecar {
     }
 
     /// Starts a sidecar serving `manifests`, with extra settings variables.
+    pub async fn start_with(manifests: &str, env: Vec<(String, String)>) -> Self {
+        Self::start_customized(manifests, env, |_| {}).await
+    }
+
+    /// Starts a sidecar serving `manifests`, with extra settings variables
+    /// and then `customize` applied to the settings (what an embedder sets
+    /// in code rather than in the environment).
     ///
     /// # Panics
     /// The sidecar cannot start (a test setup error).
     #[allow(clippy::unwrap_used)]
-    pub async fn start_with(manifests: &str, env: Vec<(String, String)>) -> Self {
+    pub async fn start_customized(
+        manifests: &str,
+        env: Vec<(String, String)>,
+        customize: impl FnOnce(&mut Settings),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("manifests.yaml"), manifests).unwrap();
         let mut vars: std::collections::HashMap<String, String> = env.iter().cloned().collect();
@@ -40,7 +51,8 @@ impl Sidecar {
             .or_insert_with(|| "127.0.0.1:0".into());
         vars.entry(settings::ADMIN_ADDR.into())
             .or_insert_with(|| "127.0.0.1:0".into());
-        let settings = Settings::from_env(&vars).unwrap();
+        let mut settings = Settings::from_env(&vars).unwrap();
+        customize(&mut settings);
         let gateway = Gateway::start(&settings, env).await.unwrap();
         Self {
             url: format!("http://{}", gateway.api_addr),

@@ -437,6 +437,11 @@ fn keys_and_budgets_report_their_bad_fields() {
             ],
         ),
         (
+            "rotation grace period without a unit",
+            key("team-a", "{rotationGracePeriod: '90'}"),
+            &["VirtualKey team-a: spec.rotationGracePeriod: duration \"90\" has no unit"],
+        ),
+        (
             "budget mistakes",
             budget(
                 "b",
@@ -517,6 +522,46 @@ fn only_the_hash_of_a_key_enters_the_config() {
     assert_eq!(budget.time_zone, "UTC");
     assert_eq!(budget.action, crate::resources::BudgetAction::Block);
     assert_eq!(budget.period, crate::resources::BudgetPeriod::Daily);
+}
+
+#[test]
+fn a_rotated_out_key_stays_in_the_config_until_its_grace_period_ends() {
+    let yaml = format!(
+        "{MOCK}{}{}",
+        route("smart", "{targets: [{provider: mock, model: m}]}"),
+        key("team-a", "{}"),
+    );
+    let mut manifests = Manifests::default();
+    assert_eq!(manifests.add_yaml("keys.yaml", &yaml), vec![]);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "team-a", "annotations": {
+            "llmesh.io/previous-key-hashes":
+                r#"[{"hash":"old-1","validUntilUnix":100},{"hash":"old-2","validUntilUnix":200}]"#
+        }},
+        "stringData": {"key": "sk-new"}
+    }))
+    .expect("secret");
+    let compile_at = |now: i64| {
+        let mut secrets = SecretKeys::from_secrets([&secret]);
+        let next = secrets.expire_previous(now);
+        let compiled = compile(Inputs {
+            providers: &manifests.providers,
+            routes: &manifests.routes,
+            keys: &manifests.keys,
+            budgets: &[],
+            secrets: &secrets,
+            previous: None,
+        });
+        let hashes: Vec<String> = compiled.config.keys["team-a"]
+            .previous_key_hashes
+            .iter()
+            .map(|p| p.hash.clone())
+            .collect();
+        (hashes, next)
+    };
+    assert_eq!(compile_at(50), (vec!["old-1".into(), "old-2".into()], Some(100)));
+    assert_eq!(compile_at(100), (vec!["old-2".into()], Some(200)));
+    assert_eq!(compile_at(200), (vec![], None));
 }
 
 #[test]

@@ -26,8 +26,15 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.action) && self.action == 'downgrade' ? has(self.downgradeTo) : !has(self.downgradeTo)",
+        "message": "downgradeTo is required with action downgrade, and only valid with it"
+    }
+]))]
 pub struct BudgetSpec {
     /// The limit in US dollars per period.
+    #[schemars(range(min = 0.0))]
     pub limit_usd: f64,
     /// When spend resets (default `monthly`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,6 +44,7 @@ pub struct BudgetSpec {
     pub time_zone: Option<String>,
     /// Percentages of the limit at which a warning is logged and counted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(range(min = 1, max = 100)))]
     pub thresholds: Vec<u32>,
     /// What happens once the limit is reached (default `block`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,9 +54,11 @@ pub struct BudgetSpec {
     pub downgrade_to: Option<String>,
     /// Largest number of tokens (input estimate plus `max_tokens`) one request may ask for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_tokens_per_request: Option<u64>,
     /// Largest number of tokens one session (`x-llmesh-session-id`) may use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_tokens_per_session: Option<u64>,
 }
 
@@ -92,7 +102,9 @@ pub enum BudgetAction {
     Alert,
 }
 
-/// Spend in the current period.
+/// The budget's validity (written by the operator's reconcile) and spend in
+/// the current period (`spentUsd`, `state`: filled once sidecars report usage
+/// to the operator; absent until then).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct BudgetStatus {
@@ -102,6 +114,9 @@ pub struct BudgetStatus {
     /// `Ready` (true when the budget is part of the served configuration).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The period in force and its calendar, e.g. `monthly (UTC)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
     /// USD spent in the current period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spent_usd: Option<f64>,

@@ -29,13 +29,20 @@ use super::ResourceStatus;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.targets.exists(t, !has(t.weight) || t.weight > 0)",
+        "message": "target weights must not all be zero (a target without weight counts as 1)"
+    }
+]))]
 pub struct LLMRouteSpec {
     /// The alias apps send as `model`. Defaults to the resource's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub model: Option<String>,
-    /// The upstream models that serve this alias.
-    #[schemars(length(min = 1))]
+    /// The upstream models that serve this alias (at most 64: the API
+    /// server bounds the cost of the rule over them by the list's size).
+    #[schemars(length(min = 1, max = 64))]
     pub targets: Vec<RouteTarget>,
     /// How a target is picked among several (default `weighted`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +153,12 @@ pub enum Strategy {
 /// One step of a fallback chain.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.route) != has(self.target)",
+        "message": "a fallback step names either a route or a target"
+    }
+]))]
 pub struct Fallback {
     /// Another route to try.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -36,6 +36,28 @@ use super::ResourceStatus;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.provider in ['mock', 'openai-compatible'] || has(self.secretRef)",
+        "message": "secretRef is required for this provider (only mock and openai-compatible may go without)"
+    },
+    {
+        "rule": "self.provider != 'mock' || !has(self.secretRef)",
+        "message": "the mock provider takes no secretRef"
+    },
+    {
+        "rule": "!(self.provider in ['openai-compatible', 'azure-openai']) || has(self.baseUrl)",
+        "message": "baseUrl is required for providers openai-compatible and azure-openai"
+    },
+    {
+        "rule": "(self.provider == 'azure-openai') == has(self.azure)",
+        "message": "azure is required for provider azure-openai and only valid for it"
+    },
+    {
+        "rule": "self.provider != 'bedrock' || has(self.region)",
+        "message": "provider bedrock needs region (the AWS region)"
+    }
+]))]
 pub struct ProviderSecretSpec {
     /// The API this account speaks.
     pub provider: ProviderKind,

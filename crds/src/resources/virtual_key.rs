@@ -18,13 +18,14 @@ use super::ResourceStatus;
     version = "v1alpha1",
     kind = "VirtualKey",
     namespaced,
-    status = "ResourceStatus",
+    status = "VirtualKeyStatus",
     shortname = "llmvk",
     category = "llmesh",
     printcolumn(name = "Team", type_ = "string", json_path = ".spec.team"),
     printcolumn(name = "Feature", type_ = "string", json_path = ".spec.feature"),
     printcolumn(name = "Budget", type_ = "string", json_path = ".spec.budget"),
     printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
+    printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -34,8 +35,10 @@ use super::ResourceStatus;
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VirtualKeySpec {
-    /// The Secret holding the key. Defaults to the Secret named like this
-    /// resource, key `key` (where the operator writes a generated key).
+    /// The Secret holding the key, managed by you (the operator only reads
+    /// it). Without it the operator generates the key into a Secret named
+    /// like this resource, key `key`, and rotates it on request (annotation
+    /// `llmesh.io/rotate-at`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<KeySecretRef>,
     /// Route aliases this key may call; empty means every route.
@@ -55,10 +58,50 @@ pub struct VirtualKeySpec {
     pub feature: Option<String>,
     /// After this instant (RFC 3339, e.g. `2027-01-01T00:00:00Z`) the key is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub expires_at: Option<String>,
     /// True: the key is refused (kept in config so apps are told why).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+    /// How long a generated key replaced by a rotation keeps working (default
+    /// `24h`), so apps can pick up the new key without an outage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub rotation_grace_period: Option<String>,
+}
+
+impl VirtualKey {
+    /// The Secret that holds the key: `secretRef.name`, or the one named
+    /// like this resource (where the operator generates keys).
+    pub fn secret_name(&self) -> String {
+        self.spec
+            .secret_ref
+            .as_ref()
+            .map_or_else(|| kube::ResourceExt::name_any(self), |r| r.name.clone())
+    }
+}
+
+/// What a key's status reports besides `Ready`. Never the key itself.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualKeyStatus {
+    /// `Ready` and the generation it describes.
+    #[serde(flatten)]
+    pub common: ResourceStatus,
+    /// The key's id: the name the sidecars' logs and metrics show for it
+    /// (`virtual_key`), and the `<id>` inside a generated key
+    /// (`sk-llmesh-<id>-…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// The Secret that holds the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// When the key stops working (`spec.expiresAt`), if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// When the key replaced by the last rotation stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_valid_until: Option<String>,
 }
 
 /// Where a key is stored.
@@ -78,8 +121,10 @@ pub struct KeySecretRef {
 pub struct RateLimits {
     /// Requests per minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub requests_per_minute: Option<u32>,
     /// Tokens (input and output) per minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub tokens_per_minute: Option<u64>,
 }

@@ -161,6 +161,13 @@ pub const PROVIDERS: &str = "/apis/llmesh.io/v1alpha1/namespaces/team-a/provider
 /// Its LLMRoutes' path.
 pub const ROUTES: &str = "/apis/llmesh.io/v1alpha1/namespaces/team-a/llmroutes";
 
+/// Its VirtualKeys' path.
+pub const KEYS: &str = "/apis/llmesh.io/v1alpha1/namespaces/team-a/virtualkeys";
+/// Its Budgets' path.
+pub const BUDGETS: &str = "/apis/llmesh.io/v1alpha1/namespaces/team-a/budgets";
+/// Its Secrets' path (where a generated key's Secret is created).
+pub const SECRETS: &str = "/api/v1/namespaces/team-a/secrets";
+
 /// A Secret's path.
 pub fn secret_path(name: &str) -> String {
     format!("/api/v1/namespaces/team-a/secrets/{name}")

@@ -42,7 +42,7 @@ fn config(action: BudgetAction) -> BudgetConfig {
 }
 
 fn budgets(clock: Arc<ManualClock>) -> Arc<Budgets> {
-    Arc::new(Budgets::new(clock, Arc::new(Metrics::new()), None).expect("no file"))
+    Arc::new(Budgets::new(clock, Arc::new(Metrics::new()), Recorded::default()))
 }
 
 fn estimate(prompt: u64, max_output: Option<u64>) -> Estimate {
@@ -148,20 +148,22 @@ fn token_ceilings_stop_big_requests_and_long_sessions() {
 }
 
 #[test]
-fn spend_survives_a_restart_through_the_state_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("state.json");
+fn what_is_recorded_carries_on_in_a_new_instance() {
     let clock = ManualClock::at("2026-05-10T12:00:00Z");
     let config = config(BudgetAction::Block);
-    let first =
-        Arc::new(Budgets::new(clock.clone(), Arc::new(Metrics::new()), Some(path.clone())).expect("new"));
+    let first = budgets(clock.clone());
+    assert!(!first.take_changed());
     spend(&first, &config, 0.25);
     let Ok(Admitted::Serve(charge)) = first.admit("b", &config, &estimate(1, None), Some("agent")) else {
         panic!("served");
     };
     charge.settle(&Usage::new(60, 40, 0, 0, 0), None);
-    first.flush().expect("flush");
-    let second = Arc::new(Budgets::new(clock, Arc::new(Metrics::new()), Some(path)).expect("reload"));
+    assert!(
+        first.take_changed(),
+        "spend and session tokens are news for the state file"
+    );
+    assert!(!first.take_changed());
+    let second = Arc::new(Budgets::new(clock, Arc::new(Metrics::new()), first.recorded()));
     assert!((second.spent("b") - 0.25).abs() < 1e-12);
     let stopped = second.admit("b", &config, &estimate(1, None), Some("agent"));
     assert!(

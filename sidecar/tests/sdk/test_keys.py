@@ -189,12 +189,20 @@ def test_only_routes_that_opt_in_log_content_and_it_is_redacted(keyed):
     url, process = keyed
     since = process.log_size()
     secret_prompt = [{"role": "user", "content": "my key is sk-live-0123456789abcdef please"}]
-    client(url, "sk-team").chat.completions.create(model="logged", messages=secret_prompt)
-    stream = client(url, "sk-team").chat.completions.create(model="logged", messages=secret_prompt, stream=True)
-    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    client(url, "sk-team").chat.completions.create(model="table", messages=secret_prompt)
+    ids = set()
+    raw = client(url, "sk-team").chat.completions.with_raw_response.create(model="logged", messages=secret_prompt)
+    ids.add(raw.headers["x-llmesh-request-id"])
+    with client(url, "sk-team").chat.completions.with_streaming_response.create(
+        model="logged", messages=secret_prompt, stream=True
+    ) as response:
+        ids.add(response.headers["x-llmesh-request-id"])
+        streamed = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+    raw = client(url, "sk-team").chat.completions.with_raw_response.create(model="table", messages=secret_prompt)
+    ids.add(raw.headers["x-llmesh-request-id"])
+    # Lines of earlier tests' requests may still arrive after `since`: keep ours.
     deadline = time.monotonic() + 5
-    while len(lines := access_lines(process, since)) < 3 and time.monotonic() < deadline:
+    while len(lines := [l for l in access_lines(process, since) if l["request_id"] in ids]) < 3:
+        assert time.monotonic() < deadline, lines
         time.sleep(0.05)
     logged = [l for l in lines if l["route"] == "logged"]
     plain = [l for l in lines if l["route"] == "table"]

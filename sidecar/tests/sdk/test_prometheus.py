@@ -35,6 +35,11 @@ MANIFESTS = [
         "smart",
         spec={"targets": [{"provider": "mock", "model": "m", "price": {"input": PRICE, "output": PRICE}}]},
     ),
+    _doc(
+        "LLMRoute",
+        "cached",
+        spec={"targets": [{"provider": "mock", "model": "m"}], "cache": {"mode": "exact", "ttl": "10m"}},
+    ),
     _doc("Secret", "key-a", stringData={"key": "sk-a"}),
     _doc("VirtualKey", "key-a", spec={"team": "alpha", "secretRef": {"name": "key-a"}}),
     _doc("Secret", "key-b", stringData={"key": "sk-b"}),
@@ -110,15 +115,19 @@ def wait_for(prometheus: str, promql: str, expected: dict[str, float]) -> dict[s
     raise AssertionError(f"{promql}: got {got}, expected {expected}")
 
 
-def spend(url: str, key: str, times: int) -> float:
+def ask(url: str, key: str, model: str, prompt: str = "hello"):
     client = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=CLIENT_TIMEOUT_SECONDS)
-    total = 0.0
-    for _ in range(times):
-        raw = client.chat.completions.with_raw_response.create(
-            model="smart", messages=[{"role": "user", "content": "hello"}]
-        )
-        total += float(raw.headers["x-llmesh-cost-usd"])
-    return total
+    return client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": prompt}]
+    )
+
+
+def spend(url: str, key: str, times: int) -> float:
+    return sum(float(ask(url, key, "smart").headers["x-llmesh-cost-usd"]) for _ in range(times))
+
+
+def cache_results(url: str, prompts: list[str]) -> list[str]:
+    return [ask(url, "sk-a", "cached", prompt).headers["x-llmesh-cache"] for prompt in prompts]
 
 
 def test_prometheus_answers_the_documented_queries(stack):
@@ -140,5 +149,32 @@ def test_prometheus_answers_the_documented_queries(stack):
     for team, cost in measured.items():
         assert daily[f"team={team}"] == pytest.approx(cost, rel=0.35), (team, daily)
 
-    by_workload = query(prometheus, "sum by (workload_namespace, workload_name) (llmesh_key_requests_total)")
+    by_workload = query(prometheus, "sum by (workload_namespace, workload_name) (llmesh_requests_total)")
     assert by_workload == {"workload_name=checkout,workload_namespace=shop": 6.0}
+    by_team = query(prometheus, "sum by (team, status) (llmesh_requests_total)")
+    assert by_team == {"status=200,team=alpha": 4.0, "status=200,team=beta": 2.0}
+
+
+def test_prometheus_answers_the_cache_hit_ratio_query(stack):
+    url, prometheus = stack
+    documented = (
+        'sum by (route) (rate(llmesh_cache_requests_total{result=~"hit|semantic-hit"}[5m]))\n'
+        "  / sum by (route) (rate(llmesh_cache_requests_total[5m]))"
+    )
+    # Both series exist and are scraped before the measured traffic, so the
+    # ratio compares growth within the window, not the series' first values.
+    assert cache_results(url, ["warm", "warm"]) == ["miss", "hit"]
+    wait_for(prometheus, "sum by (result) (llmesh_cache_requests_total)", {"result=hit": 1.0, "result=miss": 1.0})
+    time.sleep(3 * SCRAPE_SECONDS)
+    measured = cache_results(url, ["a", "a", "a", "a", "b", "b", "b", "b"])
+    assert measured == ["miss", "hit", "hit", "hit"] * 2
+    wait_for(prometheus, "sum by (result) (llmesh_cache_requests_total)", {"result=hit": 7.0, "result=miss": 3.0})
+    time.sleep(3 * SCRAPE_SECONDS)
+    # rate() extrapolates both series by the same factor when they share
+    # their scrapes; the warm-up pair appearing a scrape apart can skew it a little.
+    ratio = query(prometheus, documented)
+    assert ratio.keys() == {"route=cached"}, ratio
+    assert ratio["route=cached"] == pytest.approx(6 / 8, rel=0.1), ratio
+
+    saved = query(prometheus, "sum by (route) (increase(llmesh_cache_saved_usd_total[1h]))")
+    assert saved.keys() == {"route=cached"}, saved

@@ -1,8 +1,8 @@
-//! The local state file: each budget's spend in its current period and the
-//! tokens each agent session has used, so a restarted sidecar carries on
-//! where it stopped.
+//! The local state file: each budget's spend in its current period, the
+//! tokens each agent session has used and each key's rate-limit buckets, so
+//! a restarted sidecar carries on where it stopped.
 //!
-//! Written whole, in batches (see [`super::Budgets::flush`]): to a temporary
+//! Written whole, in batches (see [`super::LocalState::flush`]): to a temporary
 //! file that is fsynced and then renamed over the old one, and the folder
 //! fsynced, so a crash leaves the old file or the new one, never half of
 //! one. A checksum over the content catches what the file system does not;
@@ -30,6 +30,31 @@ pub struct Spend {
     pub thresholds_crossed: u32,
 }
 
+/// One rate-limit bucket as it was at `savedAtMs`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SavedBucket {
+    /// The allowance per minute.
+    pub capacity: f64,
+    /// What was left (below zero: overdrawn by actual usage).
+    pub level: f64,
+    /// Unix milliseconds: the wall clock, the one time a restarted process
+    /// shares with the one that wrote the file.
+    pub saved_at_ms: i64,
+}
+
+/// A key's rate-limit buckets; absent ones were full.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SavedLimits {
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<SavedBucket>,
+    /// Tokens per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<SavedBucket>,
+}
+
 /// What the file holds besides its format and checksum.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Saved {
@@ -37,6 +62,10 @@ pub struct Saved {
     pub budgets: BTreeMap<String, Spend>,
     /// Tokens used by budget, then session id.
     pub sessions: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Rate-limit buckets by virtual key. Left out when empty, so files
+    /// written before rate limits were saved keep their checksum.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rate_limits: BTreeMap<String, SavedLimits>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -47,6 +76,8 @@ struct File {
     budgets: BTreeMap<String, Spend>,
     #[serde(default)]
     sessions: BTreeMap<String, BTreeMap<String, u64>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    rate_limits: BTreeMap<String, SavedLimits>,
 }
 
 /// The state file cannot be used.
@@ -106,6 +137,7 @@ pub fn load(path: &Path) -> Result<Saved, StateError> {
     let saved = Saved {
         budgets: file.budgets,
         sessions: file.sessions,
+        rate_limits: file.rate_limits,
     };
     if checksum(&saved) != file.checksum {
         return Err(corrupt("checksum mismatch".to_owned()));
@@ -127,6 +159,7 @@ pub fn save(path: &Path, saved: &Saved) -> Result<(), StateError> {
         checksum: checksum(saved),
         budgets: saved.budgets.clone(),
         sessions: saved.sessions.clone(),
+        rate_limits: saved.rate_limits.clone(),
     };
     let bytes = serde_json::to_vec_pretty(&file).map_err(|e| io(std::io::Error::other(e)))?;
     let folder = path
@@ -155,10 +188,33 @@ mod tests {
             thresholds_crossed: 50,
         };
         let sessions = BTreeMap::from([("agent-1".to_owned(), 1234)]);
+        let limits = SavedLimits {
+            requests: Some(SavedBucket {
+                capacity: 60.0,
+                level: -2.5,
+                saved_at_ms: 1_780_000_000_123,
+            }),
+            tokens: None,
+        };
         Saved {
             budgets: BTreeMap::from([("team-a".to_owned(), spend)]),
             sessions: BTreeMap::from([("team-a".to_owned(), sessions)]),
+            rate_limits: BTreeMap::from([("key-a".to_owned(), limits)]),
         }
+    }
+
+    #[test]
+    fn a_file_from_before_rate_limits_were_saved_still_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        let older = Saved {
+            rate_limits: BTreeMap::new(),
+            ..sample()
+        };
+        save(&path, &older).expect("save");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(!text.contains("rate_limits"), "{text}");
+        assert_eq!(load(&path).expect("load"), older);
     }
 
     #[test]
