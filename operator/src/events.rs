@@ -1,6 +1,6 @@
 //! Kubernetes Events for what a person should see in `kubectl describe`: a
 //! resource turning invalid or valid again, a key generated or rotated, a new
-//! configuration written.
+//! configuration written, a pod that missed the sidecar.
 //!
 //! A reconcile collects [`Notice`]s (plain data, so tests check them without
 //! an Event API); the controller publishes them. Notes never carry a key.
@@ -67,6 +67,20 @@ impl Notice {
             warning: !ready,
             reason: if ready { "Ready" } else { "Invalid" },
             note: message.to_owned(),
+        }
+    }
+
+    /// A pod asked for the llmesh sidecar and was created without it.
+    pub fn sidecar_missing(pod: ObjectReference) -> Self {
+        Self {
+            regarding: pod,
+            warning: true,
+            reason: "SidecarMissing",
+            note: format!(
+                "asked for the llmesh sidecar but was created without it (the webhook was unreachable); \
+                 restart the workload, or set {}: \"true\"",
+                llmesh_crds::injection::RESTART_ON_MISS_ANNOTATION
+            ),
         }
     }
 

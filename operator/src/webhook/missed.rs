@@ -19,17 +19,18 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use llmesh_crds::injection::{INJECTED_LABEL, RESTART_ON_MISS_ANNOTATION, SIDECAR_HASH_ANNOTATION};
 use parking_lot::Mutex;
 use serde_json::json;
 
+use super::Error;
 use super::metrics::WebhookMetrics;
 use super::mutate::{InjectionSettings, NamespaceSettings, Owner, decide, owner, spec_skip};
 use super::namespaces::NamespaceLookup;
-use super::{Error, WEBHOOK_NAME};
+use crate::events::{self, Notice};
 
 /// A restarted workload is not restarted again for this long: its new pods
 /// need time to roll out, and a webhook that keeps failing must not turn
@@ -229,7 +230,7 @@ impl Missed {
     /// Judges one pod; reports it when it is newly missed.
     ///
     /// # Errors
-    /// Publishing the Event failed (the pod stays counted; it is not reported twice).
+    /// Reading a candidate's spec failed (it is read again at its next event).
     pub async fn on_pod(&self, pod: &PartialObjectMeta<Pod>) -> Result<(), Error> {
         let uid = pod.uid().unwrap_or_default();
         let namespace = self.namespaces.settings(&pod.namespace().unwrap_or_default());
@@ -257,20 +258,8 @@ impl Missed {
         }
         self.metrics.missed();
         tracing::warn!(namespace = %namespace.name, pod = %pod.name_any(), "pod came up without the llmesh sidecar");
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "SidecarMissing".to_owned(),
-            note: Some(format!(
-                "asked for the llmesh sidecar but was created without it (the {WEBHOOK_NAME} webhook \
-                 was unreachable); restart the workload, or set {RESTART_ON_MISS_ANNOTATION}: \"true\""
-            )),
-            action: "Inject".to_owned(),
-            secondary: None,
-        };
-        self.recorder
-            .publish(&event, &pod.object_ref(&()))
-            .await
-            .map_err(|e| Error::api(format!("publishing an Event on pod {}", pod.name_any()), e))
+        events::publish(&self.recorder, vec![Notice::sidecar_missing(pod.object_ref(&()))]).await;
+        Ok(())
     }
 
     /// Forgets a deleted pod.
