@@ -24,6 +24,9 @@ pub const WORKLOAD_NAME: &str = "LLMESH_WORKLOAD_NAME";
 /// The pod's own name (from the downward API: unknown at admission when the
 /// pod has a generated name), for the sidecar's logs.
 pub const POD_NAME: &str = "LLMESH_POD_NAME";
+/// The route aliases this pod's apps may call, comma-separated (the pod's
+/// `llmesh.io/routes` annotation, passed on by the webhook); unset: all.
+pub const POD_ROUTES: &str = "LLMESH_ROUTES";
 
 /// The API port apps call (`http://127.0.0.1:4000/v1`).
 pub const API_PORT: u16 = 4000;
@@ -58,6 +61,8 @@ pub const PORT_ANNOTATION: &str = "llmesh.io/port";
 pub const CPU_REQUEST_ANNOTATION: &str = "llmesh.io/cpu-request";
 /// Pod annotation overriding the sidecar's CPU limit.
 pub const CPU_LIMIT_ANNOTATION: &str = "llmesh.io/cpu-limit";
+/// Pod annotation: the route aliases the pod's apps may call, comma-separated.
+pub const ROUTES_ANNOTATION: &str = "llmesh.io/routes";
 /// Pod annotation overriding the sidecar's memory request.
 pub const MEMORY_REQUEST_ANNOTATION: &str = "llmesh.io/memory-request";
 /// Pod annotation overriding the sidecar's memory limit.
@@ -73,6 +78,36 @@ pub const INJECTED_LABEL: &str = "llmesh.io/injected";
 pub const ENABLED: &str = "enabled";
 /// The value of [`INJECT_ANNOTATION`] that refuses it.
 pub const DISABLED: &str = "disabled";
+
+/// Reads a list of route aliases (`smart, cheap`): `LLMRoute` names,
+/// separated by commas, blanks around them ignored. The one reading the
+/// webhook (of the annotation) and the sidecar (of the env) share.
+///
+/// # Errors
+/// An entry is not a Kubernetes object name, or the list names none.
+pub fn parse_route_list(value: &str) -> Result<BTreeSet<String>, String> {
+    let routes: BTreeSet<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|alias| !alias.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let is_name = |alias: &str| {
+        alias.len() <= 253
+            && alias
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && alias.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && alias.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    if let Some(bad) = routes.iter().find(|alias| !is_name(alias)) {
+        return Err(format!("{bad:?} is not an LLMRoute name"));
+    }
+    if routes.is_empty() {
+        return Err("no route named".to_owned());
+    }
+    Ok(routes)
+}
 
 /// The Secrets a configuration reads credentials from: each is mounted into
 /// the sidecar as `SECRETS_MOUNT_DIR/<name>`.
@@ -103,4 +138,21 @@ pub fn credential_secrets(config: &SidecarConfig) -> BTreeSet<String> {
         }
     }
     secrets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_lists_are_names_separated_by_commas() {
+        let routes = parse_route_list(" smart, cheap ,,gpt-4o.eu ").expect("valid");
+        assert_eq!(
+            routes.into_iter().collect::<Vec<_>>(),
+            ["cheap", "gpt-4o.eu", "smart"]
+        );
+        for bad in ["", " , ", "Smart", "smart;cheap", "-smart", "smart_1"] {
+            assert!(parse_route_list(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -89,6 +89,11 @@ fn a_deployment_pod_gets_a_native_sidecar_with_everything_it_needs() {
     );
     assert_eq!(env(sidecar, injection::WORKLOAD_NAMESPACE), Some("team-a"));
     assert_eq!(env(sidecar, injection::DEFAULT_VIRTUAL_KEY), Some("chat-api"));
+    assert_eq!(
+        env(sidecar, injection::POD_ROUTES),
+        Some("cheap,smart"),
+        "llmesh.io/routes, as the sidecar reads it"
+    );
     assert_eq!(env(sidecar, injection::LISTEN_ADDR), Some("127.0.0.1:4000"));
     assert_eq!(env(sidecar, injection::ADMIN_ADDR), Some("0.0.0.0:9464"));
     assert_eq!(
@@ -288,13 +293,15 @@ fn variables_the_app_already_sets_are_kept() {
 fn init_containers_run_after_the_sidecar_and_bad_annotations_only_warn() {
     let outcome = review(&native(), "init-containers-pod.json");
     let warnings = outcome.response["warnings"].as_array().expect("warnings").clone();
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(
-        warnings[0]
-            .as_str()
-            .is_some_and(|w| w.contains("llmesh.io/cpu-request")),
-        "{warnings:?}"
-    );
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    for annotation in ["llmesh.io/cpu-request", "llmesh.io/routes"] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.as_str().is_some_and(|w| w.contains(annotation))),
+            "{annotation} in {warnings:?}"
+        );
+    }
     let pod = outcome.pod.expect("a patch");
     let spec = pod.spec.as_ref().expect("spec");
     let names: Vec<_> = spec
@@ -309,6 +316,11 @@ fn init_containers_run_after_the_sidecar_and_bad_annotations_only_warn() {
         env(sidecar, injection::LISTEN_ADDR),
         Some("127.0.0.1:4100"),
         "llmesh.io/port"
+    );
+    assert_eq!(
+        env(sidecar, injection::POD_ROUTES),
+        None,
+        "a bad route list is dropped"
     );
     assert_eq!(
         env(&spec.containers[0], "OPENAI_BASE_URL"),

@@ -1,6 +1,7 @@
 //! The application: shared state and the two routers (API on loopback,
 //! admin on the pod IP).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -28,6 +29,25 @@ pub struct Limits {
     pub default_key: Option<String>,
     /// What logged prompts and answers pass through.
     pub redactor: Arc<dyn Redact>,
+    /// The route aliases the pod's apps may call (`llmesh.io/routes`); `None`: all.
+    pub pod_routes: Option<BTreeSet<String>>,
+}
+
+impl Limits {
+    /// Whether the pod's apps may call `alias`. Only what apps ask for is
+    /// limited: fallbacks and budget downgrades still reach any route.
+    ///
+    /// # Errors
+    /// [`ApiError::RouteNotForPod`] naming the pod's routes.
+    pub fn allow_route(&self, alias: &str) -> Result<(), ApiError> {
+        match &self.pod_routes {
+            Some(routes) if !routes.contains(alias) => Err(ApiError::RouteNotForPod {
+                alias: alias.to_owned(),
+                allowed: routes.iter().map(String::as_str).collect::<Vec<_>>().join(", "),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// State shared by every request.

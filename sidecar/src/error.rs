@@ -36,6 +36,14 @@ pub enum ApiError {
     /// The `model` names no route.
     #[error("model {0:?} is not a route of this gateway; GET /v1/models lists them")]
     UnknownRoute(String),
+    /// The route is not among those the pod's `llmesh.io/routes` names.
+    #[error("route {alias:?} is not one of this pod's routes ({allowed}; pod annotation llmesh.io/routes)")]
+    RouteNotForPod {
+        /// The alias asked for.
+        alias: String,
+        /// The pod's routes.
+        allowed: String,
+    },
     /// The route exists as a resource but is invalid, so it is not served.
     #[error("route {alias:?} is not in force: {reason}")]
     RouteNotInForce {
@@ -90,9 +98,10 @@ impl ApiError {
         match self {
             Self::InvalidBody(_) | Self::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnknownRoute(_) | Self::RouteNotInForce { .. } | Self::UnknownPath(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Self::UnknownRoute(_)
+            | Self::RouteNotForPod { .. }
+            | Self::RouteNotInForce { .. }
+            | Self::UnknownPath(_) => StatusCode::NOT_FOUND,
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::Auth(error) if error.is_forbidden() => StatusCode::FORBIDDEN,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
@@ -120,7 +129,7 @@ impl ApiError {
             Self::InvalidBody(_) => ("invalid_request_error", "invalid_body"),
             Self::InvalidHeader { .. } => ("invalid_request_error", "invalid_header"),
             Self::BodyTooLarge { .. } => ("invalid_request_error", "request_too_large"),
-            Self::UnknownRoute(_) | Self::RouteNotInForce { .. } => {
+            Self::UnknownRoute(_) | Self::RouteNotForPod { .. } | Self::RouteNotInForce { .. } => {
                 ("invalid_request_error", "model_not_found")
             }
             Self::UnknownPath(_) => ("invalid_request_error", "unknown_url"),
@@ -165,7 +174,11 @@ impl ApiError {
     /// The error as OpenAI's JSON body, also used for SSE error events.
     pub fn body(&self) -> Bytes {
         let (kind, code) = self.type_and_code();
-        let param = matches!(self, Self::UnknownRoute(_) | Self::RouteNotInForce { .. }).then_some("model");
+        let param = matches!(
+            self,
+            Self::UnknownRoute(_) | Self::RouteNotForPod { .. } | Self::RouteNotInForce { .. }
+        )
+        .then_some("model");
         let body = ErrorBody {
             error: ErrorFields {
                 message: self.to_string(),

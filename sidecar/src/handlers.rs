@@ -124,6 +124,7 @@ fn authorize(
     headers: &HeaderMap,
     record: &mut AccessRecord,
 ) -> Result<Arc<Route>, ApiError> {
+    app.settings.allow_route(alias)?;
     let route = runtime.route(alias)?;
     record.set_route(&route);
     if let Some(key) = key {
@@ -262,6 +263,7 @@ pub async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<J
     let key = caller(&app, &runtime, &headers)?;
     let data = runtime
         .routes()
+        .filter(|route| app.settings.allow_route(&route.alias).is_ok())
         .filter(|route| key.as_ref().is_none_or(|k| k.allow_route(&route.alias).is_ok()))
         .map(|route| Model {
             id: route.alias.clone(),

@@ -115,6 +115,7 @@ impl Gateway {
             drills_enabled: settings.drills_enabled,
             default_key: settings.default_key.clone(),
             redactor: settings.redactor.clone(),
+            pod_routes: settings.pod_routes.clone(),
         };
         let state = LocalState::open(
             settings.state_file.clone(),

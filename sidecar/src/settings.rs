@@ -3,17 +3,17 @@
 //! once: the ones the operator's webhook injects in `llmesh_crds::injection`
 //! (re-exported here), the rest here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use llmesh_crds::injection::{
-    ADMIN_ADDR, CONFIG_FILE, DEFAULT_VIRTUAL_KEY, LISTEN_ADDR, POD_NAME, SECRETS_DIR, WORKLOAD_NAME,
-    WORKLOAD_NAMESPACE,
+    ADMIN_ADDR, CONFIG_FILE, DEFAULT_VIRTUAL_KEY, LISTEN_ADDR, POD_NAME, POD_ROUTES, SECRETS_DIR,
+    WORKLOAD_NAME, WORKLOAD_NAMESPACE,
 };
-use llmesh_crds::injection::{ADMIN_PORT, API_PORT, SECRETS_MOUNT_DIR};
+use llmesh_crds::injection::{ADMIN_PORT, API_PORT, SECRETS_MOUNT_DIR, parse_route_list};
 
 use crate::metrics::Workload;
 use crate::providers::UpstreamSettings;
@@ -117,6 +117,8 @@ pub struct Settings {
     pub drills_enabled: bool,
     /// The pod's default virtual key.
     pub default_key: Option<String>,
+    /// The route aliases the pod's apps may call (`None`: every route).
+    pub pod_routes: Option<BTreeSet<String>>,
     /// Where budget spend and rate-limit buckets are kept.
     pub state_file: Option<PathBuf>,
     /// The workload every metric is labelled with.
@@ -215,6 +217,14 @@ impl Settings {
             drain_timeout: millis(env, DRAIN_TIMEOUT_MS, Duration::from_secs(25))?,
             drills_enabled: parsed(env, ENABLE_DRILLS, false)?,
             default_key: env.get(DEFAULT_VIRTUAL_KEY).filter(|k| !k.is_empty()),
+            pod_routes: match env.get(POD_ROUTES).filter(|r| !r.trim().is_empty()) {
+                None => None,
+                Some(value) => Some(parse_route_list(&value).map_err(|reason| SettingsError::Invalid {
+                    name: POD_ROUTES,
+                    value,
+                    reason,
+                })?),
+            },
             state_file: env.get(STATE_FILE).filter(|f| !f.is_empty()).map(PathBuf::from),
             workload: env.get(WORKLOAD_NAME).map(|name| Workload {
                 namespace: env.get(WORKLOAD_NAMESPACE).unwrap_or_default(),

@@ -260,3 +260,33 @@ async fn a_spent_rate_limit_stays_spent_across_a_restart() {
     assert_eq!(status, 429);
     assert!(message.contains("2 requests per minute"), "{message}");
 }
+
+#[tokio::test]
+async fn a_pod_limited_to_some_routes_cannot_name_the_others() {
+    let yaml = [
+        provider("mock", "{provider: mock}"),
+        route("smart", "{targets: [{provider: mock, model: big}]}"),
+        route("cheap", "{targets: [{provider: mock, model: small}]}"),
+    ]
+    .concat();
+    let env = vec![(settings::POD_ROUTES.to_owned(), "cheap".to_owned())];
+    let sidecar = Sidecar::start_with(&yaml, env).await;
+    assert_eq!(
+        sidecar.post("/v1/chat/completions", &ask("cheap")).await.status(),
+        200
+    );
+    let (status, code, message) = refusal(sidecar.post("/v1/chat/completions", &ask("smart")).await).await;
+    assert_eq!((status, code.as_str()), (404, "model_not_found"));
+    assert!(
+        message.contains("not one of this pod's routes (cheap"),
+        "{message}"
+    );
+    let models: Value = sidecar.get("/v1/models").await.json().await.expect("json");
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["cheap"]);
+}

@@ -18,8 +18,9 @@ use llmesh_crds::injection::{
     ADMIN_ADDR, ADMIN_PORT, ADMIN_PORT_NAME, API_PORT, CONFIG_FILE, CONFIG_KEY, CONFIG_MOUNT_DIR,
     CONTAINER_NAME, CPU_LIMIT_ANNOTATION, CPU_REQUEST_ANNOTATION, DEFAULT_VIRTUAL_KEY, DISABLED, ENABLED,
     HEALTHZ_PATH, INJECT_ANNOTATION, INJECTED_LABEL, LISTEN_ADDR, MEMORY_LIMIT_ANNOTATION,
-    MEMORY_REQUEST_ANNOTATION, METRICS_PATH, POD_NAME, PORT_ANNOTATION, READYZ_PATH, SECRETS_DIR,
-    SECRETS_MOUNT_DIR, SIDECAR_HASH_ANNOTATION, VIRTUAL_KEY_ANNOTATION, WORKLOAD_NAME, WORKLOAD_NAMESPACE,
+    MEMORY_REQUEST_ANNOTATION, METRICS_PATH, POD_NAME, POD_ROUTES, PORT_ANNOTATION, READYZ_PATH,
+    ROUTES_ANNOTATION, SECRETS_DIR, SECRETS_MOUNT_DIR, SIDECAR_HASH_ANNOTATION, VIRTUAL_KEY_ANNOTATION,
+    WORKLOAD_NAME, WORKLOAD_NAMESPACE, parse_route_list,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -284,6 +285,7 @@ impl InjectionSettings {
             api_port: API_PORT,
             resources: self.resources.clone(),
             virtual_key: None,
+            routes: None,
         };
         let container = sidecar_container(self, &reference, &overrides, "reference");
         let digest = Sha256::digest(serde_json::to_vec(&container).unwrap_or_default());
@@ -297,6 +299,8 @@ struct Overrides {
     api_port: u16,
     resources: Resources,
     virtual_key: Option<String>,
+    /// The pod's route aliases, comma-separated, as the sidecar reads them.
+    routes: Option<String>,
 }
 
 impl Overrides {
@@ -330,12 +334,23 @@ impl Overrides {
                 )),
             }
         }
+        let routes =
+            annotation(&pod.metadata, ROUTES_ANNOTATION).and_then(|value| match parse_route_list(value) {
+                Ok(routes) => Some(routes.into_iter().collect::<Vec<_>>().join(",")),
+                Err(reason) => {
+                    warnings.push(format!(
+                        "llmesh: {ROUTES_ANNOTATION}={value:?}: {reason}; the pod may call every route"
+                    ));
+                    None
+                }
+            });
         Self {
             api_port,
             resources,
             virtual_key: annotation(&pod.metadata, VIRTUAL_KEY_ANNOTATION)
                 .filter(|k| !k.is_empty())
                 .map(str::to_owned),
+            routes,
         }
     }
 }
@@ -420,6 +435,9 @@ fn sidecar_container(
     ];
     if let Some(key) = &overrides.virtual_key {
         env.push(value_env(DEFAULT_VIRTUAL_KEY, key.clone()));
+    }
+    if let Some(routes) = &overrides.routes {
+        env.push(value_env(POD_ROUTES, routes.clone()));
     }
     let mut mounts = vec![VolumeMount {
         name: CONFIG_VOLUME.to_owned(),
