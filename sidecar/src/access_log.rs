@@ -286,6 +286,8 @@ impl AccessRecord {
     /// `headers` (the response's own map: building one to merge costs a
     /// second hash of every name).
     pub fn add_headers(&self, headers: &mut HeaderMap) {
+        // Room for all of them at once rather than growing the map twice.
+        headers.reserve(8 + self.rate_limit_headers.len());
         let mut put = |name: HeaderName, value: &str| {
             if let Ok(value) = HeaderValue::from_str(value) {
                 headers.insert(name, value);
@@ -301,15 +303,15 @@ impl AccessRecord {
         if let Some(model) = &self.model {
             put(MODEL, model);
         }
-        if self.attempts > 0 {
-            put(ATTEMPTS, &self.attempts.to_string());
-            put(FALLBACK, &self.step.to_string());
-        }
         if let Some(status) = self.cache {
             put(CACHE, status.as_str());
         }
         if let Some(cost) = self.cost() {
             put(COST_USD, &pricing::format_usd(cost));
+        }
+        if self.attempts > 0 {
+            headers.insert(ATTEMPTS, HeaderValue::from(self.attempts));
+            headers.insert(FALLBACK, HeaderValue::from(self.step));
         }
         for (name, value) in &self.rate_limit_headers {
             headers.insert(name, value.clone());
@@ -426,40 +428,44 @@ impl Drop for AccessRecord {
                 .content
                 .as_ref()
                 .map(|c| (c.redactor.redact(&c.prompt), c.redactor.redact(&c.answer)));
-            let line = AccessLine {
-                timestamp: jiff::Timestamp::now(),
-                level: "INFO",
-                request_id: &self.request_id,
-                operation: self.operation.as_str(),
-                route,
-                virtual_key: key_name,
-                team,
-                feature,
-                provider: self.provider_name.as_deref().unwrap_or(""),
-                provider_kind: self.provider_kind,
-                model,
-                status: self.status,
-                outcome,
-                error: error_label,
-                stream: self.stream,
-                attempts: self.attempts,
-                fallback_step: self.step,
-                cache: self.cache.map_or("", CacheStatus::as_str),
-                input_tokens: self.usage.prompt_tokens,
-                output_tokens: self.usage.completion_tokens,
-                cached_input_tokens: self.usage.cached_input(),
-                reasoning_tokens: self.usage.reasoning(),
-                cost_usd: cost,
-                latency_ms: millis(elapsed),
-                ttft_ms: self.first_chunk.map(millis),
-                prompt: content.as_ref().map(|(prompt, _)| prompt.as_str()),
-                answer: content.as_ref().map(|(_, answer)| answer.as_str()),
-                target: TARGET,
-            };
-            match serde_json::to_string(&line) {
-                Ok(line) => tracing::info!(target: TARGET, line = line.as_str()),
-                Err(error) => tracing::warn!(%error, "cannot encode the access log line"),
+            let mut line = JsonLine::new();
+            line.field("timestamp", format_args!("{:.6}", jiff::Timestamp::now()));
+            line.field("level", "INFO");
+            line.field("request_id", &self.request_id);
+            line.field("operation", self.operation.as_str());
+            line.field("route", route);
+            line.field("virtual_key", key_name);
+            line.field("team", team);
+            line.field("feature", feature);
+            line.field("provider", self.provider_name.as_deref().unwrap_or(""));
+            line.field("provider_kind", self.provider_kind);
+            line.field("model", model);
+            line.field("status", self.status);
+            line.field("outcome", outcome);
+            line.field("error", error_label);
+            line.field("stream", self.stream);
+            line.field("attempts", self.attempts);
+            line.field("fallback_step", self.step);
+            line.field("cache", self.cache.map_or("", CacheStatus::as_str));
+            line.field("input_tokens", self.usage.prompt_tokens);
+            line.field("output_tokens", self.usage.completion_tokens);
+            line.field("cached_input_tokens", self.usage.cached_input());
+            line.field("reasoning_tokens", self.usage.reasoning());
+            // Absent when the target has no price.
+            if let Some(cost) = cost {
+                line.field("cost_usd", cost);
             }
+            line.field("latency_ms", millis(elapsed));
+            if let Some(first) = self.first_chunk {
+                line.field("ttft_ms", millis(first));
+            }
+            // Only on routes with `logContent`, after the redaction hook.
+            if let Some((prompt, answer)) = &content {
+                line.field("prompt", prompt);
+                line.field("answer", answer);
+            }
+            line.field("target", TARGET);
+            tracing::info!(target: TARGET, line = line.finish().as_str());
         }
     }
 }
@@ -472,52 +478,43 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// One access-log line. Serialised here in one pass rather than field by
-/// field through `tracing`'s JSON formatter, which cost a fifth of the
-/// sidecar's CPU time per request; the field names match the other log lines.
-#[derive(serde::Serialize)]
-struct AccessLine<'a> {
-    #[serde(serialize_with = "micros")]
-    timestamp: jiff::Timestamp,
-    level: &'static str,
-    request_id: &'a str,
-    operation: &'static str,
-    route: &'a str,
-    virtual_key: &'a str,
-    team: &'a str,
-    feature: &'a str,
-    provider: &'a str,
-    provider_kind: &'static str,
-    model: &'a str,
-    status: u16,
-    outcome: &'static str,
-    error: &'a str,
-    stream: bool,
-    attempts: u32,
-    fallback_step: usize,
-    cache: &'static str,
-    input_tokens: u64,
-    output_tokens: u64,
-    cached_input_tokens: u64,
-    reasoning_tokens: u64,
-    /// Absent when the target has no price.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cost_usd: Option<f64>,
-    latency_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ttft_ms: Option<u64>,
-    /// Only on routes with `logContent`, after the redaction hook.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prompt: Option<&'a str>,
-    /// Only on routes with `logContent`, after the redaction hook.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    answer: Option<&'a str>,
-    target: &'static str,
-}
+/// One access-log line, written field by field. Not a `Serialize` struct:
+/// serde escapes every field *name* as if it could hold a quote, and on the
+/// pass-through path that was a third of the line's cost; the names here are
+/// constants, so only values are escaped. (Before that, `tracing`'s own JSON
+/// formatter cost a fifth of the sidecar's CPU time per request.) The field
+/// names match the other log lines.
+struct JsonLine(Vec<u8>);
 
-/// RFC 3339 in UTC with microseconds, as `tracing-subscriber` writes its own lines.
-fn micros<S: serde::Serializer>(timestamp: &jiff::Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&format_args!("{timestamp:.6}"))
+impl JsonLine {
+    fn new() -> Self {
+        let mut buffer = Vec::with_capacity(512);
+        buffer.push(b'{');
+        Self(buffer)
+    }
+
+    /// Starts a field; `name` must need no escaping.
+    fn name(&mut self, name: &'static str) {
+        if self.0.len() > 1 {
+            self.0.push(b',');
+        }
+        self.0.push(b'"');
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(b"\":");
+    }
+
+    fn field(&mut self, name: &'static str, value: impl serde::Serialize) {
+        self.name(name);
+        // Strings, numbers and booleans: writing them to memory cannot fail,
+        // and a non-finite cost becomes `null` as serde_json writes it.
+        let _ = serde_json::to_writer(&mut self.0, &value);
+    }
+
+    fn finish(mut self) -> String {
+        self.0.push(b'}');
+        // Names are `str`s and serde_json writes UTF-8.
+        String::from_utf8(self.0).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
 }
 
 /// Writes access-log events as the JSON line they carry and hands every
@@ -566,4 +563,37 @@ impl tracing::field::Visit for WriteLine<'_, '_> {
     }
 
     fn record_debug(&mut self, _field: &tracing::field::Field, _value: &dyn std::fmt::Debug) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JsonLine;
+
+    #[test]
+    fn a_line_is_one_json_object_with_its_values_escaped() {
+        let mut line = JsonLine::new();
+        line.field("route", "say \"hi\"\nthen\u{7}go");
+        line.field("status", 502_u16);
+        line.field("stream", true);
+        line.field("cost_usd", 0.000_125_f64);
+        line.field("broken_cost", f64::NAN);
+        line.field("model", "gpt-4o-mini ✓");
+        let text = line.finish();
+        assert!(!text.contains('\n'), "one line: {text}");
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect(&text);
+        assert_eq!(
+            parsed,
+            serde_json::json!({
+                "route": "say \"hi\"\nthen\u{7}go",
+                "status": 502,
+                "stream": true,
+                "cost_usd": 0.000_125,
+                "broken_cost": null,
+                "model": "gpt-4o-mini ✓",
+            })
+        );
+        // Fields keep the order they were written in, as log readers expect.
+        assert!(text.starts_with(r#"{"route":"#), "{text}");
+        assert_eq!(JsonLine::new().finish(), "{}");
+    }
 }

@@ -172,6 +172,10 @@ impl Keys {
     }
 }
 
+// Names as values: a lookup by string parses the name on every request.
+static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+static API_KEY: http::HeaderName = http::HeaderName::from_static("api-key");
+
 /// The key in `Authorization: Bearer`, `x-api-key` or `api-key` (the
 /// OpenAI, Anthropic and Azure conventions), in that order.
 fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
@@ -183,8 +187,8 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
             scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
         });
     bearer
-        .or_else(|| headers.get("x-api-key").map(|v| v.as_bytes()))
-        .or_else(|| headers.get("api-key").map(|v| v.as_bytes()))
+        .or_else(|| headers.get(&X_API_KEY).map(|v| v.as_bytes()))
+        .or_else(|| headers.get(&API_KEY).map(|v| v.as_bytes()))
         .map(<[u8]>::trim_ascii)
         .filter(|v| !v.is_empty())
 }

@@ -5,7 +5,7 @@ use axum::body::Body;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
@@ -25,12 +25,14 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     }
 }
 
+// Header names as values rather than strings: a lookup by string parses
+// the name first, on every request.
 /// `x-llmesh-timeout`: the request's own total limit.
-pub const TIMEOUT_TOTAL: &str = "x-llmesh-timeout";
+static TIMEOUT_TOTAL: HeaderName = HeaderName::from_static("x-llmesh-timeout");
 /// `x-llmesh-first-token-timeout`: the request's own first-token limit.
-pub const TIMEOUT_FIRST_TOKEN: &str = "x-llmesh-first-token-timeout";
+static TIMEOUT_FIRST_TOKEN: HeaderName = HeaderName::from_static("x-llmesh-first-token-timeout");
 /// `x-llmesh-idle-timeout`: the request's own limit between chunks.
-pub const TIMEOUT_IDLE: &str = "x-llmesh-idle-timeout";
+static TIMEOUT_IDLE: HeaderName = HeaderName::from_static("x-llmesh-idle-timeout");
 
 /// Time limits a request asks for in its headers (durations like `5s`).
 /// They can only tighten the route's limits; see [`Timeouts::tightened_by`].
@@ -38,10 +40,11 @@ pub const TIMEOUT_IDLE: &str = "x-llmesh-idle-timeout";
 /// # Errors
 /// [`ApiError::InvalidHeader`] for a value that is not a duration.
 pub fn timeout_overrides(headers: &HeaderMap) -> Result<Timeouts, ApiError> {
-    let read = |name: &'static str| -> Result<Option<Duration>, ApiError> {
-        let Some(value) = headers.get(name) else {
+    let read = |header: &'static HeaderName| -> Result<Option<Duration>, ApiError> {
+        let Some(value) = headers.get(header) else {
             return Ok(None);
         };
+        let name = header.as_str();
         let text = value.to_str().map_err(|_| ApiError::InvalidHeader {
             name,
             reason: "not ASCII".to_owned(),
@@ -56,9 +59,9 @@ pub fn timeout_overrides(headers: &HeaderMap) -> Result<Timeouts, ApiError> {
         }
     };
     Ok(Timeouts {
-        total: read(TIMEOUT_TOTAL)?,
-        first_token: read(TIMEOUT_FIRST_TOKEN)?,
-        idle: read(TIMEOUT_IDLE)?,
+        total: read(&TIMEOUT_TOTAL)?,
+        first_token: read(&TIMEOUT_FIRST_TOKEN)?,
+        idle: read(&TIMEOUT_IDLE)?,
     })
 }
 
