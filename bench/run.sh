@@ -30,8 +30,10 @@ bench="$repo/bench"
 
 if [[ $mode == quick ]]; then
     latency_duration=2s throughput_duration=2s warmup_duration=1s rounds=${BENCH_ROUNDS:-1} stream_requests=100
+    in_proxy_duration=2s
 else
     latency_duration=15s throughput_duration=10s warmup_duration=3s rounds=${BENCH_ROUNDS:-3} stream_requests=1000
+    in_proxy_duration=5s
 fi
 rate=${BENCH_RATE:-1000}
 # A handful of connections: at a fixed rate each carries a request at a time,
@@ -72,6 +74,8 @@ install_tools() {
     command -v python3 >/dev/null || packages+=(python3)
     command -v curl >/dev/null || packages+=(curl)
     command -v taskset >/dev/null || packages+=(util-linux)
+    # Packet timestamps for the in-proxy phase; capturing needs root.
+    [[ $(id -u) -ne 0 ]] || command -v tcpdump >/dev/null || packages+=(tcpdump)
     if [[ ${#packages[@]} -gt 0 ]]; then
         log "installing ${packages[*]}"
         as_root apt-get update
@@ -358,6 +362,39 @@ for round in $(seq "$rounds"); do
     request_body=$cached_body oha_run latency "$results/latency-cached-$round.json" "${urls[sidecar]}" \
         -z "$latency_duration" -q "$rate" -c "$latency_connections" --latency-correction
 done
+
+# Time inside each proxy, from packet timestamps on loopback (see
+# bench/in_proxy.py): the way in plus the way out, without the load
+# generator's own scheduling in it. Needs tcpdump and the right to capture.
+declare -A proxy_ports=([nginx]=$nginx_port [sidecar]=$sidecar_port)
+# A capture that starts and waits (killed by the timeout) means we may capture.
+can_capture() {
+    command -v tcpdump >/dev/null || return 1
+    timeout 1 tcpdump -i lo -c 1 -w /dev/null 'tcp port 1' 2>/dev/null
+    [[ $? == 124 ]]
+}
+if can_capture; then
+    for round in $(seq "$rounds"); do
+        for target in nginx sidecar; do
+            log "in-proxy: $target, packets captured at $rate req/s for $in_proxy_duration (round $round/$rounds)"
+            capture="$work/in-proxy-$target-$round.pcap"
+            taskset -c "$load_cpu" tcpdump -i lo -s 160 -B 16384 -w "$capture" \
+                "tcp port ${proxy_ports[$target]} or tcp port $mock_port" 2>/dev/null &
+            capture_pid=$!
+            sleep 1
+            oha_run latency /dev/null "${urls[$target]}" -z "$in_proxy_duration" -q "$rate" \
+                -c "$latency_connections" --latency-correction
+            sleep 0.5
+            kill -INT "$capture_pid"
+            wait "$capture_pid" || true
+            python3 "$bench/in_proxy.py" "$capture" --proxy-port "${proxy_ports[$target]}" \
+                --upstream-port "$mock_port" >"$results/in-proxy-$target-$round.json"
+            rm -f "$capture"
+        done
+    done
+else
+    log "in-proxy: skipped (tcpdump cannot capture on lo here; it needs root)"
+fi
 
 declare -A proxy_pids=([direct]=$mock_pid [nginx]=$nginx_pid [sidecar]=$sidecar_pid)
 sched_servers throughput

@@ -71,6 +71,21 @@ def main():
     throughput = {t: [oha_figures(load(raw / f"throughput-{t}-{r}.json")) for r in rounds] for t in TARGETS}
     cpu = {t: [load(raw / f"cpu-{t}-{r}.json") for r in rounds] for t in TARGETS}
     stream = load(raw / "stream.json")
+    # Time inside each proxy from packet timestamps; absent where tcpdump
+    # could not capture.
+    in_proxy_runs = {
+        hop: [load(raw / f"in-proxy-{hop}-{r}.json") for r in rounds if (raw / f"in-proxy-{hop}-{r}.json").exists()]
+        for hop in ("nginx", "sidecar")
+    }
+    in_proxy = None
+    if all(in_proxy_runs.values()):
+        in_proxy = {
+            hop: {k: median_of(runs, k) for k in runs[0] if k.endswith("_us")} | {"requests": sum(r["count"] for r in runs)}
+            for hop, runs in in_proxy_runs.items()
+        }
+        in_proxy["ratio_sidecar_over_nginx"] = {
+            k: in_proxy["sidecar"][k] / in_proxy["nginx"][k] for k in ("total_p50_us", "total_p99_us")
+        }
     idle_start = load(raw / "idle-start.json")
     idle_end = load(raw / "idle-end.json")
 
@@ -141,6 +156,7 @@ def main():
         "mock_rss_mib_after_load": idle_end["mock_rss_kib"] / 1024,
         "cache_hits": cache_hits,
         "first_chunk_ms": stream,
+        "in_proxy_us": in_proxy,
         "failed_requests": failed,
         "checks": checks,
         "rounds": {
@@ -179,6 +195,25 @@ def print_table(s, args):
     out += [
         f"  sidecar/nginx added: p50 {fmt_ratio(ratio['p50_ms'])} [{verdict(checks['added_p50_within_nginx'])}], "
         f"p99 {fmt_ratio(ratio['p99_ms'])} [{verdict(checks['added_p99_within_nginx'])}]  (target <= 1.00x)",
+    ]
+    ip = s["in_proxy_us"]
+    if ip:
+        out += [
+            "",
+            f"Time inside the proxy per request, from packet timestamps at {args.rate} req/s (us; in + out)",
+            f"  {'':<22}{'in p50':>9}{'out p50':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'requests':>10}",
+        ]
+        for hop in ("nginx", "sidecar"):
+            h = ip[hop]
+            out.append(
+                f"  {hop:<22}{h['in_p50_us']:>9.1f}{h['out_p50_us']:>9.1f}{h['total_p50_us']:>9.1f}"
+                f"{h['total_p90_us']:>9.1f}{h['total_p99_us']:>9.1f}{h['requests']:>10}"
+            )
+        out.append(
+            f"  sidecar/nginx: p50 {fmt_ratio(ip['ratio_sidecar_over_nginx']['total_p50_us'])}, "
+            f"p99 {fmt_ratio(ip['ratio_sidecar_over_nginx']['total_p99_us'])}"
+        )
+    out += [
         "",
         f"Max throughput, {args.throughput_connections} connections, {args.throughput_duration} per run",
         f"  {'':<22}{'req/s':>9}{'server CPU us/req':>20}",

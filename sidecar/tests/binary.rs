@@ -1,9 +1,13 @@
 //! The `llmesh-sidecar` binary as an operator runs it: flags, environment,
 //! egress through an HTTP proxy, and a clean exit on SIGTERM.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use llmesh_test_support::harness::{http_client, provider, route};
 use llmesh_test_support::openai;
@@ -59,6 +63,18 @@ fn spawn(manifests: &str, env: &[(&str, String)]) -> Process {
     }
 }
 
+impl Process {
+    /// Posts a chat request to the sidecar.
+    async fn chat(&self, request: &Value) -> reqwest::Response {
+        http_client()
+            .post(format!("{}/v1/chat/completions", self.url))
+            .json(request)
+            .send()
+            .await
+            .expect("sent")
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         // A failed test must not leave a sidecar behind holding the test's output open.
@@ -97,14 +113,7 @@ async fn egress_goes_through_http_proxy_except_for_no_proxy_hosts() {
             ("NO_PROXY", "127.0.0.1".to_owned()),
         ],
     );
-    let client = http_client();
-
-    let response = client
-        .post(format!("{}/v1/chat/completions", sidecar.url))
-        .json(&ask())
-        .send()
-        .await
-        .expect("sent");
+    let response = sidecar.chat(&ask()).await;
     assert_eq!(response.status(), 200);
     let calls = proxy.calls();
     assert_eq!(calls.len(), 1);
@@ -119,12 +128,7 @@ async fn egress_goes_through_http_proxy_except_for_no_proxy_hosts() {
 
     let mut local = ask();
     local["model"] = json!("local");
-    let response = client
-        .post(format!("{}/v1/chat/completions", sidecar.url))
-        .json(&local)
-        .send()
-        .await
-        .expect("sent");
+    let response = sidecar.chat(&local).await;
     assert_eq!(response.status(), 200);
     assert_eq!(direct.calls().len(), 1, "NO_PROXY hosts are reached directly");
     assert_eq!(proxy.calls().len(), 1);
@@ -159,12 +163,7 @@ async fn https_egress_is_tunnelled_through_the_proxy_with_connect() {
     .concat();
     let sidecar = spawn(&manifests, &[("HTTPS_PROXY", proxy_url)]);
 
-    let response = http_client()
-        .post(format!("{}/v1/chat/completions", sidecar.url))
-        .json(&ask())
-        .send()
-        .await
-        .expect("sent");
+    let response = sidecar.chat(&ask()).await;
     assert_eq!(response.status(), 502, "a refused tunnel is an upstream failure");
     let head = asked.await.expect("the proxy saw a request");
     assert!(
@@ -178,6 +177,101 @@ async fn https_egress_is_tunnelled_through_the_proxy_with_connect() {
     );
 }
 
+/// An HTTPS upstream that only speaks HTTP/2 (ALPN `h2`), answering every
+/// request with a chat completion; it counts connections and notes the
+/// HTTP version of each request.
+async fn http2_upstream() -> (
+    String,
+    tempfile::NamedTempFile,
+    Arc<Mutex<Vec<http::Version>>>,
+    Arc<AtomicUsize>,
+) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let certificate = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    // The sidecar trusts it as the platform's roots: SSL_CERT_FILE.
+    let mut roots = tempfile::NamedTempFile::new().expect("temp file");
+    roots.write_all(certificate.pem().as_bytes()).expect("write");
+    let mut tls =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![certificate.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config");
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (seen, accepted) = (versions.clone(), connections.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let answer = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        seen.lock().push(request.version());
+                        let body = json!({
+                            "id": "chatcmpl-h2", "object": "chat.completion", "created": 1, "model": "far-model",
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": "over h2"}}],
+                            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+                        });
+                        async move {
+                            let body = http_body_util::Full::new(bytes::Bytes::from(body.to_string()));
+                            Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), answer)
+                    .await;
+            });
+        }
+    });
+    (format!("https://localhost:{port}"), roots, versions, connections)
+}
+
+#[tokio::test]
+async fn an_upstream_offering_http2_gets_one_shared_http2_connection() {
+    let (url, roots, versions, connections) = http2_upstream().await;
+    let manifests = [
+        provider(
+            "far",
+            &format!("{{provider: openai-compatible, baseUrl: '{url}/v1'}}"),
+        ),
+        route("smart", "{targets: [{provider: far, model: far-model}]}"),
+    ]
+    .concat();
+    let root_file = roots.path().to_str().expect("utf-8 path").to_owned();
+    let sidecar = spawn(&manifests, &[("SSL_CERT_FILE", root_file)]);
+    let ask_once = || async {
+        let response = sidecar.chat(&ask()).await;
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.expect("json");
+        assert_eq!(answer["choices"][0]["message"]["content"], "over h2");
+    };
+    ask_once().await;
+    futures::future::join_all((0..4).map(|_| ask_once())).await;
+    assert_eq!(*versions.lock(), vec![http::Version::HTTP_2; 5]);
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "requests at once share the HTTP/2 connection"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_ends_the_process_cleanly() {
     let manifests = [
@@ -186,12 +280,7 @@ async fn sigterm_ends_the_process_cleanly() {
     ]
     .concat();
     let mut sidecar = spawn(&manifests, &[]);
-    let response = http_client()
-        .post(format!("{}/v1/chat/completions", sidecar.url))
-        .json(&ask())
-        .send()
-        .await
-        .expect("sent");
+    let response = sidecar.chat(&ask()).await;
     assert_eq!(response.status(), 200);
 
     let pid = sidecar.child.id().to_string();

@@ -8,7 +8,11 @@
 //!
 //! It is hyper itself rather than a higher-level client because that client
 //! parsed every URL twice per request (for redirects, which an API call never
-//! follows), a sixth of the sidecar's own CPU time on the pass-through path.
+//! follows), a sixth of the sidecar's own CPU time on the pass-through path;
+//! and hyper's connections under a pool of our own ([`pool`]) rather than
+//! hyper-util's pooled client, for the same reason.
+
+mod pool;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,15 +28,15 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use self::pool::{Lease, Pool};
 use super::{ErrorKind, ProviderError};
 
 /// Knobs of the outbound client.
@@ -62,12 +66,23 @@ impl Default for UpstreamSettings {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// TLS (or not, for `http://` upstreams) over a direct or proxied connection.
+type Connector = HttpsConnector<EgressConnector>;
+
 /// The shared outbound client.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<EgressConnector>, Full<Bytes>>,
+    pool: Arc<Pool>,
     proxies: Arc<Matcher>,
     request_timeout: Duration,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UpstreamClient {
@@ -97,12 +112,8 @@ impl UpstreamClient {
                 http,
                 proxies: proxies.clone(),
             });
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Ok(Self {
-            client,
+            pool: Arc::new(Pool::new(connector, settings.pool_idle_timeout)),
             proxies,
             request_timeout: settings.request_timeout,
         })
@@ -153,12 +164,16 @@ impl UpstreamClient {
         *outbound.headers_mut() = headers;
 
         let deadline = Instant::now() + self.request_timeout;
-        let response = match tokio::time::timeout_at(deadline, self.client.request(outbound)).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => return Err(transport_error(ErrorKind::Connect, &error)),
+        let (response, lease) = match tokio::time::timeout_at(deadline, self.pool.send(outbound)).await {
+            Ok(Ok(sent)) => sent,
+            Ok(Err(error)) => return Err(transport_error(ErrorKind::Connect, &*error)),
             Err(_) => return Err(timed_out(self.request_timeout)),
         };
-        let response = UpstreamResponse { response, deadline };
+        let response = UpstreamResponse {
+            response,
+            deadline,
+            lease: lease.map(Box::new),
+        };
         let status = response.status();
         if status.is_success() {
             return Ok(Answer::Success(response));
@@ -177,8 +192,15 @@ impl UpstreamClient {
     /// # Errors
     /// The body broke off or outlasted the request timeout.
     pub async fn body(response: UpstreamResponse) -> Result<Bytes, ProviderError> {
-        let UpstreamResponse { response, deadline } = response;
-        match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
+        let UpstreamResponse {
+            response,
+            deadline,
+            lease,
+        } = response;
+        let read = tokio::time::timeout_at(deadline, response.into_body().collect()).await;
+        // The connection is free for the next request.
+        drop(lease);
+        match read {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
             Ok(Err(error)) => Err(transport_error(ErrorKind::Connect, &error)),
             Err(_) => Err(timed_out_reading()),
@@ -253,6 +275,10 @@ pub struct UpstreamResponse {
     response: http::Response<Incoming>,
     /// When the request timeout runs out, reading included.
     deadline: Instant,
+    /// The HTTP/1.1 connection the body arrives on, back to the pool when
+    /// this is dropped (boxed: an error answer, the other variant of
+    /// [`Answer`], has no use for the room).
+    lease: Option<Box<Lease>>,
 }
 
 impl UpstreamResponse {
@@ -269,9 +295,15 @@ impl UpstreamResponse {
     /// The body as it arrives, piece by piece, ending with an error if it
     /// breaks off or outlasts the request timeout.
     pub fn bytes_stream(self) -> impl Stream<Item = Result<Bytes, ProviderError>> + Send + 'static {
-        let UpstreamResponse { response, deadline } = self;
+        let UpstreamResponse {
+            response,
+            deadline,
+            lease,
+        } = self;
         let mut body = response.into_body();
         async_stream::stream! {
+            // Held until the stream ends or is dropped.
+            let _lease = lease;
             loop {
                 match tokio::time::timeout_at(deadline, body.frame()).await {
                     Err(_) => {
