@@ -243,6 +243,8 @@ impl Pool {
         Box::pin(async move { self.open(&destination).await })
     }
 
+    /// Connects (TCP, proxy, TLS with ALPN), shakes hands in the protocol
+    /// the upstream chose and starts the connection's task.
     async fn open(&self, destination: &Destination) -> Result<Checkout, BoxError> {
         let io = self.connector.clone().oneshot(destination.uri()?).await?;
         let connected = io.connected();
