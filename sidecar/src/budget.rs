@@ -80,9 +80,10 @@ pub enum BudgetError {
         /// The ceiling.
         limit: u64,
     },
-    /// The session has used its tokens.
+    /// The session's tokens so far plus this request's input estimate pass its ceiling.
     #[error(
-        "session {session} has used {used} tokens; budget {budget} allows {limit} per session (x-llmesh-session-id)"
+        "session {session} has used {used} tokens, and this request's input is estimated at {estimated} more ({} in all); budget {budget} allows {limit} per session (x-llmesh-session-id)",
+        used.saturating_add(*estimated)
     )]
     SessionCeiling {
         /// The `Budget`.
@@ -91,6 +92,8 @@ pub enum BudgetError {
         session: String,
         /// Tokens used so far.
         used: u64,
+        /// This request's input, estimated.
+        estimated: u64,
         /// The ceiling.
         limit: u64,
     },
@@ -194,6 +197,7 @@ impl Budgets {
                     budget: name.to_owned(),
                     session: session.to_owned(),
                     used,
+                    estimated: estimate.prompt_tokens,
                     limit,
                 });
             }

@@ -204,6 +204,9 @@ fn settle<T>(record: &mut AccessRecord, outcome: Result<Served<'_, T>, Failed<'_
     match outcome {
         Ok(served) => {
             record.set_attempts(Some(served.target), served.attempts, served.failures, served.step);
+            if let Some(alias) = served.fallback_route {
+                record.set_served_route(alias);
+            }
             Ok(served.reply)
         }
         Err(failed) => {
@@ -336,6 +339,7 @@ pub struct Drill {
 /// `GET /metrics`.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.cache.sync();
+    app.deps.health.publish();
     let content_type = [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")];
     (content_type, app.metrics.encode()).into_response()
 }

@@ -140,6 +140,19 @@ fn token_ceilings_stop_big_requests_and_long_sessions() {
         loop_stopped,
         Err(BudgetError::SessionCeiling { used: 120, .. })
     ));
+    // Under the ceiling, but not with this request's input added: the message says so.
+    let near = budgets.admit("b", &config, &estimate(10, None), Some("agent-3"));
+    let Ok(Admitted::Serve(charge)) = near else {
+        panic!("a new session");
+    };
+    charge.settle(&Usage::new(40, 52, 0, 0, 0), None);
+    let Err(refused) = budgets.admit("b", &config, &estimate(10, None), Some("agent-3")) else {
+        panic!("92 used + 10 estimated passes 100");
+    };
+    assert_eq!(
+        refused.to_string(),
+        "session agent-3 has used 92 tokens, and this request's input is estimated at 10 more (102 in all); budget b allows 100 per session (x-llmesh-session-id)"
+    );
     assert!(
         budgets
             .admit("b", &config, &estimate(10, None), Some("agent-2"))
