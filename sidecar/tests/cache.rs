@@ -326,6 +326,33 @@ async fn memory_stays_within_the_configured_bytes_when_filled_with_large_answers
 }
 
 #[tokio::test]
+async fn an_answer_read_often_early_outlives_sixty_answers_nobody_reads_again() {
+    let yaml = cached_mock(&format!(
+        "{{provider: mock, mock: {{reply: '{}'}}}}",
+        "word ".repeat(400)
+    ));
+    // About 25 answers fit: the sixty below overflow it twice over.
+    let budget = 64 * 1024;
+    let sidecar = Sidecar::start_with(
+        &yaml,
+        vec![(settings::CACHE_MAX_BYTES.into(), budget.to_string())],
+    )
+    .await;
+    let popular = ask("the question everybody asks");
+    assert_eq!(chat(&sidecar, &popular, &[]).await.0, "miss");
+    for _ in 0..6 {
+        assert_eq!(chat(&sidecar, &popular, &[]).await.0, "hit");
+    }
+    for n in 0..60 {
+        assert_eq!(chat(&sidecar, &ask(&format!("one-off {n}")), &[]).await.0, "miss");
+    }
+    let text = metrics(&sidecar).await;
+    let evicted: u64 = metric_value(&text, r#"llmesh_cache_evictions_total{reason="size"}"#);
+    assert!(evicted >= 30, "{text}");
+    assert_eq!(chat(&sidecar, &popular, &[]).await.0, "hit", "kept");
+}
+
+#[tokio::test]
 async fn routes_without_a_cache_say_nothing_about_one() {
     let yaml = [
         provider("mock", "{provider: mock}"),
