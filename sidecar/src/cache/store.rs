@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use moka::notification::RemovalCause;
@@ -55,9 +56,12 @@ pub struct Store {
     entries: moka::sync::Cache<CacheKey, Arc<Entry>>,
     max_bytes: u64,
     metrics: Arc<Metrics>,
-    /// Reads per entry until moka counts them itself (then `None`); bounded
-    /// by the entries that fit in half the store.
+    /// Reads per entry until moka counts them itself (then `None`); at most
+    /// about twice the entries held in half the store.
     early_reads: Arc<Mutex<Option<HashMap<CacheKey, u8>>>>,
+    /// Whether `early_reads` still counts, so a hit after that costs one
+    /// atomic load rather than a lock every reader shares.
+    counting_early_reads: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -91,6 +95,7 @@ impl Store {
             max_bytes,
             metrics,
             early_reads: Arc::new(Mutex::new(Some(HashMap::new()))),
+            counting_early_reads: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -101,7 +106,9 @@ impl Store {
             self.entries.invalidate(key);
             return None;
         }
-        if let Some(early) = self.early_reads.lock().as_mut() {
+        if self.counting_early_reads.load(Ordering::Acquire)
+            && let Some(early) = self.early_reads.lock().as_mut()
+        {
             let reads = early.entry(key.clone()).or_default();
             *reads = reads.saturating_add(1).min(MOST_COUNTED_READS);
         }
@@ -116,7 +123,7 @@ impl Store {
             return;
         }
         self.entries.insert(key, entry);
-        if self.early_reads.lock().is_some() {
+        if self.counting_early_reads.load(Ordering::Acquire) {
             self.replay_early_reads_once_half_full();
         }
     }
@@ -126,11 +133,21 @@ impl Store {
     fn replay_early_reads_once_half_full(&self) {
         self.entries.run_pending_tasks();
         if self.entries.weighted_size() < self.max_bytes / 2 {
+            // Forget the reads of answers that expired meanwhile, so the
+            // counts stay about as many as the answers held (pruned when
+            // twice as many, so pruning costs little per insert).
+            let held = self.entries.entry_count();
+            if let Some(early) = self.early_reads.lock().as_mut()
+                && u64::try_from(early.len()).unwrap_or(u64::MAX) > 2 * held
+            {
+                early.retain(|key, _| self.entries.contains_key(key));
+            }
             return;
         }
         let Some(early) = self.early_reads.lock().take() else {
             return;
         };
+        self.counting_early_reads.store(false, Ordering::Release);
         let replay = early
             .iter()
             .flat_map(|(key, reads)| std::iter::repeat_n(key, usize::from(*reads)));
@@ -241,6 +258,19 @@ mod tests {
         let evicted = metrics.cache_evictions.with_label_values(&["size"]).get();
         assert!(evicted >= 20, "the store overflowed: {evicted} evicted");
         assert!(store.get(&popular).is_some(), "the often-read answer is kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn early_read_counts_of_expired_answers_are_forgotten() {
+        let store = Store::new(1 << 20, Arc::new(Metrics::new()));
+        for n in 0..100 {
+            store.insert(key(n), entry(10, Duration::from_secs(60)));
+            assert!(store.get(&key(n)).is_some(), "read while fresh");
+            tokio::time::advance(Duration::from_secs(61)).await;
+            assert!(store.get(&key(n)).is_none(), "expired");
+        }
+        let counted = store.early_reads.lock().as_ref().map(HashMap::len);
+        assert!(counted.is_some_and(|n| n <= 4), "{counted:?} counts kept");
     }
 
     #[tokio::test]
