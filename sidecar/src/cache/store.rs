@@ -109,7 +109,7 @@ impl Store {
         if self.counting_early_reads.load(Ordering::Acquire)
             && let Some(early) = self.early_reads.lock().as_mut()
         {
-            let reads = early.entry(key.clone()).or_default();
+            let reads = early.entry(*key).or_default();
             *reads = reads.saturating_add(1).min(MOST_COUNTED_READS);
         }
         Some(entry)
@@ -244,7 +244,7 @@ mod tests {
         let store = Store::new(40 * 1024, metrics.clone());
         let popular = key(0);
         assert!(store.get(&popular).is_none());
-        store.insert(popular.clone(), entry(1_000, Duration::from_secs(600)));
+        store.insert(popular, entry(1_000, Duration::from_secs(600)));
         for _ in 0..6 {
             assert!(store.get(&popular).is_some());
         }

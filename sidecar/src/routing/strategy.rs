@@ -64,7 +64,7 @@ impl Selector {
                 // Unmeasured targets first: they must be tried once to be ranked.
                 let mut order =
                     sorted_by_f64(rotated(), |t| t.health.latency_ms().unwrap_or(f64::NEG_INFINITY));
-                if turn % PROBE_EVERY == 0 {
+                if turn.is_multiple_of(PROBE_EVERY) {
                     probe_stalest(&mut order, Instant::now());
                 }
                 order
