@@ -53,7 +53,7 @@ fn estimate(prompt: u64, max_output: Option<u64>) -> Estimate {
 }
 
 fn spend(budgets: &Arc<Budgets>, config: &BudgetConfig, usd: f64) {
-    match budgets.admit("b", config, &estimate(1, None), None) {
+    match budgets.admit("b", config, &estimate(1, None), 0.0, None) {
         Ok(Admitted::Serve(charge) | Admitted::Downgrade(charge, _)) => {
             charge.settle(&Usage::new(1, 1, 0, 0, 0), Some(usd));
         }
@@ -70,13 +70,13 @@ fn an_exhausted_budget_blocks_until_the_local_month_turns() {
     spend(&budgets, &config, 0.6);
     spend(&budgets, &config, 0.5);
     let refused = budgets
-        .admit("b", &config, &estimate(1, None), None)
+        .admit("b", &config, &estimate(1, None), 0.0, None)
         .expect_err("exhausted");
     assert!(refused.to_string().contains("budget b is exhausted"), "{refused}");
     assert_eq!(refused.retry_after_secs(), Some(3600), "resets at local midnight");
 
     clock.set("2026-02-01T05:00:00Z"); // 1 February, 00:00 in New York.
-    assert!(budgets.admit("b", &config, &estimate(1, None), None).is_ok());
+    assert!(budgets.admit("b", &config, &estimate(1, None), 0.0, None).is_ok());
     assert_eq!(budgets.spent("b"), 0.0);
 }
 
@@ -88,7 +88,7 @@ fn downgrade_and_alert_still_serve() {
         let config = config(action);
         spend(&budgets, &config, 1.5);
         match budgets
-            .admit("b", &config, &estimate(1, None), None)
+            .admit("b", &config, &estimate(1, None), 0.0, None)
             .expect("served")
         {
             Admitted::Downgrade(_, route) => assert!(downgraded && route == "cheap"),
@@ -123,26 +123,26 @@ fn thresholds_are_reported_once_per_period() {
 fn token_ceilings_stop_big_requests_and_long_sessions() {
     let budgets = budgets(ManualClock::at("2026-05-10T12:00:00Z"));
     let config = config(BudgetAction::Block);
-    let too_big = budgets.admit("b", &config, &estimate(200, Some(900)), None);
+    let too_big = budgets.admit("b", &config, &estimate(200, Some(900)), 0.0, None);
     assert!(matches!(
         too_big,
         Err(BudgetError::RequestCeiling { asked: 1100, .. })
     ));
     for _ in 0..3 {
-        let Ok(Admitted::Serve(charge)) = budgets.admit("b", &config, &estimate(10, None), Some("agent-1"))
+        let Ok(Admitted::Serve(charge)) = budgets.admit("b", &config, &estimate(10, None), 0.0, Some("agent-1"))
         else {
             panic!("within the session ceiling");
         };
         charge.settle(&Usage::new(10, 30, 0, 0, 0), None);
     }
-    let loop_stopped = budgets.admit("b", &config, &estimate(10, None), Some("agent-1"));
+    let loop_stopped = budgets.admit("b", &config, &estimate(10, None), 0.0, Some("agent-1"));
     assert!(matches!(
         loop_stopped,
         Err(BudgetError::SessionCeiling { used: 120, .. })
     ));
     assert!(
         budgets
-            .admit("b", &config, &estimate(10, None), Some("agent-2"))
+            .admit("b", &config, &estimate(10, None), 0.0, Some("agent-2"))
             .is_ok()
     );
 }
@@ -154,7 +154,7 @@ fn what_is_recorded_carries_on_in_a_new_instance() {
     let first = budgets(clock.clone());
     assert!(!first.take_changed());
     spend(&first, &config, 0.25);
-    let Ok(Admitted::Serve(charge)) = first.admit("b", &config, &estimate(1, None), Some("agent")) else {
+    let Ok(Admitted::Serve(charge)) = first.admit("b", &config, &estimate(1, None), 0.0, Some("agent")) else {
         panic!("served");
     };
     charge.settle(&Usage::new(60, 40, 0, 0, 0), None);
@@ -165,7 +165,7 @@ fn what_is_recorded_carries_on_in_a_new_instance() {
     assert!(!first.take_changed());
     let second = Arc::new(Budgets::new(clock, Arc::new(Metrics::new()), first.recorded()));
     assert!((second.spent("b") - 0.25).abs() < 1e-12);
-    let stopped = second.admit("b", &config, &estimate(1, None), Some("agent"));
+    let stopped = second.admit("b", &config, &estimate(1, None), 0.0, Some("agent"));
     assert!(
         matches!(stopped, Err(BudgetError::SessionCeiling { used: 100, .. })),
         "{stopped:?}"

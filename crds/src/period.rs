@@ -3,7 +3,7 @@
 use jiff::civil::Weekday;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
-use llmesh_crds::resources::BudgetPeriod;
+use crate::resources::BudgetPeriod;
 
 /// The start of the period `now` falls in, as a Unix second; 0 for `total`
 /// (one period since the beginning of time).
