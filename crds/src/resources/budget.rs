@@ -126,8 +126,8 @@ pub enum BudgetAction {
 }
 
 /// The budget's validity (written by the operator's reconcile) and spend in
-/// the current period (`spentUsd`, `state`: filled once sidecars report usage
-/// to the operator; absent until then).
+/// the current period (`spentUsd`, `state`, `periodEnd`, `lastReportAt`,
+/// `reportingSidecars`: from the sidecars' reports on the sync channel).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct BudgetStatus {
@@ -143,8 +143,8 @@ pub struct BudgetStatus {
     /// USD spent in the current period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spent_usd: Option<f64>,
-    /// `ok`, `warning` (a threshold passed), `exceeded`, or `unavailable`
-    /// (no sidecar has reported this period's spend).
+    /// `ok`, `warning` (a threshold passed) or `exceeded`, on the spend
+    /// all sidecars reported for the current period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     /// When the current period ends (RFC 3339; absent for `total`).

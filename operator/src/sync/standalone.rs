@@ -22,7 +22,7 @@ pub const NAMESPACE: &str = "standalone";
 
 /// How often the folder's file list, sizes and times are compared: a change
 /// is pushed well within the 2 s the contract allows.
-const POLL_EVERY: Duration = Duration::from_millis(200);
+const POLL_EVERY: Duration = Duration::from_millis(100);
 
 /// Accepts the one token in the shared token file.
 pub struct SharedToken {
