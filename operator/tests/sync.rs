@@ -385,3 +385,41 @@ async fn a_closed_budget_refuses_with_503_while_the_operator_cannot_be_reached()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_budget_example_counts_spend_from_every_sidecar() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/shared-budget");
+    let setup = Setup::new("");
+    let operator = Operator::start(
+        &setup.operator_bin,
+        &example,
+        &setup.path("token"),
+        &setup.path("sync-state.json"),
+        0,
+    );
+    let sidecars: Vec<SidecarProcess> = (0..2)
+        .map(|_| SidecarProcess::start(&setup.sidecar_bin, &example, &operator.url, &setup.path("token"), &[]))
+        .collect();
+    let mut served = 0.0;
+    for sidecar in &sidecars {
+        let response = http_client()
+            .post(format!("{}/v1/chat/completions", sidecar.url))
+            .bearer_auth("sk-llmesh-team-demo")
+            .json(&json!({"model": "smart", "messages": [{"role": "user", "content": "hello"}]}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 200);
+        served += cost_of(&response.json().await.expect("json"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (spent(&operator).await - served).abs() > 1e-9 {
+        assert!(Instant::now() < deadline, "both sidecars' spend reaches the operator");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let figures = figures(&operator).await;
+    assert_eq!(figures["budgets"]["team"]["reportingSidecars"], 2);
+    assert_eq!(figures["budgets"]["team"]["state"], "ok");
+    assert_eq!(figures["inSync"], 2, "{figures}");
+}

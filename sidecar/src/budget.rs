@@ -271,11 +271,9 @@ impl Budgets {
             };
             shared.saved.next_seq += 1;
             shared.saved.in_flight = Some(report);
-            drop(state);
             self.mark_changed();
-            state = self.state.lock();
         }
-        state.sync.as_ref()?.saved.in_flight.clone()
+        shared.saved.in_flight.clone()
     }
 
     /// The operator acknowledged a report: its spend is in the totals now.
