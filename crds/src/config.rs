@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 
 pub use crate::generated_key::PreviousKey;
 use crate::resources::{
-    BudgetAction, BudgetPeriod, FailMode, CacheScope, ErrorClass, MockFault, Price, PromptCaching, ProviderKind,
-    RuleMatch, Strategy,
+    BudgetAction, BudgetPeriod, CacheScope, ErrorClass, FailMode, MockFault, Price, PromptCaching,
+    ProviderKind, RuleMatch, Strategy,
 };
 
 /// One namespace's compiled configuration.

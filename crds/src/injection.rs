@@ -35,8 +35,6 @@ pub const SYNC_URL: &str = "LLMESH_SYNC_URL";
 /// or the shared token file of `llmesh-operator --manifests`). Re-read on
 /// every connection, so a rotated token is picked up.
 pub const SYNC_TOKEN_FILE: &str = "LLMESH_SYNC_TOKEN_FILE";
-/// PEM bundle of the CA that signs the operator's sync certificate.
-pub const SYNC_CA_FILE: &str = "LLMESH_SYNC_CA_FILE";
 
 /// The API port apps call (`http://127.0.0.1:4000/v1`).
 pub const API_PORT: u16 = 4000;

@@ -117,6 +117,8 @@ async fn report_load(
 
 #[tokio::main]
 async fn main() {
+    // reqwest is built without a default TLS provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let sidecars: usize = std::env::var("SYNC_BENCH_SIDECARS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -127,7 +129,11 @@ async fn main() {
     let ledger = Ledger::open(Some(dir.path().join("state.json"))).expect("ledger");
     tokio::spawn(ledger.clone().write_changes());
     let registry = prometheus::Registry::new();
-    let server = SyncServer::new(ledger, Arc::new(auth), SyncMetrics::register(&registry).expect("metrics"));
+    let server = SyncServer::new(
+        ledger,
+        Arc::new(auth),
+        SyncMetrics::register(&registry).expect("metrics"),
+    );
     server.publish(NAMESPACE, config(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -147,12 +153,17 @@ async fn main() {
     let mut open = Vec::new();
     for index in 0..sidecars {
         let (client, url) = (client.clone(), url.clone());
-        let (received, all, latencies, pushed_at) =
-            (received.clone(), all.clone(), latencies.clone(), pushed_at.clone());
+        let (received, all, latencies, pushed_at) = (
+            received.clone(),
+            all.clone(),
+            latencies.clone(),
+            pushed_at.clone(),
+        );
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         open.push(ready_rx);
         tokio::spawn(async move {
-            let hello = serde_json::json!({"instance": format!("sidecar-{index}"), "configVersion": "bench-0"});
+            let hello =
+                serde_json::json!({"instance": format!("sidecar-{index}"), "configVersion": "bench-0"});
             let response = client
                 .post(format!("{url}/v1/sync/watch"))
                 .bearer_auth(TOKEN)

@@ -25,7 +25,9 @@ fn manifests(model: &str, budget_spec: &str) -> String {
         provider("mock", "{provider: mock}"),
         route(
             "smart",
-            &format!("{{targets: [{{provider: mock, model: {model}, price: {{input: 1000, output: 1000}}}}]}}"),
+            &format!(
+                "{{targets: [{{provider: mock, model: {model}, price: {{input: 1000, output: 1000}}}}]}}"
+            ),
         ),
         secret("agent", "key", KEY),
         virtual_key("agent", "{budget: team}"),
@@ -125,7 +127,11 @@ fn cost_of(body: &Value) -> f64 {
 
 /// Waits until every sidecar has the operator's config (they serve it: a
 /// request answered by `model`).
-async fn wait_until_all_serve(sidecars: &[SidecarProcess], model: &str, within: Duration) -> Option<Duration> {
+async fn wait_until_all_serve(
+    sidecars: &[SidecarProcess],
+    model: &str,
+    within: Duration,
+) -> Option<Duration> {
     let started = Instant::now();
     let mut pending: Vec<&SidecarProcess> = sidecars.iter().collect();
     while !pending.is_empty() {
@@ -151,7 +157,10 @@ async fn wait_until_all_serve(sidecars: &[SidecarProcess], model: &str, within: 
 async fn a_shared_budget_is_exhausted_across_five_sidecars_and_then_blocks_on_all() {
     let _one = ONE_AT_A_TIME.lock().await;
     let limit = 2.0;
-    let setup = Setup::new(&manifests("m1", &format!("{{limitUsd: {limit}, period: monthly}}")));
+    let setup = Setup::new(&manifests(
+        "m1",
+        &format!("{{limitUsd: {limit}, period: monthly}}"),
+    ));
     let operator = setup.operator(0);
     let sidecars: Vec<SidecarProcess> = (0..5).map(|i| setup.sidecar(&operator, i)).collect();
     let sidecars = Arc::new(sidecars);
@@ -225,7 +234,11 @@ async fn a_route_change_in_the_folder_is_served_by_every_sidecar_within_two_seco
         .expect("serving");
     // Connected: the operator sends the config it compiled (the same here).
     for sidecar in &sidecars {
-        assert!(sidecar.logged("sync watch open", Duration::from_secs(10)).is_some());
+        assert!(
+            sidecar
+                .logged("sync watch open", Duration::from_secs(10))
+                .is_some()
+        );
     }
 
     std::fs::write(
@@ -264,7 +277,10 @@ async fn an_operator_killed_mid_traffic_loses_no_acknowledged_spend_and_sigterm_
         loops.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let (status, body) = chat(&sidecars[index]).await;
-                assert_eq!(status, 200, "the operator's absence never touches requests: {body}");
+                assert_eq!(
+                    status, 200,
+                    "the operator's absence never touches requests: {body}"
+                );
                 micro_usd.fetch_add((cost_of(&body) * 1e6).round() as u64, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }
@@ -289,7 +305,10 @@ async fn an_operator_killed_mid_traffic_loses_no_acknowledged_spend_and_sigterm_
     }
     let counted = spent(&operator).await;
     println!("served ${served:.4}; the restarted operator counts ${counted:.4}");
-    assert!((counted - served).abs() < 1e-6, "operator {counted} vs served {served}");
+    assert!(
+        (counted - served).abs() < 1e-6,
+        "operator {counted} vs served {served}"
+    );
 }
 
 async fn report(url: &str, token: &str, body: &Value) -> reqwest::Response {
@@ -311,14 +330,27 @@ async fn a_replayed_report_is_applied_once_and_a_forged_token_is_refused() {
         "instance": "replayer", "seq": 1, "configVersion": "",
         "budgets": {"team": {"periodStart": period_start(), "spentUsd": 0.5, "tokens": 10}}
     });
-    let first: Value = report(&operator.url, TOKEN, &body).await.json().await.expect("ack");
+    let first: Value = report(&operator.url, TOKEN, &body)
+        .await
+        .json()
+        .await
+        .expect("ack");
     assert_eq!(first["applied"], true);
-    let again: Value = report(&operator.url, TOKEN, &body).await.json().await.expect("ack");
+    let again: Value = report(&operator.url, TOKEN, &body)
+        .await
+        .json()
+        .await
+        .expect("ack");
     assert_eq!(again["applied"], false, "the same (instance, seq) again");
     assert_eq!(again["totals"]["team"]["spentUsd"], 0.5);
     assert_eq!(spent(&operator).await, 0.5);
 
-    let forged = report(&operator.url, "not-the-token", &json!({"instance": "x", "seq": 9})).await;
+    let forged = report(
+        &operator.url,
+        "not-the-token",
+        &json!({"instance": "x", "seq": 9}),
+    )
+    .await;
     assert_eq!(forged.status(), 401);
     let watch = http_client()
         .post(format!("{}/v1/sync/watch", operator.url))
@@ -350,7 +382,11 @@ async fn a_replayed_report_is_applied_once_and_a_forged_token_is_refused() {
 fn period_start() -> i64 {
     let now = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC);
     let first = now.date().first_of_month().at(0, 0, 0, 0);
-    first.to_zoned(jiff::tz::TimeZone::UTC).expect("zoned").timestamp().as_second()
+    first
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .expect("zoned")
+        .timestamp()
+        .as_second()
 }
 
 #[tokio::test]
@@ -399,7 +435,15 @@ async fn the_shared_budget_example_counts_spend_from_every_sidecar() {
         0,
     );
     let sidecars: Vec<SidecarProcess> = (0..2)
-        .map(|_| SidecarProcess::start(&setup.sidecar_bin, &example, &operator.url, &setup.path("token"), &[]))
+        .map(|_| {
+            SidecarProcess::start(
+                &setup.sidecar_bin,
+                &example,
+                &operator.url,
+                &setup.path("token"),
+                &[],
+            )
+        })
         .collect();
     let mut served = 0.0;
     for sidecar in &sidecars {
@@ -415,7 +459,10 @@ async fn the_shared_budget_example_counts_spend_from_every_sidecar() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while (spent(&operator).await - served).abs() > 1e-9 {
-        assert!(Instant::now() < deadline, "both sidecars' spend reaches the operator");
+        assert!(
+            Instant::now() < deadline,
+            "both sidecars' spend reaches the operator"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let figures = figures(&operator).await;

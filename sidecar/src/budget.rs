@@ -363,7 +363,9 @@ impl Budgets {
         if config.fail_mode == FailMode::Closed
             && let Some(shared) = &state.sync
         {
-            let stale = shared.heard.map(|heard| (now - heard).get_seconds().max(0).unsigned_abs());
+            let stale = shared
+                .heard
+                .map(|heard| (now - heard).get_seconds().max(0).unsigned_abs());
             if stale.is_none_or(|s| s >= STALE_AFTER.as_secs()) {
                 drop(state);
                 return Err(BudgetError::Unavailable {

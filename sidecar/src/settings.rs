@@ -242,13 +242,15 @@ impl Settings {
                 None => None,
                 Some(url) => Some(SyncSettings {
                     url: url.trim().trim_end_matches('/').to_owned(),
-                    token_file: env.get(SYNC_TOKEN_FILE).filter(|f| !f.is_empty()).map(PathBuf::from).ok_or_else(
-                        || SettingsError::Invalid {
+                    token_file: env
+                        .get(SYNC_TOKEN_FILE)
+                        .filter(|f| !f.is_empty())
+                        .map(PathBuf::from)
+                        .ok_or_else(|| SettingsError::Invalid {
                             name: SYNC_TOKEN_FILE,
                             value: String::new(),
                             reason: format!("required with {SYNC_URL}"),
-                        },
-                    )?,
+                        })?,
                 }),
             },
             workload: env.get(WORKLOAD_NAME).map(|name| Workload {

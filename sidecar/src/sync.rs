@@ -300,7 +300,10 @@ impl SyncClient {
     fn heard(&self) {
         self.budgets.heard_from_operator();
         let now = jiff::Timestamp::now().as_second();
-        self.metrics.sync_last_heard.with_label_values::<&str>(&[]).set(now);
+        self.metrics
+            .sync_last_heard
+            .with_label_values::<&str>(&[])
+            .set(now);
     }
 
     fn count_report(&self, result: &str) {

@@ -57,7 +57,8 @@ fn wait_for_line(child: &mut Child, message: &str) -> (Value, mpsc::Receiver<Val
             let Ok(event) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
-            let matched = event["fields"]["message"] == wanted.as_str() || event["message"] == wanted.as_str();
+            let matched =
+                event["fields"]["message"] == wanted.as_str() || event["message"] == wanted.as_str();
             if matched && let Some(found) = found.take() {
                 let _ = found.send(event.clone());
             }
@@ -108,7 +109,10 @@ impl Operator {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let (event, _rest) = wait_for_line(&mut child, "llmesh-operator serving the sync channel from manifests");
+        let (event, _rest) = wait_for_line(
+            &mut child,
+            "llmesh-operator serving the sync channel from manifests",
+        );
         Self {
             url: format!("http://{}", field(&event, "sync")),
             admin_url: format!("http://{}", field(&event, "admin")),
@@ -155,7 +159,13 @@ impl SidecarProcess {
     /// # Panics
     /// The sidecar does not start.
     #[allow(clippy::unwrap_used)]
-    pub fn start(binary: &Path, manifests: &Path, sync_url: &str, token_file: &Path, extra: &[(&str, String)]) -> Self {
+    pub fn start(
+        binary: &Path,
+        manifests: &Path,
+        sync_url: &str,
+        token_file: &Path,
+        extra: &[(&str, String)],
+    ) -> Self {
         let mut command = Command::new(binary);
         command
             .arg("--manifests")

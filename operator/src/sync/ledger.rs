@@ -88,7 +88,9 @@ pub enum LedgerError {
         error: std::io::Error,
     },
     /// The content is not a state file of this format; left untouched.
-    #[error("sync state file {path} is corrupt ({reason}); it was left untouched — move it away to start from zero")]
+    #[error(
+        "sync state file {path} is corrupt ({reason}); it was left untouched — move it away to start from zero"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,

@@ -43,7 +43,9 @@ impl SyncMetrics {
             ),
             &["request"],
         )?;
-        let buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+        let buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
         let push_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "llmesh_sync_push_seconds",

@@ -91,7 +91,8 @@ impl SyncServer {
             .with_state(self.clone())
     }
 
-    fn authenticate(&self, headers: &HeaderMap, request: &str) -> Result<String, Response> {
+    /// The namespace the request's token is for; a refusal is counted and logged.
+    fn authenticate(&self, headers: &HeaderMap, request: &str) -> Result<String, Refused> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -99,10 +100,9 @@ impl SyncServer {
             .ok_or(Refused::NoToken);
         token
             .and_then(|token| self.auth.namespace(token.trim()))
-            .map_err(|refused| {
+            .inspect_err(|refused| {
                 self.metrics.refused.with_label_values(&[request]).inc();
                 tracing::warn!(request, reason = %refused, "sync request refused");
-                (StatusCode::UNAUTHORIZED, refused.to_string()).into_response()
             })
     }
 
@@ -158,6 +158,12 @@ pub fn budget_status(config: &BudgetConfig, spend: Option<&Spend>, now: Timestam
     }
 }
 
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (StatusCode::UNAUTHORIZED, self.to_string()).into_response()
+    }
+}
+
 /// Decrements the connected gauge when a watch ends, however it ends.
 struct Connected(SyncMetrics);
 
@@ -167,20 +173,21 @@ impl Drop for Connected {
     }
 }
 
-async fn watch_handler(
-    State(server): State<Arc<SyncServer>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn watch_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap, body: Bytes) -> Response {
     let namespace = match server.authenticate(&headers, "watch") {
         Ok(namespace) => namespace,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let hello: Hello = match serde_json::from_slice(&body) {
         Ok(hello) => hello,
         Err(error) => return (StatusCode::BAD_REQUEST, format!("invalid hello: {error}")).into_response(),
     };
-    tracing::info!(namespace, instance = hello.instance, version = hello.config_version, "sidecar connected");
+    tracing::info!(
+        namespace,
+        instance = hello.instance,
+        version = hello.config_version,
+        "sidecar connected"
+    );
     server.metrics.connected.inc();
     let guard = Connected(server.metrics.clone());
     let mut configs = server.configs.subscribe();
@@ -222,17 +229,13 @@ async fn watch_handler(
     ([(header::CONTENT_TYPE, sync::NDJSON)], Body::from_stream(frames)).into_response()
 }
 
-async fn report_handler(
-    State(server): State<Arc<SyncServer>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn report_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let namespace = match server.authenticate(&headers, "report") {
         Ok(namespace) => namespace,
         Err(refused) => {
             server.metrics.reports.with_label_values(&["refused"]).inc();
-            return refused;
+            return refused.into_response();
         }
     };
     let report: Report = match serde_json::from_slice(&body) {
@@ -246,9 +249,16 @@ async fn report_handler(
         .ledger
         .apply(&namespace, &report, Timestamp::now().as_millisecond());
     server.ledger.durable(&applied).await;
-    let result = if applied.ack.applied { "applied" } else { "duplicate" };
+    let result = if applied.ack.applied {
+        "applied"
+    } else {
+        "duplicate"
+    };
     server.metrics.reports.with_label_values(&[result]).inc();
-    server.metrics.report_seconds.observe(started.elapsed().as_secs_f64());
+    server
+        .metrics
+        .report_seconds
+        .observe(started.elapsed().as_secs_f64());
     Json(applied.ack).into_response()
 }
 
@@ -268,7 +278,7 @@ struct Figures {
 async fn budgets_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap) -> Response {
     let namespace = match server.authenticate(&headers, "budgets") {
         Ok(namespace) => namespace,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let config_version = server
         .configs

@@ -44,7 +44,10 @@ impl SharedToken {
         let text = std::fs::read_to_string(path)?;
         let token = text.trim();
         if token.is_empty() {
-            return Err(std::io::Error::other(format!("{} holds no token", path.display())));
+            return Err(std::io::Error::other(format!(
+                "{} holds no token",
+                path.display()
+            )));
         }
         Ok(Self {
             digest: Sha256::digest(token.as_bytes()).into(),
@@ -67,7 +70,10 @@ impl Authenticator for SharedToken {
 /// Compiles `dir` (keeping `previous`'s entries for resources that turned
 /// invalid), or `None` when a document could not be read and a previous
 /// configuration exists: a half-saved file must not drop routes.
-pub fn compile_dir(dir: &Path, previous: Option<&SidecarConfig>) -> Result<Option<SidecarConfig>, manifests::ReadError> {
+pub fn compile_dir(
+    dir: &Path,
+    previous: Option<&SidecarConfig>,
+) -> Result<Option<SidecarConfig>, manifests::ReadError> {
     let (manifests, unreadable) = Manifests::read_dir(dir)?;
     for problem in &unreadable {
         tracing::warn!(%problem, "manifest document not read");
@@ -115,7 +121,10 @@ pub async fn follow(dir: PathBuf, server: Arc<SyncServer>) {
     loop {
         let now = {
             let dir = dir.clone();
-            tokio::task::spawn_blocking(move || fingerprint(&dir)).await.ok().flatten()
+            tokio::task::spawn_blocking(move || fingerprint(&dir))
+                .await
+                .ok()
+                .flatten()
         };
         if now.is_some() && now != seen {
             seen = now;

@@ -130,7 +130,8 @@ fn token_ceilings_stop_big_requests_and_long_sessions() {
         Err(BudgetError::RequestCeiling { asked: 1100, .. })
     ));
     for _ in 0..3 {
-        let Ok(Admitted::Serve(charge)) = budgets.admit("b", &config, &estimate(10, None), 0.0, Some("agent-1"))
+        let Ok(Admitted::Serve(charge)) =
+            budgets.admit("b", &config, &estimate(10, None), 0.0, Some("agent-1"))
         else {
             panic!("within the session ceiling");
         };
@@ -155,7 +156,8 @@ fn what_is_recorded_carries_on_in_a_new_instance() {
     let first = budgets(clock.clone());
     assert!(!first.take_changed());
     spend(&first, &config, 0.25);
-    let Ok(Admitted::Serve(charge)) = first.admit("b", &config, &estimate(1, None), 0.0, Some("agent")) else {
+    let Ok(Admitted::Serve(charge)) = first.admit("b", &config, &estimate(1, None), 0.0, Some("agent"))
+    else {
         panic!("served");
     };
     charge.settle(&Usage::new(60, 40, 0, 0, 0), None);
@@ -186,7 +188,10 @@ fn a_running_request_holds_its_reservation_until_it_settles() {
     };
     assert!((budgets.reserved("b") - 1.2).abs() < 1e-9);
     let third = budgets.admit("b", &config, &estimate(1, None), 0.6, None);
-    assert!(matches!(third, Err(BudgetError::Exhausted { .. })), "two running requests hold it all");
+    assert!(
+        matches!(third, Err(BudgetError::Exhausted { .. })),
+        "two running requests hold it all"
+    );
     first.settle(&Usage::new(1, 1, 0, 0, 0), Some(0.1));
     drop(second); // ended without usage: its hold is released, nothing charged
     assert_eq!(budgets.reserved("b"), 0.0);
@@ -204,7 +209,11 @@ fn with_sync_the_cluster_total_plus_unacknowledged_spend_is_enforced() {
     let report = budgets.next_report("v1").expect("spend to report");
     assert_eq!(report.seq, 1);
     assert!((report.budgets["b"].spent_usd - 0.3).abs() < 1e-9);
-    assert_eq!(budgets.next_report("v1"), Some(report.clone()), "resent as it was until acknowledged");
+    assert_eq!(
+        budgets.next_report("v1"),
+        Some(report.clone()),
+        "resent as it was until acknowledged"
+    );
     spend(&budgets, &config, 0.2);
     // The others spent 0.4: the ack's totals hold this report's 0.3 too.
     let start = report.budgets["b"].period_start;
@@ -239,11 +248,17 @@ fn a_closed_budget_refuses_once_the_operator_is_not_heard_for_the_staleness_limi
         fail_mode: FailMode::Closed,
         ..open.clone()
     };
-    assert!(budgets.admit("b", &config, &estimate(1, None), 0.0, None).is_ok(), "no sync: no effect");
+    assert!(
+        budgets.admit("b", &config, &estimate(1, None), 0.0, None).is_ok(),
+        "no sync: no effect"
+    );
     budgets.enable_sync(None);
     let never = budgets.admit("b", &config, &estimate(1, None), 0.0, None);
     assert!(matches!(never, Err(BudgetError::Unavailable { .. })), "{never:?}");
-    assert!(budgets.admit("b", &open, &estimate(1, None), 0.0, None).is_ok(), "open keeps serving");
+    assert!(
+        budgets.admit("b", &open, &estimate(1, None), 0.0, None).is_ok(),
+        "open keeps serving"
+    );
     budgets.heard_from_operator();
     clock.set("2026-03-10T12:00:29Z");
     assert!(budgets.admit("b", &config, &estimate(1, None), 0.0, None).is_ok());
