@@ -156,7 +156,8 @@ fn check_budget(
         .get(budget::SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty());
-    match app.budgets.admit(name, config, estimate, session)? {
+    let reserve = budget::max_cost(&route, estimate);
+    match app.budgets.admit(name, config, estimate, reserve, session)? {
         Admitted::Serve(charge) => {
             record.hold(charge);
             Ok(route)

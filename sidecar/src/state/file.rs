@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use llmesh_crds::sync::{BudgetDelta, Report};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -55,6 +56,24 @@ pub struct SavedLimits {
     pub tokens: Option<SavedBucket>,
 }
 
+/// The sidecar's place on the sync channel: its instance id and the spend
+/// the operator has not acknowledged yet, so a restart neither loses it nor
+/// reports it twice.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SavedSync {
+    /// The instance id reports carry.
+    pub instance: String,
+    /// The sequence the next new report gets.
+    pub next_seq: u64,
+    /// A report sent but not acknowledged: resent as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<Report>,
+    /// Spend settled since, by budget.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unreported: BTreeMap<String, BudgetDelta>,
+}
+
 /// What the file holds besides its format and checksum.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Saved {
@@ -66,6 +85,10 @@ pub struct Saved {
     /// written before rate limits were saved keep their checksum.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub rate_limits: BTreeMap<String, SavedLimits>,
+    /// The sync channel's instance and unacknowledged spend. Left out
+    /// without sync, for the same reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SavedSync>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -78,6 +101,8 @@ struct File {
     sessions: BTreeMap<String, BTreeMap<String, u64>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     rate_limits: BTreeMap<String, SavedLimits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sync: Option<SavedSync>,
 }
 
 /// The state file cannot be used.
@@ -138,6 +163,7 @@ pub fn load(path: &Path) -> Result<Saved, StateError> {
         budgets: file.budgets,
         sessions: file.sessions,
         rate_limits: file.rate_limits,
+        sync: file.sync,
     };
     if checksum(&saved) != file.checksum {
         return Err(corrupt("checksum mismatch".to_owned()));
@@ -160,6 +186,7 @@ pub fn save(path: &Path, saved: &Saved) -> Result<(), StateError> {
         budgets: saved.budgets.clone(),
         sessions: saved.sessions.clone(),
         rate_limits: saved.rate_limits.clone(),
+        sync: saved.sync.clone(),
     };
     let bytes = serde_json::to_vec_pretty(&file).map_err(|e| io(std::io::Error::other(e)))?;
     let folder = path
@@ -200,6 +227,24 @@ mod tests {
             budgets: BTreeMap::from([("team-a".to_owned(), spend)]),
             sessions: BTreeMap::from([("team-a".to_owned(), sessions)]),
             rate_limits: BTreeMap::from([("key-a".to_owned(), limits)]),
+            sync: Some(SavedSync {
+                instance: "c0ffee".to_owned(),
+                next_seq: 8,
+                in_flight: Some(Report {
+                    instance: "c0ffee".to_owned(),
+                    seq: 7,
+                    config_version: "abc".to_owned(),
+                    budgets: BTreeMap::from([(
+                        "team-a".to_owned(),
+                        BudgetDelta {
+                            period_start: 1_780_000_000,
+                            spent_usd: 0.5,
+                            tokens: 100,
+                        },
+                    )]),
+                }),
+                unreported: BTreeMap::new(),
+            }),
         }
     }
 
@@ -209,6 +254,7 @@ mod tests {
         let path = dir.path().join("state.json");
         let older = Saved {
             rate_limits: BTreeMap::new(),
+            sync: None,
             ..sample()
         };
         save(&path, &older).expect("save");
