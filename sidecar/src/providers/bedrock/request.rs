@@ -32,7 +32,7 @@ pub(super) const JSON_TOOL: &str = "json_response";
 
 /// What a tool result with no text says instead: Bedrock refuses a blank
 /// text block, and the model should still read that the tool answered.
-pub(super) const EMPTY_TOOL_RESULT: &str = "(the tool returned no output)";
+const EMPTY_TOOL_RESULT: &str = "(the tool returned no output)";
 
 /// How the history's tool calls and results are sent.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -264,7 +264,8 @@ fn assistant_blocks(message: &Message, history: ToolHistory) -> Result<Vec<Value
     Ok(blocks)
 }
 
-/// A tool's answer; a JSON object stays structured, anything else is text.
+/// A tool's answer: as a block, a JSON object stays structured and anything
+/// else is text; without tools on offer, one text line naming the call.
 fn tool_result(
     message: &Message,
     history: ToolHistory,
