@@ -8,7 +8,8 @@
 //! and writes conditions, [`events`] tells people what changed, and
 //! [`controller`] wires the watches (every watched object maps to its
 //! namespace) and the error policy.
-//! [`webhook`] injects the sidecar into pods and watches for pods it missed.
+//! [`webhook`] injects the sidecar into pods and watches for pods it missed;
+//! [`rbac`] lists the rights all of it needs.
 
 pub mod configmap;
 pub mod controller;
@@ -19,6 +20,7 @@ pub mod lease;
 pub mod metrics;
 pub mod namespace;
 pub mod probes;
+pub mod rbac;
 pub mod status;
 pub mod webhook;
 

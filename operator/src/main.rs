@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use llmesh_operator::controller::{self, Context};
 use llmesh_operator::lease::{Elector, LeaseSettings};
 use llmesh_operator::metrics::Metrics;
 use llmesh_operator::probes::{self, Health};
-use llmesh_operator::webhook::{Webhook, WebhookArgs};
+use llmesh_operator::webhook::{self, Webhook, WebhookArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,11 +40,43 @@ struct Args {
     /// Log filter, `tracing` syntax.
     #[arg(long, env = "LLMESH_LOG", default_value = "info")]
     log: String,
+    /// Print what a deployment must provide for these flags (ports, names,
+    /// the environment read, the RBAC rules) as JSON, and exit.
+    #[arg(long)]
+    contract: bool,
+}
+
+/// What a deployment of the operator with `args` must provide; the chart's
+/// tests compare the rendered manifests with it.
+fn contract(args: &Args) -> serde_json::Value {
+    let env: Vec<String> = Args::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    serde_json::json!({
+        "adminPort": args.admin_addr.port(),
+        "webhook": {
+            "port": args.webhook.webhook_addr.port(),
+            "path": webhook::MUTATE_PATH,
+            "configuration": webhook::CONFIGURATION_NAME,
+            "name": webhook::WEBHOOK_NAME,
+            "service": args.webhook.webhook_service,
+            "secret": args.webhook.webhook_secret,
+        },
+        "leaseName": args.lease_name,
+        "env": env,
+        "rbac": llmesh_operator::rbac::RULES,
+    })
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.contract {
+        println!("{:#}", contract(&args));
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
@@ -94,11 +126,12 @@ async fn main() -> anyhow::Result<()> {
     let missed = Arc::new(webhook.missed(client.clone(), identity.clone()));
     let ctx = Arc::new(Context::new(
         client.clone(),
-        metrics,
+        metrics.clone(),
         Arc::clone(&health),
         Some(identity.clone()),
     ));
     if args.no_leader_election {
+        metrics.set_leader(true);
         tokio::select! {
             () = controller::run(ctx) => {}
             () = missed.run() => {}
@@ -120,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
             () = shutdown_signal() => return Ok(()),
         }
         tracing::info!("holding the leader Lease; reconciling");
+        metrics.set_leader(true);
         tokio::select! {
             () = controller::run(ctx) => {}
             () = missed.run() => {}
