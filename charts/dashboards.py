@@ -63,7 +63,6 @@ def variables() -> list[dict]:
             "name": name,
             "label": name.capitalize(),
             "datasource": DATASOURCE,
-            "definition": definition,
             "query": {"qryType": 1, "query": definition, "refId": f"PrometheusVariableQueryEditor-{name}"},
             "refresh": 2,
             "includeAll": True,

@@ -94,7 +94,7 @@ BAD_VALUES = {
     "unknown top-level key": ({"replicas": 3}, "additional properties 'replicas' not allowed"),
     "misspelled nested key": ({"operator": {"replica": 3}}, "additional properties 'replica' not allowed"),
     "replicas as a string": ({"operator": {"replicas": "two"}}, "replicas"),
-    "zero replicas": ({"operator": {"replicas": 0}}, "minimum"),
+    "negative replicas": ({"operator": {"replicas": -1}}, "minimum"),
     "unknown certificate source": ({"webhook": {"certificates": "vault"}}, "certificates"),
     "webhook timeout above the API server's 30 s": ({"webhook": {"timeoutSeconds": 45}}, "timeoutSeconds"),
     "leader election as a string": ({"operator": {"leaderElection": "yes"}}, "leaderElection"),
@@ -151,6 +151,10 @@ def test_rendered_objects_agree_with_the_operator(mode):
     [hook] = registration["webhooks"]
     assert hook["name"] == webhook["name"]
     assert hook["failurePolicy"] == "Ignore"
+    assert hook["sideEffects"] == "None" and hook["admissionReviewVersions"] == ["v1"]
+    assert hook["timeoutSeconds"] <= 5
+    [rule] = hook["rules"]
+    assert (rule["operations"], rule["resources"]) == (["CREATE"], ["pods"])
     service_ref = hook["clientConfig"]["service"]
     assert service_ref["path"] == webhook["path"]
     assert (service_ref["name"], service_ref["namespace"]) == (webhook["service"], NAMESPACE)

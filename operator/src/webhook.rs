@@ -38,7 +38,7 @@ use self::tls::{CertResolver, CertSettings};
 pub const PORT: u16 = 9443;
 /// The path the API server posts pod AdmissionReviews to.
 pub const MUTATE_PATH: &str = "/mutate-pods";
-/// The `MutatingWebhookConfiguration` the operator keeps the CA bundle of (`config/webhook.yaml`).
+/// The `MutatingWebhookConfiguration` the operator keeps the CA bundle of (`charts/llmesh/templates/webhook.yaml`).
 pub const CONFIGURATION_NAME: &str = "llmesh-sidecar-injector";
 /// The webhook's name inside that configuration.
 pub const WEBHOOK_NAME: &str = "sidecar-injector.llmesh.io";
