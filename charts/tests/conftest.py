@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,6 +42,7 @@ MODES: dict[str, dict] = {
         "grafana": {"dashboards": {"enabled": False}},
     },
     "ha-off": {"operator": {"replicas": 1, "leaderElection": False}},
+    "namespace-limited": {"operator": {"watchNamespaces": ["team-a", "team-b"]}},
 }
 
 _sdk_spec = importlib.util.spec_from_file_location("sdk_conftest", REPO / "sidecar" / "tests" / "sdk" / "conftest.py")
@@ -79,3 +81,21 @@ def binary(name: str) -> Path:
     if not path.exists():
         pytest.exit(f"{path} is missing: run `cargo build -p llmesh-operator -p llmesh-sidecar --bins` first", returncode=2)
     return path
+
+
+def start_operator(work: Path, api, env: dict[str, str] | None = None) -> tuple["sdk.Process", str, str]:
+    """Starts llmesh-operator against `api` (a FakeApiServer); returns it, its admin address and webhook URL."""
+    kubeconfig = work / "kubeconfig"
+    kubeconfig.write_text(api.kubeconfig())
+    admin, webhook = f"127.0.0.1:{sdk.free_port()}", f"127.0.0.1:{sdk.free_port()}"
+    log = work / "operator.log"
+    with log.open("wb") as handle:
+        popen = subprocess.Popen(
+            [binary("llmesh-operator"), "--admin-addr", admin, "--webhook-addr", webhook],
+            stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={"KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": "llmesh-system", "POD_NAME": "llmesh-operator-0",
+                 "LLMESH_LOG": "info", "PATH": "/usr/bin:/bin", **(env or {})},
+        )
+    process = sdk.Process("llmesh-operator", popen, log)
+    sdk.wait_until_ready(process, f"http://{admin}/readyz")
+    return process, admin, f"https://{webhook}"

@@ -191,3 +191,20 @@ class FakeApiServer:
                 self.reply(200, current)
 
         return Handler
+
+
+def cluster(*namespaces: str) -> list[dict]:
+    """A cluster's worth of objects: these Namespaces and llmesh's webhook registration."""
+    objects: list[dict] = [
+        {"apiVersion": "v1", "kind": "Namespace",
+         "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}}
+        for name in namespaces
+    ]
+    objects.append({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "llmesh-sidecar-injector"},
+        "webhooks": [{"name": "sidecar-injector.llmesh.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                      "clientConfig": {"service": {"name": "llmesh-webhook", "namespace": "llmesh-system",
+                                                   "path": "/mutate-pods", "port": 443}}}],
+    })
+    return objects

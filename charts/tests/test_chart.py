@@ -102,6 +102,8 @@ BAD_VALUES = {
     "error ratio above 1": ({"monitoring": {"prometheusRule": {"providerErrorRatio": 5}}}, "providerErrorRatio"),
     "dashboard label not a string": ({"grafana": {"dashboards": {"label": 1}}}, "label"),
     "memory not a quantity": ({"operator": {"resources": {"limits": {"memory": "lots"}}}}, "memory"),
+    "watched namespaces as a string": ({"operator": {"watchNamespaces": "team-a"}}, "watchNamespaces"),
+    "watched namespace not a DNS label": ({"operator": {"watchNamespaces": ["Team_A"]}}, "watchNamespaces"),
 }
 
 
@@ -223,3 +225,26 @@ def test_rbac_is_exactly_what_the_operator_calls_need():
         assert binding["roleRef"]["kind"] == role_kind
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "llmesh-operator", "namespace": NAMESPACE}]
     assert find(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "llmesh-operator"
+
+
+def test_a_namespace_limited_operator_has_rights_only_in_its_namespaces():
+    watched = MODES["namespace-limited"]["operator"]["watchNamespaces"]
+    objects = render(MODES["namespace-limited"])
+    rules = operator_contract([])["rbac"]
+    cluster_role = find(objects, "ClusterRole", "llmesh-operator")
+    assert granted(cluster_role["rules"]) == needed(rules, {"cluster"})
+    assert not any("secrets" in rule["resources"] for rule in cluster_role["rules"]), "no cluster-wide Secret rights"
+    roles = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "llmesh-operator-watched"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(watched)
+    for role in roles:
+        assert granted(role["rules"]) == needed(rules, {"watched"})
+    bindings = [o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "llmesh-operator-watched"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(watched)
+
+    container = find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LLMESH_WATCH_NAMESPACES"] == ",".join(watched)
+    assert "LLMESH_WATCH_NAMESPACES" in operator_contract(container["args"])["env"]
+    [hook] = find(objects, "MutatingWebhookConfiguration")["webhooks"]
+    selected = [e for e in hook["namespaceSelector"]["matchExpressions"] if e["operator"] == "In"]
+    assert selected == [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": watched}]

@@ -23,8 +23,8 @@ import httpx
 import openai
 import pytest
 
-from conftest import CHART, MODES, binary, find, render, sdk
-from fake_apiserver import FakeApiServer
+from conftest import CHART, MODES, find, render, sdk, start_operator
+from fake_apiserver import FakeApiServer, cluster
 
 SCRAPE_SECONDS = 1
 PRICE = {"input": 1000.0, "output": 1000.0}
@@ -66,25 +66,21 @@ MANIFESTS = [
     doc("Secret", "key-b", stringData={"key": "sk-b"}),
     doc("VirtualKey", "key-b", spec={
         "team": "beta", "feature": "search", "budget": "beta-daily", "secretRef": {"name": "key-b"},
-        "rateLimits": {"requestsPerMinute": 4},
     }),
+    doc("Secret", "key-c", stringData={"key": "sk-c"}),
+    doc("VirtualKey", "key-c", spec={"team": "gamma", "secretRef": {"name": "key-c"}, "rateLimits": {"requestsPerMinute": 2}}),
 ]
 
 
-def namespace(name: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}}
+def in_namespace(document: dict, namespace: str) -> dict:
+    return {**document, "metadata": {**document["metadata"], "namespace": namespace}}
 
 
-CLUSTER = [
-    namespace("llmesh-system"),
-    namespace("shop"),
-    namespace("broken"),
-    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-     "metadata": {"name": "llmesh-sidecar-injector"},
-     "webhooks": [{"name": "sidecar-injector.llmesh.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
-                   "clientConfig": {"service": {"name": "llmesh-webhook", "namespace": "llmesh-system",
-                                                "path": "/mutate-pods", "port": 443}}}]},
+# The operator reconciles `shop` (a provider and a route: resources to count)
+# and fails to read `broken`.
+CLUSTER = cluster("llmesh-system", "shop", "broken") + [
+    in_namespace(doc("ProviderSecret", "mock", spec={"provider": "mock"}), "shop"),
+    in_namespace(doc("LLMRoute", "smart", spec={"targets": [{"provider": "mock", "model": "m"}]}), "shop"),
 ]
 
 
@@ -122,23 +118,6 @@ def start_prometheus(work: Path, targets: dict[str, tuple[str, dict]]) -> tuple[
     return process, f"http://{address}"
 
 
-def start_operator(work: Path, api: FakeApiServer) -> tuple[sdk.Process, str, str]:
-    kubeconfig = work / "kubeconfig"
-    kubeconfig.write_text(api.kubeconfig())
-    admin, webhook = f"127.0.0.1:{sdk.free_port()}", f"127.0.0.1:{sdk.free_port()}"
-    log = work / "operator.log"
-    with log.open("wb") as handle:
-        popen = subprocess.Popen(
-            [binary("llmesh-operator"), "--admin-addr", admin, "--webhook-addr", webhook],
-            stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={"KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": "llmesh-system", "POD_NAME": "llmesh-operator-0",
-                 "LLMESH_LOG": "info", "PATH": "/usr/bin:/bin"},
-        )
-    process = sdk.Process("llmesh-operator", popen, log)
-    sdk.wait_until_ready(process, f"http://{admin}/readyz")
-    return process, admin, f"https://{webhook}"
-
-
 def traffic(url: str, webhook: str, round_number: int) -> None:
     """One round of requests that moves every metric a panel or alert reads."""
 
@@ -152,7 +131,7 @@ def traffic(url: str, webhook: str, round_number: int) -> None:
         except openai.APIStatusError as error:
             return error.status_code
 
-    alpha, beta = "sk-a", "sk-b"
+    alpha, beta, gamma = "sk-a", "sk-b", "sk-c"
     assert [ask(alpha, "smart") for _ in range(3)] == [200] * 3
     assert ask(alpha, "cached") == 200 and ask(alpha, "cached") == 200  # a miss then a hit (round 1), hits after
     assert [ask(alpha, "resilient") for _ in range(3)] == [200] * 3  # served by the fallback
@@ -161,11 +140,12 @@ def traffic(url: str, webhook: str, round_number: int) -> None:
     stream = client(alpha).chat.completions.create(
         model="smart", messages=[{"role": "user", "content": "hello"}], stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    # Team beta: its first request spends the budget, then its refusals.
-    beta_statuses = [ask(beta, "smart"), ask(beta, "smart", max_tokens=1000)] + [ask(beta, "smart") for _ in range(4)]
-    if round_number == 0:
-        assert beta_statuses[0] == 200, beta_statuses
-    assert 400 in beta_statuses or 429 in beta_statuses, beta_statuses
+    # Team beta: its first request spends the budget; then a request over
+    # the token ceiling, and one that finds the budget exhausted.
+    beta_statuses = [ask(beta, "smart"), ask(beta, "smart", max_tokens=1000), ask(beta, "smart")]
+    assert beta_statuses[1:] == [400, 429] and beta_statuses[0] == (200 if round_number == 0 else 429), beta_statuses
+    # Team gamma: two requests a minute, then 429.
+    assert [ask(gamma, "smart") for _ in range(3)][-1] == 429
     for number in range(3):
         answer = httpx.post(f"{webhook}/mutate-pods", json=admission_review(f"{round_number}-{number}"),
                             verify=False, timeout=10)
@@ -235,9 +215,9 @@ def has_a_number(result: list[dict]) -> bool:
     return any(not math.isnan(float(series["value"][1])) for series in result)
 
 
-def panel_queries() -> list[tuple[str, str]]:
+def panel_queries() -> list[tuple[str, str, str]]:
     return [
-        (f"{path.stem}: {panel['title']} [{target['refId']}]", target["expr"])
+        (f"{path.stem}: {panel['title']} [{target['refId']}]", target["expr"], target["legendFormat"])
         for path in sorted((CHART / "dashboards").glob("*.json"))
         for panel in json.loads(path.read_text())["panels"]
         for target in panel["targets"]
@@ -249,13 +229,16 @@ def alert_rules() -> list[tuple[str, str]]:
     return [(rule["alert"], rule["expr"]) for group in spec["groups"] for rule in group["rules"]]
 
 
-@pytest.mark.parametrize(("panel", "expr"), panel_queries(), ids=[p for p, _ in panel_queries()])
-def test_every_dashboard_query_returns_data(prometheus, panel, expr):
+@pytest.mark.parametrize(("panel", "expr", "legend"), panel_queries(), ids=[p for p, _, _ in panel_queries()])
+def test_every_dashboard_query_returns_data(prometheus, panel, expr, legend):
     result = query(prometheus, as_run(expr))
     if AWAITING_SYNC_CHANNEL in expr:
         return
     assert result, f"{panel}: no series for\n{as_run(expr)}"
     assert has_a_number(result), f"{panel}: only NaN for\n{as_run(expr)}\n{result}"
+    # The legend names labels the series have (a misspelt `by (...)` label would not).
+    for label in re.findall(r"{{(\w+)}}", legend):
+        assert any(label in series["metric"] for series in result), f"{panel}: no series has `{label}`: {result}"
 
 
 @pytest.mark.parametrize(("alert", "expr"), alert_rules(), ids=[a for a, _ in alert_rules()])

@@ -9,7 +9,7 @@
 //! [`controller`] wires the watches (every watched object maps to its
 //! namespace) and the error policy.
 //! [`webhook`] injects the sidecar into pods and watches for pods it missed;
-//! [`rbac`] lists the rights all of it needs.
+//! [`rbac`] lists the rights all of it needs, [`scope`] the namespaces it watches.
 
 pub mod configmap;
 pub mod controller;
@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod probes;
 pub mod rbac;
+pub mod scope;
 pub mod status;
 pub mod webhook;
 

@@ -2,6 +2,7 @@
 //! `KUBECONFIG` for development), serves the admin endpoints and the
 //! sidecar-injecting webhook, and runs the controller until SIGTERM.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use llmesh_operator::controller::{self, Context};
 use llmesh_operator::lease::{Elector, LeaseSettings};
 use llmesh_operator::metrics::Metrics;
 use llmesh_operator::probes::{self, Health};
+use llmesh_operator::scope::WatchScope;
 use llmesh_operator::webhook::{self, Webhook, WebhookArgs};
 
 #[derive(Debug, Parser)]
@@ -35,6 +37,10 @@ struct Args {
     /// Reconcile without holding the Lease (development with a single process only).
     #[arg(long)]
     no_leader_election: bool,
+    /// Watch, reconcile and report only in these namespaces (comma-separated;
+    /// empty: every namespace). Rights are then needed only there.
+    #[arg(long, env = "LLMESH_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     #[command(flatten)]
     webhook: WebhookArgs,
     /// Log filter, `tracing` syntax.
@@ -74,7 +80,8 @@ fn contract(args: &Args) -> serde_json::Value {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.contract {
-        println!("{:#}", contract(&args));
+        // Written, not `println!`: a closed pipe (`| head`) is an error, not a panic.
+        writeln!(std::io::stdout().lock(), "{:#}", contract(&args)).context("printing the contract")?;
         return Ok(());
     }
     tracing_subscriber::fmt()
@@ -104,10 +111,13 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(admin = %args.admin_addr, "llmesh-operator starting");
     // Every replica serves the webhook (the Service picks any ready one); it
     // is serving before this replica reports ready below.
+    let scope = WatchScope::from_list(args.watch_namespaces);
+    tracing::info!(?scope, "watching");
     let webhook = Webhook::start(
         &client,
         args.webhook,
         args.lease_namespace.clone(),
+        scope.clone(),
         metrics.registry(),
     )
     .await
@@ -124,12 +134,15 @@ async fn main() -> anyhow::Result<()> {
     });
     // Only the leader reports and restarts missed pods, so nothing is done twice.
     let missed = Arc::new(webhook.missed(client.clone(), identity.clone()));
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        Arc::clone(&health),
-        Some(identity.clone()),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            metrics.clone(),
+            Arc::clone(&health),
+            Some(identity.clone()),
+        )
+        .with_scope(scope),
+    );
     if args.no_leader_election {
         metrics.set_leader(true);
         tokio::select! {

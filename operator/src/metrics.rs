@@ -179,8 +179,14 @@ mod tests {
         let metrics = Metrics::new().expect("metrics");
         let text = metrics.render();
         assert!(text.contains("llmesh_operator_leader 0"), "{text}");
-        assert!(text.contains("llmesh_operator_reconciles_total{result=\"error\"} 0"), "{text}");
-        assert!(text.contains("llmesh_operator_reconciles_total{result=\"ok\"} 0"), "{text}");
+        assert!(
+            text.contains("llmesh_operator_reconciles_total{result=\"error\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("llmesh_operator_reconciles_total{result=\"ok\"} 0"),
+            "{text}"
+        );
         metrics.set_leader(true);
         assert!(metrics.render().contains("llmesh_operator_leader 1"));
     }

@@ -9,7 +9,8 @@ use serde::Serialize;
 pub enum Scope {
     /// Cluster-wide (cluster-scoped objects, or reads every namespace needs).
     Cluster,
-    /// In every namespace the operator watches (today: all of them).
+    /// In every namespace the operator watches: cluster-wide by default, in
+    /// each listed namespace with `--watch-namespaces`.
     Watched,
     /// In the operator's own namespace only.
     Own,
