@@ -36,6 +36,34 @@ def test_every_rendered_object_is_valid_kubernetes(mode, kube_version):
         kubernetes_validate.validate(obj, kube_version, strict=True)
 
 
+EXAMPLES = sorted((REPO / "examples" / "helm").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_values_install_cleanly(path):
+    values = yaml.safe_load(path.read_text())
+    report = helm_python.lint(str(CHART), values, strict=True, kube_version=f"v{KUBE_VERSIONS[0]}")
+    assert report["errors"] == [] and report["messages"] == [], report
+    for obj in render(values):
+        if obj["kind"] not in FOREIGN_KINDS:
+            for version in KUBE_VERSIONS:
+                kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_the_production_example_does_what_it_says():
+    values = yaml.safe_load((REPO / "examples" / "helm" / "production.yaml").read_text())
+    values["monitoring"]["skipApiCheck"] = True  # as Helm sees a cluster with the Prometheus Operator
+    objects = render(values)
+    assert find(objects, "Deployment")["spec"]["replicas"] == 3
+    assert find(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+    assert find(objects, "Certificate")["spec"]["issuerRef"] == {"name": "cluster-ca", "kind": "ClusterIssuer"}
+    for kind in ("PodMonitor", "ServiceMonitor", "PrometheusRule"):
+        assert find(objects, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    dashboards = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert dashboards and all(d["metadata"]["namespace"] == "monitoring" for d in dashboards)
+    assert all(d["metadata"]["annotations"] == {"grafana_folder": "llmesh"} for d in dashboards)
+
+
 def kinds(values: dict) -> set[str]:
     return {o["kind"] for o in render(values)}
 
