@@ -171,3 +171,23 @@ fn what_is_recorded_carries_on_in_a_new_instance() {
         "{stopped:?}"
     );
 }
+
+#[test]
+fn the_period_end_is_published_in_the_budgets_time_zone() {
+    let clock = ManualClock::at("2026-02-01T04:00:00Z"); // still January in New York
+    let metrics = Arc::new(Metrics::new());
+    let budgets = Budgets::new(clock.clone(), Arc::clone(&metrics), Recorded::default());
+    let config = config(BudgetAction::Block);
+    let end = || {
+        let seconds = metrics
+            .budget_period_end
+            .with_label_values(&["b", config.period.as_str()])
+            .get();
+        Timestamp::from_second(seconds as i64).expect("unix time").to_string()
+    };
+    budgets.publish_all(&BTreeMap::from([("b".to_owned(), config.clone())]));
+    assert_eq!(end(), "2026-02-01T05:00:00Z", "local midnight, 1 February");
+    clock.set("2026-02-01T05:00:00Z");
+    spend(&Arc::new(budgets), &config, 0.1);
+    assert_eq!(end(), "2026-03-01T05:00:00Z");
+}
