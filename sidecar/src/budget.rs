@@ -201,7 +201,7 @@ impl Budgets {
         let now = self.clock.now();
         let spend = self.current(&mut state, name, config, now);
         let exhausted = spend.spent_usd >= config.limit_usd;
-        self.publish(name, config, spend.period_start, spend.spent_usd);
+        self.publish(name, config, spend.spent_usd);
         drop(state);
         let charge = Charge {
             budgets: self.clone(),
@@ -255,7 +255,8 @@ impl Budgets {
         let mut state = self.state.lock();
         for (name, config) in budgets {
             let spend = self.current(&mut state, name, config, now);
-            self.publish(name, config, spend.period_start, spend.spent_usd);
+            self.publish_period_end(name, config, spend.period_start);
+            self.publish(name, config, spend.spent_usd);
         }
     }
 
@@ -314,6 +315,7 @@ impl Budgets {
                 spent_usd: 0.0,
                 thresholds_crossed: 0,
             };
+            self.publish_period_end(name, config, start);
             self.mark_changed();
         }
         spend
@@ -354,7 +356,6 @@ impl Budgets {
         let spend = self.current(&mut state, budget, config, now);
         spend.spent_usd += cost;
         let spent = spend.spent_usd;
-        let period_start = spend.period_start;
         let percent = if config.limit_usd > 0.0 {
             spent / config.limit_usd * 100.0
         } else {
@@ -385,20 +386,24 @@ impl Budgets {
                 .with_label_values(&[budget, &threshold.to_string()])
                 .inc();
         }
-        self.publish(budget, config, period_start, spent);
+        self.publish(budget, config, spent);
     }
 
-    fn publish(&self, budget: &str, config: &BudgetConfig, period_start: i64, spent: f64) {
-        let labels = [budget, config.period.as_str()];
-        // The end of the period, so alerts can tell whether the burn rate
-        // exhausts the budget before it; a `total` budget has none.
+    /// Publishes when the period starting at `period_start` ends, so alerts
+    /// can tell whether the burn rate exhausts the budget before it (a
+    /// `total` budget has no end). Called when a period begins, not per request.
+    fn publish_period_end(&self, budget: &str, config: &BudgetConfig, period_start: i64) {
         if let Some(end) = period::next_start(config.period, &zone(config), period_start) {
             #[allow(clippy::cast_precision_loss)] // Unix seconds fit a double exactly
             self.metrics
                 .budget_period_end
-                .with_label_values(&labels)
+                .with_label_values(&[budget, config.period.as_str()])
                 .set(end as f64);
         }
+    }
+
+    fn publish(&self, budget: &str, config: &BudgetConfig, spent: f64) {
+        let labels = [budget, config.period.as_str()];
         self.metrics.budget_spent.with_label_values(&labels).set(spent);
         self.metrics
             .budget_limit

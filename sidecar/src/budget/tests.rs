@@ -183,7 +183,9 @@ fn the_period_end_is_published_in_the_budgets_time_zone() {
             .budget_period_end
             .with_label_values(&["b", config.period.as_str()])
             .get();
-        Timestamp::from_second(seconds as i64).expect("unix time").to_string()
+        Timestamp::from_second(seconds as i64)
+            .expect("unix time")
+            .to_string()
     };
     budgets.publish_all(&BTreeMap::from([("b".to_owned(), config.clone())]));
     assert_eq!(end(), "2026-02-01T05:00:00Z", "local midnight, 1 February");
