@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The project's one test command (README and CI): formatting, lints, the Rust
 # tests, the OpenAI Python SDK end-to-end tests (with a real Prometheus
-# scraping a sidecar), and a fuzz smoke run. Installs what it needs
-# (redis-server, the Python venv, Prometheus, cargo-fuzz) and skips what is
-# there.
+# scraping a sidecar), the Helm chart's tests, and a fuzz smoke run.
+# Installs what it needs (redis-server, the Python venvs, Prometheus,
+# cargo-fuzz) and skips what is there.
 #
 #   LLMESH_FUZZ_SECONDS  seconds per fuzz target (default 20)
 set -euo pipefail
@@ -13,7 +13,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 FUZZ_SECONDS="${LLMESH_FUZZ_SECONDS:-20}"
 VENV=.venv
 SDK_TESTS=sidecar/tests/sdk
-TOTAL_STEPS=10
+# The chart tests' venv: the Helm engine alone is ~250 MB, so it is kept
+# apart from the SDK tests' and reinstalled only when its pins change.
+CHART_VENV=.venv-chart
+CHART_TESTS=charts/tests
+TOTAL_STEPS=12
 
 step_number=0
 step_started=$SECONDS
@@ -110,8 +114,8 @@ redis-server --version
 step "cargo test --workspace"
 cargo test --workspace
 
-step "build the binaries the SDK tests run"
-cargo build -p llmesh-sidecar -p llmesh-test-support --bins
+step "build the binaries the SDK and chart tests run"
+cargo build -p llmesh-sidecar -p llmesh-operator -p llmesh-test-support --bins
 
 step "Python venv for the SDK tests"
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -146,6 +150,29 @@ if [[ $pytest_status -eq 5 ]]; then
 fi
 if [[ $pytest_status -ne 0 ]]; then
     exit "$pytest_status"
+fi
+
+step "Python venv for the chart tests (Helm engine, Kubernetes schemas, Grafana types)"
+if [[ ! -x "$CHART_VENV/bin/python" ]]; then
+    python3 -m venv "$CHART_VENV"
+fi
+# Its requirements include the SDK tests' pins: both files decide a reinstall.
+chart_hash="$(cat "$CHART_TESTS/requirements.txt" "$SDK_TESTS/requirements.txt" | sha256sum | cut -d' ' -f1)"
+if [[ "$(cat "$CHART_VENV/.requirements.sha256" 2>/dev/null)" != "$chart_hash" ]]; then
+    "$CHART_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$CHART_TESTS/requirements.txt"
+    echo "$chart_hash" >"$CHART_VENV/.requirements.sha256"
+else
+    echo "requirements unchanged; venv reused"
+fi
+
+step "Helm chart, alerts and dashboards (pytest)"
+chart_status=0
+"$CHART_VENV/bin/python" -m pytest "$CHART_TESTS" -q -ra -p no:cacheprovider || chart_status=$?
+if [[ $chart_status -eq 5 ]]; then
+    echo "pytest collected no tests: that is a failure here" >&2
+fi
+if [[ $chart_status -ne 0 ]]; then
+    exit "$chart_status"
 fi
 
 step "cargo-fuzz (installed if missing)"

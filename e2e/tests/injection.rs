@@ -2,9 +2,9 @@
 //! `llmesh.io/inject: "enabled"` gets pods with the sidecar.
 //!
 //! Needs the operator and its webhook deployed in the cluster
-//! (`kubectl apply -f crds/ -f config/rbac.yaml -f config/operator.yaml -f
-//! config/webhook.yaml`, or the operator on your machine in development mode,
-//! see docs/operations.md): the API server must be able to call it.
+//! (`helm install llmesh charts/llmesh -n llmesh-system --create-namespace`,
+//! or the operator on your machine in development mode, see
+//! docs/operations.md): the API server must be able to call it.
 
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ async fn an_annotated_deployment_gets_the_sidecar() {
     Api::<MutatingWebhookConfiguration>::all(client.clone())
         .get(CONFIGURATION_NAME)
         .await
-        .expect("the webhook registration is installed (apply config/webhook.yaml and run the operator)");
+        .expect("the webhook registration is installed (helm install llmesh charts/llmesh, or run the operator in development mode)");
     let ns = TestNamespace::create(&client, "injection").await;
     let deployment: Deployment = serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",

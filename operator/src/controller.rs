@@ -22,6 +22,7 @@ use parking_lot::RwLock;
 
 use crate::metrics::Metrics;
 use crate::probes::Health;
+use crate::scope::WatchScope;
 use crate::{Error, FIELD_MANAGER, configmap, events, namespace};
 
 /// How long the controller waits for more changes before reconciling a
@@ -80,6 +81,8 @@ pub struct Context {
     failures: parking_lot::Mutex<HashMap<String, u32>>,
     /// Namespaces with a change not yet reconciled (the queue-depth metric).
     pending: parking_lot::Mutex<BTreeSet<String>>,
+    /// The namespaces reconciled; the others are left alone.
+    scope: WatchScope,
 }
 
 impl Context {
@@ -98,7 +101,15 @@ impl Context {
             health,
             failures: parking_lot::Mutex::default(),
             pending: parking_lot::Mutex::default(),
+            scope: WatchScope::All,
         }
+    }
+
+    /// Limits the reconciles (and the watches [`run`] makes) to `scope`.
+    #[must_use]
+    pub fn with_scope(mut self, scope: WatchScope) -> Self {
+        self.scope = scope;
+        self
     }
 
     /// Counts `key`'s namespace as waiting for a reconcile; passes `key` on.
@@ -147,6 +158,10 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
     let started = Instant::now();
     let name = ns.name_any();
     ctx.dequeued(&name);
+    if !ctx.scope.contains(&name) {
+        // Not ours: no rights there, and nothing of it is watched.
+        return Ok(Action::await_change());
+    }
     let outcome = namespace::reconcile(&ctx.client, &ns, |secrets| ctx.secrets.record(&name, secrets))
         .await
         .inspect_err(|error| ctx.metrics.failed(started.elapsed(), error))?;
@@ -195,31 +210,41 @@ pub async fn run(ctx: Arc<Context>) {
         configmap::MANAGED_BY_LABEL,
         configmap::MANAGED_BY
     ));
-    // Each watch's mapper counts the namespace it wakes as pending.
-    let [cm_ctx, route_ctx, provider_ctx, key_ctx, budget_ctx, secrets_ctx] =
-        std::array::from_fn(|_| Arc::clone(&ctx));
     let all = watcher::Config::default;
-    Controller::new(Api::<Namespace>::all(client.clone()), all())
+    // Namespaces are read cluster-wide (a cluster-scoped kind); everything
+    // in them through one watch per watched namespace, or one for all. Each
+    // watch's mapper counts the namespace it wakes as pending.
+    let scope = &ctx.scope;
+    let mut controller = Controller::new(Api::<Namespace>::all(client.clone()), all());
+    for api in scope.apis::<ConfigMap>(&client) {
         // Not `.owns`: it keys the owner in the child's namespace, which never
         // matches a (cluster-scoped) Namespace.
-        .watches(Api::<ConfigMap>::all(client.clone()), owned, move |cm| {
-            cm_ctx.queued(namespace_key(&cm))
-        })
-        .watches(Api::<LLMRoute>::all(client.clone()), all(), move |r| {
-            route_ctx.queued(namespace_key(&r))
-        })
-        .watches(Api::<ProviderSecret>::all(client.clone()), all(), move |p| {
-            provider_ctx.queued(namespace_key(&p))
-        })
-        .watches(Api::<VirtualKey>::all(client.clone()), all(), move |k| {
-            key_ctx.queued(namespace_key(&k))
-        })
-        .watches(Api::<Budget>::all(client.clone()), all(), move |b| {
-            budget_ctx.queued(namespace_key(&b))
-        })
-        .watches(Api::<Secret>::all(client), all(), move |s| {
-            secrets_ctx.queued(secrets_ctx.secrets.namespace_to_reconcile(&s))
-        })
+        let ctx = Arc::clone(&ctx);
+        controller = controller.watches(api, owned.clone(), move |cm| ctx.queued(namespace_key(&cm)));
+    }
+    for api in scope.apis::<LLMRoute>(&client) {
+        let ctx = Arc::clone(&ctx);
+        controller = controller.watches(api, all(), move |r| ctx.queued(namespace_key(&r)));
+    }
+    for api in scope.apis::<ProviderSecret>(&client) {
+        let ctx = Arc::clone(&ctx);
+        controller = controller.watches(api, all(), move |p| ctx.queued(namespace_key(&p)));
+    }
+    for api in scope.apis::<VirtualKey>(&client) {
+        let ctx = Arc::clone(&ctx);
+        controller = controller.watches(api, all(), move |k| ctx.queued(namespace_key(&k)));
+    }
+    for api in scope.apis::<Budget>(&client) {
+        let ctx = Arc::clone(&ctx);
+        controller = controller.watches(api, all(), move |b| ctx.queued(namespace_key(&b)));
+    }
+    for api in scope.apis::<Secret>(&client) {
+        let ctx = Arc::clone(&ctx);
+        controller = controller.watches(api, all(), move |s| {
+            ctx.queued(ctx.secrets.namespace_to_reconcile(&s))
+        });
+    }
+    controller
         .with_config(Config::default().debounce(DEBOUNCE))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)

@@ -11,6 +11,7 @@
 //! [`webhook`] injects the sidecar into pods and watches for pods it missed;
 //! [`sync`] pushes configuration and budget totals to connected sidecars and
 //! aggregates their usage.
+//! [`rbac`] lists the rights all of it needs, [`scope`] the namespaces it watches.
 
 pub mod configmap;
 pub mod controller;
@@ -21,6 +22,8 @@ pub mod lease;
 pub mod metrics;
 pub mod namespace;
 pub mod probes;
+pub mod rbac;
+pub mod scope;
 pub mod status;
 pub mod sync;
 pub mod webhook;

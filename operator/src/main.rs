@@ -2,22 +2,24 @@
 //! `KUBECONFIG` for development), serves the admin endpoints and the
 //! sidecar-injecting webhook, and runs the controller until SIGTERM.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use llmesh_operator::controller::{self, Context};
 use llmesh_operator::lease::{Elector, LeaseSettings};
 use llmesh_operator::metrics::Metrics;
 use llmesh_operator::probes::{self, Health};
+use llmesh_operator::scope::WatchScope;
 use llmesh_operator::sync::ledger::Ledger;
 use llmesh_operator::sync::metrics::SyncMetrics;
 use llmesh_operator::sync::server::SyncServer;
 use llmesh_operator::sync::standalone::{self, SharedToken};
-use llmesh_operator::webhook::{Webhook, WebhookArgs};
+use llmesh_operator::webhook::{self, Webhook, WebhookArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +42,10 @@ struct Args {
     /// Reconcile without holding the Lease (development with a single process only).
     #[arg(long)]
     no_leader_election: bool,
+    /// Watch, reconcile and report only in these namespaces (comma-separated;
+    /// empty: every namespace). Rights are then needed only there.
+    #[arg(long, env = "LLMESH_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     #[command(flatten)]
     webhook: WebhookArgs,
     /// Serve only the sync channel, from this folder of YAML manifests (no
@@ -60,11 +66,44 @@ struct Args {
     /// Log filter, `tracing` syntax.
     #[arg(long, env = "LLMESH_LOG", default_value = "info")]
     log: String,
+    /// Print what a deployment must provide for these flags (ports, names,
+    /// the environment read, the RBAC rules) as JSON, and exit.
+    #[arg(long)]
+    contract: bool,
+}
+
+/// What a deployment of the operator with `args` must provide; the chart's
+/// tests compare the rendered manifests with it.
+fn contract(args: &Args) -> serde_json::Value {
+    let env: Vec<String> = Args::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    serde_json::json!({
+        "adminPort": args.admin_addr.port(),
+        "webhook": {
+            "port": args.webhook.webhook_addr.port(),
+            "path": webhook::MUTATE_PATH,
+            "configuration": webhook::CONFIGURATION_NAME,
+            "name": webhook::WEBHOOK_NAME,
+            "service": args.webhook.webhook_service,
+            "secret": args.webhook.webhook_secret,
+        },
+        "leaseName": args.lease_name,
+        "env": env,
+        "rbac": llmesh_operator::rbac::RULES,
+    })
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.contract {
+        // Written, not `println!`: a closed pipe (`| head`) is an error, not a panic.
+        writeln!(std::io::stdout().lock(), "{:#}", contract(&args)).context("printing the contract")?;
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
@@ -95,10 +134,13 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(admin = %args.admin_addr, "llmesh-operator starting");
     // Every replica serves the webhook (the Service picks any ready one); it
     // is serving before this replica reports ready below.
+    let scope = WatchScope::from_list(args.watch_namespaces);
+    tracing::info!(?scope, "watching");
     let webhook = Webhook::start(
         &client,
         args.webhook,
         args.lease_namespace.clone(),
+        scope.clone(),
         metrics.registry(),
     )
     .await
@@ -115,13 +157,17 @@ async fn main() -> anyhow::Result<()> {
     });
     // Only the leader reports and restarts missed pods, so nothing is done twice.
     let missed = Arc::new(webhook.missed(client.clone(), identity.clone()));
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics,
-        Arc::clone(&health),
-        Some(identity.clone()),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            metrics.clone(),
+            Arc::clone(&health),
+            Some(identity.clone()),
+        )
+        .with_scope(scope),
+    );
     if args.no_leader_election {
+        metrics.set_leader(true);
         tokio::select! {
             () = controller::run(ctx) => {}
             () = missed.run() => {}
@@ -143,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
             () = shutdown_signal() => return Ok(()),
         }
         tracing::info!("holding the leader Lease; reconciling");
+        metrics.set_leader(true);
         tokio::select! {
             () = controller::run(ctx) => {}
             () = missed.run() => {}

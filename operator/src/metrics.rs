@@ -25,6 +25,7 @@ pub struct Metrics {
     config_writes: IntCounter,
     status_writes: IntCounter,
     queue_depth: IntGauge,
+    leader: IntGauge,
     resources: IntGaugeVec,
     /// Each namespace's resources by (kind, ready), as of its last reconcile:
     /// the gauge is their sum.
@@ -70,6 +71,14 @@ impl Metrics {
             "llmesh_operator_queue_depth",
             "Namespaces with a change not yet reconciled.",
         )?;
+        let leader = IntGauge::new(
+            "llmesh_operator_leader",
+            "1 while this replica holds the leader Lease (reconciles), else 0.",
+        )?;
+        // Both results exist from the start, so an error rate reads 0, not "no data".
+        for result in ["ok", "error"] {
+            reconciles.with_label_values(&[result]);
+        }
         let resources = IntGaugeVec::new(
             Opts::new(
                 "llmesh_operator_resources",
@@ -78,6 +87,7 @@ impl Metrics {
             &["kind", "ready"],
         )?;
         registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(resources.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
@@ -92,6 +102,7 @@ impl Metrics {
             config_writes,
             status_writes,
             queue_depth,
+            leader,
             resources,
             states: Arc::default(),
         })
@@ -100,6 +111,11 @@ impl Metrics {
     /// Sets how many namespaces wait for a reconcile.
     pub fn set_queue_depth(&self, pending: usize) {
         self.queue_depth.set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    /// Records whether this replica holds the leader Lease.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Records `namespace`'s resources by (kind, ready) and updates the totals.
@@ -151,5 +167,27 @@ impl Metrics {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leadership_and_both_reconcile_results_are_exported_from_the_start() {
+        let metrics = Metrics::new().expect("metrics");
+        let text = metrics.render();
+        assert!(text.contains("llmesh_operator_leader 0"), "{text}");
+        assert!(
+            text.contains("llmesh_operator_reconciles_total{result=\"error\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("llmesh_operator_reconciles_total{result=\"ok\"} 0"),
+            "{text}"
+        );
+        metrics.set_leader(true);
+        assert!(metrics.render().contains("llmesh_operator_leader 1"));
     }
 }

@@ -32,13 +32,14 @@ use self::mutate::{InjectionSettings, Resources};
 use self::namespaces::Cached;
 use self::review::Injector;
 use self::tls::{CertResolver, CertSettings};
+use crate::scope::WatchScope;
 
 /// The webhook's HTTPS port (controller-runtime's customary 9443, so it
 /// clashes with nothing the operator or the sidecar listens on).
 pub const PORT: u16 = 9443;
 /// The path the API server posts pod AdmissionReviews to.
 pub const MUTATE_PATH: &str = "/mutate-pods";
-/// The `MutatingWebhookConfiguration` the operator keeps the CA bundle of (`config/webhook.yaml`).
+/// The `MutatingWebhookConfiguration` the operator keeps the CA bundle of (`charts/llmesh/templates/webhook.yaml`).
 pub const CONFIGURATION_NAME: &str = "llmesh-sidecar-injector";
 /// The webhook's name inside that configuration.
 pub const WEBHOOK_NAME: &str = "sidecar-injector.llmesh.io";
@@ -134,6 +135,7 @@ pub struct Webhook {
     namespace: String,
     healthy: Arc<AtomicBool>,
     metrics: WebhookMetrics,
+    scope: WatchScope,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -147,7 +149,8 @@ impl std::fmt::Debug for Webhook {
 impl Webhook {
     /// Decides the injection settings (reading the API server's version for
     /// the sidecar mode), registers the metrics and starts the namespace
-    /// caches. `namespace` is the operator's own.
+    /// caches. `namespace` is the operator's own; `scope` the namespaces
+    /// whose ConfigMaps and pods it watches.
     ///
     /// # Errors
     /// The metrics cannot be registered.
@@ -155,6 +158,7 @@ impl Webhook {
         client: &Client,
         args: WebhookArgs,
         namespace: String,
+        scope: WatchScope,
         registry: &prometheus::Registry,
     ) -> Result<Self, prometheus::Error> {
         let server = match client.apiserver_version().await {
@@ -178,7 +182,7 @@ impl Webhook {
             "sidecar injection settings"
         );
         let metrics = WebhookMetrics::register(registry)?;
-        let (cached, watch) = Cached::watch(client);
+        let (cached, watch) = Cached::watch(client, &scope);
         tokio::spawn(watch);
         cached.ready().await;
         Ok(Self {
@@ -191,6 +195,7 @@ impl Webhook {
             namespace,
             healthy: Arc::default(),
             metrics,
+            scope,
         })
     }
 
@@ -297,6 +302,7 @@ impl Webhook {
             self.metrics.clone(),
             Arc::clone(&self.healthy),
         )
+        .with_scope(self.scope.clone())
     }
 }
 

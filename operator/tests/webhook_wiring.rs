@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use llmesh_crds::injection;
+use llmesh_operator::scope::WatchScope;
 use llmesh_operator::webhook::tls;
 use llmesh_operator::webhook::version::SidecarMode;
 use llmesh_operator::webhook::{CertSource, MUTATE_PATH, Webhook, WebhookArgs};
@@ -101,7 +102,13 @@ async fn the_wired_webhook_injects_from_its_caches_and_publishes_its_ca() {
     let registry = prometheus::Registry::new();
     let webhook = tokio::time::timeout(
         Duration::from_secs(10),
-        Webhook::start(&client, args, "llmesh-system".to_owned(), &registry),
+        Webhook::start(
+            &client,
+            args,
+            "llmesh-system".to_owned(),
+            WatchScope::All,
+            &registry,
+        ),
     )
     .await
     .expect("caches ready")

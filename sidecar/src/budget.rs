@@ -440,6 +440,8 @@ impl Budgets {
         let now = self.clock.now();
         let mut state = self.state.lock();
         for (name, config) in budgets {
+            let period_start = self.current(&mut state, name, config, now).period_start;
+            self.publish_period_end(name, config, period_start);
             let spent = self.effective(&mut state, name, config, now);
             self.publish(name, config, spent);
         }
@@ -531,6 +533,7 @@ impl Budgets {
                 spent_usd: 0.0,
                 thresholds_crossed: 0,
             };
+            self.publish_period_end(name, config, start);
             self.mark_changed();
         }
         spend
@@ -627,6 +630,19 @@ impl Budgets {
                 .inc();
         }
         self.publish(budget, config, spent);
+    }
+
+    /// Publishes when the period starting at `period_start` ends, so alerts
+    /// can tell whether the burn rate exhausts the budget before it (a
+    /// `total` budget has no end). Called when a period begins, not per request.
+    fn publish_period_end(&self, budget: &str, config: &BudgetConfig, period_start: i64) {
+        if let Some(end) = period::next_start(config.period, &zone(config), period_start) {
+            #[allow(clippy::cast_precision_loss)] // Unix seconds fit a double exactly
+            self.metrics
+                .budget_period_end
+                .with_label_values(&[budget, config.period.as_str()])
+                .set(end as f64);
+        }
     }
 
     fn publish(&self, budget: &str, config: &BudgetConfig, spent: f64) {

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub budget_limit: GaugeVec,
     /// USD left in the budget's current period (never below zero).
     pub budget_remaining: GaugeVec,
+    /// `llmesh_budget_period_end_seconds`.
+    pub budget_period_end: GaugeVec,
     /// Budget thresholds crossed, by budget and threshold percent.
     pub budget_thresholds: IntCounterVec,
     /// Requests that found their budget exhausted, by budget and the action taken.
@@ -309,6 +311,12 @@ impl Metrics {
             "USD left in the budget's current period.",
             &["budget", "period"],
         );
+        let budget_period_end = float_gauge(
+            &registry,
+            "llmesh_budget_period_end_seconds",
+            "Unix time the budget's current period ends (absent for a total budget).",
+            &["budget", "period"],
+        );
         let budget_thresholds = counter(
             &registry,
             "llmesh_budget_threshold_crossed_total",
@@ -386,6 +394,7 @@ impl Metrics {
             budget_spent,
             budget_limit,
             budget_remaining,
+            budget_period_end,
             budget_thresholds,
             budget_exceeded,
             token_ceiling_rejections,

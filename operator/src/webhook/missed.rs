@@ -31,6 +31,7 @@ use super::metrics::WebhookMetrics;
 use super::mutate::{InjectionSettings, NamespaceSettings, Owner, decide, owner, spec_skip};
 use super::namespaces::NamespaceLookup;
 use crate::events::{self, Notice};
+use crate::scope::WatchScope;
 
 /// A restarted workload is not restarted again for this long: its new pods
 /// need time to roll out, and a webhook that keeps failing must not turn
@@ -191,6 +192,8 @@ pub struct Missed {
     metrics: WebhookMetrics,
     webhook_healthy: Arc<AtomicBool>,
     tracker: Mutex<Tracker>,
+    /// The namespaces whose pods are watched.
+    scope: WatchScope,
 }
 
 impl std::fmt::Debug for Missed {
@@ -224,6 +227,7 @@ impl Missed {
             metrics,
             webhook_healthy,
             tracker: Mutex::default(),
+            scope: WatchScope::All,
         }
     }
 
@@ -293,11 +297,21 @@ impl Missed {
         restarted
     }
 
-    /// Watches pod metadata cluster-wide and restarts due workloads, until the stream ends.
+    /// Watches only `scope`'s pods (default: every namespace's).
+    #[must_use]
+    pub fn with_scope(mut self, scope: WatchScope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// Watches pod metadata (in every watched namespace) and restarts due
+    /// workloads, until the streams end.
     pub async fn run(self: Arc<Self>) {
-        let pods = watcher(
-            Api::<PartialObjectMeta<Pod>>::all(self.client.clone()),
-            watcher::Config::default(),
+        let pods = futures::stream::select_all(
+            self.scope
+                .apis::<PartialObjectMeta<Pod>>(&self.client)
+                .into_iter()
+                .map(|api| watcher(api, watcher::Config::default()).boxed()),
         )
         .default_backoff();
         let watch = {

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 
 use super::mutate::NamespaceSettings;
 use crate::configmap;
+use crate::scope::WatchScope;
 
 /// Answers "what are the settings of namespace N".
 pub trait NamespaceLookup: Send + Sync {
@@ -61,7 +62,8 @@ type ParsedCredentials = HashMap<String, (String, BTreeSet<String>)>;
 #[derive(Clone)]
 pub struct Cached {
     namespaces: Store<Namespace>,
-    config_maps: Store<ConfigMap>,
+    /// One store per watched namespace (or one for all): a store follows one watch.
+    config_maps: Vec<Store<ConfigMap>>,
     parsed: Arc<Mutex<ParsedCredentials>>,
 }
 
@@ -74,9 +76,9 @@ impl std::fmt::Debug for Cached {
 impl Cached {
     /// The caches and the future that keeps them filled (run it for the
     /// operator's lifetime; [`Cached::ready`] resolves after the first lists).
-    pub fn watch(client: &Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
+    /// ConfigMaps are watched in `scope`'s namespaces only.
+    pub fn watch(client: &Client, scope: &WatchScope) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (namespaces, namespace_writer) = reflector::store();
-        let (config_maps, config_map_writer) = reflector::store();
         let owned = watcher::Config::default().labels(&format!(
             "{}={}",
             configmap::MANAGED_BY_LABEL,
@@ -88,14 +90,19 @@ impl Cached {
         )
         .default_backoff()
         .for_each(|_| async {});
-        let config_map_stream = reflector::reflector(
-            config_map_writer,
-            watcher(Api::<ConfigMap>::all(client.clone()), owned),
-        )
-        .default_backoff()
-        .for_each(|_| async {});
+        let (config_maps, config_map_streams): (Vec<_>, Vec<_>) = scope
+            .apis::<ConfigMap>(client)
+            .into_iter()
+            .map(|api| {
+                let (store, writer) = reflector::store();
+                let stream = reflector::reflector(writer, watcher(api, owned.clone()))
+                    .default_backoff()
+                    .for_each(|_| async {});
+                (store, stream)
+            })
+            .unzip();
         let run = async move {
-            futures::join!(namespace_stream, config_map_stream);
+            futures::join!(namespace_stream, futures::future::join_all(config_map_streams));
         };
         let cached = Self {
             namespaces,
@@ -105,18 +112,18 @@ impl Cached {
         (cached, run)
     }
 
-    /// Waits until both caches hold a first complete list: before that, every
+    /// Waits until every cache holds a first complete list: before that, every
     /// namespace would look as if it asked for nothing.
     pub async fn ready(&self) {
         let _ = self.namespaces.wait_until_ready().await;
-        let _ = self.config_maps.wait_until_ready().await;
+        for store in &self.config_maps {
+            let _ = store.wait_until_ready().await;
+        }
     }
 
     fn credentials(&self, namespace: &str) -> BTreeSet<String> {
-        let Some(config_map) = self
-            .config_maps
-            .get(&ObjectRef::new(configmap::NAME).within(namespace))
-        else {
+        let key = ObjectRef::new(configmap::NAME).within(namespace);
+        let Some(config_map) = self.config_maps.iter().find_map(|store| store.get(&key)) else {
             return BTreeSet::new();
         };
         let version = config_map.resource_version().unwrap_or_default();

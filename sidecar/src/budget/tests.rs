@@ -143,12 +143,12 @@ fn token_ceilings_stop_big_requests_and_long_sessions() {
         Err(BudgetError::SessionCeiling { used: 120, .. })
     ));
     // Under the ceiling, but not with this request's input added: the message says so.
-    let near = budgets.admit("b", &config, &estimate(10, None), Some("agent-3"));
+    let near = budgets.admit("b", &config, &estimate(10, None), 0.0, Some("agent-3"));
     let Ok(Admitted::Serve(charge)) = near else {
         panic!("a new session");
     };
     charge.settle(&Usage::new(40, 52, 0, 0, 0), None);
-    let Err(refused) = budgets.admit("b", &config, &estimate(10, None), Some("agent-3")) else {
+    let Err(refused) = budgets.admit("b", &config, &estimate(10, None), 0.0, Some("agent-3")) else {
         panic!("92 used + 10 estimated passes 100");
     };
     assert_eq!(
@@ -281,4 +281,26 @@ fn a_closed_budget_refuses_once_the_operator_is_not_heard_for_the_staleness_limi
         matches!(stale, Err(BudgetError::Unavailable { stale_secs: 30, .. })),
         "{stale:?}"
     );
+}
+
+#[test]
+fn the_period_end_is_published_in_the_budgets_time_zone() {
+    let clock = ManualClock::at("2026-02-01T04:00:00Z"); // still January in New York
+    let metrics = Arc::new(Metrics::new());
+    let budgets = Budgets::new(clock.clone(), Arc::clone(&metrics), Recorded::default());
+    let config = config(BudgetAction::Block);
+    let end = || {
+        let seconds = metrics
+            .budget_period_end
+            .with_label_values(&["b", config.period.as_str()])
+            .get();
+        Timestamp::from_second(seconds as i64)
+            .expect("unix time")
+            .to_string()
+    };
+    budgets.publish_all(&BTreeMap::from([("b".to_owned(), config.clone())]));
+    assert_eq!(end(), "2026-02-01T05:00:00Z", "local midnight, 1 February");
+    clock.set("2026-02-01T05:00:00Z");
+    spend(&Arc::new(budgets), &config, 0.1);
+    assert_eq!(end(), "2026-03-01T05:00:00Z");
 }
