@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The project's one test command (README and CI): formatting, lints, the Rust
 # tests, the OpenAI Python SDK end-to-end tests (with a real Prometheus
-# scraping a sidecar), and a fuzz smoke run. Installs what it needs
-# (redis-server, the Python venv, Prometheus, cargo-fuzz) and skips what is
-# there.
+# scraping a sidecar), the container images (built and run with buildah),
+# and a fuzz smoke run. Installs what it needs (redis-server, the Python
+# venv, Prometheus, buildah, cargo-fuzz) and skips what is there.
 #
 #   LLMESH_FUZZ_SECONDS  seconds per fuzz target (default 20)
 set -euo pipefail
@@ -13,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 FUZZ_SECONDS="${LLMESH_FUZZ_SECONDS:-20}"
 VENV=.venv
 SDK_TESTS=sidecar/tests/sdk
-TOTAL_STEPS=10
+TOTAL_STEPS=12
 
 step_number=0
 step_started=$SECONDS
@@ -110,7 +110,7 @@ redis-server --version
 step "cargo test --workspace"
 cargo test --workspace
 
-step "build the binaries the SDK tests run"
+step "build the binaries the SDK and image tests run"
 cargo build -p llmesh-sidecar -p llmesh-test-support --bins
 
 step "Python venv for the SDK tests"
@@ -146,6 +146,24 @@ if [[ $pytest_status -eq 5 ]]; then
 fi
 if [[ $pytest_status -ne 0 ]]; then
     exit "$pytest_status"
+fi
+
+step "buildah for the image test (installed if missing)"
+if command -v buildah >/dev/null 2>&1; then
+    buildah --version
+else
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then sudo=sudo; fi
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends buildah
+fi
+
+step "container images: build, inspect, run (scripts/test-images.sh)"
+# buildah mounts and runs the images as root; cargo keeps the caller's toolchain.
+if [[ $(id -u) -eq 0 ]]; then
+    ./scripts/test-images.sh
+else
+    sudo --preserve-env=PATH,HOME,CARGO_HOME,RUSTUP_HOME ./scripts/test-images.sh
 fi
 
 step "cargo-fuzz (installed if missing)"
