@@ -61,8 +61,8 @@ RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$root=/llmesh --rem
     -p llmesh-sidecar -p llmesh-operator --bins
 
 rm -rf "$context"
-mkdir -p "$context"
-cp images/etc/passwd images/etc/group images/etc/nsswitch.conf "$context/"
+mkdir -p "$context/etc"
+cp images/etc/passwd images/etc/group images/etc/nsswitch.conf "$context/etc/"
 cp "$ca_bundle" "$context/ca-certificates.crt"
 for binary in "${binaries[@]}"; do
     built="target/$target/$profile/$binary"
@@ -74,8 +74,9 @@ for binary in "${binaries[@]}"; do
     objcopy --strip-debug --add-gnu-debuglink="$debug" "$built" "$context/$binary"
 done
 
+# Builds the image of binary NAME as IMAGE.
 build_image() {
-    local name="$1" image="$registry/$1:$tag"
+    local name="$1" image="$2"
     local args=(--file images/Containerfile --target "${name#llmesh-}"
         --build-arg "VERSION=$version" --build-arg "REVISION=$revision" --tag "$image")
     case "$builder" in
@@ -85,12 +86,12 @@ build_image() {
             ;;
         *) "$builder" build --quiet "${args[@]}" "$context" >/dev/null ;;
     esac
-    echo "$image"
 }
 
 echo "--- $builder: images"
 for binary in "${binaries[@]}"; do
-    image="$(build_image "$binary")"
+    image="$registry/$binary:$tag"
+    build_image "$binary" "$image"
     printf '%-45s binary %6d KiB, debug info %s\n' "$image" \
         $(($(stat -c %s "$context/$binary") / 1024)) "$out/$binary-$tag.debug"
 done
