@@ -4,8 +4,7 @@
 # - sizes against the targets (sidecar 20 MB, operator 40 MB, uncompressed);
 # - config: numeric non-root user, entrypoint, OCI labels;
 # - contents: exactly the expected files, none the non-root user can write,
-#   no private key, token or build-machine path (in the images and in the
-#   debug files beside them);
+#   no private key, token or build-machine path;
 # - the sidecar image, run as its own user with all capabilities dropped and
 #   the quickstart manifests mounted read-only, answers chat requests on
 #   loopback: from the built-in mock, and from a provider reached by host
@@ -92,17 +91,17 @@ image, limit, entrypoint, version = sys.argv[1], int(sys.argv[2]), sys.argv[3], 
 data = json.load(sys.stdin)
 size = sum(layer["size"] for layer in json.loads(data["Manifest"])["layers"])
 config = data["OCIv1"]["config"]
-print(f"{image}: {size / 1e6:.1f} MB (limit {limit / 1e6:.0f} MB), user {config.get(\"User\")}, "
-      f"entrypoint {config.get(\"Entrypoint\")}")
+user, entry, cmd = config.get("User"), config.get("Entrypoint"), config.get("Cmd")
+print(f"{image}: {size / 1e6:.1f} MB (limit {limit / 1e6:.0f} MB), user {user}, entrypoint {entry}")
 problems = []
 if size > limit:
     problems.append(f"{size} bytes is over the {limit} byte target")
-if config.get("User") != "65532:65532":
-    problems.append(f"user {config.get(\"User\")!r}: want the numeric 65532:65532 (runAsNonRoot checks it)")
-if config.get("Entrypoint") != [entrypoint]:
-    problems.append(f"entrypoint {config.get(\"Entrypoint\")!r}: want [{entrypoint!r}]")
-if config.get("Cmd"):
-    problems.append(f"a Cmd {config[\"Cmd\"]!r}: the webhook passes no arguments and expects none")
+if user != "65532:65532":
+    problems.append(f"user {user!r}: want the numeric 65532:65532 (runAsNonRoot checks it)")
+if entry != [entrypoint]:
+    problems.append(f"entrypoint {entry!r}: want [{entrypoint!r}]")
+if cmd:
+    problems.append(f"a Cmd {cmd!r}: the webhook passes no arguments and expects none")
 labels = config.get("Labels") or {}
 for key, want in [
     ("org.opencontainers.image.version", version),
@@ -127,11 +126,6 @@ cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 leaks=(-e '-----BEGIN [A-Z ]*PRIVATE KEY-----[[:space:]]*[A-Za-z0-9+/]{32}' -e 'AKIA[0-9A-Z]{16}'
     -e 'sk-[A-Za-z0-9_-]{32}' -e 'gh[pous]_[A-Za-z0-9]{36}' -e "$root" -e "$cargo_home" -e '/root/'
     -e '/work/' -e '/home/')
-for debug in target/images/*-test.debug; do
-    if grep -aqE "${leaks[@]}" "$debug"; then
-        fail "$debug holds a build path or secret: $(grep -aoE "${leaks[@]}" "$debug" | sort -u | head -5)"
-    fi
-done
 check_contents() {
     local image="$1" binary="$2" container mount
     container="$(bah from --pull-never "$image")"
