@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The project's one test command (README and CI): formatting, lints, the Rust
 # tests, the OpenAI Python SDK end-to-end tests (with a real Prometheus
-# scraping a sidecar), the Helm chart's tests, and a fuzz smoke run.
-# Installs what it needs (redis-server, the Python venvs, Prometheus,
-# cargo-fuzz) and skips what is there.
+# scraping a sidecar), the Helm chart's tests, the container images (built
+# and run with buildah), and a fuzz smoke run. Installs what it needs
+# (redis-server, the Python venvs, Prometheus, buildah, cargo-fuzz) and
+# skips what is there.
 #
 #   LLMESH_FUZZ_SECONDS  seconds per fuzz target (default 20)
 set -euo pipefail
@@ -17,7 +18,7 @@ SDK_TESTS=sidecar/tests/sdk
 # apart from the SDK tests' and reinstalled only when its pins change.
 CHART_VENV=.venv-chart
 CHART_TESTS=charts/tests
-TOTAL_STEPS=12
+TOTAL_STEPS=14
 
 step_number=0
 step_started=$SECONDS
@@ -114,7 +115,7 @@ redis-server --version
 step "cargo test --workspace"
 cargo test --workspace
 
-step "build the binaries the SDK and chart tests run"
+step "build the binaries the SDK, chart and image tests run"
 cargo build -p llmesh-sidecar -p llmesh-operator -p llmesh-test-support --bins
 
 step "Python venv for the SDK tests"
@@ -173,6 +174,24 @@ if [[ $chart_status -eq 5 ]]; then
 fi
 if [[ $chart_status -ne 0 ]]; then
     exit "$chart_status"
+fi
+
+step "buildah for the image test (installed if missing)"
+if command -v buildah >/dev/null 2>&1; then
+    buildah --version
+else
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then sudo=sudo; fi
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends buildah
+fi
+
+step "container images: build, inspect, run (scripts/test-images.sh)"
+# buildah mounts and runs the images as root; cargo keeps the caller's toolchain.
+if [[ $(id -u) -eq 0 ]]; then
+    ./scripts/test-images.sh
+else
+    sudo --preserve-env=PATH,HOME,CARGO_HOME,RUSTUP_HOME ./scripts/test-images.sh
 fi
 
 step "cargo-fuzz (installed if missing)"

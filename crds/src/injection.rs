@@ -35,6 +35,9 @@ pub const SYNC_URL: &str = "LLMESH_SYNC_URL";
 /// or the shared token file of `llmesh-operator --manifests`). Re-read on
 /// every connection, so a rotated token is picked up.
 pub const SYNC_TOKEN_FILE: &str = "LLMESH_SYNC_TOKEN_FILE";
+/// File where budget spend and rate-limit buckets outlive a restart (unset:
+/// in memory only).
+pub const STATE_FILE: &str = "LLMESH_STATE_FILE";
 
 /// The API port apps call (`http://127.0.0.1:4000/v1`).
 pub const API_PORT: u16 = 4000;
@@ -53,6 +56,11 @@ pub const CONFIG_MOUNT_DIR: &str = "/etc/llmesh/config";
 pub const CONFIG_KEY: &str = "config.json";
 /// Where provider Secrets are mounted, one folder per Secret named after it.
 pub const SECRETS_MOUNT_DIR: &str = "/etc/llmesh/secrets";
+/// Where the sidecar's one writable volume (an `emptyDir`: the root
+/// filesystem is read-only) is mounted; it holds the state file.
+pub const STATE_MOUNT_DIR: &str = "/var/lib/llmesh";
+/// The state file inside [`STATE_MOUNT_DIR`].
+pub const STATE_FILE_NAME: &str = "state.json";
 /// The name of the injected container.
 pub const CONTAINER_NAME: &str = "llmesh-proxy";
 /// The name of the admin port on the injected container (for a PodMonitor).

@@ -184,6 +184,19 @@ fn a_deployment_pod_gets_a_native_sidecar_with_everything_it_needs() {
         mounts.contains(&(secret.name.as_str(), "/etc/llmesh/secrets/openai-key")),
         "{mounts:?}"
     );
+    // The root filesystem is read-only: the state file goes to a volume of its own.
+    let state = volumes
+        .iter()
+        .find(|v| v.empty_dir.is_some())
+        .expect("state volume");
+    assert!(
+        mounts.contains(&(state.name.as_str(), "/var/lib/llmesh")),
+        "{mounts:?}"
+    );
+    assert_eq!(
+        env(sidecar, injection::STATE_FILE),
+        Some("/var/lib/llmesh/state.json")
+    );
     let app = &spec.containers[0];
     assert!(
         app.volume_mounts

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 pub use llmesh_crds::injection::{
     ADMIN_ADDR, CONFIG_FILE, DEFAULT_VIRTUAL_KEY, LISTEN_ADDR, POD_NAME, POD_ROUTES, SECRETS_DIR,
-    SYNC_TOKEN_FILE, SYNC_URL, WORKLOAD_NAME, WORKLOAD_NAMESPACE,
+    STATE_FILE, SYNC_TOKEN_FILE, SYNC_URL, WORKLOAD_NAME, WORKLOAD_NAMESPACE,
 };
 use llmesh_crds::injection::{ADMIN_PORT, API_PORT, SECRETS_MOUNT_DIR, parse_route_list};
 
@@ -32,8 +32,6 @@ pub const DRAIN_TIMEOUT_MS: &str = "LLMESH_DRAIN_TIMEOUT_MS";
 /// `true` lets `POST /debug/faults` on the admin port inject faults into
 /// mock providers (default off: the admin port is reachable in the cluster).
 pub const ENABLE_DRILLS: &str = "LLMESH_ENABLE_DRILLS";
-/// File where budget spend is kept across restarts (unset: in memory only).
-pub const STATE_FILE: &str = "LLMESH_STATE_FILE";
 /// Memory for cached answers, in bytes, shared by every caching route.
 pub const CACHE_MAX_BYTES: &str = "LLMESH_CACHE_MAX_BYTES";
 /// Log filter, `tracing` syntax (default `info`).

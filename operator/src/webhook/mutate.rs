@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -19,8 +19,8 @@ use llmesh_crds::injection::{
     CONTAINER_NAME, CPU_LIMIT_ANNOTATION, CPU_REQUEST_ANNOTATION, DEFAULT_VIRTUAL_KEY, DISABLED, ENABLED,
     HEALTHZ_PATH, INJECT_ANNOTATION, INJECTED_LABEL, LISTEN_ADDR, MEMORY_LIMIT_ANNOTATION,
     MEMORY_REQUEST_ANNOTATION, METRICS_PATH, POD_NAME, POD_ROUTES, PORT_ANNOTATION, READYZ_PATH,
-    ROUTES_ANNOTATION, SECRETS_DIR, SECRETS_MOUNT_DIR, SIDECAR_HASH_ANNOTATION, VIRTUAL_KEY_ANNOTATION,
-    WORKLOAD_NAME, WORKLOAD_NAMESPACE, parse_route_list,
+    ROUTES_ANNOTATION, SECRETS_DIR, SECRETS_MOUNT_DIR, SIDECAR_HASH_ANNOTATION, STATE_FILE, STATE_FILE_NAME,
+    STATE_MOUNT_DIR, VIRTUAL_KEY_ANNOTATION, WORKLOAD_NAME, WORKLOAD_NAMESPACE, parse_route_list,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -34,6 +34,8 @@ pub const SYSTEM_NAMESPACES: [&str; 2] = ["kube-system", "kube-public"];
 const SIDECAR_UID: i64 = 65532;
 /// The volume holding the namespace's compiled configuration.
 const CONFIG_VOLUME: &str = "llmesh-config";
+/// The sidecar's writable volume (the state file).
+const STATE_VOLUME: &str = "llmesh-state";
 /// Prefix of the credential volumes (one per Secret; the name is hashed to
 /// fit the 63-character volume-name limit whatever the Secret is called).
 const CREDENTIAL_VOLUME_PREFIX: &str = "llmesh-cred-";
@@ -418,6 +420,7 @@ fn sidecar_container(
         value_env(ADMIN_ADDR, format!("0.0.0.0:{ADMIN_PORT}")),
         value_env(CONFIG_FILE, format!("{CONFIG_MOUNT_DIR}/{CONFIG_KEY}")),
         value_env(SECRETS_DIR, SECRETS_MOUNT_DIR.to_owned()),
+        value_env(STATE_FILE, format!("{STATE_MOUNT_DIR}/{STATE_FILE_NAME}")),
         value_env(WORKLOAD_NAMESPACE, namespace.name.clone()),
         value_env(WORKLOAD_NAME, workload.to_owned()),
         // The downward API: a pod with `generateName` has no name at admission yet.
@@ -439,12 +442,19 @@ fn sidecar_container(
     if let Some(routes) = &overrides.routes {
         env.push(value_env(POD_ROUTES, routes.clone()));
     }
-    let mut mounts = vec![VolumeMount {
-        name: CONFIG_VOLUME.to_owned(),
-        mount_path: CONFIG_MOUNT_DIR.to_owned(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    }];
+    let mut mounts = vec![
+        VolumeMount {
+            name: CONFIG_VOLUME.to_owned(),
+            mount_path: CONFIG_MOUNT_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: STATE_VOLUME.to_owned(),
+            mount_path: STATE_MOUNT_DIR.to_owned(),
+            ..VolumeMount::default()
+        },
+    ];
     mounts.extend(namespace.credential_secrets.iter().map(|secret| VolumeMount {
         name: credential_volume(secret),
         mount_path: format!("{SECRETS_MOUNT_DIR}/{secret}"),
@@ -503,16 +513,25 @@ fn sidecar_container(
 }
 
 fn volumes(namespace: &NamespaceSettings) -> Vec<Volume> {
-    let mut volumes = vec![Volume {
-        name: CONFIG_VOLUME.to_owned(),
-        // Not optional: without its configuration the sidecar serves nothing,
-        // and a pending mount says why in the pod's events.
-        config_map: Some(ConfigMapVolumeSource {
-            name: configmap::NAME.to_owned(),
-            ..ConfigMapVolumeSource::default()
-        }),
-        ..Volume::default()
-    }];
+    let mut volumes = vec![
+        Volume {
+            name: CONFIG_VOLUME.to_owned(),
+            // Not optional: without its configuration the sidecar serves nothing,
+            // and a pending mount says why in the pod's events.
+            config_map: Some(ConfigMapVolumeSource {
+                name: configmap::NAME.to_owned(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        // Outlives container restarts (a crash, an OOM kill), so budgets and
+        // rate limits carry on; a rescheduled pod starts from zero.
+        Volume {
+            name: STATE_VOLUME.to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
     volumes.extend(namespace.credential_secrets.iter().map(|secret| Volume {
         name: credential_volume(secret),
         // Optional: one missing provider Secret fails that provider's calls, not the pod.
