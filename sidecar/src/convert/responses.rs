@@ -81,6 +81,10 @@ pub fn to_chat(request: ResponsesRequest) -> Result<(ChatRequest, Echo), ApiErro
     if let Some(effort) = request.reasoning.as_ref().and_then(|r| r.effort.clone()) {
         extra.insert("reasoning_effort".to_owned(), effort.into());
     }
+    // Where a chat app puts it too: routing rules match it, OpenAI-style upstreams take it.
+    if let Some(metadata) = request.metadata.clone().filter(|m| !m.is_empty()) {
+        extra.insert("metadata".to_owned(), Value::Object(metadata));
+    }
     let stream = request.stream.unwrap_or(false);
     let echo = Echo {
         instructions: request.instructions,
