@@ -51,7 +51,11 @@ impl Admissible for ChatRequest {
     }
 
     fn prompt(&self) -> Option<String> {
-        let prompt: Vec<String> = self.messages.iter().map(crate::api::chat::Message::text).collect();
+        let prompt: Vec<String> = self
+            .messages
+            .iter()
+            .map(crate::api::chat::Message::text)
+            .collect();
         Some(prompt.join("\n"))
     }
 }

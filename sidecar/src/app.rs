@@ -107,7 +107,8 @@ impl App {
 /// The API apps call (port 4000, loopback): OpenAI's and Anthropic's.
 pub fn api_router(app: Arc<App>) -> Router {
     use crate::handlers::{
-        chat_completions, count_tokens, embeddings, healthz, messages, models, readyz, responses, unknown_path,
+        chat_completions, count_tokens, embeddings, healthz, messages, models, readyz, responses,
+        unknown_path,
     };
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))

@@ -37,9 +37,15 @@ pub async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, b
 
 /// `POST /v1/messages`: Anthropic's Messages API.
 pub async fn messages(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let beta = headers
+        .get("anthropic-beta")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     serve(&app, &headers, body, Api::Messages, |bytes| {
         let request: MessagesRequest = inbound::parse_json(bytes)?;
-        Ok((convert::messages::to_chat(request, false)?, Shape::Messages))
+        let mut chat = convert::messages::to_chat(request, false)?;
+        chat.anthropic_beta = beta;
+        Ok((chat, Shape::Messages))
     })
     .await
 }
@@ -147,7 +153,14 @@ async fn serve_embeddings(
     body: Body,
     record: &mut AccessRecord,
 ) -> Result<crate::providers::Completed, ApiError> {
-    let admitted = admission::admit(app, headers, body, record, inbound::parse_json::<EmbeddingsRequest>).await?;
+    let admitted = admission::admit(
+        app,
+        headers,
+        body,
+        record,
+        inbound::parse_json::<EmbeddingsRequest>,
+    )
+    .await?;
     let facts = admitted.facts(headers);
     let outcome = attempts::embeddings(
         &admitted.runtime,
@@ -184,7 +197,11 @@ async fn count(app: &App, headers: &HeaderMap, body: Body) -> Result<(TokenCount
     let key = admission::caller(app, &runtime, headers)?;
     let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
     let request: MessagesRequest = inbound::parse_json(&bytes)?;
-    let request = convert::messages::to_chat(request, true)?;
+    let mut request = convert::messages::to_chat(request, true)?;
+    request.anthropic_beta = headers
+        .get("anthropic-beta")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let route = admission::resolve(app, &runtime, &request.model)?;
     if let Some(key) = &key {
         key.allow_route(&route.alias)?;
@@ -217,7 +234,11 @@ async fn count(app: &App, headers: &HeaderMap, body: Body) -> Result<(TokenCount
 /// `anthropic-version`), in OpenAI's otherwise.
 pub async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let anthropic = headers.contains_key("anthropic-version");
-    let api = if anthropic { Api::Messages } else { Api::ChatCompletions };
+    let api = if anthropic {
+        Api::Messages
+    } else {
+        Api::ChatCompletions
+    };
     let listed = (|| {
         let runtime = app.runtime()?;
         let key = admission::caller(&app, &runtime, &headers)?;

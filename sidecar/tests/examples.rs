@@ -323,7 +323,10 @@ async fn three_apis_share_one_route_and_one_cache_entry() {
         .await;
     assert_eq!(chat.headers()["x-llmesh-cache"], "miss");
     let chat: Value = chat.json().await.expect("json");
-    let answer = chat["choices"][0]["message"]["content"].as_str().expect("text").to_owned();
+    let answer = chat["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("text")
+        .to_owned();
     assert_eq!(answer, format!("Mock reply to: {question}"));
 
     let messages = sidecar
@@ -333,7 +336,11 @@ async fn three_apis_share_one_route_and_one_cache_entry() {
             &[("anthropic-version", "2023-06-01")],
         )
         .await;
-    assert_eq!(messages.headers()["x-llmesh-cache"], "hit", "one entry serves Messages");
+    assert_eq!(
+        messages.headers()["x-llmesh-cache"],
+        "hit",
+        "one entry serves Messages"
+    );
     let message: Value = messages.json().await.expect("json");
     assert_eq!(message["type"], "message");
     assert_eq!(message["content"], json!([{"type": "text", "text": answer}]));

@@ -195,7 +195,15 @@ async fn count_tokens(
 ) -> Response {
     state.record(uri.to_string(), headers.clone(), body.clone());
     let mut request: Value = serde_json::from_slice(&body).unwrap_or_default();
-    for refused in ["max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata"] {
+    for refused in [
+        "max_tokens",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+        "metadata",
+    ] {
         if request.get(refused).is_some() {
             let message = format!("{refused}: Extra inputs are not permitted");
             return error(400, "invalid_request_error", &message);

@@ -28,7 +28,10 @@ pub fn to_chat(request: MessagesRequest, counting: bool) -> Result<ChatRequest, 
     };
     let mut messages = Vec::with_capacity(request.messages.len() + 1);
     if let Some(system) = request.system {
-        messages.push(chat_message(chat::Role::System, text_content(system.into_blocks())?));
+        messages.push(chat_message(
+            chat::Role::System,
+            text_content(system.into_blocks())?,
+        ));
     }
     for (turn, message) in request.messages.into_iter().enumerate() {
         match message.role {
@@ -71,7 +74,9 @@ pub fn to_chat(request: MessagesRequest, counting: bool) -> Result<ChatRequest, 
             ToolChoice::Auto { .. } => Value::from("auto"),
             ToolChoice::Any { .. } => Value::from("required"),
             ToolChoice::None => Value::from("none"),
-            ToolChoice::Tool { name, .. } => serde_json::json!({"type": "function", "function": {"name": name}}),
+            ToolChoice::Tool { name, .. } => {
+                serde_json::json!({"type": "function", "function": {"name": name}})
+            }
         }),
         parallel_tool_calls: parallel,
         temperature: request.temperature,
@@ -107,7 +112,11 @@ fn text_content(blocks: Vec<Block>) -> Result<Option<Content>, ApiError> {
         match block {
             Block::Text { text, .. } => parts.push(text_part(text)),
             Block::Thinking { .. } | Block::RedactedThinking { .. } => {}
-            _ => return Err(invalid("system and tool_result content may hold text blocks only")),
+            _ => {
+                return Err(invalid(
+                    "system and tool_result content may hold text blocks only",
+                ));
+            }
         }
     }
     Ok(simplify(parts))
@@ -347,11 +356,23 @@ mod tests {
                 {"role": "user", "content": "And tomorrow?"}
             ])
         );
-        assert_eq!(json["tool_choice"], json!({"type": "function", "function": {"name": "get_weather"}}));
+        assert_eq!(
+            json["tool_choice"],
+            json!({"type": "function", "function": {"name": "get_weather"}})
+        );
         assert_eq!(json["parallel_tool_calls"], false);
-        assert_eq!(json["tools"][0]["function"]["parameters"], json!({"type": "object"}));
-        assert_eq!((json["max_tokens"].clone(), json["user"].clone()), (json!(100), json!("u1")));
-        assert_eq!((json["stop"].clone(), json["top_k"].clone()), (json!(["END"]), json!(5)));
+        assert_eq!(
+            json["tools"][0]["function"]["parameters"],
+            json!({"type": "object"})
+        );
+        assert_eq!(
+            (json["max_tokens"].clone(), json["user"].clone()),
+            (json!(100), json!("u1"))
+        );
+        assert_eq!(
+            (json["stop"].clone(), json["top_k"].clone()),
+            (json!(["END"]), json!(5))
+        );
     }
 
     #[test]
@@ -370,9 +391,11 @@ mod tests {
 
     #[test]
     fn a_stream_asks_for_usage_and_an_error_result_says_so() {
-        let chat = request(json!({"model": "r", "max_tokens": 1, "stream": true, "messages": [
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "is_error": true, "content": "boom"}]}
-        ]}));
+        let chat = request(
+            json!({"model": "r", "max_tokens": 1, "stream": true, "messages": [
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "is_error": true, "content": "boom"}]}
+            ]}),
+        );
         assert!(chat.is_stream() && chat.wants_stream_usage());
         assert_eq!(chat.messages[0].text(), "Error: boom");
     }
@@ -380,7 +403,10 @@ mod tests {
     #[test]
     fn what_cannot_be_translated_is_refused_by_name() {
         let cases = [
-            (json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]}), "max_tokens"),
+            (
+                json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]}),
+                "max_tokens",
+            ),
             (
                 json!({"model": "r", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}],
                     "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),

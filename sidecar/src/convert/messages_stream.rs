@@ -156,12 +156,10 @@ mod tests {
             .iter()
             .map(|frame| {
                 let text = std::str::from_utf8(frame).expect("utf-8");
-                let (event, data) = text
-                    .trim_end()
-                    .split_once('\n')
-                    .expect("event and data lines");
+                let (event, data) = text.trim_end().split_once('\n').expect("event and data lines");
                 let name = event.strip_prefix("event: ").expect("event line");
-                let json: Value = serde_json::from_str(data.strip_prefix("data: ").expect("data")).expect("json");
+                let json: Value =
+                    serde_json::from_str(data.strip_prefix("data: ").expect("data")).expect("json");
                 assert_eq!(json["type"], name, "the event name repeats the type");
                 (name.to_owned(), json)
             })
@@ -239,7 +237,10 @@ mod tests {
             json!({"type": "content_block_start", "index": 1,
                 "content_block": {"type": "tool_use", "id": "call_a", "name": "get_weather", "input": {}}})
         );
-        assert_eq!(events[8].1["delta"], json!({"type": "input_json_delta", "partial_json": "\"Lisbon\"}"}));
+        assert_eq!(
+            events[8].1["delta"],
+            json!({"type": "input_json_delta", "partial_json": "\"Lisbon\"}"})
+        );
         assert_eq!(events[10].1["index"], 2);
         assert_eq!(
             events[13].1,
@@ -267,7 +268,10 @@ mod tests {
         let mut renderer = MessagesRenderer::default();
         let mut frames = Vec::new();
         renderer.chunk(chunk(Delta::default(), Some("length")), &mut frames);
-        renderer.chunk(ChatChunk::usage("c", 1, "m", Usage::new(5, 6, 0, 0, 0)), &mut frames);
+        renderer.chunk(
+            ChatChunk::usage("c", 1, "m", Usage::new(5, 6, 0, 0, 0)),
+            &mut frames,
+        );
         renderer.finish(&mut frames);
         let events = events(&frames);
         let delta = &events[events.len() - 2].1;

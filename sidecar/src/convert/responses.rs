@@ -41,7 +41,10 @@ pub fn to_chat(request: ResponsesRequest) -> Result<(ChatRequest, Echo), ApiErro
     }
     let mut messages = Vec::new();
     if let Some(instructions) = &request.instructions {
-        messages.push(message(chat::Role::System, Some(Content::Text(instructions.clone()))));
+        messages.push(message(
+            chat::Role::System,
+            Some(Content::Text(instructions.clone())),
+        ));
     }
     match request.input {
         Input::Text(text) => messages.push(message(chat::Role::User, Some(Content::Text(text)))),
@@ -55,7 +58,12 @@ pub fn to_chat(request: ResponsesRequest) -> Result<(ChatRequest, Echo), ApiErro
     let tools = request
         .tools
         .clone()
-        .map(|tools| tools.into_iter().map(function_tool).collect::<Result<Vec<_>, _>>())
+        .map(|tools| {
+            tools
+                .into_iter()
+                .map(function_tool)
+                .collect::<Result<Vec<_>, _>>()
+        })
         .transpose()?;
     let tool_choice = request.tool_choice.clone().map(|choice| match choice {
         Value::Object(named) if named.get("type").is_some_and(|t| t == "function") => {
@@ -367,16 +375,31 @@ mod tests {
         }))
         .expect("translates");
         let json = serde_json::to_value(&chat).expect("json");
-        assert_eq!(json["messages"][0], json!({"role": "system", "content": "Be brief."}));
-        assert_eq!(json["messages"][1], json!({"role": "user", "content": "Weather?"}));
+        assert_eq!(
+            json["messages"][0],
+            json!({"role": "system", "content": "Be brief."})
+        );
+        assert_eq!(
+            json["messages"][1],
+            json!({"role": "user", "content": "Weather?"})
+        );
         assert_eq!(
             json["messages"][2]["content"][1],
             json!({"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": "low"}})
         );
-        assert_eq!(json["messages"][3]["tool_calls"].as_array().map(Vec::len), Some(2));
-        assert_eq!(json["messages"][4], json!({"role": "tool", "tool_call_id": "call_1", "content": "21C"}));
+        assert_eq!(
+            json["messages"][3]["tool_calls"].as_array().map(Vec::len),
+            Some(2)
+        );
+        assert_eq!(
+            json["messages"][4],
+            json!({"role": "tool", "tool_call_id": "call_1", "content": "21C"})
+        );
         assert_eq!(json["messages"].as_array().map(Vec::len), Some(5));
-        assert_eq!(json["tool_choice"], json!({"type": "function", "function": {"name": "get_weather"}}));
+        assert_eq!(
+            json["tool_choice"],
+            json!({"type": "function", "function": {"name": "get_weather"}})
+        );
         assert_eq!(json["response_format"]["json_schema"]["name"], "city");
         assert_eq!(json["max_completion_tokens"], 50);
         assert_eq!(json["reasoning_effort"], "low");
@@ -390,7 +413,10 @@ mod tests {
         ] {
             let error = translate(body).expect_err("stateless");
             assert_eq!(error.status(), 400);
-            assert!(error.to_string().contains("whole conversation in `input`"), "{error}");
+            assert!(
+                error.to_string().contains("whole conversation in `input`"),
+                "{error}"
+            );
         }
         assert!(translate(json!({"model": "r", "input": "hi", "store": false})).is_ok());
     }
@@ -425,7 +451,10 @@ mod tests {
             assert_eq!(json["id"], "resp_9");
             assert_eq!(json["status"], status);
             assert_eq!(json["incomplete_details"]["reason"].as_str(), reason);
-            assert_eq!(json["output"][0]["content"][0], json!({"type": "output_text", "text": "hi", "annotations": []}));
+            assert_eq!(
+                json["output"][0]["content"][0],
+                json!({"type": "output_text", "text": "hi", "annotations": []})
+            );
             assert_eq!(json["output"][1]["type"], "function_call");
             assert_eq!(json["output"][1]["call_id"], "call_1");
             assert_eq!(

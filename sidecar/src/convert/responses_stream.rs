@@ -70,7 +70,11 @@ impl ResponsesRenderer {
             OutputItem::Message { id, .. } | OutputItem::FunctionCall { id, .. } => id.clone(),
         };
         let index = self.output().len();
-        self.emit(frames, "response.output_item.added", json!({"output_index": index, "item": item}));
+        self.emit(
+            frames,
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+        );
         if matches!(open, Open::Text { .. }) {
             let part = OutputText::new(String::new());
             self.emit(
@@ -85,7 +89,9 @@ impl ResponsesRenderer {
     }
 
     fn close(&mut self, frames: &mut Vec<Bytes>) {
-        let Some((index, id, open)) = self.open.take() else { return };
+        let Some((index, id, open)) = self.open.take() else {
+            return;
+        };
         let item = match open {
             Open::Text { text } => {
                 self.emit(
@@ -125,7 +131,11 @@ impl ResponsesRenderer {
                 }
             }
         };
-        self.emit(frames, "response.output_item.done", json!({"output_index": index, "item": item}));
+        self.emit(
+            frames,
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        );
         if let Some(slot) = self.output().get_mut(index) {
             *slot = item;
         }
@@ -181,7 +191,14 @@ impl Render for ResponsesRenderer {
             let Some(delta) = call.function.arguments.filter(|a| !a.is_empty()) else {
                 continue;
             };
-            if let Some((index, id, Open::Call { chat_index, arguments })) = &mut self.open
+            if let Some((
+                index,
+                id,
+                Open::Call {
+                    chat_index,
+                    arguments,
+                },
+            )) = &mut self.open
                 && *chat_index == call.index
             {
                 arguments.push_str(&delta);
@@ -242,8 +259,12 @@ mod tests {
             .map(|frame| {
                 let text = std::str::from_utf8(frame).expect("utf-8");
                 let (event, data) = text.trim_end().split_once('\n').expect("two lines");
-                let json: Value = serde_json::from_str(data.strip_prefix("data: ").expect("data")).expect("json");
-                assert_eq!(Some(json["type"].as_str().expect("type")), event.strip_prefix("event: "));
+                let json: Value =
+                    serde_json::from_str(data.strip_prefix("data: ").expect("data")).expect("json");
+                assert_eq!(
+                    Some(json["type"].as_str().expect("type")),
+                    event.strip_prefix("event: ")
+                );
                 json
             })
             .collect()
@@ -306,7 +327,10 @@ mod tests {
                 "response.completed"
             ]
         );
-        let numbers: Vec<u64> = events.iter().filter_map(|e| e["sequence_number"].as_u64()).collect();
+        let numbers: Vec<u64> = events
+            .iter()
+            .filter_map(|e| e["sequence_number"].as_u64())
+            .collect();
         assert_eq!(numbers, (0..15).collect::<Vec<_>>());
         assert_eq!(events[0]["response"]["id"], "resp_7");
         assert_eq!(events[0]["response"]["status"], "in_progress");
@@ -329,7 +353,10 @@ mod tests {
         renderer.finish(&mut frames);
         let last = events(&frames).pop().expect("events");
         assert_eq!(last["type"], "response.incomplete");
-        assert_eq!(last["response"]["incomplete_details"]["reason"], "max_output_tokens");
+        assert_eq!(
+            last["response"]["incomplete_details"]["reason"],
+            "max_output_tokens"
+        );
 
         let mut renderer = ResponsesRenderer::new(Echo::default());
         let mut frames = Vec::new();

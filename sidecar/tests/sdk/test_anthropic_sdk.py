@@ -185,3 +185,14 @@ def test_a_cached_answer_is_served_to_every_format(claude, client, gateway):
     text = chat.parse().choices[0].message.content
     assert message.parse().content[0].text == text
     assert response.parse().output_text == text
+
+
+def test_anthropic_beta_reaches_anthropic_targets_only(claude, gateway):
+    beta = {"anthropic-beta": "token-efficient-tools-2025-02-19"}
+    for provider in (PROVIDERS["anthropic"], PROVIDERS["openai"]):
+        claude.messages.create(
+            model=route_alias(provider), max_tokens=64, messages=[{"role": "user", "content": "hi"}], extra_headers=beta
+        )
+    anthropic_call = gateway.calls(PROVIDERS["anthropic"])[-1]
+    assert anthropic_call["headers"].get("anthropic-beta") == beta["anthropic-beta"]
+    assert "anthropic-beta" not in gateway.calls(PROVIDERS["openai"])[-1]["headers"]

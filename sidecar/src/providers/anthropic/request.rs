@@ -196,7 +196,14 @@ pub(super) fn count_tokens_body(request: &ChatRequest, model: &str) -> Result<Ve
     let mut value = serde_json::to_value(&outbound)
         .map_err(|e| ProviderError::new(ErrorKind::BadRequest, format!("cannot encode request: {e}")))?;
     if let Some(fields) = value.as_object_mut() {
-        for refused in ["max_tokens", "temperature", "top_p", "stop_sequences", "metadata", "stream"] {
+        for refused in [
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "stop_sequences",
+            "metadata",
+            "stream",
+        ] {
             fields.remove(refused);
         }
     }
