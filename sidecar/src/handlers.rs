@@ -55,7 +55,7 @@ pub async fn responses(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
     serve(&app, &headers, body, Api::Responses, |bytes| {
         let request: ResponsesRequest = inbound::parse_json(bytes)?;
         let (chat, echo) = convert::responses::to_chat(request)?;
-        Ok((chat, Shape::Responses(echo)))
+        Ok((chat, Shape::Responses(Box::new(echo))))
     })
     .await
 }

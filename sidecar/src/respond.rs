@@ -30,7 +30,7 @@ pub enum Shape {
     /// Anthropic Messages.
     Messages,
     /// OpenAI Responses, echoing the request.
-    Responses(Echo),
+    Responses(Box<Echo>),
 }
 
 impl Shape {
@@ -47,7 +47,7 @@ impl Shape {
         match self {
             Self::OpenAi => None,
             Self::Messages => Some(Box::new(MessagesRenderer::default())),
-            Self::Responses(echo) => Some(Box::new(ResponsesRenderer::new(echo))),
+            Self::Responses(echo) => Some(Box::new(ResponsesRenderer::new(*echo))),
         }
     }
 
