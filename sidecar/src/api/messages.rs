@@ -87,21 +87,6 @@ impl Content {
             Self::Blocks(blocks) => blocks,
         }
     }
-
-    /// The text of the content, text blocks joined.
-    pub fn text(&self) -> String {
-        match self {
-            Self::Text(text) => text.clone(),
-            Self::Blocks(blocks) => blocks
-                .iter()
-                .filter_map(|block| match block {
-                    Block::Text { text, .. } => Some(text.as_str()),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }
-    }
 }
 
 /// A content block.
