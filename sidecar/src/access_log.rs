@@ -13,7 +13,7 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::api::Usage;
+use crate::api::{Api, Usage};
 use crate::attempts::AttemptFailure;
 use crate::auth::Key;
 use crate::cache::{CacheStatus, Entry};
@@ -49,24 +49,6 @@ pub trait Settle: Send + Sync + std::fmt::Debug {
     fn settle(&self, usage: &Usage, cost: Option<f64>);
 }
 
-/// Which API a request used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
-    /// `/v1/chat/completions`.
-    Chat,
-    /// `/v1/embeddings`.
-    Embeddings,
-}
-
-impl Operation {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Chat => "chat",
-            Self::Embeddings => "embeddings",
-        }
-    }
-}
-
 /// How a request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ending {
@@ -83,7 +65,7 @@ enum Ending {
 pub struct AccessRecord {
     metrics: Arc<Metrics>,
     started: Instant,
-    operation: Operation,
+    api: Api,
     request_id: String,
     route: Option<String>,
     /// The other route whose targets answered, after a `route` fallback step.
@@ -120,11 +102,11 @@ struct Content {
 
 impl AccessRecord {
     /// Starts the record of a new request.
-    pub fn start(metrics: Arc<Metrics>, operation: Operation) -> Self {
+    pub fn start(metrics: Arc<Metrics>, api: Api) -> Self {
         Self {
             metrics,
             started: Instant::now(),
-            operation,
+            api,
             request_id: uuid::Uuid::new_v4().simple().to_string(),
             route: None,
             served_route: None,
@@ -387,9 +369,16 @@ impl Drop for AccessRecord {
                 .with_label_values(&[route, self.provider_kind, model, key_name, team, feature])
                 .inc_by(cost);
         }
-        let labels = [self.operation.as_str(), self.provider_kind, model, route];
+        let labels = [self.api.operation(), self.provider_kind, model, route];
         let error_label = error.unwrap_or("");
-        let duration_labels = [labels[0], labels[1], labels[2], labels[3], error_label];
+        let duration_labels = [
+            labels[0],
+            labels[1],
+            labels[2],
+            labels[3],
+            error_label,
+            self.api.as_str(),
+        ];
         self.metrics
             .request_duration
             .with_label_values(&duration_labels)
@@ -445,7 +434,8 @@ impl Drop for AccessRecord {
             line.field("timestamp", format_args!("{:.6}", jiff::Timestamp::now()));
             line.field("level", "INFO");
             line.field("request_id", &self.request_id);
-            line.field("operation", self.operation.as_str());
+            line.field("operation", self.api.operation());
+            line.field("api", self.api.as_str());
             line.field("route", route);
             line.field("virtual_key", key_name);
             line.field("team", team);

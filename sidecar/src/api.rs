@@ -1,11 +1,48 @@
-//! The OpenAI wire format the sidecar speaks to apps, typed as far as the
-//! translating adapters need; everything else rides along in `extra` so
-//! OpenAI-compatible upstreams see the request as the app sent it.
+//! The wire formats the sidecar speaks to apps, typed as far as the
+//! translations need; everything else rides along in `extra` so
+//! same-format upstreams see the request as the app sent it. OpenAI Chat
+//! Completions is also the internal format every other one converts to.
 
 pub mod chat;
 pub mod embeddings;
+pub mod messages;
+pub mod responses;
 
 use serde::{Deserialize, Serialize};
+
+/// The API an app called: which format its request and answer are in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// OpenAI `/v1/chat/completions`.
+    ChatCompletions,
+    /// OpenAI `/v1/embeddings`.
+    Embeddings,
+    /// Anthropic `/v1/messages`.
+    Messages,
+    /// OpenAI `/v1/responses`.
+    Responses,
+}
+
+impl Api {
+    /// The `api` label and access-log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat_completions",
+            Self::Embeddings => "embeddings",
+            Self::Messages => "messages",
+            Self::Responses => "responses",
+        }
+    }
+
+    /// The OpenTelemetry `gen_ai.operation.name`: every format but
+    /// embeddings is a chat.
+    pub fn operation(self) -> &'static str {
+        match self {
+            Self::Embeddings => "embeddings",
+            Self::ChatCompletions | Self::Messages | Self::Responses => "chat",
+        }
+    }
+}
 
 /// Token counts of one response, in the OpenAI shape.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]

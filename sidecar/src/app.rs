@@ -105,11 +105,17 @@ impl App {
     }
 }
 
-/// The OpenAI-compatible API (port 4000, loopback).
+/// The API apps call (port 4000, loopback): OpenAI's and Anthropic's.
 pub fn api_router(app: Arc<App>) -> Router {
-    use crate::handlers::{chat_completions, embeddings, healthz, models, readyz, unknown_path};
+    use crate::handlers::{
+        chat_completions, count_tokens, embeddings, healthz, messages, models, readyz, responses,
+        unknown_path,
+    };
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/responses", post(responses))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/healthz", get(healthz))

@@ -53,8 +53,15 @@ pub enum ApiError {
         reason: String,
     },
     /// No endpoint at this path.
-    #[error("no endpoint {0}; this gateway serves /v1/chat/completions, /v1/embeddings and /v1/models")]
+    #[error(
+        "no endpoint {0}; this gateway serves /v1/chat/completions, /v1/messages, /v1/responses, /v1/embeddings and /v1/models"
+    )]
     UnknownPath(String),
+    /// A Responses request that needs state kept between requests.
+    #[error(
+        "{0}: this gateway is stateless and keeps no responses; send the whole conversation in `input` (earlier outputs included) and leave `store` unset or false"
+    )]
+    Stateless(&'static str),
     /// The sidecar has no configuration yet.
     #[error("the gateway has no configuration yet")]
     NotReady,
@@ -96,7 +103,7 @@ impl ApiError {
     /// The HTTP status an app expects for this failure.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidBody(_) | Self::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidBody(_) | Self::InvalidHeader { .. } | Self::Stateless(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownRoute(_)
             | Self::RouteNotForPod { .. }
@@ -125,10 +132,11 @@ impl ApiError {
     }
 
     /// OpenAI's `type` and `code` for this failure.
-    fn type_and_code(&self) -> (&'static str, &'static str) {
+    pub fn type_and_code(&self) -> (&'static str, &'static str) {
         match self {
             Self::InvalidBody(_) => ("invalid_request_error", "invalid_body"),
             Self::InvalidHeader { .. } => ("invalid_request_error", "invalid_header"),
+            Self::Stateless(_) => ("invalid_request_error", "stateless_gateway"),
             Self::BodyTooLarge { .. } => ("invalid_request_error", "request_too_large"),
             Self::UnknownRoute(_) | Self::RouteNotForPod { .. } | Self::RouteNotInForce { .. } => {
                 ("invalid_request_error", "model_not_found")
@@ -192,6 +200,73 @@ impl ApiError {
         crate::providers::to_json_bytes(&body)
     }
 
+    /// The status and error `type` Anthropic's API gives for this failure.
+    /// An upstream overload (Anthropic's 529) stays a 529 when it is the
+    /// last failure of a chain, so Anthropic SDKs back off as they would.
+    pub fn anthropic_status_and_type(&self) -> (StatusCode, &'static str) {
+        if let Self::Upstream { error, .. } = self
+            && error.kind == ErrorKind::RateLimit
+            && error.status == Some(529)
+        {
+            let overloaded = StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return (overloaded, "overloaded_error");
+        }
+        let status = self.status();
+        let kind = match status.as_u16() {
+            400 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            504 => "timeout_error",
+            _ => "api_error",
+        };
+        (status, kind)
+    }
+
+    /// The error as Anthropic's JSON body.
+    pub fn anthropic_body(&self) -> Bytes {
+        let (_, kind) = self.anthropic_status_and_type();
+        crate::providers::to_json_bytes(&crate::api::messages::ErrorBody {
+            kind: "error",
+            error: crate::api::messages::ErrorDetail {
+                kind,
+                message: self.to_string(),
+            },
+        })
+    }
+
+    /// The response for an app of `api`: Anthropic's error shape for
+    /// Messages apps, OpenAI's for the others.
+    pub fn into_response_for(self, api: crate::api::Api) -> Response {
+        if api != crate::api::Api::Messages {
+            return self.into_response();
+        }
+        let (status, _) = self.anthropic_status_and_type();
+        let mut response = (
+            status,
+            [(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.anthropic_body(),
+        )
+            .into_response();
+        self.add_retry_after(&mut response);
+        response
+    }
+
+    fn add_retry_after(&self, response: &mut Response) {
+        if let Some(wait) = self.retry_after() {
+            // Whole seconds, rounded up: a client that waits this long will not be early.
+            let seconds = wait.as_millis().div_ceil(1000).max(1);
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(http::header::RETRY_AFTER, value);
+            }
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Upstream { error, .. } if error.kind == ErrorKind::RateLimit => {
@@ -215,13 +290,7 @@ impl IntoResponse for ApiError {
             self.body(),
         )
             .into_response();
-        if let Some(wait) = self.retry_after() {
-            // Whole seconds, rounded up: a client that waits this long will not be early.
-            let seconds = wait.as_millis().div_ceil(1000).max(1);
-            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-                response.headers_mut().insert(http::header::RETRY_AFTER, value);
-            }
-        }
+        self.add_retry_after(&mut response);
         response
     }
 }

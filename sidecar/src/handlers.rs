@@ -1,5 +1,8 @@
 //! The endpoints. Each reads top to bottom as the request path:
-//! accept → authenticate → route → cache → attempt(s) → account → respond.
+//! accept → admit (authenticate, route, budget, limits) → cache →
+//! attempt(s) → account → respond. The chat-like APIs differ only in how
+//! the body is parsed into the internal request and how the answer is
+//! rendered back.
 
 use std::sync::Arc;
 
@@ -7,28 +10,77 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 
-use crate::access_log::{AccessRecord, Operation};
+use crate::access_log::AccessRecord;
+use crate::admission::{self, Admitted};
 use crate::api::chat::ChatRequest;
 use crate::api::embeddings::EmbeddingsRequest;
-use crate::api::{Model, ModelList};
+use crate::api::messages::{MessagesRequest, ModelInfo, TokenCount};
+use crate::api::responses::ResponsesRequest;
+use crate::api::{Api, Model, ModelList, messages};
 use crate::app::App;
 use crate::attempts::{self, Failed, Reply, Served};
-use crate::auth::Key;
-use crate::budget::{self, Admitted};
 use crate::cache::{self, ResponseCache};
+use crate::convert;
 use crate::error::ApiError;
-use crate::routing::{Estimate, RequestFacts, Route, Runtime};
-use crate::{inbound, respond};
+use crate::inbound;
+use crate::respond::{self, Shape};
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    let mut record = AccessRecord::start(app.metrics.clone(), Operation::Chat);
-    match serve_chat(&app, &headers, body, &mut record).await {
-        Ok(Reply::Complete(completed)) => respond::complete(completed, record),
-        Ok(Reply::Stream(stream)) => respond::stream(stream, record),
-        Err(error) => respond::error(error, record),
+    serve(&app, &headers, body, Api::ChatCompletions, |bytes| {
+        Ok((inbound::parse_json::<ChatRequest>(bytes)?, Shape::OpenAi))
+    })
+    .await
+}
+
+/// `POST /v1/messages`: Anthropic's Messages API.
+pub async fn messages(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let beta = headers
+        .get("anthropic-beta")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    serve(&app, &headers, body, Api::Messages, |bytes| {
+        let request: MessagesRequest = inbound::parse_json(bytes)?;
+        let mut chat = convert::messages::to_chat(request, false)?;
+        chat.anthropic_beta = beta;
+        Ok((chat, Shape::Messages))
+    })
+    .await
+}
+
+/// `POST /v1/responses`: OpenAI's Responses API, stateless.
+pub async fn responses(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    serve(&app, &headers, body, Api::Responses, |bytes| {
+        let request: ResponsesRequest = inbound::parse_json(bytes)?;
+        let (chat, echo) = convert::responses::to_chat(request)?;
+        Ok((chat, Shape::Responses(Box::new(echo))))
+    })
+    .await
+}
+
+/// Serves a chat-like request: `parse` turns the body into the internal
+/// request and names the shape of the answer.
+async fn serve(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+    api: Api,
+    parse: impl FnOnce(&[u8]) -> Result<(ChatRequest, Shape), ApiError>,
+) -> Response {
+    let mut record = AccessRecord::start(app.metrics.clone(), api);
+    let mut shape = Shape::OpenAi;
+    let outcome = serve_chat(app, headers, body, &mut record, |bytes| {
+        let (request, wanted) = parse(bytes)?;
+        shape = wanted;
+        Ok(request)
+    })
+    .await;
+    match outcome {
+        Ok(Reply::Complete(completed)) => respond::complete(completed, record, &shape),
+        Ok(Reply::Stream(stream)) => respond::stream(stream, record, shape),
+        Err(error) => respond::error(error, record, api),
     }
 }
 
@@ -37,47 +89,30 @@ async fn serve_chat(
     headers: &HeaderMap,
     body: Body,
     record: &mut AccessRecord,
+    parse: impl FnOnce(&[u8]) -> Result<ChatRequest, ApiError>,
 ) -> Result<Reply, ApiError> {
-    let runtime = app.runtime()?;
-    let key = authenticate(app, &runtime, headers, record)?;
-    let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
-    let request: ChatRequest = inbound::parse_json(&bytes)?;
-    let asked_timeouts = inbound::timeout_overrides(headers)?;
-    record.set_stream(request.is_stream());
-
-    let estimate = Estimate::of_chat(&request);
-    let route = authorize(
-        app,
-        &runtime,
-        key.as_deref(),
-        &request.model,
-        &estimate,
-        headers,
-        record,
-    )?;
-    if route.log_content {
-        let prompt: Vec<String> = request.messages.iter().map(|m| m.text()).collect();
-        record.log_content(app.settings.redactor.clone(), prompt.join("\n"));
-    }
-    let metadata = request.extra.get("metadata").and_then(|m| m.as_object());
-    let facts = RequestFacts {
-        headers,
-        metadata,
-        estimate,
-    };
-    let timeouts = route.timeouts.tightened_by(asked_timeouts);
+    let admitted = admission::admit(app, headers, body, record, parse).await?;
+    let Admitted {
+        runtime,
+        key,
+        route,
+        request,
+        timeouts,
+        ..
+    } = &admitted;
+    let facts = admitted.facts(headers);
 
     let caller = key.as_ref().map_or(cache::ANONYMOUS_CALLER, |k| k.name.as_str());
-    let mut cache_plan = cache::Plan::for_chat(&route, caller, headers, &facts, &request)?;
+    let mut cache_plan = cache::Plan::for_chat(route, caller, headers, &facts, request)?;
     if let Some(plan) = &mut cache_plan {
         record.set_cache(plan.status_unless_hit());
         if let Some((entry, status)) = app.cache.lookup(plan).await {
             record.served_from_cache(&entry, status);
-            return Ok(ResponseCache::replay(&entry, &request));
+            return Ok(ResponseCache::replay(&entry, request));
         }
     }
 
-    let outcome = attempts::chat(&runtime, &route, &request, &facts, timeouts).await;
+    let outcome = attempts::chat(runtime, route, request, &facts, *timeouts).await;
     let origin = outcome
         .as_ref()
         .ok()
@@ -87,117 +122,6 @@ async fn serve_chat(
         (Some(plan), Some(origin)) => app.cache.fill(plan, origin, reply),
         _ => reply,
     })
-}
-
-/// Who is calling (`None` when no keys are configured).
-fn caller(app: &App, runtime: &Runtime, headers: &HeaderMap) -> Result<Option<Arc<Key>>, ApiError> {
-    let now = jiff::Timestamp::now().as_second();
-    let key = runtime
-        .keys
-        .authenticate(headers, app.settings.default_key.as_deref(), now)?;
-    Ok(key)
-}
-
-/// Who is calling, noted in the record.
-fn authenticate(
-    app: &App,
-    runtime: &Runtime,
-    headers: &HeaderMap,
-    record: &mut AccessRecord,
-) -> Result<Option<Arc<Key>>, ApiError> {
-    let key = caller(app, runtime, headers)?;
-    if let Some(key) = &key {
-        record.set_key(key);
-    }
-    Ok(key)
-}
-
-/// The route a request names, once the caller's key may use it, its budget
-/// allows the request (or downgrades it to a cheaper route) and its rate
-/// limits admit it.
-fn authorize(
-    app: &App,
-    runtime: &Runtime,
-    key: Option<&Key>,
-    alias: &str,
-    estimate: &Estimate,
-    headers: &HeaderMap,
-    record: &mut AccessRecord,
-) -> Result<Arc<Route>, ApiError> {
-    app.settings.allow_route(alias)?;
-    let route = runtime.route(alias)?;
-    record.set_route(&route);
-    if let Some(key) = key {
-        key.allow_route(&route.alias)?;
-    }
-    let route = check_budget(app, runtime, key, route, estimate, headers, record)?;
-    admit(app, key, estimate, record)?;
-    Ok(route)
-}
-
-/// Checks the key's budget: token ceilings, then spend. Returns the route to
-/// serve from — the budget's cheaper one when it is exhausted and downgrades.
-fn check_budget(
-    app: &App,
-    runtime: &Runtime,
-    key: Option<&Key>,
-    route: Arc<Route>,
-    estimate: &Estimate,
-    headers: &HeaderMap,
-    record: &mut AccessRecord,
-) -> Result<Arc<Route>, ApiError> {
-    let Some((name, config)) = key
-        .and_then(|k| k.config.budget.as_ref())
-        .and_then(|name| runtime.budgets.get_key_value(name))
-    else {
-        return Ok(route);
-    };
-    let session = headers
-        .get(budget::SESSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty());
-    let reserve = budget::max_cost(&route, estimate);
-    match app.budgets.admit(name, config, estimate, reserve, session)? {
-        Admitted::Serve(charge) => {
-            record.hold(charge);
-            Ok(route)
-        }
-        Admitted::Downgrade(charge, cheaper) => {
-            record.hold(charge);
-            let cheaper = runtime.route(&cheaper)?;
-            record.set_route(&cheaper);
-            Ok(cheaper)
-        }
-    }
-}
-
-/// Charges the key's rate limits with the request and its token estimate;
-/// the record corrects the estimate with the actual usage at the end.
-fn admit(
-    app: &App,
-    key: Option<&Key>,
-    estimate: &Estimate,
-    record: &mut AccessRecord,
-) -> Result<(), ApiError> {
-    let Some(key) = key else { return Ok(()) };
-    let tokens = estimate
-        .prompt_tokens
-        .saturating_add(estimate.max_output_tokens.unwrap_or(0));
-    match app.rate_limits.admit(key, tokens) {
-        Ok((state, reservation)) => {
-            record.set_rate_limit_headers(state.headers());
-            record.hold(reservation);
-            Ok(())
-        }
-        Err(limited) => {
-            record.set_rate_limit_headers(limited.state.headers());
-            app.metrics
-                .rate_limited
-                .with_label_values(&[key.name.as_str(), limited.unit])
-                .inc();
-            Err(limited.into())
-        }
-    }
 }
 
 /// Notes who answered (or failed last) and hands on the answer.
@@ -219,10 +143,10 @@ fn settle<T>(record: &mut AccessRecord, outcome: Result<Served<'_, T>, Failed<'_
 
 /// `POST /v1/embeddings`.
 pub async fn embeddings(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    let mut record = AccessRecord::start(app.metrics.clone(), Operation::Embeddings);
+    let mut record = AccessRecord::start(app.metrics.clone(), Api::Embeddings);
     match serve_embeddings(&app, &headers, body, &mut record).await {
-        Ok(completed) => respond::complete(completed, record),
-        Err(error) => respond::error(error, record),
+        Ok(completed) => respond::complete(completed, record, &Shape::OpenAi),
+        Err(error) => respond::error(error, record, Api::Embeddings),
     }
 }
 
@@ -232,51 +156,135 @@ async fn serve_embeddings(
     body: Body,
     record: &mut AccessRecord,
 ) -> Result<crate::providers::Completed, ApiError> {
-    let runtime = app.runtime()?;
-    let key = authenticate(app, &runtime, headers, record)?;
-    let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
-    let request: EmbeddingsRequest = inbound::parse_json(&bytes)?;
-    let asked_timeouts = inbound::timeout_overrides(headers)?;
-
-    let estimate = Estimate::of_embeddings(&request);
-    let route = authorize(
+    let admitted = admission::admit(
         app,
-        &runtime,
-        key.as_deref(),
-        &request.model,
-        &estimate,
         headers,
+        body,
         record,
-    )?;
-    let facts = RequestFacts {
+        inbound::parse_json::<EmbeddingsRequest>,
+    )
+    .await?;
+    let facts = admitted.facts(headers);
+    let outcome = attempts::embeddings(
+        &admitted.runtime,
+        &admitted.route,
+        &admitted.request,
+        &facts,
+        admitted.timeouts,
+    )
+    .await;
+    settle(record, outcome)
+}
+
+/// Whether a token count is the provider's or llmesh's estimate.
+static TOKEN_COUNT: HeaderName = HeaderName::from_static("x-llmesh-token-count");
+
+/// `POST /v1/messages/count_tokens`: exact from an Anthropic target (the
+/// first the route would try), otherwise llmesh's estimate; the
+/// `x-llmesh-token-count` header says which.
+pub async fn count_tokens(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    match count(&app, &headers, body).await {
+        Ok((count, how)) => {
+            let mut response = Json(count).into_response();
+            response
+                .headers_mut()
+                .insert(TOKEN_COUNT.clone(), HeaderValue::from_static(how));
+            response
+        }
+        Err(error) => error.into_response_for(Api::Messages),
+    }
+}
+
+async fn count(app: &App, headers: &HeaderMap, body: Body) -> Result<(TokenCount, &'static str), ApiError> {
+    let runtime = app.runtime()?;
+    let key = admission::caller(app, &runtime, headers)?;
+    let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
+    let request: MessagesRequest = inbound::parse_json(&bytes)?;
+    let mut request = convert::messages::to_chat(request, true)?;
+    request.anthropic_beta = headers
+        .get("anthropic-beta")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let route = admission::resolve(app, &runtime, &request.model)?;
+    if let Some(key) = &key {
+        key.allow_route(&route.alias)?;
+    }
+    let estimate = crate::routing::Estimate::of_chat(&request);
+    let facts = crate::routing::RequestFacts {
         headers,
         metadata: None,
         estimate,
     };
-    let timeouts = route.timeouts.tightened_by(asked_timeouts);
-
-    settle(
-        record,
-        attempts::embeddings(&runtime, &route, &request, &facts, timeouts).await,
-    )
+    let first = route
+        .targets_for(&facts)
+        .ordered(route.strategy, &estimate)
+        .into_iter()
+        .next();
+    if let Some(target) = first {
+        match target.provider.count_tokens(&request, &target.model).await {
+            Ok(input_tokens) => return Ok((TokenCount { input_tokens }, "exact")),
+            Err(error) => {
+                tracing::debug!(provider = %target.provider_name, error = %error, "no exact token count; estimating");
+            }
+        }
+    }
+    let input_tokens = estimate.prompt_tokens;
+    Ok((TokenCount { input_tokens }, "estimate"))
 }
 
-/// `GET /v1/models`: the route aliases the caller's key may use.
-pub async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<ModelList>, ApiError> {
-    let runtime = app.runtime()?;
-    let key = caller(&app, &runtime, &headers)?;
-    let data = runtime
-        .routes()
-        .filter(|route| app.settings.allow_route(&route.alias).is_ok())
-        .filter(|route| key.as_ref().is_none_or(|k| k.allow_route(&route.alias).is_ok()))
-        .map(|route| Model {
-            id: route.alias.clone(),
+/// `GET /v1/models`: the route aliases the caller's key may use, in
+/// Anthropic's shape when the caller is an Anthropic SDK (it always sends
+/// `anthropic-version`), in OpenAI's otherwise.
+pub async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let anthropic = headers.contains_key("anthropic-version");
+    let api = if anthropic {
+        Api::Messages
+    } else {
+        Api::ChatCompletions
+    };
+    let listed = (|| {
+        let runtime = app.runtime()?;
+        let key = admission::caller(&app, &runtime, &headers)?;
+        let routes: Vec<(String, String)> = runtime
+            .routes()
+            .filter(|route| app.settings.allow_route(&route.alias).is_ok())
+            .filter(|route| key.as_ref().is_none_or(|k| k.allow_route(&route.alias).is_ok()))
+            .map(|route| (route.alias.clone(), route.resource.clone()))
+            .collect();
+        Ok::<_, ApiError>(routes)
+    })();
+    let routes = match listed {
+        Ok(routes) => routes,
+        Err(error) => return error.into_response_for(api),
+    };
+    if anthropic {
+        let data: Vec<ModelInfo> = routes
+            .into_iter()
+            .map(|(alias, _)| ModelInfo {
+                kind: "model",
+                display_name: alias.clone(),
+                id: alias,
+                created_at: "1970-01-01T00:00:00Z",
+            })
+            .collect();
+        let list = messages::ModelList {
+            first_id: data.first().map(|m| m.id.clone()),
+            last_id: data.last().map(|m| m.id.clone()),
+            data,
+            has_more: false,
+        };
+        return Json(list).into_response();
+    }
+    let data = routes
+        .into_iter()
+        .map(|(id, owned_by)| Model {
+            id,
             object: "model",
             created: 0,
-            owned_by: route.resource.clone(),
+            owned_by,
         })
         .collect();
-    Ok(Json(ModelList { object: "list", data }))
+    Json(ModelList { object: "list", data }).into_response()
 }
 
 /// `GET /healthz`: the process is serving.

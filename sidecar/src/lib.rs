@@ -1,18 +1,21 @@
-//! The llmesh sidecar: an OpenAI-compatible gateway that runs next to each app.
+//! The llmesh sidecar: an OpenAI- and Anthropic-compatible gateway that runs next to each app.
 //!
 //! A request flows through one module per step:
-//! [`inbound`] (accept) → [`auth`] (authenticate) → [`routing`] (route) → [`cache`] → [`attempts`] (attempt(s),
-//! through [`providers`]) → [`access_log`] (account) → [`respond`].
+//! [`inbound`] (accept) → [`convert`] (the app's format to the internal one) → [`admission`]
+//! ([`auth`], [`routing`], [`budget`], [`limits`]) → [`cache`] → [`attempts`] (attempt(s),
+//! through [`providers`]) → [`access_log`] (account) → [`respond`] (back in the app's format).
 //! [`handlers`] strings them together per endpoint; [`reload`] keeps the
 //! configuration they read current.
 
 pub mod access_log;
+pub mod admission;
 pub mod api;
 pub mod app;
 pub mod attempts;
 pub mod auth;
 pub mod budget;
 pub mod cache;
+pub mod convert;
 pub mod credentials;
 pub mod drills;
 pub mod error;

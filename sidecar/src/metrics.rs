@@ -207,6 +207,7 @@ impl Metrics {
         );
         let mut duration_labels = GEN_AI_LABELS.to_vec();
         duration_labels.push("error_type");
+        duration_labels.push("api");
         let request_duration = histogram(
             &registry,
             "gen_ai_server_request_duration",

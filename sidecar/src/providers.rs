@@ -49,6 +49,18 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The upstream failed or answered with an error, classified.
     async fn chat(&self, request: &ChatRequest, model: &str) -> Result<ChatReply, ProviderError>;
 
+    /// The input tokens of `request` for `model`, as the provider counts them.
+    ///
+    /// # Errors
+    /// The provider has no token-counting API, or it failed.
+    async fn count_tokens(&self, request: &ChatRequest, model: &str) -> Result<u64, ProviderError> {
+        let _ = (request, model);
+        Err(ProviderError::unsupported(format!(
+            "provider {} has no token-counting API",
+            self.kind().as_str()
+        )))
+    }
+
     /// Embeds the request's inputs with `model`.
     ///
     /// # Errors

@@ -306,3 +306,135 @@ async fn the_cache_example_answers_a_repeated_question_from_memory() {
         .await;
     assert_eq!(verdict(&reworded), "semantic-hit");
 }
+
+/// The SSE `event:` names of a stream, in order.
+fn event_names(text: &str) -> Vec<&str> {
+    text.lines().filter_map(|l| l.strip_prefix("event: ")).collect()
+}
+
+#[tokio::test]
+async fn three_apis_share_one_route_and_one_cache_entry() {
+    let sidecar = Sidecar::start(&example("three-apis")).await;
+    let question = "What is llmesh?";
+
+    let chat = sidecar
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "assistant", "max_tokens": 256, "messages": [{"role": "user", "content": question}]}),
+        )
+        .await;
+    assert_eq!(chat.headers()["x-llmesh-cache"], "miss");
+    let chat: Value = chat.json().await.expect("json");
+    let answer = chat["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("text")
+        .to_owned();
+    assert_eq!(answer, format!("Mock reply to: {question}"));
+
+    let messages = sidecar
+        .post_with(
+            "/v1/messages",
+            &json!({"model": "assistant", "max_tokens": 256, "messages": [{"role": "user", "content": question}]}),
+            &[("anthropic-version", "2023-06-01")],
+        )
+        .await;
+    assert_eq!(
+        messages.headers()["x-llmesh-cache"],
+        "hit",
+        "one entry serves Messages"
+    );
+    let message: Value = messages.json().await.expect("json");
+    assert_eq!(message["type"], "message");
+    assert_eq!(message["content"], json!([{"type": "text", "text": answer}]));
+    assert_eq!(message["stop_reason"], "end_turn");
+
+    let responses = sidecar
+        .post(
+            "/v1/responses",
+            &json!({"model": "assistant", "max_output_tokens": 256, "input": question}),
+        )
+        .await;
+    assert_eq!(responses.headers()["x-llmesh-cache"], "hit", "and Responses");
+    let response: Value = responses.json().await.expect("json");
+    assert_eq!(response["object"], "response");
+    assert_eq!(response["status"], "completed");
+    assert_eq!(response["output"][0]["content"][0]["text"], answer);
+    assert_eq!(response["store"], false);
+
+    // Streams, replayed from the cache, in each API's own event sequence.
+    let stream = sidecar
+        .post(
+            "/v1/messages",
+            &json!({"model": "assistant", "max_tokens": 256, "stream": true,
+                "messages": [{"role": "user", "content": question}]}),
+        )
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(
+        event_names(&stream),
+        [
+            "message_start",
+            "ping",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    assert!(!stream.contains("[DONE]"));
+    let stream = sidecar
+        .post(
+            "/v1/responses",
+            &json!({"model": "assistant", "max_output_tokens": 256, "input": question, "stream": true}),
+        )
+        .await
+        .text()
+        .await
+        .expect("body");
+    let names = event_names(&stream);
+    assert_eq!(names.first(), Some(&"response.created"));
+    assert_eq!(names.last(), Some(&"response.completed"));
+    assert!(names.contains(&"response.output_text.delta"));
+
+    let count = sidecar
+        .post(
+            "/v1/messages/count_tokens",
+            &json!({"model": "assistant", "messages": [{"role": "user", "content": question}]}),
+        )
+        .await;
+    assert_eq!(count.headers()["x-llmesh-token-count"], "estimate");
+    let count: Value = count.json().await.expect("json");
+    assert!(count["input_tokens"].as_u64().is_some_and(|n| n > 0));
+
+    let stateful = sidecar
+        .post(
+            "/v1/responses",
+            &json!({"model": "assistant", "input": question, "store": true}),
+        )
+        .await;
+    assert_eq!(stateful.status(), 400);
+    let error: Value = stateful.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "stateless_gateway");
+
+    let unknown = sidecar
+        .post(
+            "/v1/messages",
+            &json!({"model": "nope", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(unknown.status(), 404);
+    let error: Value = unknown.json().await.expect("json");
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "not_found_error");
+
+    let metrics = sidecar.get("/metrics").await.text().await.expect("metrics");
+    for api in ["chat_completions", "messages", "responses"] {
+        assert!(
+            metrics.contains(&format!("api=\"{api}\"")),
+            "request duration by api={api}"
+        );
+    }
+}

@@ -71,10 +71,11 @@ pub async fn start() -> MockServer {
     MockServer::start(state.clone(), router(state)).await
 }
 
-/// The mock's route: `/v1/messages`, as Anthropic serves it.
+/// The mock's routes: `/v1/messages` and `/v1/messages/count_tokens`, as Anthropic serves them.
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .with_state(state)
 }
 
@@ -182,6 +183,41 @@ async fn messages(
     sse_response(Body::from_stream(futures::stream::iter(
         frames.into_iter().map(Ok::<Bytes, std::io::Error>),
     )))
+}
+
+/// `count_tokens`: the input tokens a Messages call with this body would
+/// report, and Anthropic's refusal of the fields the endpoint does not take.
+async fn count_tokens(
+    AxumState(state): AxumState<Arc<State>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    state.record(uri.to_string(), headers.clone(), body.clone());
+    let mut request: Value = serde_json::from_slice(&body).unwrap_or_default();
+    for refused in [
+        "max_tokens",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+        "metadata",
+    ] {
+        if request.get(refused).is_some() {
+            let message = format!("{refused}: Extra inputs are not permitted");
+            return error(400, "invalid_request_error", &message);
+        }
+    }
+    // The Messages endpoint's own checks, with the output limit it requires.
+    request["max_tokens"] = json!(1);
+    let request = match validate(&headers, request.to_string().as_bytes()) {
+        Ok(request) => request,
+        Err(Rejection(status, kind, message)) => return error(status, kind, &message),
+    };
+    let answer = Answer::new(&request, false);
+    let body = json!({"input_tokens": answer.input_tokens});
+    ([("content-type", "application/json")], body.to_string()).into_response()
 }
 
 /// What the mock says to one request.

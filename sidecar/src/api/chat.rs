@@ -63,6 +63,10 @@ pub struct ChatRequest {
     /// Fields llmesh does not interpret, passed to OpenAI-style upstreams.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// The `anthropic-beta` header of a Messages app, passed on to Anthropic
+    /// targets only; not part of the body, the cache key, or any other wire format.
+    #[serde(skip)]
+    pub anthropic_beta: Option<String>,
 }
 
 impl ChatRequest {

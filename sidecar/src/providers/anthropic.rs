@@ -36,6 +36,7 @@ const API_VERSION: &str = "2023-06-01";
 #[derive(Debug)]
 pub struct Anthropic {
     url: String,
+    count_url: String,
     headers: HeaderMap,
     api_key: Option<CredentialRef>,
     client: UpstreamClient,
@@ -67,6 +68,7 @@ impl Anthropic {
         };
         Ok(Self {
             url: format!("{base}/v1/messages"),
+            count_url: format!("{base}/v1/messages/count_tokens"),
             headers,
             api_key,
             client: deps.client.clone(),
@@ -75,8 +77,20 @@ impl Anthropic {
         })
     }
 
-    async fn post(&self, body: Vec<u8>) -> Result<UpstreamResponse, ProviderError> {
-        let mut builder = self.client.post(&self.url).headers(self.headers.clone());
+    async fn post(
+        &self,
+        url: &str,
+        request: &ChatRequest,
+        body: Vec<u8>,
+    ) -> Result<UpstreamResponse, ProviderError> {
+        let mut builder = self.client.post(url).headers(self.headers.clone());
+        // The betas a Messages app asked for; a ProviderSecret's own header wins.
+        if let Some(beta) = request.anthropic_beta.as_deref()
+            && !self.headers.contains_key("anthropic-beta")
+            && let Ok(value) = HeaderValue::from_str(beta)
+        {
+            builder = builder.header("anthropic-beta", value);
+        }
         if let Some(reference) = &self.api_key {
             let mut key =
                 HeaderValue::from_str(self.credentials.resolve(reference)?.expose()).map_err(|_| {
@@ -117,7 +131,7 @@ impl Provider for Anthropic {
         let body = serde_json::to_vec(&outbound)
             .map_err(|e| ProviderError::new(ErrorKind::BadRequest, format!("cannot encode request: {e}")))?;
         let json_response = request::wants_json(request);
-        let response = self.post(body).await?;
+        let response = self.post(&self.url, request, body).await?;
         if request.is_stream() {
             let mut translator = StreamTranslator::new(model, request.wants_stream_usage());
             if json_response {
@@ -127,6 +141,19 @@ impl Provider for Anthropic {
         }
         let body = UpstreamClient::body(response).await?;
         response::translate(&body, json_response).map(ChatReply::Complete)
+    }
+
+    async fn count_tokens(&self, request: &ChatRequest, model: &str) -> Result<u64, ProviderError> {
+        let body = request::count_tokens_body(request, model)?;
+        let response = self.post(&self.count_url, request, body).await?;
+        let body = UpstreamClient::body(response).await?;
+        #[derive(Deserialize)]
+        struct Count {
+            input_tokens: u64,
+        }
+        serde_json::from_slice::<Count>(&body)
+            .map(|count| count.input_tokens)
+            .map_err(|e| ProviderError::invalid_response(format!("not a token count: {e}")))
     }
 }
 

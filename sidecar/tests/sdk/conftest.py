@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -242,6 +243,8 @@ def _route(alias: str, provider_name: str, model: str, timeouts: dict | None = N
 CACHED_ALIAS = "openai-cached-route"
 # The semantic route: the in-process mock answers and embeds.
 SEMANTIC_ALIAS = "mock-semantic-route"
+# Anthropic first, OpenAI when Anthropic fails: a fallback across wire formats.
+CROSS_FAMILY_ALIAS = "anthropic-then-openai-route"
 
 
 def manifests(mock_url: str) -> list[dict]:
@@ -259,8 +262,20 @@ def manifests(mock_url: str) -> list[dict]:
             "embeddings": {"provider": "mock", "model": PROVIDERS["mock"].embedding_model},
         },
     }
+    cross_family_spec = {
+        "targets": [{"provider": "anthropic", "model": PROVIDERS["anthropic"].model}],
+        "fallbacks": [
+            {
+                "target": {"provider": "openai", "model": PROVIDERS["openai"].model},
+                "on": ["server-error", "rate-limit"],
+            }
+        ],
+        "retries": {"attempts": 1},
+        "circuitBreaker": {"enabled": False},
+    }
     documents: list[dict] = [
         _document("llmesh.io/v1alpha1", "LLMRoute", CACHED_ALIAS, spec=cached_spec),
+        _document("llmesh.io/v1alpha1", "LLMRoute", CROSS_FAMILY_ALIAS, spec=cross_family_spec),
         _document("llmesh.io/v1alpha1", "LLMRoute", SEMANTIC_ALIAS, spec=semantic_spec),
     ]
     for provider in PROVIDERS.values():
@@ -444,6 +459,14 @@ def scripted(provider: Provider) -> Provider:
 def client(gateway: Gateway) -> openai.OpenAI:
     return openai.OpenAI(
         base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=CLIENT_TIMEOUT_SECONDS
+    )
+
+
+@pytest.fixture
+def claude(gateway: Gateway) -> anthropic.Anthropic:
+    """The official Anthropic SDK, pointed at the sidecar as ANTHROPIC_BASE_URL would."""
+    return anthropic.Anthropic(
+        base_url=gateway.url, api_key="unused", max_retries=0, timeout=CLIENT_TIMEOUT_SECONDS
     )
 
 

@@ -186,6 +186,31 @@ pub(super) fn translate<'a>(
     })
 }
 
+/// The `count_tokens` body for `request`: the Messages request without
+/// the fields that endpoint refuses (output limit, sampling, streaming).
+///
+/// # Errors
+/// As [`translate`].
+pub(super) fn count_tokens_body(request: &ChatRequest, model: &str) -> Result<Vec<u8>, ProviderError> {
+    let outbound = translate(request, model)?;
+    let mut value = serde_json::to_value(&outbound)
+        .map_err(|e| ProviderError::new(ErrorKind::BadRequest, format!("cannot encode request: {e}")))?;
+    if let Some(fields) = value.as_object_mut() {
+        for refused in [
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "stop_sequences",
+            "metadata",
+            "stream",
+        ] {
+            fields.remove(refused);
+        }
+    }
+    serde_json::to_vec(&value)
+        .map_err(|e| ProviderError::new(ErrorKind::BadRequest, format!("cannot encode request: {e}")))
+}
+
 /// Marks the stable prefix of a request — tools, then the system prompt, the
 /// part repeated verbatim across calls — as a prompt-cache breakpoint when
 /// it is at least `min_tokens` long (estimated at four characters a token,
