@@ -926,6 +926,7 @@ fn compile_budget(budget: &Budget, aliases: &BTreeSet<String>) -> Result<BudgetC
         downgrade_to: spec.downgrade_to.clone(),
         max_tokens_per_request: spec.max_tokens_per_request,
         max_tokens_per_session: spec.max_tokens_per_session,
+        fail_mode: spec.fail_mode.unwrap_or_default(),
     })
 }
 

@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 
 pub use crate::generated_key::PreviousKey;
 use crate::resources::{
-    BudgetAction, BudgetPeriod, CacheScope, ErrorClass, MockFault, Price, PromptCaching, ProviderKind,
-    RuleMatch, Strategy,
+    BudgetAction, BudgetPeriod, CacheScope, ErrorClass, FailMode, MockFault, Price, PromptCaching,
+    ProviderKind, RuleMatch, Strategy,
 };
 
 /// One namespace's compiled configuration.
@@ -101,6 +101,10 @@ pub struct BudgetConfig {
     /// Token ceiling of one session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens_per_session: Option<u64>,
+    /// What the sidecar does once the operator's totals are stale; left out
+    /// when `open`, so configs without it keep their version.
+    #[serde(default, skip_serializing_if = "FailMode::is_open")]
+    pub fail_mode: FailMode,
 }
 
 impl SidecarConfig {

@@ -27,6 +27,14 @@ pub const POD_NAME: &str = "LLMESH_POD_NAME";
 /// The route aliases this pod's apps may call, comma-separated (the pod's
 /// `llmesh.io/routes` annotation, passed on by the webhook); unset: all.
 pub const POD_ROUTES: &str = "LLMESH_ROUTES";
+/// The operator's sync channel (`https://llmesh-sync.<ns>.svc:9444`, or
+/// `http://host:port` for `llmesh-operator --manifests`); unset: no sync.
+pub const SYNC_URL: &str = "LLMESH_SYNC_URL";
+/// The file holding the token the sidecar presents on the sync channel (a
+/// projected service-account token with audience [`crate::sync::AUDIENCE`],
+/// or the shared token file of `llmesh-operator --manifests`). Re-read on
+/// every connection, so a rotated token is picked up.
+pub const SYNC_TOKEN_FILE: &str = "LLMESH_SYNC_TOKEN_FILE";
 
 /// The API port apps call (`http://127.0.0.1:4000/v1`).
 pub const API_PORT: u16 = 4000;

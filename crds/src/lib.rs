@@ -10,7 +10,9 @@ pub mod duration;
 pub mod generated_key;
 pub mod injection;
 pub mod manifests;
+pub mod period;
 pub mod resources;
+pub mod sync;
 
 pub use compile::{Compiled, Inputs, Problem, compile};
 pub use config::SidecarConfig;

@@ -3,6 +3,8 @@
 //! Standalone mode reads these instead of watching an API server. Documents
 //! of kinds llmesh does not use (a Deployment in the same folder) are skipped.
 
+use std::path::{Path, PathBuf};
+
 use k8s_openapi::api::core::v1::Secret;
 use serde::de::DeserializeOwned;
 
@@ -35,7 +37,37 @@ pub struct ManifestError {
     pub message: String,
 }
 
+/// A folder of manifests that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path}: {error}")]
+pub struct ReadError {
+    /// The file or folder.
+    pub path: PathBuf,
+    /// Why.
+    pub error: std::io::Error,
+}
+
 impl Manifests {
+    /// Reads every `.yaml`/`.yml` file under `dir` (sorted, hidden entries
+    /// skipped: a ConfigMap or Secret mount keeps its real files behind
+    /// `..data`). Returns the resources and the documents that failed.
+    ///
+    /// # Errors
+    /// A folder or file cannot be read.
+    pub fn read_dir(dir: &Path) -> Result<(Self, Vec<ManifestError>), ReadError> {
+        let mut manifests = Self::default();
+        let mut problems = Vec::new();
+        for path in yaml_files(dir)? {
+            let text = std::fs::read_to_string(&path).map_err(|error| ReadError {
+                path: path.clone(),
+                error,
+            })?;
+            let name = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
+            problems.extend(manifests.add_yaml(&name, &text));
+        }
+        Ok((manifests, problems))
+    }
+
     /// Adds every document of one YAML text. Documents that fail to parse are
     /// reported; the others are still added.
     pub fn add_yaml(&mut self, source_name: &str, text: &str) -> Vec<ManifestError> {
@@ -94,6 +126,34 @@ fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
         let path = e.path().to_string();
         format!("at {path}: {}", e.into_inner())
     })
+}
+
+/// The `.yaml` and `.yml` files under `dir`, sorted, hidden entries skipped.
+///
+/// # Errors
+/// A folder cannot be read.
+pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let entries = std::fs::read_dir(&current).map_err(|error| ReadError {
+            path: current.clone(),
+            error,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@
 //! and writes conditions, [`events`] tells people what changed, and
 //! [`controller`] wires the watches (every watched object maps to its
 //! namespace) and the error policy.
-//! [`webhook`] injects the sidecar into pods and watches for pods it missed.
+//! [`webhook`] injects the sidecar into pods and watches for pods it missed;
+//! [`sync`] pushes configuration and budget totals to connected sidecars and
+//! aggregates their usage.
 
 pub mod configmap;
 pub mod controller;
@@ -20,6 +22,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod probes;
 pub mod status;
+pub mod sync;
 pub mod webhook;
 
 pub use error::Error;

@@ -3,6 +3,7 @@
 //! sidecar-injecting webhook, and runs the controller until SIGTERM.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,10 @@ use llmesh_operator::controller::{self, Context};
 use llmesh_operator::lease::{Elector, LeaseSettings};
 use llmesh_operator::metrics::Metrics;
 use llmesh_operator::probes::{self, Health};
+use llmesh_operator::sync::ledger::Ledger;
+use llmesh_operator::sync::metrics::SyncMetrics;
+use llmesh_operator::sync::server::SyncServer;
+use llmesh_operator::sync::standalone::{self, SharedToken};
 use llmesh_operator::webhook::{Webhook, WebhookArgs};
 
 #[derive(Debug, Parser)]
@@ -37,6 +42,21 @@ struct Args {
     no_leader_election: bool,
     #[command(flatten)]
     webhook: WebhookArgs,
+    /// Serve only the sync channel, from this folder of YAML manifests (no
+    /// cluster): standalone sidecars on several machines share budgets and
+    /// configuration.
+    #[arg(long, env = "LLMESH_OPERATOR_MANIFESTS")]
+    manifests: Option<PathBuf>,
+    /// Address of the sync channel.
+    #[arg(long, env = "LLMESH_SYNC_ADDR", default_value = "0.0.0.0:9444")]
+    sync_addr: SocketAddr,
+    /// With `--manifests`: the file holding the token every sidecar presents.
+    #[arg(long, env = "LLMESH_SYNC_TOKEN_FILE", requires = "manifests")]
+    sync_token_file: Option<PathBuf>,
+    /// With `--manifests`: where acknowledged spend is kept across restarts
+    /// (unset: in memory only).
+    #[arg(long, env = "LLMESH_SYNC_STATE_FILE", requires = "manifests")]
+    sync_state_file: Option<PathBuf>,
     /// Log filter, `tracing` syntax.
     #[arg(long, env = "LLMESH_LOG", default_value = "info")]
     log: String,
@@ -54,6 +74,9 @@ async fn main() -> anyhow::Result<()> {
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
 
+    if let Some(dir) = args.manifests.clone() {
+        return standalone_sync(args, dir).await;
+    }
     let client = kube::Client::try_default()
         .await
         .context("connecting to the cluster (in-cluster service account, or KUBECONFIG)")?;
@@ -127,6 +150,42 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("lost the leader Lease; exiting so the restarted pod rejoins as a candidate")
             }
         }
+    }
+    tracing::info!("llmesh-operator stopped");
+    Ok(())
+}
+
+/// `--manifests DIR`: the sync channel from a folder, until SIGTERM.
+async fn standalone_sync(args: Args, dir: PathBuf) -> anyhow::Result<()> {
+    let token_file = args
+        .sync_token_file
+        .context("--manifests needs --sync-token-file (the token sidecars present)")?;
+    let auth = SharedToken::read(&token_file).with_context(|| format!("reading {}", token_file.display()))?;
+    let ledger = Ledger::open(args.sync_state_file).context("opening the sync state file")?;
+    let metrics = Metrics::new().context("registering metrics")?;
+    let sync_metrics = SyncMetrics::register(metrics.registry()).context("registering sync metrics")?;
+    let server = SyncServer::new(ledger.clone(), Arc::new(auth), sync_metrics);
+    let health = Arc::new(Health::default());
+    health.set_ready();
+    let admin = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding {}", args.admin_addr))?;
+    let sync = tokio::net::TcpListener::bind(args.sync_addr)
+        .await
+        .with_context(|| format!("binding {}", args.sync_addr))?;
+    tracing::info!(
+        sync = %sync.local_addr().unwrap_or(args.sync_addr),
+        admin = %admin.local_addr().unwrap_or(args.admin_addr),
+        manifests = %dir.display(),
+        "llmesh-operator serving the sync channel from manifests"
+    );
+    let router = server.router();
+    tokio::select! {
+        result = axum::serve(admin, probes::router(health, metrics)) => result.context("admin server")?,
+        result = axum::serve(sync, router) => result.context("sync server")?,
+        () = standalone::follow(dir, server) => {}
+        () = ledger.write_changes() => {}
+        () = shutdown_signal() => {}
     }
     tracing::info!("llmesh-operator stopped");
     Ok(())

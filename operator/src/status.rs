@@ -182,8 +182,7 @@ pub fn budget_status(budget: &Budget, compiled: &Compiled, now: &Time) -> Budget
         observed_generation: generation,
         conditions: vec![ready_condition(&problems, in_force, generation, current, now)],
         period: Some(period),
-        spent_usd: None,
-        state: None,
+        ..BudgetStatus::default()
     }
 }
 

@@ -26,6 +26,8 @@ use crate::routing::{Route, Target};
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-llmesh-request-id");
 /// `x-llmesh-route`.
 pub const ROUTE: HeaderName = HeaderName::from_static("x-llmesh-route");
+/// `x-llmesh-served-route`: the route whose targets answered, when a `route` fallback step served.
+pub const SERVED_ROUTE: HeaderName = HeaderName::from_static("x-llmesh-served-route");
 /// `x-llmesh-provider`.
 pub const PROVIDER: HeaderName = HeaderName::from_static("x-llmesh-provider");
 /// `x-llmesh-model`.
@@ -84,6 +86,8 @@ pub struct AccessRecord {
     operation: Operation,
     request_id: String,
     route: Option<String>,
+    /// The other route whose targets answered, after a `route` fallback step.
+    served_route: Option<String>,
     key: Option<Arc<Key>>,
     provider_name: Option<String>,
     provider_kind: &'static str,
@@ -123,6 +127,7 @@ impl AccessRecord {
             operation,
             request_id: uuid::Uuid::new_v4().simple().to_string(),
             route: None,
+            served_route: None,
             key: None,
             provider_name: None,
             provider_kind: "",
@@ -168,6 +173,11 @@ impl AccessRecord {
     /// Notes the route.
     pub fn set_route(&mut self, route: &Route) {
         self.route = Some(route.alias.clone());
+    }
+
+    /// Notes the other route whose targets answered (a `route` fallback step).
+    pub fn set_served_route(&mut self, alias: &str) {
+        self.served_route = Some(alias.to_owned());
     }
 
     /// Notes the virtual key the request is made with.
@@ -287,7 +297,7 @@ impl AccessRecord {
     /// second hash of every name).
     pub fn add_headers(&self, headers: &mut HeaderMap) {
         // Room for all of them at once rather than growing the map twice.
-        headers.reserve(8 + self.rate_limit_headers.len());
+        headers.reserve(9 + self.rate_limit_headers.len());
         let mut put = |name: HeaderName, value: &str| {
             if let Ok(value) = HeaderValue::from_str(value) {
                 headers.insert(name, value);
@@ -296,6 +306,9 @@ impl AccessRecord {
         put(REQUEST_ID, &self.request_id);
         if let Some(route) = &self.route {
             put(ROUTE, route);
+        }
+        if let Some(served) = &self.served_route {
+            put(SERVED_ROUTE, served);
         }
         if !self.provider_kind.is_empty() {
             put(PROVIDER, self.provider_kind);

@@ -99,6 +99,7 @@ impl App {
     /// Puts a new configuration in force; requests already running finish on the old one.
     pub fn install(&self, runtime: Runtime) {
         self.metrics.set_config_version(&runtime.version);
+        self.deps.health.configure(&runtime.target_keys());
         self.budgets.publish_all(&runtime.budgets);
         self.runtime.store(Some(Arc::new(runtime)));
     }

@@ -37,6 +37,9 @@ pub struct Served<'r, T> {
     pub failures: Vec<AttemptFailure>,
     /// 0 for the route's own targets, n for `fallbacks[n - 1]`.
     pub step: usize,
+    /// The alias of the other route whose targets answered, when a `route`
+    /// fallback step served.
+    pub fallback_route: Option<&'r str>,
     /// The answer.
     pub reply: T,
 }
@@ -144,6 +147,8 @@ pub async fn embeddings<'r>(
 /// One step of the plan.
 struct Step<'r> {
     number: usize,
+    /// The other route a `route` fallback step uses.
+    route: Option<&'r str>,
     targets: Vec<&'r Target>,
     /// `None` for the route's own targets; the triggering classes for a fallback.
     on: Option<&'r [ErrorClass]>,
@@ -153,21 +158,25 @@ fn plan<'r>(runtime: &'r Runtime, route: &'r Route, facts: &RequestFacts<'_>) ->
     let estimate = &facts.estimate;
     let own = Step {
         number: 0,
+        route: None,
         targets: route.targets_for(facts).ordered(route.strategy, estimate),
         on: None,
     };
     let fallbacks = route.fallbacks.iter().enumerate().map(|(i, step)| {
-        let targets = match &step.to {
-            FallbackTo::Route(alias) => match runtime.find(alias) {
-                Some(other) => other.targets.ordered(other.strategy, estimate),
-                None => {
-                    tracing::warn!(route = %route.alias, fallback = %alias, "fallback route is not in force; step skipped");
-                    Vec::new()
-                }
-            },
-            FallbackTo::Target(set) => set.ordered(route.strategy, estimate),
+        let (other_route, targets) = match &step.to {
+            FallbackTo::Route(alias) => {
+                let targets = match runtime.find(alias) {
+                    Some(other) => other.targets.ordered(other.strategy, estimate),
+                    None => {
+                        tracing::warn!(route = %route.alias, fallback = %alias, "fallback route is not in force; step skipped");
+                        Vec::new()
+                    }
+                };
+                (Some(alias.as_str()), targets)
+            }
+            FallbackTo::Target(set) => (None, set.ordered(route.strategy, estimate)),
         };
-        Step { number: i + 1, targets, on: Some(step.on.as_slice()) }
+        Step { number: i + 1, route: other_route, targets, on: Some(step.on.as_slice()) }
     });
     std::iter::once(own).chain(fallbacks).collect()
 }
@@ -271,6 +280,7 @@ where
                             attempts,
                             failures,
                             step: step.number,
+                            fallback_route: step.route,
                             reply,
                         });
                     }

@@ -3,10 +3,11 @@
 //! per session (`x-llmesh-session-id`) that stop a runaway agent loop.
 //!
 //! Spend is kept per budget and period and written to the local state file
-//! ([`crate::state`]) so it survives a restart. Each sidecar only knows its
-//! own spend; summing across sidecars is the operator's job, later.
-
-mod period;
+//! ([`crate::state`]) so it survives a restart. With the sync channel
+//! ([`crate::sync`]) a budget is enforced on the operator's cluster-wide
+//! total plus this sidecar's spend not yet acknowledged; without it, on this
+//! sidecar's own spend. Either way a request's estimated maximum cost is
+//! reserved while it runs, so concurrent requests see each other.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,17 +16,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use llmesh_crds::config::BudgetConfig;
-use llmesh_crds::resources::BudgetAction;
+use llmesh_crds::period;
+use llmesh_crds::resources::{BudgetAction, FailMode};
+use llmesh_crds::sync::{Ack, BudgetDelta, BudgetTotal, Report};
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::access_log::Settle;
 use crate::api::Usage;
 use crate::metrics::Metrics;
-use crate::routing::Estimate;
-use crate::state::file::Spend;
+use crate::pricing;
+use crate::routing::{Estimate, Route};
+use crate::state::file::{SavedSync, Spend};
 
 /// The header that names an agent session for the per-session ceiling.
 pub const SESSION_HEADER: &str = "x-llmesh-session-id";
+
+/// With `failMode: closed`, a budget refuses requests once nothing was heard
+/// from the operator for this long (the watch's keepalive comes every 15 s).
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Sessions remembered per sidecar. A bound, so an app minting a session id
 /// per request cannot grow memory without end; past it the session that has
@@ -80,9 +89,20 @@ pub enum BudgetError {
         /// The ceiling.
         limit: u64,
     },
-    /// The session has used its tokens.
+    /// The budget fails closed and the operator's totals are stale.
     #[error(
-        "session {session} has used {used} tokens; budget {budget} allows {limit} per session (x-llmesh-session-id)"
+        "budget {budget} cannot be checked: no cluster-wide spend from the operator for {stale_secs} s (failMode closed)"
+    )]
+    Unavailable {
+        /// The `Budget`.
+        budget: String,
+        /// Seconds since the operator was last heard from (`u64::MAX`: never).
+        stale_secs: u64,
+    },
+    /// The session's tokens so far plus this request's input estimate pass its ceiling.
+    #[error(
+        "session {session} has used {used} tokens, and this request's input is estimated at {estimated} more ({} in all); budget {budget} allows {limit} per session (x-llmesh-session-id)",
+        used.saturating_add(*estimated)
     )]
     SessionCeiling {
         /// The `Budget`.
@@ -91,6 +111,8 @@ pub enum BudgetError {
         session: String,
         /// Tokens used so far.
         used: u64,
+        /// This request's input, estimated.
+        estimated: u64,
         /// The ceiling.
         limit: u64,
     },
@@ -101,6 +123,7 @@ impl BudgetError {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             Self::Exhausted { resets_in, .. } => *resets_in,
+            Self::Unavailable { .. } => Some(STALE_AFTER.as_secs() / 2),
             Self::RequestCeiling { .. } | Self::SessionCeiling { .. } => None,
         }
     }
@@ -119,6 +142,44 @@ pub enum Admitted {
 struct State {
     spend: BTreeMap<String, Spend>,
     sessions: HashMap<(String, String), u64>,
+    /// USD held by requests still running, by budget.
+    reserved: HashMap<String, f64>,
+    /// The cluster-wide view, when the sync channel is on.
+    sync: Option<Shared>,
+}
+
+/// This sidecar's part of the cluster-wide accounting.
+#[derive(Debug)]
+struct Shared {
+    /// What is kept in the state file.
+    saved: SavedSync,
+    /// The operator's totals, as last heard.
+    totals: BTreeMap<String, BudgetTotal>,
+    /// When the operator was last heard from (a frame, a keepalive or an ack).
+    heard: Option<Timestamp>,
+}
+
+impl Shared {
+    /// Spend of `budget` in the period starting `start` not yet acknowledged.
+    fn unreported(&self, budget: &str, start: i64) -> f64 {
+        let pending = self.saved.in_flight.iter().flat_map(|r| r.budgets.get(budget));
+        pending
+            .chain(self.saved.unreported.get(budget))
+            .filter(|d| d.period_start == start)
+            .map(|d| d.spent_usd)
+            .sum()
+    }
+
+    /// The cluster's spend of `budget` in the period starting `start`,
+    /// plus this sidecar's not yet in it.
+    fn spent(&self, budget: &str, start: i64) -> f64 {
+        let total = self
+            .totals
+            .get(budget)
+            .filter(|t| t.period_start == start)
+            .map_or(0.0, |t| t.spent_usd);
+        total + self.unreported(budget, start)
+    }
 }
 
 /// Spend by budget, and tokens used by budget and then session id: what the
@@ -134,6 +195,8 @@ pub struct Budgets {
     state: Mutex<State>,
     /// Spend changed since the state file was last written.
     dirty: AtomicBool,
+    /// Woken when there is spend to report.
+    unreported: Notify,
 }
 
 impl Budgets {
@@ -151,9 +214,109 @@ impl Budgets {
         Self {
             clock,
             metrics,
-            state: Mutex::new(State { spend, sessions }),
+            state: Mutex::new(State {
+                spend,
+                sessions,
+                ..State::default()
+            }),
             dirty: AtomicBool::new(false),
+            unreported: Notify::new(),
         }
+    }
+
+    /// Turns on cluster-wide accounting, carrying on from what the state
+    /// file kept of it (none: a new instance id, nothing unreported).
+    pub fn enable_sync(&self, saved: Option<SavedSync>) {
+        let saved = saved.unwrap_or_else(|| SavedSync {
+            instance: uuid::Uuid::new_v4().to_string(),
+            next_seq: 1,
+            in_flight: None,
+            unreported: BTreeMap::new(),
+        });
+        let waiting = saved.in_flight.is_some() || !saved.unreported.is_empty();
+        self.state.lock().sync = Some(Shared {
+            saved,
+            totals: BTreeMap::new(),
+            heard: None,
+        });
+        if waiting {
+            self.unreported.notify_one();
+        }
+    }
+
+    /// This sidecar's instance id on the sync channel.
+    pub fn instance(&self) -> Option<String> {
+        self.state.lock().sync.as_ref().map(|s| s.saved.instance.clone())
+    }
+
+    /// What the state file keeps of the cluster-wide accounting.
+    pub fn saved_sync(&self) -> Option<SavedSync> {
+        self.state.lock().sync.as_ref().map(|s| s.saved.clone())
+    }
+
+    /// Resolves once there may be spend to report.
+    pub async fn spend_to_report(&self) {
+        self.unreported.notified().await;
+    }
+
+    /// The report to send: the one not yet acknowledged (resent as it was,
+    /// same sequence), else everything settled since, under the next
+    /// sequence. `None` when there is nothing to report.
+    pub fn next_report(&self, config_version: &str) -> Option<Report> {
+        let mut state = self.state.lock();
+        let shared = state.sync.as_mut()?;
+        if shared.saved.in_flight.is_none() && !shared.saved.unreported.is_empty() {
+            let report = Report {
+                instance: shared.saved.instance.clone(),
+                seq: shared.saved.next_seq,
+                config_version: config_version.to_owned(),
+                budgets: std::mem::take(&mut shared.saved.unreported),
+            };
+            shared.saved.next_seq += 1;
+            shared.saved.in_flight = Some(report);
+            self.mark_changed();
+        }
+        shared.saved.in_flight.clone()
+    }
+
+    /// The operator acknowledged a report: its spend is in the totals now.
+    pub fn acknowledged(&self, ack: Ack) {
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        let Some(shared) = state.sync.as_mut() else { return };
+        if shared.saved.in_flight.as_ref().is_some_and(|r| r.seq == ack.seq) {
+            shared.saved.in_flight = None;
+        }
+        shared.totals = ack.totals;
+        shared.heard = Some(now);
+        drop(state);
+        self.mark_changed();
+    }
+
+    /// The operator sent new totals.
+    pub fn set_totals(&self, totals: BTreeMap<String, BudgetTotal>) {
+        let now = self.clock.now();
+        if let Some(shared) = self.state.lock().sync.as_mut() {
+            shared.totals = totals;
+            shared.heard = Some(now);
+        }
+    }
+
+    /// The operator is there (a keepalive on the watch).
+    pub fn heard_from_operator(&self) {
+        let now = self.clock.now();
+        if let Some(shared) = self.state.lock().sync.as_mut() {
+            shared.heard = Some(now);
+        }
+    }
+
+    /// Whether spend is waiting to be acknowledged.
+    pub fn has_unreported(&self) -> bool {
+        self.state
+            .lock()
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.saved.in_flight.is_some() || !s.saved.unreported.is_empty())
     }
 
     /// Checks a request against its key's budget.
@@ -165,6 +328,7 @@ impl Budgets {
         name: &str,
         config: &BudgetConfig,
         estimate: &Estimate,
+        reserve: f64,
         session: Option<&str>,
     ) -> Result<Admitted, BudgetError> {
         let asked = estimate
@@ -194,20 +358,42 @@ impl Budgets {
                     budget: name.to_owned(),
                     session: session.to_owned(),
                     used,
+                    estimated: estimate.prompt_tokens,
                     limit,
                 });
             }
         }
         let now = self.clock.now();
-        let spend = self.current(&mut state, name, config, now);
-        let exhausted = spend.spent_usd >= config.limit_usd;
-        self.publish(name, config, spend.spent_usd);
+        if config.fail_mode == FailMode::Closed
+            && let Some(shared) = &state.sync
+        {
+            let stale = shared
+                .heard
+                .map(|heard| (now - heard).get_seconds().max(0).unsigned_abs());
+            if stale.is_none_or(|s| s >= STALE_AFTER.as_secs()) {
+                drop(state);
+                return Err(BudgetError::Unavailable {
+                    budget: name.to_owned(),
+                    stale_secs: stale.unwrap_or(u64::MAX),
+                });
+            }
+        }
+        let spent = self.effective(&mut state, name, config, now);
+        let reserved = state.reserved.get(name).copied().unwrap_or(0.0);
+        let exhausted = spent + reserved >= config.limit_usd;
+        self.publish(name, config, spent);
+        let hold = if exhausted { 0.0 } else { reserve };
+        if hold > 0.0 {
+            *state.reserved.entry(name.to_owned()).or_default() += hold;
+        }
         drop(state);
         let charge = Charge {
             budgets: self.clone(),
             budget: name.to_owned(),
             config: config.clone(),
             session: session.map(str::to_owned),
+            reserved: hold,
+            settled: AtomicBool::new(false),
         };
         if !exhausted {
             return Ok(Admitted::Serve(charge));
@@ -238,7 +424,7 @@ impl Budgets {
                     .map(|next| u64::try_from(next - now.as_second()).unwrap_or(0).max(1));
                 Err(BudgetError::Exhausted {
                     budget: name.to_owned(),
-                    spent: self.spent(name),
+                    spent,
                     limit: config.limit_usd,
                     period: config.period.as_str(),
                     resets_in,
@@ -254,14 +440,45 @@ impl Budgets {
         let now = self.clock.now();
         let mut state = self.state.lock();
         for (name, config) in budgets {
-            let spent = self.current(&mut state, name, config, now).spent_usd;
+            let spent = self.effective(&mut state, name, config, now);
             self.publish(name, config, spent);
         }
     }
 
-    /// USD spent in the budget's period as last recorded.
+    /// The spend a budget is enforced on: the cluster's total plus this
+    /// sidecar's unacknowledged spend, and never less than this sidecar's
+    /// own spend in the period.
+    fn effective(&self, state: &mut State, name: &str, config: &BudgetConfig, now: Timestamp) -> f64 {
+        let spend = self.current(state, name, config, now);
+        let (own, start) = (spend.spent_usd, spend.period_start);
+        state
+            .sync
+            .as_ref()
+            .map_or(own, |shared| shared.spent(name, start).max(own))
+    }
+
+    /// USD spent in the budget's period as last recorded by this sidecar.
     pub fn spent(&self, name: &str) -> f64 {
         self.state.lock().spend.get(name).map_or(0.0, |s| s.spent_usd)
+    }
+
+    /// USD held by requests still running.
+    pub fn reserved(&self, name: &str) -> f64 {
+        self.state.lock().reserved.get(name).copied().unwrap_or(0.0)
+    }
+
+    fn release(&self, budget: &str, amount: f64) {
+        if amount <= 0.0 {
+            return;
+        }
+        let mut state = self.state.lock();
+        if let Some(held) = state.reserved.get_mut(budget) {
+            *held -= amount;
+            // Float sums drift: anything this close to zero is nothing held.
+            if *held <= 1e-12 {
+                state.reserved.remove(budget);
+            }
+        }
     }
 
     /// Whether anything changed since the last call; the state file is
@@ -353,7 +570,32 @@ impl Budgets {
         };
         let spend = self.current(&mut state, budget, config, now);
         spend.spent_usd += cost;
-        let spent = spend.spent_usd;
+        let start = spend.period_start;
+        if let Some(shared) = state.sync.as_mut() {
+            let delta = shared
+                .saved
+                .unreported
+                .entry(budget.to_owned())
+                .or_insert(BudgetDelta {
+                    period_start: start,
+                    ..BudgetDelta::default()
+                });
+            if delta.period_start != start {
+                // The period turned since the last report: what is left of
+                // the old one goes first, the new one starts here.
+                *delta = BudgetDelta {
+                    period_start: start,
+                    ..BudgetDelta::default()
+                };
+            }
+            delta.spent_usd += cost;
+            delta.tokens = delta
+                .tokens
+                .saturating_add(usage.prompt_tokens.saturating_add(usage.completion_tokens));
+            self.unreported.notify_one();
+        }
+        let spent = self.effective(&mut state, budget, config, now);
+        let spend = self.current(&mut state, budget, config, now);
         let percent = if config.limit_usd > 0.0 {
             spent / config.limit_usd * 100.0
         } else {
@@ -408,24 +650,64 @@ impl Budgets {
     }
 }
 
+/// Output tokens a request without `max_tokens` is assumed to ask for when
+/// its maximum cost is reserved.
+pub const DEFAULT_OUTPUT_ALLOWANCE: u64 = 1024;
+
+/// USD a request may cost at most on `route`: its input estimate plus
+/// `max_tokens` (or [`DEFAULT_OUTPUT_ALLOWANCE`]) at the dearest priced
+/// target. Unpriced targets cost nothing here, as they do when settled.
+pub fn max_cost(route: &Route, estimate: &Estimate) -> f64 {
+    let usage = Usage::new(
+        estimate.prompt_tokens,
+        estimate.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_ALLOWANCE),
+        0,
+        0,
+        0,
+    );
+    route
+        .targets
+        .targets
+        .iter()
+        .filter_map(|t| t.price.as_ref())
+        .map(|price| pricing::cost(price, &usage))
+        .fold(0.0, f64::max)
+}
+
 fn zone(config: &BudgetConfig) -> TimeZone {
     // The compiler checked the name; UTC only if the zone database changed since.
     TimeZone::get(&config.time_zone).unwrap_or(TimeZone::UTC)
 }
 
-/// A request's claim on a budget, settled with its cost and tokens.
+/// A request's claim on a budget: its estimated maximum cost, held while it
+/// runs, settled with its actual cost and tokens (or released if the request
+/// ends without settling).
 #[derive(Debug)]
 pub struct Charge {
     budgets: Arc<Budgets>,
     budget: String,
     config: BudgetConfig,
     session: Option<String>,
+    reserved: f64,
+    settled: AtomicBool,
 }
 
 impl Settle for Charge {
     fn settle(&self, usage: &Usage, cost: Option<f64>) {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return;
+        }
         self.budgets
             .record(&self.budget, &self.config, self.session.as_deref(), usage, cost);
+        self.budgets.release(&self.budget, self.reserved);
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if !self.settled.swap(true, Ordering::AcqRel) {
+            self.budgets.release(&self.budget, self.reserved);
+        }
     }
 }
 

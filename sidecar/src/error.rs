@@ -107,6 +107,7 @@ impl ApiError {
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Budget(BudgetError::RequestCeiling { .. }) => StatusCode::BAD_REQUEST,
+            Self::Budget(BudgetError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Budget(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream { error, .. } => match error.kind {
                 ErrorKind::RateLimit => StatusCode::TOO_MANY_REQUESTS,
@@ -148,6 +149,7 @@ impl ApiError {
                 BudgetError::Exhausted { .. } => ("budget_error", "budget_exceeded"),
                 BudgetError::RequestCeiling { .. } => ("invalid_request_error", "request_token_ceiling"),
                 BudgetError::SessionCeiling { .. } => ("budget_error", "session_token_ceiling"),
+                BudgetError::Unavailable { .. } => ("budget_error", "budget_unavailable"),
             },
             Self::Upstream { error, .. } => match error.kind {
                 ErrorKind::RateLimit => ("rate_limit_error", "rate_limit_exceeded"),

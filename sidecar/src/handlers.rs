@@ -156,7 +156,8 @@ fn check_budget(
         .get(budget::SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty());
-    match app.budgets.admit(name, config, estimate, session)? {
+    let reserve = budget::max_cost(&route, estimate);
+    match app.budgets.admit(name, config, estimate, reserve, session)? {
         Admitted::Serve(charge) => {
             record.hold(charge);
             Ok(route)
@@ -204,6 +205,9 @@ fn settle<T>(record: &mut AccessRecord, outcome: Result<Served<'_, T>, Failed<'_
     match outcome {
         Ok(served) => {
             record.set_attempts(Some(served.target), served.attempts, served.failures, served.step);
+            if let Some(alias) = served.fallback_route {
+                record.set_served_route(alias);
+            }
             Ok(served.reply)
         }
         Err(failed) => {
@@ -336,6 +340,7 @@ pub struct Drill {
 /// `GET /metrics`.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.cache.sync();
+    app.deps.health.publish();
     let content_type = [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")];
     (content_type, app.metrics.encode()).into_response()
 }

@@ -2,10 +2,11 @@
 //! count per upstream target (provider account + model).
 //!
 //! State lives in a registry that outlasts configuration reloads, so a
-//! failing target stays shed while routes around it are edited. Time comes
+//! failing target stays shed while routes around it are edited (a target
+//! no route names any more is forgotten). Time comes
 //! from tokio's clock, so tests drive cool-downs with a paused clock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -53,8 +54,40 @@ impl HealthRegistry {
         self.targets
             .lock()
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(TargetState::new(key, self.metrics.clone())))
+            .or_insert_with(|| Arc::new(TargetState::new(key)))
             .clone()
+    }
+
+    /// Keeps the state of exactly these targets (those of the configuration
+    /// put in force) and publishes their breakers: a target never used reads
+    /// 0 (closed) rather than having no series, and a removed target's
+    /// series goes.
+    pub fn configure(&self, keys: &BTreeSet<TargetKey>) {
+        let mut targets = self.targets.lock();
+        targets.retain(|key, _| keys.contains(key));
+        for key in keys {
+            targets
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(TargetState::new(key.clone())));
+        }
+        self.metrics.circuit_state.reset();
+        self.publish_locked(&targets, Instant::now());
+    }
+
+    /// Sets `llmesh_circuit_state` from the same state `/debug/targets`
+    /// shows; called before metrics are read, because a cool-down ends by
+    /// time alone, with no event to update the gauge.
+    pub fn publish(&self) {
+        self.publish_locked(&self.targets.lock(), Instant::now());
+    }
+
+    fn publish_locked(&self, targets: &HashMap<TargetKey, Arc<TargetState>>, now: Instant) {
+        for target in targets.values() {
+            self.metrics
+                .circuit_state
+                .with_label_values(&[&target.key.provider, &target.key.model])
+                .set(target.inner.lock().breaker.at(now).gauge());
+        }
     }
 
     /// A snapshot of every target, sorted, for `GET /debug/targets`.
@@ -72,12 +105,16 @@ pub struct TargetState {
     key: TargetKey,
     in_flight: AtomicU32,
     inner: Mutex<Inner>,
-    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     latency_ms: Option<f64>,
+    /// When the target was last measured, or last chosen to be re-measured.
+    checked_at: Option<Instant>,
+    /// A re-measuring request is on its way: its sample replaces the
+    /// estimate, which is too old to average with.
+    probing: bool,
     breaker: Breaker,
     consecutive_failures: u32,
     /// Outcomes inside the breaker window: (when, failed).
@@ -99,6 +136,15 @@ enum Breaker {
 }
 
 impl Breaker {
+    /// The state at `now`: an open breaker whose cool-down has passed is
+    /// half-open, its probe not yet sent.
+    fn at(self, now: Instant) -> Self {
+        match self {
+            Self::Open { until } if now >= until => Self::HalfOpen { probe_since: None },
+            other => other,
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Self::Closed => "closed",
@@ -147,12 +193,11 @@ impl Drop for InFlight {
 }
 
 impl TargetState {
-    fn new(key: TargetKey, metrics: Arc<Metrics>) -> Self {
+    fn new(key: TargetKey) -> Self {
         Self {
             key,
             in_flight: AtomicU32::new(0),
             inner: Mutex::new(Inner::default()),
-            metrics,
         }
     }
 
@@ -171,6 +216,21 @@ impl TargetState {
         self.inner.lock().latency_ms
     }
 
+    /// Claims a re-measuring request (a probe) for this target if it has not
+    /// been measured or probed for `after`; `false` when it has, or when it
+    /// was never measured (unmeasured targets are tried first anyway).
+    pub fn claim_probe(&self, now: Instant, after: Duration) -> bool {
+        let mut inner = self.inner.lock();
+        let due = inner
+            .checked_at
+            .is_some_and(|at| now.saturating_duration_since(at) >= after);
+        if due {
+            inner.checked_at = Some(now);
+            inner.probing = true;
+        }
+        due
+    }
+
     /// Counts a request in flight until the guard drops.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -185,26 +245,20 @@ impl TargetState {
         }
         let mut inner = self.inner.lock();
         let cooldown = Duration::from_millis(config.cooldown_ms);
-        match inner.breaker {
+        match inner.breaker.at(now) {
             Breaker::Closed => true,
-            Breaker::Open { until } if now < until => false,
-            Breaker::Open { .. } => {
+            Breaker::Open { .. } => false,
+            // A probe that never reported (its request was abandoned) frees the slot after a cool-down.
+            Breaker::HalfOpen {
+                probe_since: Some(since),
+            } if now < since + cooldown => false,
+            Breaker::HalfOpen { .. } => {
                 self.transition(
                     &mut inner,
                     Breaker::HalfOpen {
                         probe_since: Some(now),
                     },
                 );
-                true
-            }
-            // A probe that never reported (its request was abandoned) frees the slot after a cool-down.
-            Breaker::HalfOpen {
-                probe_since: Some(since),
-            } if now < since + cooldown => false,
-            Breaker::HalfOpen { .. } => {
-                inner.breaker = Breaker::HalfOpen {
-                    probe_since: Some(now),
-                };
                 true
             }
         }
@@ -220,13 +274,15 @@ impl TargetState {
     ) {
         let mut inner = self.inner.lock();
         let failed = failure.is_some_and(ErrorKind::is_transient);
+        let probe = std::mem::take(&mut inner.probing);
         if !failed {
             #[allow(clippy::cast_precision_loss)]
             let sample = latency.as_micros() as f64 / 1000.0;
             inner.latency_ms = Some(match inner.latency_ms {
-                None => sample,
-                Some(previous) => previous + LATENCY_SMOOTHING * (sample - previous),
+                Some(previous) if !probe => previous + LATENCY_SMOOTHING * (sample - previous),
+                _ => sample,
             });
+            inner.checked_at = Some(now);
         }
         let window = Duration::from_millis(config.window_ms);
         while inner
@@ -263,10 +319,6 @@ impl TargetState {
     fn transition(&self, inner: &mut Inner, to: Breaker) {
         if inner.breaker.label() != to.label() {
             tracing::warn!(provider = %self.key.provider, model = %self.key.model, from = inner.breaker.label(), to = to.label(), "circuit breaker changed state");
-            self.metrics
-                .circuit_state
-                .with_label_values(&[&self.key.provider, &self.key.model])
-                .set(to.gauge());
         }
         inner.breaker = to;
     }
@@ -276,13 +328,9 @@ impl TargetState {
         let failures = inner.window.iter().filter(|(_, failed)| *failed).count();
         #[allow(clippy::cast_precision_loss)]
         let ratio = (!inner.window.is_empty()).then(|| failures as f64 / inner.window.len() as f64);
-        let breaker = match inner.breaker {
-            Breaker::Open { until } if now >= until => "half-open",
-            other => other.label(),
-        };
         TargetSnapshot {
             key: self.key.clone(),
-            breaker,
+            breaker: inner.breaker.at(now).label(),
             in_flight: self.in_flight(),
             latency_ms: inner.latency_ms,
             consecutive_failures: inner.consecutive_failures,
@@ -403,6 +451,68 @@ mod tests {
         assert_eq!(target.in_flight(), 1);
         drop(guard);
         assert_eq!(target.in_flight(), 0);
+    }
+
+    fn circuit_series(metrics: &Metrics) -> Vec<String> {
+        metrics
+            .encode()
+            .lines()
+            .filter(|line| line.starts_with("llmesh_circuit_state{"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gauge_and_the_snapshot_show_one_breaker_state_for_every_configured_target() {
+        let metrics = Arc::new(Metrics::new());
+        let registry = HealthRegistry::new(metrics.clone());
+        let key = |provider: &str| TargetKey {
+            provider: provider.into(),
+            model: "m".into(),
+        };
+        registry.configure(&[key("a"), key("b")].into());
+        assert_eq!(
+            circuit_series(&metrics),
+            [
+                r#"llmesh_circuit_state{model="m",provider="a"} 0"#,
+                r#"llmesh_circuit_state{model="m",provider="b"} 0"#
+            ],
+            "never used, closed: a series all the same"
+        );
+
+        let (a, config) = (registry.target(key("a")), config());
+        for _ in 0..3 {
+            a.record(&config, FAIL, MS, Instant::now());
+        }
+        let states = |registry: &HealthRegistry| {
+            registry.publish();
+            let snapshot: Vec<_> = registry.snapshot().iter().map(|t| t.breaker).collect();
+            (snapshot, circuit_series(&metrics)[0].clone())
+        };
+        assert_eq!(
+            states(&registry),
+            (
+                vec!["open", "closed"],
+                r#"llmesh_circuit_state{model="m",provider="a"} 2"#.to_owned()
+            )
+        );
+        // The cool-down passes with no request: both say half-open before the probe.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            states(&registry),
+            (
+                vec!["half-open", "closed"],
+                r#"llmesh_circuit_state{model="m",provider="a"} 1"#.to_owned()
+            )
+        );
+
+        // A reload without `a`: its state and its series go.
+        registry.configure(&[key("b")].into());
+        assert_eq!(
+            circuit_series(&metrics),
+            [r#"llmesh_circuit_state{model="m",provider="b"} 0"#]
+        );
+        assert_eq!(registry.snapshot().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

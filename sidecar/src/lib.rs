@@ -30,6 +30,7 @@ pub mod respond;
 pub mod routing;
 pub mod settings;
 pub mod state;
+pub mod sync;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ use crate::providers::{Deps, UpstreamClient};
 use crate::reload::{Reloader, WatchGuard};
 use crate::settings::Settings;
 use crate::state::LocalState;
+use crate::sync::SyncClient;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,9 @@ pub enum StartError {
     /// The configuration source cannot be watched.
     #[error("cannot watch the configuration: {0}")]
     Watch(#[from] notify::Error),
+    /// The sync channel's client could not be built.
+    #[error("cannot build the sync client: {0}")]
+    Sync(providers::ProviderError),
 }
 
 /// A running gateway: both listeners, the config watch, and a way to stop.
@@ -84,6 +89,7 @@ pub struct Gateway {
     /// Reloads configuration on demand.
     pub reloader: Arc<Reloader>,
     state: Arc<LocalState>,
+    sync: Option<Arc<SyncClient>>,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     _watch: WatchGuard,
@@ -121,6 +127,7 @@ impl Gateway {
             settings.state_file.clone(),
             Arc::new(SystemClock),
             metrics.clone(),
+            settings.sync.is_some(),
         )?;
         let state = Arc::new(state);
         let cache = Arc::new(ResponseCache::new(settings.cache_max_bytes, metrics.clone()));
@@ -148,11 +155,28 @@ impl Gateway {
         })?;
 
         let (shutdown, signal) = watch::channel(false);
-        let servers = vec![
+        let mut servers = vec![
             serve(api, app::api_router(app.clone()), signal.clone()),
             serve(admin, app::admin_router(app.clone()), signal.clone()),
-            flush_state(state.clone(), signal),
+            flush_state(state.clone(), signal.clone()),
         ];
+        // After the mounted configuration is in force: the operator only
+        // ever replaces a configuration that already serves.
+        let sync = match &settings.sync {
+            None => None,
+            Some(sync) => {
+                let client = SyncClient::new(
+                    sync.clone(),
+                    app.budgets.clone(),
+                    reloader.clone(),
+                    app.metrics.clone(),
+                    settings.upstream.connect_timeout,
+                )
+                .map_err(StartError::Sync)?;
+                servers.extend(client.start(signal));
+                Some(client)
+            }
+        };
         let pod = settings.pod.as_deref().unwrap_or_default();
         tracing::info!(%api_addr, %admin_addr, pod, "llmesh sidecar serving");
         Ok(Self {
@@ -163,6 +187,7 @@ impl Gateway {
             shutdown,
             servers,
             state,
+            sync,
             _watch: watch_guard,
         })
     }
@@ -170,10 +195,19 @@ impl Gateway {
     /// Stops accepting, lets in-flight requests (streams included) finish
     /// for up to `drain`, then returns.
     pub async fn shutdown(self, drain: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + drain;
         let _ = self.shutdown.send(true);
         let servers = futures::future::join_all(self.servers);
         if tokio::time::timeout(drain, servers).await.is_err() {
             tracing::warn!(?drain, "in-flight requests did not finish in time; closing them");
+        }
+        // The last requests' spend, to the operator within what is left of
+        // the drain (at least a moment, so a slow drain still tries once).
+        if let Some(sync) = &self.sync {
+            let deadline = deadline.max(tokio::time::Instant::now() + SYNC_FLUSH_AT_LEAST);
+            if !sync.flush(deadline).await {
+                tracing::warn!("the last usage report was not acknowledged; it stays in the state file");
+            }
         }
         // The last requests' spend and rate-limit use, settled while draining.
         if let Err(error) = self.state.flush() {
@@ -181,6 +215,9 @@ impl Gateway {
         }
     }
 }
+
+/// The final usage report's time when the drain used up its timeout.
+const SYNC_FLUSH_AT_LEAST: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often changed spend and rate-limit buckets are written to the state
 /// file: a crash loses at most this much accounting, and the disk sees one

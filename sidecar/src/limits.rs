@@ -110,8 +110,10 @@ fn openai_duration(duration: Duration) -> String {
 #[derive(Debug)]
 struct Bucket {
     capacity: f64,
-    /// May go below zero when actual usage exceeded the estimate; the key
-    /// then waits until the overdraft is paid back.
+    /// Goes below zero when actual usage exceeded the estimate, by as much
+    /// as it did: the key then waits until the whole overdraft is paid back.
+    /// Not capped, or each oversize answer would let the key past its limit
+    /// by up to a minute's allowance.
     level: f64,
     updated: Instant,
 }
@@ -162,7 +164,7 @@ impl Bucket {
         let away = u64::try_from(wall.as_millisecond().saturating_sub(saved.saved_at_ms)).unwrap_or(0);
         let mut bucket = Self {
             capacity: saved.capacity,
-            level: saved.level.clamp(-saved.capacity, saved.capacity),
+            level: saved.level.min(saved.capacity),
             updated: now,
         };
         bucket.level = bucket.level_after(Duration::from_millis(away));
@@ -181,7 +183,7 @@ impl Bucket {
     }
 
     fn take(&mut self, amount: f64) {
-        self.level = (self.level - amount).max(-self.capacity);
+        self.level -= amount;
     }
 
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -417,6 +419,29 @@ mod tests {
         assert_eq!(refused.unit, "tokens");
         // 300 left, then 900 more than estimated: 600 owed, 610 to refill at 1000/min.
         assert_eq!(refused.retry_after, Duration::from_millis(36_600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversize_answer_is_owed_in_full_not_just_a_minute_of_it() {
+        let limiter = Arc::new(RateLimiter::default());
+        let key = key(None, Some(1200));
+        let (_, reservation) = limiter.admit(&key, 1).expect("fits");
+        reservation.settle(&Usage::new(12, 5000, 0, 0, 0), None);
+        let refused = limiter.admit(&key, 1).expect_err("owing");
+        // 1200 - 5012 = -3812; one more token fits after 3813 refill at 20/s.
+        assert_eq!(refused.retry_after, Duration::from_millis(190_650));
+        let tokens = refused.state.tokens.expect("a token limit");
+        assert_eq!(tokens.remaining, 0);
+        assert!(
+            (250_599..=250_600).contains(&tokens.reset.as_millis()),
+            "5012 tokens to refill at 20/s before the bucket is full: {:?}",
+            tokens.reset
+        );
+        // Paid back at the limit's pace, not forgiven after a minute.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(limiter.admit(&key, 1).is_err(), "still owing after a minute");
+        tokio::time::advance(Duration::from_millis(129_700)).await;
+        assert!(limiter.admit(&key, 1).is_ok(), "paid back");
     }
 
     #[tokio::test(start_paused = true)]

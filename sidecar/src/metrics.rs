@@ -55,6 +55,14 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// 1 for the configuration version in force.
     pub config_info: IntGaugeVec,
+    /// 1 while the sync watch is open.
+    pub sync_connected: IntGaugeVec,
+    /// Usage reports by result (acknowledged, duplicate, failed).
+    pub sync_reports: IntCounterVec,
+    /// Configurations pushed over the sync channel, by result (applied, unchanged, rejected).
+    pub sync_config_pushes: IntCounterVec,
+    /// Unix seconds when the operator was last heard from (frame, keepalive or ack).
+    pub sync_last_heard: IntGaugeVec,
     /// USD spent, by route, provider, model and virtual key with its team and feature.
     pub cost_usd: CounterVec,
     /// Requests refused by a key's rate limit, by key and limit (requests, tokens).
@@ -247,6 +255,30 @@ impl Metrics {
             "1 for the configuration version in force.",
             &["version"],
         );
+        let sync_connected = gauge(
+            &registry,
+            "llmesh_sync_connected",
+            "1 while this sidecar holds the operator's sync watch open.",
+            &[],
+        );
+        let sync_reports = counter(
+            &registry,
+            "llmesh_sync_reports_total",
+            "Usage reports sent to the operator, by result (acknowledged, duplicate, failed).",
+            &["result"],
+        );
+        let sync_config_pushes = counter(
+            &registry,
+            "llmesh_sync_config_pushes_total",
+            "Configurations pushed by the operator, by result (applied, unchanged, rejected).",
+            &["result"],
+        );
+        let sync_last_heard = gauge(
+            &registry,
+            "llmesh_sync_last_heard_timestamp_seconds",
+            "When the operator was last heard from (totals, keepalive or acknowledgement), Unix seconds.",
+            &[],
+        );
         let cost_usd = float_counter(
             &registry,
             "llmesh_cost_usd_total",
@@ -345,6 +377,10 @@ impl Metrics {
             circuit_state,
             config_reloads,
             config_info,
+            sync_connected,
+            sync_reports,
+            sync_config_pushes,
+            sync_last_heard,
             cost_usd,
             rate_limited,
             budget_spent,

@@ -25,7 +25,7 @@ use llmesh_crds::config::ProviderConfig;
 use llmesh_crds::resources::ProviderKind;
 
 pub use error::{ErrorKind, ProviderError};
-pub use upstream::{UpstreamClient, UpstreamSettings};
+pub use upstream::{Answer, UpstreamClient, UpstreamSettings};
 
 use crate::api::Usage;
 use crate::api::chat::ChatRequest;
@@ -147,6 +147,15 @@ pub fn check_encoding_format(request: &EmbeddingsRequest) -> Result<(), Provider
             "`encoding_format` must be float or base64",
         )),
     }
+}
+
+/// Tokens in an embeddings input whose answer carries no count (Gemini's;
+/// Bedrock Cohere's without its token-count header), since budgets and
+/// metrics need one. One token per four characters, rounded up per input:
+/// the rule of thumb Google and Cohere give for English text; a word count
+/// would undercount code and unspaced scripts more.
+pub fn estimate_tokens(text: &str) -> u64 {
+    u64::try_from(text.chars().count().div_ceil(4)).unwrap_or(u64::MAX)
 }
 
 /// Serializes an OpenAI object that cannot fail to serialize (plain structs

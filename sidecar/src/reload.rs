@@ -102,21 +102,11 @@ fn load_manifests(
     previous: Option<&SidecarConfig>,
     credentials: &CredentialStore,
 ) -> Result<Loaded, LoadError> {
-    let mut manifests = Manifests::default();
-    let mut problems = Vec::new();
-    for path in yaml_files(dir)? {
-        let text = std::fs::read_to_string(&path).map_err(|error| LoadError::Read {
-            path: path.clone(),
-            error,
-        })?;
-        let name = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
-        problems.extend(
-            manifests
-                .add_yaml(&name, &text)
-                .into_iter()
-                .map(|e| e.to_string()),
-        );
-    }
+    let (manifests, problems) = Manifests::read_dir(dir).map_err(|e| LoadError::Read {
+        path: e.path,
+        error: e.error,
+    })?;
+    let mut problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
     let complete = problems.is_empty();
 
     let mut secret_keys = SecretKeys::from_secrets(&manifests.secrets);
@@ -193,32 +183,6 @@ fn load_manifests(
     })
 }
 
-/// The `.yaml` and `.yml` files under `dir`, sorted, hidden entries skipped
-/// (a ConfigMap or Secret mount keeps its real files behind `..data`).
-fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(current) = pending.pop() {
-        let entries = std::fs::read_dir(&current).map_err(|error| LoadError::Read {
-            path: current.clone(),
-            error,
-        })?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
 /// What a reload did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -236,6 +200,9 @@ pub struct Reloader {
     app: Arc<App>,
     source: ConfigSource,
     last_good: Mutex<Option<Applied>>,
+    /// What the source last yielded and was applied: a configuration pushed
+    /// over the sync channel stays in force until the source itself changes.
+    last_source: Mutex<Option<Applied>>,
 }
 
 /// What is in force: the config and the routes known to be rejected.
@@ -252,6 +219,7 @@ impl Reloader {
             app,
             source,
             last_good: Mutex::new(None),
+            last_source: Mutex::new(None),
         }
     }
 
@@ -259,6 +227,35 @@ impl Reloader {
     pub fn reload(&self) -> Outcome {
         let previous = self.last_good.lock().clone();
         let outcome = self.try_reload(previous.as_ref());
+        self.count(outcome)
+    }
+
+    /// Applies a configuration pushed by the operator, through the same
+    /// checks as one read from the source: one that cannot be built is
+    /// rejected whole and the last good one keeps serving.
+    pub fn apply_pushed(&self, config: SidecarConfig) -> Outcome {
+        let applied = Applied {
+            config,
+            rejected_routes: BTreeMap::new(),
+        };
+        let outcome = if self.last_good.lock().as_ref() == Some(&applied) {
+            Outcome::Unchanged
+        } else {
+            self.install(applied)
+        };
+        self.count(outcome)
+    }
+
+    /// The configuration version in force (empty before the first).
+    pub fn version(&self) -> String {
+        self.last_good
+            .lock()
+            .as_ref()
+            .map(|a| a.config.version.clone())
+            .unwrap_or_default()
+    }
+
+    fn count(&self, outcome: Outcome) -> Outcome {
         let label = match &outcome {
             Outcome::Applied(version) => {
                 tracing::info!(version, "configuration applied");
@@ -298,9 +295,18 @@ impl Reloader {
             config: loaded.config,
             rejected_routes: loaded.rejected_routes,
         };
-        if previous.is_some_and(|p| *p == applied) {
+        if self.last_source.lock().as_ref() == Some(&applied) || previous.is_some_and(|p| *p == applied) {
+            *self.last_source.lock() = Some(applied);
             return Outcome::Unchanged;
         }
+        let outcome = self.install(applied.clone());
+        if matches!(outcome, Outcome::Applied(_)) {
+            *self.last_source.lock() = Some(applied);
+        }
+        outcome
+    }
+
+    fn install(&self, applied: Applied) -> Outcome {
         match Runtime::build(&applied.config, &self.app.deps) {
             Ok(runtime) => {
                 let version = runtime.version.clone();

@@ -10,7 +10,7 @@ mod estimate;
 mod rules;
 mod strategy;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -322,6 +322,23 @@ impl Runtime {
             budgets: config.budgets.clone(),
             rejected: BTreeMap::new(),
         })
+    }
+
+    /// Every target this configuration may send requests to.
+    pub fn target_keys(&self) -> BTreeSet<TargetKey> {
+        self.routes
+            .values()
+            .flat_map(|route| {
+                let rules = route.rules.iter().map(|rule| &rule.targets);
+                let fallbacks = route.fallbacks.iter().filter_map(|step| match &step.to {
+                    FallbackTo::Target(set) => Some(set),
+                    FallbackTo::Route(_) => None,
+                });
+                std::iter::once(&route.targets).chain(rules).chain(fallbacks)
+            })
+            .flat_map(|set| &set.targets)
+            .map(|target| target.health.key().clone())
+            .collect()
     }
 
     /// Records why the routes with these aliases are not served.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 pub use llmesh_crds::injection::{
     ADMIN_ADDR, CONFIG_FILE, DEFAULT_VIRTUAL_KEY, LISTEN_ADDR, POD_NAME, POD_ROUTES, SECRETS_DIR,
-    WORKLOAD_NAME, WORKLOAD_NAMESPACE,
+    SYNC_TOKEN_FILE, SYNC_URL, WORKLOAD_NAME, WORKLOAD_NAMESPACE,
 };
 use llmesh_crds::injection::{ADMIN_PORT, API_PORT, SECRETS_MOUNT_DIR, parse_route_list};
 
@@ -121,6 +121,9 @@ pub struct Settings {
     pub pod_routes: Option<BTreeSet<String>>,
     /// Where budget spend and rate-limit buckets are kept.
     pub state_file: Option<PathBuf>,
+    /// The operator's sync channel (`None`: this sidecar enforces its own
+    /// spend alone and reads its configuration only from its source).
+    pub sync: Option<SyncSettings>,
     /// The workload every metric is labelled with.
     pub workload: Option<Workload>,
     /// The pod's name, for the start-up log line.
@@ -135,6 +138,15 @@ pub struct Settings {
     /// (`logContent`) logs them. Not an environment setting: a platform
     /// with stricter rules embeds the sidecar and sets its own.
     pub redactor: Arc<dyn Redact>,
+}
+
+/// Where the sync channel is and how to authenticate on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncSettings {
+    /// Base URL of the operator's sync server.
+    pub url: String,
+    /// The file holding the bearer token (re-read on every connection).
+    pub token_file: PathBuf,
 }
 
 /// A setting that cannot be used.
@@ -226,6 +238,21 @@ impl Settings {
                 })?),
             },
             state_file: env.get(STATE_FILE).filter(|f| !f.is_empty()).map(PathBuf::from),
+            sync: match env.get(SYNC_URL).filter(|u| !u.trim().is_empty()) {
+                None => None,
+                Some(url) => Some(SyncSettings {
+                    url: url.trim().trim_end_matches('/').to_owned(),
+                    token_file: env
+                        .get(SYNC_TOKEN_FILE)
+                        .filter(|f| !f.is_empty())
+                        .map(PathBuf::from)
+                        .ok_or_else(|| SettingsError::Invalid {
+                            name: SYNC_TOKEN_FILE,
+                            value: String::new(),
+                            reason: format!("required with {SYNC_URL}"),
+                        })?,
+                }),
+            },
             workload: env.get(WORKLOAD_NAME).map(|name| Workload {
                 namespace: env.get(WORKLOAD_NAMESPACE).unwrap_or_default(),
                 name,

@@ -34,6 +34,7 @@ impl LocalState {
         file: Option<PathBuf>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
+        sync: bool,
     ) -> Result<Self, StateError> {
         let saved = match &file {
             Some(path) => file::load(path)?,
@@ -41,6 +42,9 @@ impl LocalState {
         };
         let rate_limits = RateLimiter::restore(saved.rate_limits, clock.now());
         let budgets = Budgets::new(clock.clone(), metrics, (saved.budgets, saved.sessions));
+        if sync {
+            budgets.enable_sync(saved.sync);
+        }
         Ok(Self {
             file,
             clock,
@@ -65,6 +69,7 @@ impl LocalState {
             budgets,
             sessions,
             rate_limits: self.rate_limits.saved(self.clock.now()),
+            sync: self.budgets.saved_sync(),
         };
         file::save(path, &saved).inspect_err(|_| {
             self.budgets.mark_changed();

@@ -8,6 +8,9 @@ use serde_json::{Value, json};
 /// A model id with the `:` and `/` that must be percent-encoded in the path.
 const PROFILE_ARN: &str = "arn:aws:bedrock:eu-central-1:123456789012:inference-profile/eu.anthropic.claude-3-5-sonnet-20240620-v1:0";
 const TITAN: &str = "amazon.titan-embed-text-v2:0";
+const COHERE: &str = "cohere.embed-v4:0";
+/// An embeddings model of a family llmesh does not speak to.
+const NOVA_EMBED: &str = "amazon.nova-2-multimodal-embeddings-v1:0";
 
 /// A Secret holding AWS keys, optionally with a session token.
 fn aws_secret(access_key_id: &str, secret_access_key: &str, session_token: Option<&str>) -> String {
@@ -35,6 +38,14 @@ fn manifests(mock: &MockServer, secret: &str, secret_ref: &str) -> String {
         route(
             "embed",
             &format!("{{targets: [{{provider: bedrock-main, model: \"{TITAN}\"}}]}}"),
+        ),
+        route(
+            "cohere-embed",
+            &format!("{{targets: [{{provider: bedrock-main, model: \"{COHERE}\"}}]}}"),
+        ),
+        route(
+            "nova-embed",
+            &format!("{{targets: [{{provider: bedrock-main, model: \"{NOVA_EMBED}\"}}]}}"),
         ),
     ]
     .concat()
@@ -296,11 +307,15 @@ async fn a_stream_reassembles_text_and_reports_usage_when_asked() {
 #[tokio::test]
 async fn a_streamed_tool_call_reassembles_into_valid_json_arguments() {
     let (_mock, sidecar) = start().await;
-    let events = sse(&sidecar, json!({
-        "model": "smart", "stream": true,
-        "messages": [{"role": "user", "content": "Forecast for Oslo"}],
-        "tools": [{"type": "function", "function": {"name": "forecast", "parameters": {"type": "object"}}}]
-    }))
+    let events = sse(
+        &sidecar,
+        json!({
+            "model": "smart", "stream": true,
+            "messages": [{"role": "user", "content": "Forecast for Oslo"}],
+            "tools": [{"type": "function", "function": {"name": "forecast",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+        }),
+    )
     .await;
     let chunks = parse_chunks(&events);
     let calls: Vec<&Value> = chunks
@@ -446,4 +461,215 @@ async fn titan_embeddings_are_one_call_per_input() {
         calls[1].json(),
         json!({"inputText": "the second text", "dimensions": 256})
     );
+}
+
+/// The message and finish reason of an answer, streamed or not, put together
+/// as an app does: content concatenated, tool-call arguments by index.
+async fn answer_of(sidecar: &Sidecar, mut body: Value, stream: bool) -> (Value, String) {
+    if !stream {
+        let (status, answer) = chat(sidecar, body).await;
+        assert_eq!(status, 200, "{answer}");
+        let choice = &answer["choices"][0];
+        let finish = choice["finish_reason"].as_str().expect("a finish reason");
+        return (choice["message"].clone(), finish.to_owned());
+    }
+    body["stream"] = json!(true);
+    let chunks = parse_chunks(&sse(sidecar, body).await);
+    let mut content = String::new();
+    let mut calls: Vec<Value> = Vec::new();
+    let mut finish = String::new();
+    for choice in chunks.iter().filter_map(|c| c["choices"].get(0)) {
+        let delta = &choice["delta"];
+        content.push_str(delta["content"].as_str().unwrap_or_default());
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            let index = call["index"]
+                .as_u64()
+                .and_then(|i| usize::try_from(i).ok())
+                .expect("an index");
+            if calls.len() <= index {
+                calls.resize(index + 1, json!({"function": {"name": "", "arguments": ""}}));
+            }
+            let function = &call["function"];
+            let mut arguments = calls[index]["function"]["arguments"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            arguments.push_str(function["arguments"].as_str().unwrap_or_default());
+            calls[index]["function"]["arguments"] = json!(arguments);
+            if let Some(name) = function["name"].as_str() {
+                calls[index]["function"]["name"] = json!(name);
+            }
+        }
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            finish = reason.to_owned();
+        }
+    }
+    let message =
+        json!({"content": content, "tool_calls": if calls.is_empty() { Value::Null } else { json!(calls) }});
+    (message, finish)
+}
+
+/// The content blocks of every turn of the last Converse request.
+fn sent_blocks(mock: &MockServer) -> Vec<Value> {
+    let calls = mock.calls();
+    let sent = calls.last().expect("a call").json();
+    sent["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tool_without_parameters_is_called_with_empty_json_arguments() {
+    let (_mock, sidecar) = start().await;
+    let request = json!({
+        "model": "smart",
+        "messages": [{"role": "user", "content": "What time is it?"}],
+        "tools": [{"type": "function", "function": {"name": "current_time",
+            "parameters": {"type": "object", "properties": {}}}}]
+    });
+    for stream in [false, true] {
+        let (message, finish) = answer_of(&sidecar, request.clone(), stream).await;
+        assert_eq!(finish, "tool_calls", "stream: {stream}");
+        let call = &message["tool_calls"][0]["function"];
+        assert_eq!(call["name"], "current_time");
+        assert_eq!(call["arguments"], "{}", "stream: {stream}");
+    }
+}
+
+/// A finished tool round: the question, the model's call, the tool's answer.
+fn tool_round(result: &str) -> Vec<Value> {
+    vec![
+        json!({"role": "user", "content": "How warm is it in Oslo?"}),
+        json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": "tooluse_w1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}
+        ]}),
+        json!({"role": "tool", "tool_call_id": "tooluse_w1", "content": result}),
+    ]
+}
+
+#[tokio::test]
+async fn a_tool_history_with_no_tool_on_offer_gets_a_prose_answer() {
+    let (mock, sidecar) = start().await;
+    let weather = json!([{"type": "function", "function": {"name": "weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let mut no_tools = json!({"model": "smart", "messages": tool_round("{\"celsius\":21}")});
+    no_tools["messages"]
+        .as_array_mut()
+        .expect("messages")
+        .push(json!({"role": "user", "content": "Now answer in prose."}));
+    let mut tool_choice_none = no_tools.clone();
+    tool_choice_none["tools"] = weather;
+    tool_choice_none["tool_choice"] = json!("none");
+    for (request, case) in [(no_tools, "no tools"), (tool_choice_none, "tool_choice none")] {
+        for stream in [false, true] {
+            let (message, finish) = answer_of(&sidecar, request.clone(), stream).await;
+            assert_eq!(finish, "stop", "{case}, stream: {stream}");
+            assert!(message["tool_calls"].is_null(), "{case}: {message}");
+            assert_eq!(
+                message["content"],
+                "Hello from bedrock: [Result of tool weather (call id tooluse_w1): {\"celsius\":21}] Now answer in prose.",
+                "{case}, stream: {stream}"
+            );
+            let sent = mock.calls().last().expect("a call").json();
+            assert_eq!(sent.get("toolConfig"), None, "{case}");
+            assert_eq!(
+                sent_blocks(&mock)[1],
+                json!({"text": "[Called tool weather with {\"city\":\"Oslo\"} (call id tooluse_w1)]"})
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_empty_tool_result_reaches_bedrock_as_a_readable_placeholder() {
+    let (mock, sidecar) = start().await;
+    let request = json!({
+        "model": "smart",
+        "messages": tool_round(""),
+        "tools": [{"type": "function", "function": {"name": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    });
+    for stream in [false, true] {
+        let (message, finish) = answer_of(&sidecar, request.clone(), stream).await;
+        assert_eq!(finish, "stop", "stream: {stream}");
+        assert!(
+            message["content"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("Hello from bedrock")),
+            "stream: {stream}: {message}"
+        );
+        assert_eq!(
+            sent_blocks(&mock)[2],
+            json!({"toolResult": {"toolUseId": "tooluse_w1", "content": [{"text": "(the tool returned no output)"}]}})
+        );
+    }
+}
+
+#[tokio::test]
+async fn cohere_embeddings_go_in_batches_with_an_input_type() {
+    let (mock, sidecar) = start().await;
+    let texts: Vec<String> = (0..100).map(|i| format!("text number {i}")).collect();
+    let response = sidecar
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "cohere-embed", "input": texts, "dimensions": 256, "input_type": "search_query"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.expect("JSON");
+    let data = answer["data"].as_array().expect("vectors");
+    assert_eq!(data.len(), 100);
+    assert_eq!(data[99]["index"], 99);
+    assert!(
+        data.iter()
+            .all(|d| d["embedding"].as_array().map(Vec::len) == Some(256))
+    );
+    // Three words a text, from Bedrock's token-count header.
+    assert_eq!(answer["usage"]["prompt_tokens"], 300);
+    let calls = mock.calls();
+    assert_eq!(calls.len(), 2, "96 texts, then 4");
+    assert_eq!(calls[0].path, "/model/cohere.embed-v4%3A0/invoke");
+    let last = calls[1].json();
+    assert_eq!(
+        last,
+        json!({"texts": ["text number 96", "text number 97", "text number 98", "text number 99"],
+            "input_type": "search_query", "embedding_types": ["float"], "output_dimension": 256})
+    );
+
+    let (_, one) = chat_at(
+        &sidecar,
+        "/v1/embeddings",
+        json!({"model": "cohere-embed", "input": "hello"}),
+    )
+    .await;
+    assert_eq!(mock.calls()[2].json()["input_type"], "search_document");
+    assert_eq!(one["data"][0]["embedding"].as_array().map(Vec::len), Some(1536));
+}
+
+#[tokio::test]
+async fn an_embeddings_model_of_another_family_is_refused_before_any_call() {
+    let (mock, sidecar) = start().await;
+    let (status, answer) = chat_at(
+        &sidecar,
+        "/v1/embeddings",
+        json!({"model": "nova-embed", "input": "hello"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["code"], "unsupported");
+    let message = answer["error"]["message"].as_str().expect("a message");
+    assert!(
+        message.contains("amazon.titan-embed") && message.contains("cohere.embed"),
+        "{message}"
+    );
+    assert!(mock.calls().is_empty());
+}
+
+async fn chat_at(sidecar: &Sidecar, path: &str, body: Value) -> (u16, Value) {
+    let response = sidecar.post(path, &body).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON answer"))
 }

@@ -326,6 +326,33 @@ async fn memory_stays_within_the_configured_bytes_when_filled_with_large_answers
 }
 
 #[tokio::test]
+async fn an_answer_read_often_early_outlives_sixty_answers_nobody_reads_again() {
+    let yaml = cached_mock(&format!(
+        "{{provider: mock, mock: {{reply: '{}'}}}}",
+        "word ".repeat(400)
+    ));
+    // About 25 answers fit: the sixty below overflow it twice over.
+    let budget = 64 * 1024;
+    let sidecar = Sidecar::start_with(
+        &yaml,
+        vec![(settings::CACHE_MAX_BYTES.into(), budget.to_string())],
+    )
+    .await;
+    let popular = ask("the question everybody asks");
+    assert_eq!(chat(&sidecar, &popular, &[]).await.0, "miss");
+    for _ in 0..6 {
+        assert_eq!(chat(&sidecar, &popular, &[]).await.0, "hit");
+    }
+    for n in 0..60 {
+        assert_eq!(chat(&sidecar, &ask(&format!("one-off {n}")), &[]).await.0, "miss");
+    }
+    let text = metrics(&sidecar).await;
+    let evicted: u64 = metric_value(&text, r#"llmesh_cache_evictions_total{reason="size"}"#);
+    assert!(evicted >= 30, "{text}");
+    assert_eq!(chat(&sidecar, &popular, &[]).await.0, "hit", "kept");
+}
+
+#[tokio::test]
 async fn routes_without_a_cache_say_nothing_about_one() {
     let yaml = [
         provider("mock", "{provider: mock}"),
@@ -346,6 +373,18 @@ fn shared(redis_url: &str) -> String {
     format!("cache: {{mode: exact, scope: route, shared: {{redisUrl: '{redis_url}', timeout: 200ms}}}}")
 }
 
+/// Waits until Redis holds `count` keys: the write happens after the answer, in the background.
+async fn wait_for_keys(redis: &RedisServer, count: u64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while redis.key_count().await != Some(count) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the answer never reached Redis"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn two_sidecars_share_answers_through_redis() {
     let redis = RedisServer::start().await;
@@ -354,15 +393,7 @@ async fn two_sidecars_share_answers_through_redis() {
     let second = openai_sidecar(&mock, &shared(&redis.url())).await;
 
     assert_eq!(chat(&first, &ask("shared question"), &[]).await.0, "miss");
-    // The write to Redis happens after the answer, in the background.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while redis.key_count().await != Some(1) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the answer never reached Redis"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_for_keys(&redis, 1).await;
     let (verdict, body) = chat(&second, &ask("shared question"), &[]).await;
     assert_eq!(verdict, "hit", "the other pod's answer");
     assert_eq!(content(&body), "Hello from openai: shared question");
@@ -375,23 +406,26 @@ async fn a_dead_or_silent_redis_leaves_the_local_cache_serving() {
     let mock = openai::start().await;
     let sidecar = openai_sidecar(&mock, &shared(&redis.url())).await;
     assert_eq!(chat(&sidecar, &ask("before"), &[]).await.0, "miss");
+    wait_for_keys(&redis, 1).await;
 
     redis.stop();
     assert_eq!(chat(&sidecar, &ask("before"), &[]).await.0, "hit", "from memory");
     assert_eq!(chat(&sidecar, &ask("after"), &[]).await.0, "miss");
     assert_eq!(chat(&sidecar, &ask("after"), &[]).await.0, "hit");
-    // Counted as a failed `get`, or as a failed `connect` when the client
-    // noticed the closed connection first: which one is a race.
+    // The open connection broke under a `get`; the tier then rests a second,
+    // and the next request's reconnect is refused: a `connect` failure.
     let text = metrics(&sidecar).await;
-    let errors: u64 = ["get", "connect"]
-        .iter()
-        .filter_map(|operation| {
-            let series = format!(r#"llmesh_cache_shared_errors_total{{operation="{operation}"}}"#);
-            text.contains(&series)
-                .then(|| metric_value::<u64>(&text, &series))
-        })
-        .sum();
-    assert!(errors >= 1, "{text}");
+    let errors = |text: &str, operation: &str| {
+        let series = format!(r#"llmesh_cache_shared_errors_total{{operation="{operation}"}}"#);
+        text.contains(&series).then(|| metric_value::<u64>(text, &series))
+    };
+    assert_eq!(errors(&text, "get"), Some(1), "{text}");
+    assert_eq!(errors(&text, "connect"), None, "{text}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(chat(&sidecar, &ask("later"), &[]).await.0, "miss");
+    let text = metrics(&sidecar).await;
+    assert_eq!(errors(&text, "connect"), Some(1), "{text}");
+    assert_eq!(errors(&text, "get"), Some(1), "{text}");
 
     // A Redis that accepts connections and never answers costs a request its timeout, no more.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bound");

@@ -84,8 +84,10 @@ async fn provider_templates_compile_once_their_keys_exist() {
     assert_eq!(
         aliases(&sidecar).await,
         [
+            "azure-embed",
             "azure-gpt",
             "claude",
+            "cohere-embed",
             "gemini-embed",
             "gemini-flash",
             "gpt",

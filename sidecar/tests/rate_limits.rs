@@ -91,3 +91,41 @@ async fn tokens_per_minute_charge_the_estimate_and_keep_the_actual_usage() {
     assert_eq!(too_big.status(), 429);
     assert!(header(&too_big, "retry-after").parse::<u64>().is_ok());
 }
+
+#[tokio::test]
+async fn an_answer_far_larger_than_its_estimate_leaves_the_key_owing_all_of_it() {
+    // A 5,000-word reply (the mock counts a token a word) on a 1,200-token key.
+    let reply = "word ".repeat(5000);
+    let yaml = [
+        provider(
+            "long",
+            &format!("{{provider: mock, mock: {{reply: '{}'}}}}", reply.trim_end()),
+        ),
+        route("long", "{targets: [{provider: long, model: m}]}"),
+        secret("tpm", "key", "sk-tpm"),
+        virtual_key("tpm", "{rateLimits: {tokensPerMinute: 1200}}"),
+    ]
+    .concat();
+    let sidecar = Sidecar::start(&yaml).await;
+    let auth = [("authorization", "Bearer sk-tpm")];
+    let hi = json!({"model": "long", "messages": [{"role": "user", "content": "hi"}]});
+    let first = sidecar.post_with("/v1/chat/completions", &hi, &auth).await;
+    assert_eq!(first.status(), 200);
+    let body: Value = first.json().await.expect("json");
+    let used = body["usage"]["total_tokens"].as_u64().expect("usage");
+    assert!(used > 5000, "{used}");
+
+    let refused = sidecar.post_with("/v1/chat/completions", &hi, &auth).await;
+    assert_eq!(refused.status(), 429);
+    // The bucket stands at 1200 - used; the next request waits until it is
+    // paid back at 20 tokens a second, not a minute at most.
+    let retry_after: u64 = header(&refused, "retry-after").parse().expect("seconds");
+    let owed_secs = (used - 1200).div_ceil(20);
+    assert!(
+        (owed_secs..=owed_secs + 1).contains(&retry_after),
+        "Retry-After {retry_after}, owing {} tokens",
+        used - 1200
+    );
+    let reset = header(&refused, "x-ratelimit-reset-tokens");
+    assert!(reset.starts_with("4m1"), "{used} tokens to refill: {reset}");
+}

@@ -379,3 +379,136 @@ async fn under_load_a_flapping_target_loses_no_request_and_the_breaker_limits_it
         "failed attempts at the primary ({failures_at_primary}) should be well below the requests it shed ({shed})"
     );
 }
+
+#[tokio::test]
+async fn after_a_route_fallback_the_headers_name_the_route_asked_for_and_the_one_that_served() {
+    let yaml = [
+        provider(
+            "down",
+            "{provider: mock, mock: {faults: [{kind: status, status: 503}]}}",
+        ),
+        provider("up", "{provider: mock}"),
+        route(
+            "smart",
+            "{targets: [{provider: down, model: big}], fallbacks: [{route: cheap}]}",
+        ),
+        route("cheap", "{targets: [{provider: up, model: small}]}"),
+    ]
+    .concat();
+    let sidecar = Sidecar::start(&yaml).await;
+    let response = sidecar.post("/v1/chat/completions", &ask("smart")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "x-llmesh-route"),
+        "smart",
+        "the route asked for"
+    );
+    assert_eq!(header(&response, "x-llmesh-served-route"), "cheap");
+    assert_eq!(header(&response, "x-llmesh-fallback"), "1");
+    assert_eq!(header(&response, "x-llmesh-model"), "small");
+
+    let direct = sidecar.post("/v1/chat/completions", &ask("cheap")).await;
+    assert_eq!(header(&direct, "x-llmesh-route"), "cheap");
+    assert_eq!(
+        header(&direct, "x-llmesh-served-route"),
+        "",
+        "only after a route fallback step"
+    );
+}
+
+/// `/debug/targets` as (provider, breaker) pairs, and the `llmesh_circuit_state` lines.
+async fn breakers(sidecar: &Sidecar) -> (Vec<(String, String)>, Vec<String>) {
+    let targets: Value = llmesh_test_support::harness::http_client()
+        .get(format!("{}/debug/targets", sidecar.admin_url))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let targets = targets
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|t| {
+            let text = |field: &str| t[field].as_str().expect("text").to_owned();
+            (text("provider"), text("breaker"))
+        })
+        .collect();
+    let metrics = sidecar.get("/metrics").await.text().await.expect("metrics");
+    let gauge = metrics
+        .lines()
+        .filter(|line| line.starts_with("llmesh_circuit_state{"))
+        .map(str::to_owned)
+        .collect();
+    (targets, gauge)
+}
+
+#[tokio::test]
+async fn the_breaker_gauge_and_debug_targets_agree_for_every_configured_target() {
+    let providers = [
+        provider("claude-ish", "{provider: mock}"),
+        provider("gpt-ish", "{provider: mock}"),
+    ]
+    .concat();
+    let both = providers.clone()
+        + &route(
+            "smart",
+            "{targets: [{provider: claude-ish, model: a}], fallbacks: [{target: {provider: gpt-ish, model: b}}], circuitBreaker: {consecutiveFailures: 2, cooldown: 1s}}",
+        );
+    let sidecar = Sidecar::start_with(&both, vec![(settings::ENABLE_DRILLS.into(), "true".into())]).await;
+    let state = |provider: &str, model: &str, value: u8| {
+        format!(r#"llmesh_circuit_state{{model="{model}",provider="{provider}"}} {value}"#)
+    };
+    let pair = |provider: &str, breaker: &str| (provider.to_owned(), breaker.to_owned());
+
+    // Before any request: every target has a series, closed.
+    assert_eq!(
+        breakers(&sidecar).await,
+        (
+            vec![pair("claude-ish", "closed"), pair("gpt-ish", "closed")],
+            vec![state("claude-ish", "a", 0), state("gpt-ish", "b", 0)]
+        )
+    );
+
+    let drill = llmesh_test_support::harness::http_client()
+        .post(format!("{}/debug/faults", sidecar.admin_url))
+        .json(&json!({"provider": "claude-ish", "faults": [{"kind": "status", "status": 503}]}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(drill.status(), 200);
+    for _ in 0..2 {
+        let response = sidecar.post("/v1/chat/completions", &ask("smart")).await;
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(
+        breakers(&sidecar).await,
+        (
+            vec![pair("claude-ish", "open"), pair("gpt-ish", "closed")],
+            vec![state("claude-ish", "a", 2), state("gpt-ish", "b", 0)]
+        )
+    );
+
+    // The cool-down passes with no request: half-open in both, before the probe.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        breakers(&sidecar).await,
+        (
+            vec![pair("claude-ish", "half-open"), pair("gpt-ish", "closed")],
+            vec![state("claude-ish", "a", 1), state("gpt-ish", "b", 0)]
+        )
+    );
+
+    // A reload that drops the target drops its series too.
+    sidecar.write_manifests(&(providers + &route("smart", "{targets: [{provider: gpt-ish, model: b}]}")));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = breakers(&sidecar).await;
+        if now == (vec![pair("gpt-ish", "closed")], vec![state("gpt-ish", "b", 0)]) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

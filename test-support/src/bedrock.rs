@@ -1,8 +1,12 @@
 //! A mock of Amazon Bedrock Runtime in its real wire format: Converse JSON,
 //! ConverseStream as binary event-stream frames (exceptions as exception
-//! frames), Titan embeddings through InvokeModel, and AWS error bodies with
-//! `x-amzn-errortype`. Every request's SigV4 signature is recomputed from the
-//! test credentials below and compared; a wrong one gets AWS's 403.
+//! frames), Titan and Cohere embeddings through InvokeModel, and AWS error
+//! bodies with `x-amzn-errortype`. Every request's SigV4 signature is
+//! recomputed from the test credentials below and compared; a wrong one gets
+//! AWS's 403. Converse bodies are checked as Bedrock checks them (roles
+//! alternate, no empty content or blank text, no `toolUse`/`toolResult`
+//! without a `toolConfig`) and refused with Bedrock's 400 messages. A tool
+//! whose schema declares no properties is called with no input.
 //!
 //! Script mapping: `Status(n)` answers Bedrock's error of that status;
 //! `RateLimit` a `ThrottlingException` (Bedrock sends no `Retry-After`, so
@@ -220,12 +224,23 @@ fn answer(request: &Value, behavior: &Behavior) -> Result<Answer, AwsError> {
         .is_some_and(|blocks| blocks.iter().any(|b| b.get("toolResult").is_some()));
     let must_call = choice.get("any").is_some() || choice.get("tool").is_some();
     let tool = (!tools.is_empty() && (must_call || !answering_tool_result)).then(|| {
-        let named = choice["tool"]["name"].as_str();
-        let name = named
-            .or_else(|| tools[0]["toolSpec"]["name"].as_str())
-            .unwrap_or("tool")
-            .to_owned();
-        (name, json!({ "echo": prompt }))
+        let spec = match choice["tool"]["name"].as_str() {
+            Some(name) => tools.iter().find(|t| t["toolSpec"]["name"] == name),
+            None => tools.first(),
+        }
+        .map(|t| &t["toolSpec"]);
+        let name = spec.and_then(|s| s["name"].as_str()).unwrap_or("tool").to_owned();
+        // A model calls a tool that declares no parameters with no input.
+        let takes_arguments = spec
+            .and_then(|s| s.pointer("/inputSchema/json/properties"))
+            .and_then(Value::as_object)
+            .is_some_and(|properties| !properties.is_empty());
+        let input = if takes_arguments {
+            json!({ "echo": prompt })
+        } else {
+            json!({})
+        };
+        (name, input)
     });
     let (mut text, mut stop_reason) = match behavior {
         Behavior::ContentFilter => (
@@ -276,12 +291,37 @@ fn validate(request: &Value) -> Result<(), String> {
             return Err("A conversation must alternate between user and assistant roles. Make sure the conversation alternates between user and assistant roles and try again.".into());
         }
     }
-    for message in messages {
+    let blank = |block: &Value| block["text"].as_str().is_some_and(|t| t.trim().is_empty());
+    let blank_error = |kind: &str, path: String| {
+        format!(
+            "The text field in the {kind} object at {path} is blank. Add text to the text field, and try again."
+        )
+    };
+    for (i, block) in request["system"].as_array().into_iter().flatten().enumerate() {
+        if blank(block) {
+            return Err(blank_error("SystemContentBlock", format!("system.{i}")));
+        }
+    }
+    for (i, message) in messages.iter().enumerate() {
         let blocks = message["content"].as_array().ok_or("content is required")?;
         if blocks.is_empty() {
-            return Err("The content field in the Message object is empty. Add a ContentBlock object to the content field and try again.".into());
+            return Err(format!(
+                "The content field in the Message object at messages.{i} is empty. Add a ContentBlock object to the content field and try again."
+            ));
         }
-        for block in blocks {
+        for (j, block) in blocks.iter().enumerate() {
+            if blank(block) {
+                return Err(blank_error("ContentBlock", format!("messages.{i}.content.{j}")));
+            }
+            let results = block.pointer("/toolResult/content").and_then(Value::as_array);
+            for (k, result) in results.into_iter().flatten().enumerate() {
+                if blank(result) {
+                    return Err(blank_error(
+                        "ToolResultContentBlock",
+                        format!("messages.{i}.content.{j}.toolResult.content.{k}"),
+                    ));
+                }
+            }
             uses_tools |= block.get("toolUse").is_some() || block.get("toolResult").is_some();
             if let Some(bytes) = block.pointer("/image/source/bytes") {
                 let decoded = bytes
@@ -423,9 +463,18 @@ async fn converse_stream(
             "contentBlockStart",
             json!({ "contentBlockIndex": block, "start": start }),
         ));
-        let input = input.to_string();
+        // A call with no input gets one empty input delta, as Claude's do.
+        let input = match input.as_object() {
+            Some(fields) if fields.is_empty() => String::new(),
+            _ => input.to_string(),
+        };
         let (head, tail) = input.split_at(input.len() / 2);
-        for fragment in [head, tail] {
+        let fragments = if input.is_empty() {
+            vec![""]
+        } else {
+            vec![head, tail]
+        };
+        for fragment in fragments {
             let delta = json!({ "toolUse": { "input": fragment } });
             frames.push(event(
                 "contentBlockDelta",
@@ -490,6 +539,10 @@ async fn invoke(
     if let Err(response) = admit(&state, &uri, headers, &body).await {
         return response;
     }
+    let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+    if model.contains("cohere.embed") {
+        return cohere_embed(&model, &request).unwrap_or_else(IntoResponse::into_response);
+    }
     if !model.starts_with("amazon.titan-embed") {
         return error(
             400,
@@ -497,7 +550,6 @@ async fn invoke(
             "The provided model identifier is invalid.",
         );
     }
-    let request: Value = serde_json::from_slice(&body).unwrap_or_default();
     let Some(text) = request["inputText"].as_str() else {
         return error(
             400,
@@ -509,10 +561,7 @@ async fn invoke(
         .as_u64()
         .and_then(|d| usize::try_from(d).ok())
         .unwrap_or(DEFAULT_DIMENSIONS);
-    #[allow(clippy::cast_precision_loss)]
-    let vector: Vec<f32> = (0..dimensions)
-        .map(|d| ((text.len() + d) % 11) as f32 / 11.0)
-        .collect();
+    let vector = vector(text, dimensions);
     let body = json!({
         "embedding": vector,
         "embeddingsByType": { "float": vector },
@@ -526,6 +575,95 @@ async fn invoke(
         body.to_string(),
     )
         .into_response()
+}
+
+/// A vector that depends on the text, so equal texts embed equally.
+fn vector(text: &str, dimensions: usize) -> Vec<f32> {
+    #[allow(clippy::cast_precision_loss)]
+    (0..dimensions)
+        .map(|d| ((text.len() + d) % 11) as f32 / 11.0)
+        .collect()
+}
+
+/// Cohere Embed through InvokeModel: `texts` (at most 96) and a required
+/// `input_type`; `output_dimension` on v4 only. Floats come as a bare list,
+/// or under `float` when `embedding_types` asks by type. The body has no
+/// token count; the `X-Amzn-Bedrock-Input-Token-Count` header does.
+fn cohere_embed(model: &str, request: &Value) -> Result<Response, AwsError> {
+    let malformed = |what: &str| {
+        AwsError::new(
+            400,
+            "ValidationException",
+            format!("Malformed input request: {what}, please reformat your input and try again."),
+        )
+    };
+    if request.get("inputText").is_some() {
+        return Err(malformed(
+            "#: required key [texts] not found#: extraneous key [inputText] is not permitted",
+        ));
+    }
+    let texts: Vec<&str> = request["texts"]
+        .as_array()
+        .ok_or_else(|| malformed("#: required key [texts] not found"))?
+        .iter()
+        .map(|t| {
+            t.as_str()
+                .ok_or_else(|| malformed("#/texts: expected type: String"))
+        })
+        .collect::<Result<_, _>>()?;
+    if texts.len() > 96 {
+        return Err(malformed(&format!(
+            "#/texts: expected maximum item count: 96, found: {}",
+            texts.len()
+        )));
+    }
+    let input_types = ["search_document", "search_query", "classification", "clustering"];
+    match request["input_type"].as_str() {
+        None => return Err(malformed("#: required key [input_type] not found")),
+        Some(kind) if !input_types.contains(&kind) => {
+            return Err(malformed(&format!(
+                "#/input_type: {kind} is not a valid enum value"
+            )));
+        }
+        Some(_) => {}
+    }
+    let v4 = model.contains("embed-v4");
+    let dimensions = match request.get("output_dimension") {
+        None => {
+            if v4 {
+                1536
+            } else {
+                1024
+            }
+        }
+        Some(_) if !v4 => return Err(malformed("#: extraneous key [output_dimension] is not permitted")),
+        Some(d) => match d.as_u64() {
+            Some(d @ (256 | 512 | 1024 | 1536)) => usize::try_from(d).unwrap_or(1536),
+            _ => {
+                return Err(malformed(
+                    "#/output_dimension: must be one of 256, 512, 1024, 1536",
+                ));
+            }
+        },
+    };
+    let vectors: Vec<Vec<f32>> = texts.iter().map(|t| vector(t, dimensions)).collect();
+    let by_type = request.get("embedding_types").is_some();
+    let body = json!({
+        "id": request_id(),
+        "texts": texts,
+        "embeddings": if by_type { json!({ "float": vectors }) } else { json!(vectors) },
+        "response_type": if by_type { "embeddings_by_type" } else { "embeddings_floats" }
+    });
+    let tokens: usize = texts.iter().map(|t| t.split_whitespace().count()).sum();
+    Ok((
+        [
+            ("content-type", "application/json".to_owned()),
+            ("x-amzn-requestid", request_id()),
+            ("x-amzn-bedrock-input-token-count", tokens.to_string()),
+        ],
+        body.to_string(),
+    )
+        .into_response())
 }
 
 /// Parsed `Authorization: AWS4-HMAC-SHA256 Credential=…, SignedHeaders=…, Signature=…`.
@@ -701,6 +839,43 @@ fn verify_signature(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rules llmesh's Bedrock fixes are proven against: Bedrock's own
+    /// refusals, with its messages.
+    #[test]
+    fn converse_bodies_are_refused_as_bedrock_refuses_them() {
+        let tool_round = |result: Value| {
+            json!([
+                {"role": "user", "content": [{"text": "hi"}]},
+                {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t", "name": "weather", "input": {}}}]},
+                {"role": "user", "content": [{"toolResult": {"toolUseId": "t", "content": [result]}}]}
+            ])
+        };
+        let tool_config = json!({"tools": [{"toolSpec": {"name": "weather", "inputSchema": {"json": {"type": "object"}}}}]});
+        let cases = [
+            (
+                json!({"messages": tool_round(json!({"text": "sunny"}))}),
+                "The toolConfig field must be defined when using toolUse and toolResult content blocks.",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"text": "hi"}, {"text": " "}]}]}),
+                "The text field in the ContentBlock object at messages.0.content.1 is blank. Add text to the text field, and try again.",
+            ),
+            (
+                json!({"messages": tool_round(json!({"text": ""})), "toolConfig": tool_config}),
+                "The text field in the ToolResultContentBlock object at messages.2.content.0.toolResult.content.0 is blank. Add text to the text field, and try again.",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}], "system": [{"text": ""}]}),
+                "The text field in the SystemContentBlock object at system.0 is blank. Add text to the text field, and try again.",
+            ),
+        ];
+        for (body, message) in cases {
+            assert_eq!(validate(&body), Err(message.to_owned()), "{body}");
+        }
+        let accepted = json!({"messages": tool_round(json!({"text": "sunny"})), "toolConfig": tool_config});
+        assert_eq!(validate(&accepted), Ok(()));
+    }
 
     #[test]
     fn amz_dates_parse_to_unix_time() {

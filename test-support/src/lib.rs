@@ -14,6 +14,7 @@ pub mod gemini;
 pub mod harness;
 pub mod mock_server;
 pub mod openai;
+pub mod processes;
 pub mod redis_server;
 
 pub use harness::Sidecar;

@@ -60,6 +60,29 @@ pub struct BudgetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_tokens_per_session: Option<u64>,
+    /// What sidecars do when the operator's totals are stale (the operator
+    /// is unreachable): `open` (default) keeps enforcing the last totals plus
+    /// their own spend; `closed` refuses with 503 `budget_unavailable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_mode: Option<FailMode>,
+}
+
+/// What a sidecar does with a budget whose cluster-wide totals are stale.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailMode {
+    /// Enforce the last totals plus the sidecar's own spend since.
+    #[default]
+    Open,
+    /// Refuse requests with 503 `budget_unavailable`.
+    Closed,
+}
+
+impl FailMode {
+    /// Whether this is the default, `open`.
+    pub fn is_open(&self) -> bool {
+        *self == Self::Open
+    }
 }
 
 /// How spend is grouped in time.
@@ -103,8 +126,8 @@ pub enum BudgetAction {
 }
 
 /// The budget's validity (written by the operator's reconcile) and spend in
-/// the current period (`spentUsd`, `state`: filled once sidecars report usage
-/// to the operator; absent until then).
+/// the current period (`spentUsd`, `state`, `periodEnd`, `lastReportAt`,
+/// `reportingSidecars`: from the sidecars' reports on the sync channel).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct BudgetStatus {
@@ -120,7 +143,17 @@ pub struct BudgetStatus {
     /// USD spent in the current period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spent_usd: Option<f64>,
-    /// `ok`, `warning` (a threshold passed) or `exceeded`.
+    /// `ok`, `warning` (a threshold passed) or `exceeded`, on the spend
+    /// all sidecars reported for the current period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// When the current period ends (RFC 3339; absent for `total`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_end: Option<String>,
+    /// When a sidecar last reported spend for this budget (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_report_at: Option<String>,
+    /// Sidecars that reported spend for this budget in the current period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reporting_sidecars: Option<u32>,
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use llmesh_crds::config::BudgetConfig;
-use llmesh_crds::resources::{BudgetAction, BudgetPeriod};
+use llmesh_crds::resources::{BudgetAction, BudgetPeriod, FailMode};
 use parking_lot::Mutex;
 
 use super::*;
@@ -38,6 +38,7 @@ fn config(action: BudgetAction) -> BudgetConfig {
         downgrade_to: (action == BudgetAction::Downgrade).then(|| "cheap".to_owned()),
         max_tokens_per_request: Some(1000),
         max_tokens_per_session: Some(100),
+        fail_mode: FailMode::Open,
     }
 }
 
@@ -53,7 +54,7 @@ fn estimate(prompt: u64, max_output: Option<u64>) -> Estimate {
 }
 
 fn spend(budgets: &Arc<Budgets>, config: &BudgetConfig, usd: f64) {
-    match budgets.admit("b", config, &estimate(1, None), None) {
+    match budgets.admit("b", config, &estimate(1, None), 0.0, None) {
         Ok(Admitted::Serve(charge) | Admitted::Downgrade(charge, _)) => {
             charge.settle(&Usage::new(1, 1, 0, 0, 0), Some(usd));
         }
@@ -70,13 +71,13 @@ fn an_exhausted_budget_blocks_until_the_local_month_turns() {
     spend(&budgets, &config, 0.6);
     spend(&budgets, &config, 0.5);
     let refused = budgets
-        .admit("b", &config, &estimate(1, None), None)
+        .admit("b", &config, &estimate(1, None), 0.0, None)
         .expect_err("exhausted");
     assert!(refused.to_string().contains("budget b is exhausted"), "{refused}");
     assert_eq!(refused.retry_after_secs(), Some(3600), "resets at local midnight");
 
     clock.set("2026-02-01T05:00:00Z"); // 1 February, 00:00 in New York.
-    assert!(budgets.admit("b", &config, &estimate(1, None), None).is_ok());
+    assert!(budgets.admit("b", &config, &estimate(1, None), 0.0, None).is_ok());
     assert_eq!(budgets.spent("b"), 0.0);
 }
 
@@ -88,7 +89,7 @@ fn downgrade_and_alert_still_serve() {
         let config = config(action);
         spend(&budgets, &config, 1.5);
         match budgets
-            .admit("b", &config, &estimate(1, None), None)
+            .admit("b", &config, &estimate(1, None), 0.0, None)
             .expect("served")
         {
             Admitted::Downgrade(_, route) => assert!(downgraded && route == "cheap"),
@@ -123,26 +124,40 @@ fn thresholds_are_reported_once_per_period() {
 fn token_ceilings_stop_big_requests_and_long_sessions() {
     let budgets = budgets(ManualClock::at("2026-05-10T12:00:00Z"));
     let config = config(BudgetAction::Block);
-    let too_big = budgets.admit("b", &config, &estimate(200, Some(900)), None);
+    let too_big = budgets.admit("b", &config, &estimate(200, Some(900)), 0.0, None);
     assert!(matches!(
         too_big,
         Err(BudgetError::RequestCeiling { asked: 1100, .. })
     ));
     for _ in 0..3 {
-        let Ok(Admitted::Serve(charge)) = budgets.admit("b", &config, &estimate(10, None), Some("agent-1"))
+        let Ok(Admitted::Serve(charge)) =
+            budgets.admit("b", &config, &estimate(10, None), 0.0, Some("agent-1"))
         else {
             panic!("within the session ceiling");
         };
         charge.settle(&Usage::new(10, 30, 0, 0, 0), None);
     }
-    let loop_stopped = budgets.admit("b", &config, &estimate(10, None), Some("agent-1"));
+    let loop_stopped = budgets.admit("b", &config, &estimate(10, None), 0.0, Some("agent-1"));
     assert!(matches!(
         loop_stopped,
         Err(BudgetError::SessionCeiling { used: 120, .. })
     ));
+    // Under the ceiling, but not with this request's input added: the message says so.
+    let near = budgets.admit("b", &config, &estimate(10, None), 0.0, Some("agent-3"));
+    let Ok(Admitted::Serve(charge)) = near else {
+        panic!("a new session");
+    };
+    charge.settle(&Usage::new(40, 52, 0, 0, 0), None);
+    let Err(refused) = budgets.admit("b", &config, &estimate(10, None), 0.0, Some("agent-3")) else {
+        panic!("92 used + 10 estimated passes 100");
+    };
+    assert_eq!(
+        refused.to_string(),
+        "session agent-3 has used 92 tokens, and this request's input is estimated at 10 more (102 in all); budget b allows 100 per session (x-llmesh-session-id)"
+    );
     assert!(
         budgets
-            .admit("b", &config, &estimate(10, None), Some("agent-2"))
+            .admit("b", &config, &estimate(10, None), 0.0, Some("agent-2"))
             .is_ok()
     );
 }
@@ -154,7 +169,8 @@ fn what_is_recorded_carries_on_in_a_new_instance() {
     let first = budgets(clock.clone());
     assert!(!first.take_changed());
     spend(&first, &config, 0.25);
-    let Ok(Admitted::Serve(charge)) = first.admit("b", &config, &estimate(1, None), Some("agent")) else {
+    let Ok(Admitted::Serve(charge)) = first.admit("b", &config, &estimate(1, None), 0.0, Some("agent"))
+    else {
         panic!("served");
     };
     charge.settle(&Usage::new(60, 40, 0, 0, 0), None);
@@ -165,9 +181,104 @@ fn what_is_recorded_carries_on_in_a_new_instance() {
     assert!(!first.take_changed());
     let second = Arc::new(Budgets::new(clock, Arc::new(Metrics::new()), first.recorded()));
     assert!((second.spent("b") - 0.25).abs() < 1e-12);
-    let stopped = second.admit("b", &config, &estimate(1, None), Some("agent"));
+    let stopped = second.admit("b", &config, &estimate(1, None), 0.0, Some("agent"));
     assert!(
         matches!(stopped, Err(BudgetError::SessionCeiling { used: 100, .. })),
         "{stopped:?}"
+    );
+}
+
+#[test]
+fn a_running_request_holds_its_reservation_until_it_settles() {
+    let clock = ManualClock::at("2026-03-10T12:00:00Z");
+    let budgets = budgets(clock);
+    let config = config(BudgetAction::Block);
+    let Ok(Admitted::Serve(first)) = budgets.admit("b", &config, &estimate(1, None), 0.6, None) else {
+        panic!("the first request fits");
+    };
+    let Ok(Admitted::Serve(second)) = budgets.admit("b", &config, &estimate(1, None), 0.6, None) else {
+        panic!("0.6 held is below the limit of 1");
+    };
+    assert!((budgets.reserved("b") - 1.2).abs() < 1e-9);
+    let third = budgets.admit("b", &config, &estimate(1, None), 0.6, None);
+    assert!(
+        matches!(third, Err(BudgetError::Exhausted { .. })),
+        "two running requests hold it all"
+    );
+    first.settle(&Usage::new(1, 1, 0, 0, 0), Some(0.1));
+    drop(second); // ended without usage: its hold is released, nothing charged
+    assert_eq!(budgets.reserved("b"), 0.0);
+    assert!((budgets.spent("b") - 0.1).abs() < 1e-9);
+    assert!(budgets.admit("b", &config, &estimate(1, None), 0.6, None).is_ok());
+}
+
+#[test]
+fn with_sync_the_cluster_total_plus_unacknowledged_spend_is_enforced() {
+    let clock = ManualClock::at("2026-03-10T12:00:00Z");
+    let budgets = budgets(clock);
+    budgets.enable_sync(None);
+    let config = config(BudgetAction::Block);
+    spend(&budgets, &config, 0.3);
+    let report = budgets.next_report("v1").expect("spend to report");
+    assert_eq!(report.seq, 1);
+    assert!((report.budgets["b"].spent_usd - 0.3).abs() < 1e-9);
+    assert_eq!(
+        budgets.next_report("v1"),
+        Some(report.clone()),
+        "resent as it was until acknowledged"
+    );
+    spend(&budgets, &config, 0.2);
+    // The others spent 0.4: the ack's totals hold this report's 0.3 too.
+    let start = report.budgets["b"].period_start;
+    let total = |usd| BudgetTotal {
+        period_start: start,
+        spent_usd: usd,
+    };
+    budgets.acknowledged(Ack {
+        seq: 1,
+        applied: true,
+        totals: [("b".to_owned(), total(0.7))].into(),
+    });
+    // 0.7 acknowledged + 0.2 unreported = 0.9: still below 1.
+    assert!(budgets.admit("b", &config, &estimate(1, None), 0.0, None).is_ok());
+    budgets.set_totals([("b".to_owned(), total(0.85))].into());
+    let refused = budgets.admit("b", &config, &estimate(1, None), 0.0, None);
+    assert!(
+        matches!(refused, Err(BudgetError::Exhausted { spent, .. }) if (spent - 1.05).abs() < 1e-9),
+        "{refused:?}"
+    );
+    let next = budgets.next_report("v1").expect("the 0.2");
+    assert_eq!(next.seq, 2);
+    assert!(budgets.saved_sync().is_some_and(|s| s.in_flight == Some(next)));
+}
+
+#[test]
+fn a_closed_budget_refuses_once_the_operator_is_not_heard_for_the_staleness_limit() {
+    let clock = ManualClock::at("2026-03-10T12:00:00Z");
+    let budgets = budgets(clock.clone());
+    let open = config(BudgetAction::Block);
+    let config = BudgetConfig {
+        fail_mode: FailMode::Closed,
+        ..open.clone()
+    };
+    assert!(
+        budgets.admit("b", &config, &estimate(1, None), 0.0, None).is_ok(),
+        "no sync: no effect"
+    );
+    budgets.enable_sync(None);
+    let never = budgets.admit("b", &config, &estimate(1, None), 0.0, None);
+    assert!(matches!(never, Err(BudgetError::Unavailable { .. })), "{never:?}");
+    assert!(
+        budgets.admit("b", &open, &estimate(1, None), 0.0, None).is_ok(),
+        "open keeps serving"
+    );
+    budgets.heard_from_operator();
+    clock.set("2026-03-10T12:00:29Z");
+    assert!(budgets.admit("b", &config, &estimate(1, None), 0.0, None).is_ok());
+    clock.set("2026-03-10T12:00:30Z");
+    let stale = budgets.admit("b", &config, &estimate(1, None), 0.0, None);
+    assert!(
+        matches!(stale, Err(BudgetError::Unavailable { stale_secs: 30, .. })),
+        "{stale:?}"
     );
 }

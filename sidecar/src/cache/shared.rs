@@ -136,37 +136,39 @@ impl SharedTier {
 
     /// Runs one command within the time limit; `None` when the tier is
     /// paused or the command failed (counted, logged, and the tier paused).
+    /// A failure to (re)connect is counted as `connect`, whatever the command.
     async fn run<T: redis::FromRedisValue>(&self, operation: &'static str, command: redis::Cmd) -> Option<T> {
         let now = Instant::now();
         if self.paused_until.lock().is_some_and(|until| now < until) {
             return None;
         }
-        let work = async {
-            let mut connection = self.connection().await?;
-            Ok::<T, SharedError>(command.query_async(&mut connection).await?)
-        };
-        let result = match tokio::time::timeout(self.timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(SharedError::Timeout(self.timeout)),
-        };
-        match result {
-            Ok(value) => Some(value),
-            Err(error) => {
-                self.errors.with_label_values(&[operation]).inc();
-                tracing::warn!(redis = %self.url, operation, %error, "shared cache unavailable; serving from local memory only");
-                *self.connection.lock() = None;
-                *self.paused_until.lock() = Some(Instant::now() + PAUSE_AFTER_FAILURE);
-                None
+        // One deadline for both steps, so a reconnect does not double the limit.
+        let deadline = now + self.timeout;
+        let (operation, error) = match self.connection(deadline).await {
+            Err(error) => ("connect", error),
+            Ok(mut connection) => {
+                match tokio::time::timeout_at(deadline, command.query_async(&mut connection)).await {
+                    Ok(Ok(value)) => return Some(value),
+                    Ok(Err(error)) => (operation, error.into()),
+                    Err(_) => (operation, SharedError::Timeout(self.timeout)),
+                }
             }
-        }
+        };
+        self.errors.with_label_values(&[operation]).inc();
+        tracing::warn!(redis = %self.url, operation, %error, "shared cache unavailable; serving from local memory only");
+        *self.connection.lock() = None;
+        *self.paused_until.lock() = Some(Instant::now() + PAUSE_AFTER_FAILURE);
+        None
     }
 
-    /// The open connection, or a new one.
-    async fn connection(&self) -> Result<MultiplexedConnection, SharedError> {
+    /// The open connection, or a new one made by `deadline`.
+    async fn connection(&self, deadline: Instant) -> Result<MultiplexedConnection, SharedError> {
         if let Some(connection) = self.connection.lock().clone() {
             return Ok(connection);
         }
-        let connection = self.client.get_multiplexed_async_connection().await?;
+        let connection = tokio::time::timeout_at(deadline, self.client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| SharedError::Timeout(self.timeout))??;
         *self.connection.lock() = Some(connection.clone());
         Ok(connection)
     }

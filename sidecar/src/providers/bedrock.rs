@@ -1,9 +1,9 @@
-//! Amazon Bedrock: chat through the Converse API, embeddings through Titan's
-//! InvokeModel, every request signed with AWS Signature Version 4.
+//! Amazon Bedrock: chat through the Converse API, Titan and Cohere embeddings
+//! through InvokeModel, every request signed with AWS Signature Version 4.
 //!
 //! The OpenAI ↔ Converse translation lives in [`request`], [`response`] and
 //! [`stream`] (the event-stream state machine); this file holds what talks to
-//! AWS: endpoints, signing, error classes and Titan embeddings.
+//! AWS: endpoints, signing, error classes and embeddings.
 
 mod request;
 mod response;
@@ -25,8 +25,8 @@ pub use stream::{StreamSettings, StreamTranslator};
 use super::openai::{snippet, static_headers};
 use super::upstream::{Answer, UpstreamClient, UpstreamRequest, UpstreamResponse};
 use super::{
-    ChatReply, Completed, Deps, ErrorKind, Provider, ProviderError, check_encoding_format, to_json_bytes,
-    unix_now,
+    ChatReply, Completed, Deps, ErrorKind, Provider, ProviderError, check_encoding_format, estimate_tokens,
+    to_json_bytes, unix_now,
 };
 use crate::api::Usage;
 use crate::api::chat::ChatRequest;
@@ -38,6 +38,13 @@ const SIGNING_NAME: &str = "bedrock";
 
 /// What ConverseStream answers with.
 const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
+
+/// The most texts Cohere Embed takes in one InvokeModel call.
+const COHERE_BATCH: usize = 96;
+
+/// Cohere's `input_type` when the app names none: embeddings stored for
+/// search, the common use and the one a semantic cache makes.
+const COHERE_INPUT_TYPE: &str = "search_document";
 
 /// Characters a model id keeps in a URL path segment: RFC 3986's unreserved
 /// set. Ids and ARNs carry `:` and `/`, which must not split the path.
@@ -247,13 +254,67 @@ impl Provider for Bedrock {
         }))
     }
 
-    /// Titan text embeddings: one InvokeModel call per input, in order.
+    /// Titan (one InvokeModel call per input) or Cohere (up to 96 inputs a
+    /// call) embeddings, by the family the model id names.
     async fn embeddings(&self, request: &EmbeddingsRequest, model: &str) -> Result<Completed, ProviderError> {
+        let family = EmbeddingFamily::of(model)?;
         let texts = request
             .input
             .texts()
-            .ok_or_else(|| ProviderError::unsupported("Bedrock Titan embeddings take text, not token ids"))?;
+            .ok_or_else(|| ProviderError::unsupported("Bedrock embeddings take text, not token ids"))?;
         check_encoding_format(request)?;
+        let (vectors, tokens) = match family {
+            EmbeddingFamily::Titan => self.titan_embeddings(&texts, request, model).await?,
+            EmbeddingFamily::Cohere => self.cohere_embeddings(&texts, request, model).await?,
+        };
+        let answer = EmbeddingsResponse::new(model, vectors, tokens);
+        Ok(Completed {
+            body: to_json_bytes(&answer.to_json(request.encoding_format.as_deref())),
+            usage: Usage::new(tokens, 0, 0, 0, 0),
+        })
+    }
+}
+
+/// The embedding models InvokeModel serves that llmesh can call; each takes
+/// its own body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EmbeddingFamily {
+    /// Amazon Titan Text Embeddings: `inputText`, one text a call.
+    Titan,
+    /// Cohere Embed v3 and v4: `texts` and `input_type`.
+    Cohere,
+}
+
+impl EmbeddingFamily {
+    /// The family a model id (or the model part of an ARN) names.
+    ///
+    /// # Errors
+    /// `Unsupported` for a model of another family, before any call, since
+    /// Bedrock would refuse the body with a 400 that names no cause.
+    fn of(model: &str) -> Result<Self, ProviderError> {
+        let id = model.rsplit('/').next().unwrap_or(model);
+        if id.contains("cohere.embed") {
+            Ok(Self::Cohere)
+        } else if id.contains("titan-embed") || !id.contains('.') {
+            // An application inference profile or provisioned-throughput
+            // ARN ends in an opaque id that hides the model: Titan, as
+            // before Cohere was supported.
+            Ok(Self::Titan)
+        } else {
+            Err(ProviderError::unsupported(format!(
+                "Bedrock embeddings support Amazon Titan (amazon.titan-embed-*) and Cohere Embed (cohere.embed-*) models, not {model}"
+            )))
+        }
+    }
+}
+
+impl Bedrock {
+    async fn titan_embeddings(
+        &self,
+        texts: &[&str],
+        request: &EmbeddingsRequest,
+        model: &str,
+    ) -> Result<(Vec<Vec<f32>>, u64), ProviderError> {
         let url = self.url(model, "invoke");
         let mut vectors = Vec::with_capacity(texts.len());
         let mut tokens: u64 = 0;
@@ -265,19 +326,73 @@ impl Provider for Bedrock {
             let response = self
                 .post(&url, body.to_string().into_bytes(), "application/json")
                 .await?;
-            let answer: TitanEmbedding = serde_json::from_slice(&UpstreamClient::body(response).await?)
-                .map_err(|e| {
-                    ProviderError::invalid_response(format!("Bedrock sent an unreadable embedding: {e}"))
-                })?;
+            let answer: TitanEmbedding = read_embedding(response).await?;
             tokens = tokens.saturating_add(answer.input_text_token_count);
             vectors.push(answer.embedding);
         }
-        let answer = EmbeddingsResponse::new(model, vectors, tokens);
-        Ok(Completed {
-            body: to_json_bytes(&answer.to_json(request.encoding_format.as_deref())),
-            usage: Usage::new(tokens, 0, 0, 0, 0),
-        })
+        Ok((vectors, tokens))
     }
+
+    /// Cohere Embed: `input_type` from the app's `input_type` field (a Cohere
+    /// extension), `search_document` otherwise; `dimensions` becomes Embed
+    /// v4's `output_dimension`.
+    async fn cohere_embeddings(
+        &self,
+        texts: &[&str],
+        request: &EmbeddingsRequest,
+        model: &str,
+    ) -> Result<(Vec<Vec<f32>>, u64), ProviderError> {
+        if request.dimensions.is_some() && !model.contains("embed-v4") {
+            return Err(ProviderError::unsupported(
+                "Cohere Embed v3 on Bedrock cannot honour dimensions (Embed v4 can)",
+            ));
+        }
+        let input_type = request
+            .extra
+            .get("input_type")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(COHERE_INPUT_TYPE);
+        let url = self.url(model, "invoke");
+        let mut vectors = Vec::with_capacity(texts.len());
+        let mut tokens: u64 = 0;
+        for batch in texts.chunks(COHERE_BATCH) {
+            // Asking for float vectors by type gives v3 and v4 one answer shape.
+            let mut body = serde_json::json!({
+                "texts": batch, "input_type": input_type, "embedding_types": ["float"]
+            });
+            if let Some(dimensions) = request.dimensions {
+                body["output_dimension"] = dimensions.into();
+            }
+            let response = self
+                .post(&url, body.to_string().into_bytes(), "application/json")
+                .await?;
+            // Cohere's body carries no token count; InvokeModel's header does.
+            let counted = response
+                .headers()
+                .get("x-amzn-bedrock-input-token-count")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let answer: CohereEmbeddings = read_embedding(response).await?;
+            let batch_vectors = answer.embeddings.float;
+            if batch_vectors.len() != batch.len() {
+                return Err(ProviderError::invalid_response(format!(
+                    "Bedrock sent {} embeddings for {} texts",
+                    batch_vectors.len(),
+                    batch.len()
+                )));
+            }
+            let batch_tokens = counted.unwrap_or_else(|| batch.iter().map(|t| estimate_tokens(t)).sum());
+            tokens = tokens.saturating_add(batch_tokens);
+            vectors.extend(batch_vectors);
+        }
+        Ok((vectors, tokens))
+    }
+}
+
+async fn read_embedding<T: serde::de::DeserializeOwned>(
+    response: UpstreamResponse,
+) -> Result<T, ProviderError> {
+    serde_json::from_slice(&UpstreamClient::body(response).await?)
+        .map_err(|e| ProviderError::invalid_response(format!("Bedrock sent an unreadable embedding: {e}")))
 }
 
 /// Titan's InvokeModel answer.
@@ -287,6 +402,17 @@ struct TitanEmbedding {
     embedding: Vec<f32>,
     #[serde(default)]
     input_text_token_count: u64,
+}
+
+/// Cohere's InvokeModel answer when float vectors are asked for by type.
+#[derive(Deserialize)]
+struct CohereEmbeddings {
+    embeddings: CohereVectors,
+}
+
+#[derive(Deserialize)]
+struct CohereVectors {
+    float: Vec<Vec<f32>>,
 }
 
 /// Bedrock's error body: `{"message": …}` (some AWS front ends spell it `Message`).
@@ -364,6 +490,35 @@ mod tests {
             encoded,
             "arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.anthropic.claude-3-5-haiku-20241022-v1%3A0"
         );
+    }
+
+    #[test]
+    fn embedding_families_are_read_from_the_model_id() {
+        use EmbeddingFamily::{Cohere, Titan};
+        for (model, family) in [
+            ("amazon.titan-embed-text-v2:0", Some(Titan)),
+            ("cohere.embed-english-v3", Some(Cohere)),
+            ("us.cohere.embed-v4:0", Some(Cohere)),
+            (
+                "arn:aws:bedrock:us-east-1::foundation-model/cohere.embed-multilingual-v3",
+                Some(Cohere),
+            ),
+            (
+                "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3d4e5f6",
+                Some(Titan),
+            ),
+            ("amazon.nova-2-multimodal-embeddings-v1:0", None),
+            ("twelvelabs.marengo-embed-2-7-v1:0", None),
+        ] {
+            match EmbeddingFamily::of(model) {
+                Ok(found) => assert_eq!(Some(found), family, "{model}"),
+                Err(error) => {
+                    assert_eq!(family, None, "{model}");
+                    assert_eq!(error.kind, ErrorKind::Unsupported);
+                    assert!(error.message.contains("Titan") && error.message.contains("Cohere"));
+                }
+            }
+        }
     }
 
     #[test]

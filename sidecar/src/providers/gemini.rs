@@ -27,8 +27,8 @@ use self::wire::{BatchEmbedRequest, BatchEmbedResponse, Content, EmbedRequest, G
 use super::openai::{snippet, static_headers};
 use super::upstream::{Answer, UpstreamClient, UpstreamResponse};
 use super::{
-    ChatReply, ChunkStream, Completed, Deps, ErrorKind, Provider, ProviderError, check_encoding_format, sse,
-    to_json_bytes, unix_now,
+    ChatReply, ChunkStream, Completed, Deps, ErrorKind, Provider, ProviderError, check_encoding_format,
+    estimate_tokens, sse, to_json_bytes, unix_now,
 };
 use crate::api::Usage;
 use crate::api::chat::ChatRequest;
@@ -179,14 +179,6 @@ impl Provider for Gemini {
             usage: Usage::new(tokens, 0, 0, 0, 0),
         })
     }
-}
-
-/// Gemini's embeddings answer carries no token count, yet budgets and metrics
-/// need one. Estimated as one token per four characters (rounded up per
-/// input), the rule of thumb Google gives for Gemini tokenizers on English
-/// text; a word count would undercount code and unspaced scripts more.
-fn estimate_tokens(text: &str) -> u64 {
-    u64::try_from(text.chars().count().div_ceil(4)).unwrap_or(u64::MAX)
 }
 
 fn translate_stream(response: UpstreamResponse, mut translator: StreamTranslator) -> ChunkStream {

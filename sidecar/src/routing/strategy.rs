@@ -5,14 +5,26 @@
 
 use std::cmp::Ordering as CmpOrdering;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use llmesh_crds::resources::Strategy;
 use parking_lot::Mutex;
+use tokio::time::Instant;
 
 use super::{Estimate, Target};
 
 /// Output tokens assumed for pricing when a request sets no limit.
 const ASSUMED_OUTPUT_TOKENS: u64 = 256;
+
+/// Under `least-latency`, at most one request in this many goes to a target
+/// other than the fastest to re-measure it (5%), so a slow target that
+/// recovers is noticed without a busy route paying much for the checks.
+const PROBE_EVERY: usize = 20;
+
+/// ...and only to a target not measured for this long: at high traffic one
+/// slow request per slow target per 10 s, while a recovered target is back
+/// in the ranking within about 10 s (or 20 requests, if traffic is sparse).
+const PROBE_AFTER: Duration = Duration::from_secs(10);
 
 /// Selection state of one target set.
 #[derive(Debug)]
@@ -39,22 +51,26 @@ impl Selector {
         targets: &'t [Target],
         estimate: &Estimate,
     ) -> Vec<&'t Target> {
-        let rotated = self.rotated(targets);
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let rotated = || {
+            let start = turn % targets.len().max(1);
+            targets[start..].iter().chain(&targets[..start]).collect()
+        };
         match strategy {
             Strategy::Ordered => targets.iter().collect(),
             Strategy::Weighted => self.weighted(targets),
-            Strategy::LeastBusy => sorted_by(rotated, |t| t.health.in_flight()),
+            Strategy::LeastBusy => sorted_by(rotated(), |t| t.health.in_flight()),
             Strategy::LeastLatency => {
                 // Unmeasured targets first: they must be tried once to be ranked.
-                sorted_by_f64(rotated, |t| t.health.latency_ms().unwrap_or(f64::NEG_INFINITY))
+                let mut order =
+                    sorted_by_f64(rotated(), |t| t.health.latency_ms().unwrap_or(f64::NEG_INFINITY));
+                if turn.is_multiple_of(PROBE_EVERY) {
+                    probe_stalest(&mut order, Instant::now());
+                }
+                order
             }
             Strategy::Cheapest => sorted_by_f64(targets.iter().collect(), |t| cost(t, estimate)),
         }
-    }
-
-    fn rotated<'t>(&self, targets: &'t [Target]) -> Vec<&'t Target> {
-        let start = self.turn.fetch_add(1, Ordering::Relaxed) % targets.len().max(1);
-        targets[start..].iter().chain(&targets[..start]).collect()
     }
 
     /// nginx's smooth weighted round-robin picks the first; the others follow
@@ -83,6 +99,17 @@ impl Selector {
             .collect();
         rest.sort_by_key(|t| std::cmp::Reverse(t.weight));
         std::iter::once(&targets[best]).chain(rest).collect()
+    }
+}
+
+/// Puts first the best-ranked of the slower targets that is due a
+/// re-measurement (claiming it, so it is probed once per [`PROBE_AFTER`]);
+/// the rest keep their order, so a failed probe fails over to the fastest.
+fn probe_stalest(order: &mut Vec<&Target>, now: Instant) {
+    let due = (1..order.len()).find(|&i| order[i].health.claim_probe(now, PROBE_AFTER));
+    if let Some(i) = due {
+        let probed = order.remove(i);
+        order.insert(0, probed);
     }
 }
 

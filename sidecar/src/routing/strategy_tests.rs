@@ -142,6 +142,80 @@ async fn least_latency_tries_unmeasured_targets_then_prefers_the_fastest() {
     assert_eq!(order, ["new", "fast", "slow"]);
 }
 
+#[tokio::test(start_paused = true)]
+async fn least_latency_re_measures_a_slow_target_now_and_then_and_takes_it_back_once_fast() {
+    let set = targets(&[("slow", 1, None), ("fast", 1, None)]);
+    let selector = Selector::new(&set);
+    let config = BreakerConfig::default();
+    let sample = |target: &Target, ms: u64| {
+        target
+            .health
+            .record(&config, None, Duration::from_millis(ms), Instant::now());
+    };
+    sample(&set[0], 900);
+    sample(&set[1], 100);
+
+    // Ten requests a second for a minute, the fast target answering each.
+    let mut probes = Vec::new();
+    for request in 0..600 {
+        let first = selector.order(Strategy::LeastLatency, &set, &Estimate::default())[0];
+        if first.provider_name == "slow" {
+            probes.push(request);
+            sample(first, 900);
+        } else {
+            sample(first, 100);
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    // One request per 10 s: the slow target is checked, at a bounded cost.
+    assert_eq!(probes, [100, 200, 300, 400, 500]);
+
+    // It recovers: the next probe's sample replaces the old estimate, and
+    // from then on it is the faster one.
+    let mut picks = Vec::new();
+    for _ in 0..200 {
+        let first = selector.order(Strategy::LeastLatency, &set, &Estimate::default())[0];
+        sample(first, if first.provider_name == "slow" { 50 } else { 100 });
+        picks.push(first.provider_name.clone());
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    let back = picks.iter().position(|p| p == "slow").expect("re-measured");
+    assert!(back < 120, "re-measured within about 10 s, at pick {back}");
+    let fast_after = picks[back..].iter().filter(|p| *p == "fast").count();
+    assert!(
+        fast_after <= 2,
+        "once measured fast it serves, the other re-measured now and then: {picks:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_latency_probes_at_most_one_request_in_twenty_when_traffic_is_sparse() {
+    let set = targets(&[("slow", 1, None), ("fast", 1, None)]);
+    let selector = Selector::new(&set);
+    let config = BreakerConfig::default();
+    for (target, ms) in [(&set[0], 900), (&set[1], 100)] {
+        target
+            .health
+            .record(&config, None, Duration::from_millis(ms), Instant::now());
+    }
+    // One request a minute: every estimate is old by the next request.
+    let mut slow = 0;
+    for _ in 0..200 {
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let first = selector.order(Strategy::LeastLatency, &set, &Estimate::default())[0];
+        let ms = if first.provider_name == "slow" {
+            slow += 1;
+            900
+        } else {
+            100
+        };
+        first
+            .health
+            .record(&config, None, Duration::from_millis(ms), Instant::now());
+    }
+    assert_eq!(slow, 10, "one in twenty");
+}
+
 #[test]
 fn cheapest_prices_the_estimated_request_and_puts_unpriced_targets_last() {
     let set = targets(&[

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use llmesh_crds::sync::{BudgetDelta, Report};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -66,6 +67,24 @@ pub struct SavedLimits {
     pub tokens: Option<SavedBucket>,
 }
 
+/// The sidecar's place on the sync channel: its instance id and the spend
+/// the operator has not acknowledged yet, so a restart neither loses it nor
+/// reports it twice.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SavedSync {
+    /// The instance id reports carry.
+    pub instance: String,
+    /// The sequence the next new report gets.
+    pub next_seq: u64,
+    /// A report sent but not acknowledged: resent as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<Report>,
+    /// Spend settled since, by budget.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unreported: BTreeMap<String, BudgetDelta>,
+}
+
 /// What the file holds besides its format and checksum.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +98,10 @@ pub struct Saved {
     /// files written before rate limits were saved keep their checksum.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rate_limits: BTreeMap<String, SavedLimits>,
+    /// The sync channel's instance and unacknowledged spend; left out
+    /// without sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SavedSync>,
 }
 
 impl Saved {
@@ -96,7 +119,14 @@ impl Saved {
                 .filter(|(_, b)| !(b.capacity.is_finite() && b.level.is_finite()))
                 .map(move |(which, _)| format!("rate_limits.{key}.{which}"))
         });
-        budgets.chain(buckets).next()
+        let sync = self.sync.iter().flat_map(|sync| {
+            let in_flight = sync.in_flight.iter().flat_map(|report| &report.budgets);
+            in_flight
+                .chain(&sync.unreported)
+                .filter(|(_, delta)| !delta.spent_usd.is_finite())
+                .map(|(name, _)| format!("sync.{name}.spentUsd"))
+        });
+        budgets.chain(buckets).chain(sync).next()
     }
 }
 
@@ -205,6 +235,7 @@ fn parse(bytes: &[u8]) -> Result<Saved, String> {
                 budgets: file.budgets,
                 sessions: file.sessions,
                 rate_limits: file.rate_limits,
+                sync: None,
             };
             // Sound only because numbers now parse back exactly (serde_json's
             // `float_roundtrip`): the re-serialization is the bytes hashed.
@@ -284,6 +315,24 @@ mod tests {
             budgets: BTreeMap::from([("team-a".to_owned(), spend)]),
             sessions: BTreeMap::from([("team-a".to_owned(), sessions)]),
             rate_limits: BTreeMap::from([("key-a".to_owned(), limits)]),
+            sync: Some(SavedSync {
+                instance: "c0ffee".to_owned(),
+                next_seq: 8,
+                in_flight: Some(Report {
+                    instance: "c0ffee".to_owned(),
+                    seq: 7,
+                    config_version: "abc".to_owned(),
+                    budgets: BTreeMap::from([(
+                        "team-a".to_owned(),
+                        BudgetDelta {
+                            period_start: 1_780_000_000,
+                            spent_usd: 0.5,
+                            tokens: 100,
+                        },
+                    )]),
+                }),
+                unreported: BTreeMap::new(),
+            }),
         }
     }
 
@@ -293,6 +342,7 @@ mod tests {
         let path = dir.path().join("state.json");
         let older = Saved {
             rate_limits: BTreeMap::new(),
+            sync: None,
             ..sample()
         };
         save(&path, &older).expect("save");
@@ -339,7 +389,11 @@ mod tests {
     fn a_format_one_file_still_loads() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.json");
-        let mut saved = sample();
+        // Format 1 was written before the sync channel existed.
+        let mut saved = Saved {
+            sync: None,
+            ..sample()
+        };
         saved.budgets.get_mut("team-a").expect("sample budget").spent_usd = 0.000_423_000_000_000_000_04;
         let checksum = sha256_hex(&serde_json::to_vec(&saved).expect("serialize"));
         let mut file = serde_json::to_value(&saved).expect("serialize");
@@ -433,10 +487,47 @@ mod tests {
                     .prop_map(|(requests, tokens)| SavedLimits { requests, tokens }),
                 0..4,
             );
-            (budgets, sessions, limits).prop_map(|(budgets, sessions, rate_limits)| Saved {
+            let deltas = || {
+                prop::collection::btree_map(
+                    "[a-z-]{1,8}",
+                    (any::<i64>(), spend(), any::<u64>()).prop_map(|(period_start, spent_usd, tokens)| {
+                        BudgetDelta {
+                            period_start,
+                            spent_usd,
+                            tokens,
+                        }
+                    }),
+                    0..3,
+                )
+            };
+            let in_flight =
+                (any::<u64>(), "[0-9a-f]{0,16}", deltas()).prop_map(|(seq, config_version, budgets)| {
+                    Report {
+                        instance: "i".to_owned(),
+                        seq,
+                        config_version,
+                        budgets,
+                    }
+                });
+            let sync = prop::option::of(
+                (
+                    "[0-9a-f]{1,16}",
+                    any::<u64>(),
+                    prop::option::of(in_flight),
+                    deltas(),
+                )
+                    .prop_map(|(instance, next_seq, in_flight, unreported)| SavedSync {
+                        instance,
+                        next_seq,
+                        in_flight,
+                        unreported,
+                    }),
+            );
+            (budgets, sessions, limits, sync).prop_map(|(budgets, sessions, rate_limits, sync)| Saved {
                 budgets,
                 sessions,
                 rate_limits,
+                sync,
             })
         }
 

@@ -6,14 +6,20 @@
 //!   Converse requires.
 //! - Images must be `data:` URLs: Converse takes bytes, never a URL.
 //! - `tool_choice: "none"` omits the tools altogether (Converse has no
-//!   "none"); a history that still holds tool calls is then Bedrock's to
-//!   accept or refuse.
+//!   "none"). Bedrock refuses `toolUse`/`toolResult` blocks without a
+//!   `toolConfig`, so when the app offers no tool, the history's tool calls
+//!   and results travel as text ([`ToolHistory::Text`]) and the model cannot
+//!   call a tool.
+//! - Bedrock refuses blank text blocks: blank text is left out, and a blank
+//!   tool result becomes [`EMPTY_TOOL_RESULT`].
 //! - `response_format` (`json_object`, `json_schema`) is emulated with a tool,
 //!   [`JSON_TOOL`], whose input schema is the wanted schema and which the model
 //!   is made to call; its input comes back as the message content.
 //! - Parameters Converse cannot honour (`n` > 1, `seed`, penalties,
 //!   `logprobs`, `logit_bias`) are refused rather than silently dropped.
 //!   `parallel_tool_calls` is a hint Converse has no field for; it is ignored.
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -23,6 +29,21 @@ use crate::api::chat::{ChatRequest, Content, ContentPart, Message, ResponseForma
 
 /// The tool that stands in for `response_format`.
 pub(super) const JSON_TOOL: &str = "json_response";
+
+/// What a tool result with no text says instead: Bedrock refuses a blank
+/// text block, and the model should still read that the tool answered.
+const EMPTY_TOOL_RESULT: &str = "(the tool returned no output)";
+
+/// How the history's tool calls and results are sent.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ToolHistory {
+    /// As `toolUse`/`toolResult` blocks, when the app offers tools.
+    Blocks,
+    /// As text, when it offers none: Bedrock refuses tool blocks without a
+    /// `toolConfig`, and one that only holds the response-format tool would
+    /// name none of the history's tools.
+    Text,
+}
 
 /// A Converse request body.
 #[derive(Debug, Default, Serialize, PartialEq)]
@@ -72,7 +93,20 @@ pub(super) struct Translated {
 /// that is inconsistent in itself (a tool message without its call id).
 pub(super) fn translate(request: &ChatRequest) -> Result<Translated, ProviderError> {
     refuse_unsupported(request)?;
-    let mut body = ConverseRequest::default();
+    let (tool_config, json_tool) = tool_config(request)?;
+    let offers_tools =
+        tool_choice(request)? != ToolChoice::None && request.tools.iter().flatten().next().is_some();
+    let history = if offers_tools {
+        ToolHistory::Blocks
+    } else {
+        ToolHistory::Text
+    };
+    let mut body = ConverseRequest {
+        tool_config,
+        ..ConverseRequest::default()
+    };
+    // Tool names by call id, so a result sent as text can name its tool.
+    let mut tool_names: HashMap<&str, &str> = HashMap::new();
     for message in &request.messages {
         match message.role {
             Role::System | Role::Developer => {
@@ -80,8 +114,21 @@ pub(super) fn translate(request: &ChatRequest) -> Result<Translated, ProviderErr
                     .extend(non_empty(message.text()).map(|text| json!({ "text": text })));
             }
             Role::User => push_turn(&mut body.messages, "user", user_blocks(message)?),
-            Role::Assistant => push_turn(&mut body.messages, "assistant", assistant_blocks(message)?),
-            Role::Tool => push_turn(&mut body.messages, "user", vec![tool_result(message)?]),
+            Role::Assistant => {
+                for call in message.tool_calls.iter().flatten() {
+                    tool_names.insert(&call.id, &call.function.name);
+                }
+                push_turn(
+                    &mut body.messages,
+                    "assistant",
+                    assistant_blocks(message, history)?,
+                );
+            }
+            Role::Tool => push_turn(
+                &mut body.messages,
+                "user",
+                vec![tool_result(message, history, &tool_names)?],
+            ),
         }
     }
     let inference = InferenceConfig {
@@ -91,8 +138,6 @@ pub(super) fn translate(request: &ChatRequest) -> Result<Translated, ProviderErr
         stop_sequences: request.stop_sequences(),
     };
     body.inference_config = (inference != InferenceConfig::default()).then_some(inference);
-    let (tool_config, json_tool) = tool_config(request)?;
-    body.tool_config = tool_config;
     Ok(Translated { body, json_tool })
 }
 
@@ -120,8 +165,9 @@ fn refuse_unsupported(request: &ChatRequest) -> Result<(), ProviderError> {
     }
 }
 
+/// The text, unless it is blank: Bedrock refuses blank text blocks.
 fn non_empty(text: String) -> Option<String> {
-    (!text.is_empty()).then_some(text)
+    (!text.trim().is_empty()).then_some(text)
 }
 
 /// Appends blocks as a turn, merged into the previous turn of the same role.
@@ -197,29 +243,45 @@ fn part_block(part: &ContentPart) -> Result<Option<Value>, ProviderError> {
     }
 }
 
-fn assistant_blocks(message: &Message) -> Result<Vec<Value>, ProviderError> {
+fn assistant_blocks(message: &Message, history: ToolHistory) -> Result<Vec<Value>, ProviderError> {
     let mut blocks = user_blocks(message)?;
     for call in message.tool_calls.iter().flatten() {
         let arguments = call.function.arguments.trim();
-        let input: Value = if arguments.is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(arguments)
-                .map_err(|_| bad_request(format!("the arguments of tool call {} are not JSON", call.id)))?
-        };
-        blocks
-            .push(json!({ "toolUse": { "toolUseId": call.id, "name": call.function.name, "input": input } }));
+        let arguments = if arguments.is_empty() { "{}" } else { arguments };
+        let name = &call.function.name;
+        blocks.push(match history {
+            ToolHistory::Blocks => {
+                let input: Value = serde_json::from_str(arguments).map_err(|_| {
+                    bad_request(format!("the arguments of tool call {} are not JSON", call.id))
+                })?;
+                json!({ "toolUse": { "toolUseId": call.id, "name": name, "input": input } })
+            }
+            ToolHistory::Text => {
+                json!({ "text": format!("[Called tool {name} with {arguments} (call id {})]", call.id) })
+            }
+        });
     }
     Ok(blocks)
 }
 
-/// A tool's answer; a JSON object stays structured, anything else is text.
-fn tool_result(message: &Message) -> Result<Value, ProviderError> {
+/// A tool's answer: as a block, a JSON object stays structured and anything
+/// else is text; without tools on offer, one text line naming the call.
+fn tool_result(
+    message: &Message,
+    history: ToolHistory,
+    tool_names: &HashMap<&str, &str>,
+) -> Result<Value, ProviderError> {
     let id = message
         .tool_call_id
         .as_ref()
         .ok_or_else(|| bad_request("a tool message has no tool_call_id"))?;
-    let text = message.text();
+    let text = non_empty(message.text()).unwrap_or_else(|| EMPTY_TOOL_RESULT.to_owned());
+    if history == ToolHistory::Text {
+        let tool = tool_names
+            .get(id.as_str())
+            .map_or_else(String::new, |name| format!(" {name}"));
+        return Ok(json!({ "text": format!("[Result of tool{tool} (call id {id}): {text}]") }));
+    }
     let content = match serde_json::from_str::<Value>(&text) {
         Ok(object @ Value::Object(_)) => json!([{ "json": object }]),
         _ => json!([{ "text": text }]),
@@ -480,6 +542,67 @@ mod tests {
             Some(2)
         );
         assert_eq!(with_app_tools["toolConfig"]["toolChoice"], json!({"any": {}}));
+    }
+
+    /// A recorded pair: an OpenAI request and the Converse body it must become.
+    fn fixture_pair(fixture: &str) -> (Value, Value) {
+        let pair: Value = serde_json::from_str(fixture).expect("a JSON fixture");
+        (pair["openai"].clone(), pair["converse"].clone())
+    }
+
+    #[test]
+    fn a_tool_history_with_no_tool_on_offer_travels_as_text() {
+        let (request, converse) = fixture_pair(include_str!(
+            "../../../../test-support/fixtures/bedrock/tool_history_without_tools.json"
+        ));
+        assert_eq!(translated(request.clone()), converse);
+
+        // tool_choice "none" offers no tool either: same text, no toolConfig.
+        let mut none = request.clone();
+        none["tools"] = json!([{"type": "function", "function": {"name": "weather"}}]);
+        none["tool_choice"] = json!("none");
+        assert_eq!(translated(none), converse);
+
+        // With a tool on offer the history keeps its blocks.
+        let mut offered = request;
+        offered["tools"] = json!([{"type": "function", "function": {"name": "weather"}}]);
+        let body = translated(offered);
+        assert_eq!(
+            body["messages"][1]["content"][0],
+            json!({"toolUse": {"toolUseId": "tooluse_Qm3wY1JxS8eAAk2pX0ZpHg", "name": "current_time", "input": {}}})
+        );
+        assert!(body["toolConfig"]["tools"].is_array());
+    }
+
+    #[test]
+    fn with_only_the_response_format_tool_the_history_is_text_too() {
+        let (mut request, converse) = fixture_pair(include_str!(
+            "../../../../test-support/fixtures/bedrock/tool_history_without_tools.json"
+        ));
+        request["response_format"] = json!({"type": "json_object"});
+        let body = translated(request);
+        let tools = body["toolConfig"]["tools"].as_array().expect("a toolConfig");
+        assert_eq!(tools.len(), 1, "only the response-format tool: {tools:?}");
+        assert_eq!(tools[0]["toolSpec"]["name"], JSON_TOOL);
+        assert_eq!(body["messages"], converse["messages"]);
+    }
+
+    #[test]
+    fn a_blank_tool_result_becomes_a_placeholder_and_blank_text_is_left_out() {
+        let (request, converse) = fixture_pair(include_str!(
+            "../../../../test-support/fixtures/bedrock/empty_tool_result.json"
+        ));
+        assert_eq!(translated(request), converse);
+
+        let body = translated(json!({"model": "m", "messages": [
+            {"role": "system", "content": "  "},
+            {"role": "user", "content": [{"type": "text", "text": "\n"}, {"type": "text", "text": "hi"}]}
+        ]}));
+        assert_eq!(body.get("system"), None);
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "user", "content": [{"text": "hi"}]}])
+        );
     }
 
     #[test]

@@ -114,12 +114,18 @@ pub(super) fn translate(
             text.push_str(&piece);
         }
         if let Some(call) = block.tool_use {
+            // A call without arguments may come with no `input` at all; the
+            // app still gets a JSON object.
+            let input = match call.input {
+                Value::Null => "{}".to_owned(),
+                input => input.to_string(),
+            };
             if json_tool == Some(call.name.as_str()) {
-                json_answer = Some(call.input.to_string());
+                json_answer = Some(input);
             } else {
                 let function = FunctionCall {
                     name: call.name,
-                    arguments: call.input.to_string(),
+                    arguments: input,
                 };
                 tool_calls.push(ToolCall {
                     id: call.tool_use_id,
@@ -239,6 +245,27 @@ mod tests {
             serde_json::from_str::<Value>(content).expect("JSON"),
             json!({"name": "teal"})
         );
+    }
+
+    #[test]
+    fn a_tool_call_without_arguments_has_empty_json_arguments() {
+        let recorded: Value = serde_json::from_str(include_str!(
+            "../../../../test-support/fixtures/bedrock/converse_tool_call_no_input.json"
+        ))
+        .expect("a JSON fixture");
+        let mut without_input = recorded.clone();
+        without_input["output"]["message"]["content"][0]["toolUse"]
+            .as_object_mut()
+            .expect("a toolUse")
+            .remove("input");
+        for body in [recorded, without_input] {
+            let (response, _) = answer(body, None);
+            let choice = &response.choices[0];
+            assert_eq!(choice.finish_reason.as_deref(), Some("tool_calls"));
+            let call = &choice.message.tool_calls.as_ref().expect("a tool call")[0];
+            assert_eq!(call.function.name, "current_time");
+            assert_eq!(call.function.arguments, "{}");
+        }
     }
 
     #[test]

@@ -51,6 +51,15 @@ enum Block {
     JsonAnswer,
 }
 
+/// A tool block between its start and its stop.
+#[derive(Clone, Copy, Debug)]
+struct OpenBlock {
+    block: Block,
+    /// Whether any input arrived. A call without arguments may get no input
+    /// delta (or only empty ones); it must still end as the JSON `{}`.
+    has_input: bool,
+}
+
 /// Translates one ConverseStream answer, frame by frame.
 #[derive(Debug)]
 pub struct StreamTranslator {
@@ -58,7 +67,7 @@ pub struct StreamTranslator {
     decoder: MessageFrameDecoder,
     pending: BytesMut,
     role_sent: bool,
-    blocks: HashMap<u64, Block>,
+    blocks: HashMap<u64, OpenBlock>,
     tool_calls: u32,
     stopped: bool,
     usage: Option<Usage>,
@@ -109,6 +118,13 @@ struct DeltaKind {
 struct ToolUseDelta {
     #[serde(default)]
     input: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BlockStop {
+    #[serde(default)]
+    content_block_index: u64,
 }
 
 #[derive(Deserialize)]
@@ -216,31 +232,29 @@ impl StreamTranslator {
                     events.push(self.content(text));
                 }
                 if let Some(tool) = delta.delta.tool_use {
-                    let block = self
-                        .blocks
-                        .get(&delta.content_block_index)
-                        .copied()
-                        .ok_or_else(|| {
-                            ProviderError::invalid_response(
-                                "Bedrock streamed tool input for a block it never started",
-                            )
-                        })?;
-                    events.push(match block {
-                        Block::JsonAnswer => self.content(tool.input),
-                        Block::ToolCall(index) => self.tool_delta(ToolCallDelta {
-                            index,
-                            function: FunctionCallDelta {
-                                name: None,
-                                arguments: Some(tool.input),
-                            },
-                            ..ToolCallDelta::default()
-                        }),
-                    });
+                    let open = self.blocks.get_mut(&delta.content_block_index).ok_or_else(|| {
+                        ProviderError::invalid_response(
+                            "Bedrock streamed tool input for a block it never started",
+                        )
+                    })?;
+                    open.has_input |= !tool.input.trim().is_empty();
+                    let block = open.block;
+                    events.push(self.input(block, tool.input));
+                }
+            }
+            "contentBlockStop" => {
+                let stop: BlockStop = parse(payload)?;
+                if let Some(open) = self.blocks.remove(&stop.content_block_index) {
+                    events.extend(self.close(open));
                 }
             }
             "messageStop" => {
                 let stop: MessageStop = parse(payload)?;
                 self.role(&mut events);
+                // Blocks Bedrock never stopped are closed in their order.
+                let mut unclosed: Vec<(u64, OpenBlock)> = self.blocks.drain().collect();
+                unclosed.sort_unstable_by_key(|(index, _)| *index);
+                events.extend(unclosed.into_iter().filter_map(|(_, open)| self.close(open)));
                 self.stopped = true;
                 let finish = finish_reason(&stop.stop_reason, self.tool_calls > 0);
                 events.push(self.chunk(Delta::default(), Some(finish)));
@@ -249,8 +263,7 @@ impl StreamTranslator {
                 let metadata: Metadata = parse(payload)?;
                 self.usage = metadata.usage.as_ref().map(Usage::from).or(self.usage.take());
             }
-            // contentBlockStop carries nothing to forward; unknown events
-            // are newer than this adapter and skipped.
+            // Unknown events are newer than this adapter and skipped.
             _ => {}
         }
         Ok(events)
@@ -304,12 +317,24 @@ impl StreamTranslator {
 
     fn start_tool(&mut self, block: u64, tool: ToolUseStart, events: &mut Vec<StreamEvent>) {
         if self.settings.json_tool.as_deref() == Some(tool.name.as_str()) {
-            self.blocks.insert(block, Block::JsonAnswer);
+            self.blocks.insert(
+                block,
+                OpenBlock {
+                    block: Block::JsonAnswer,
+                    has_input: false,
+                },
+            );
             return;
         }
         let index = self.tool_calls;
         self.tool_calls += 1;
-        self.blocks.insert(block, Block::ToolCall(index));
+        self.blocks.insert(
+            block,
+            OpenBlock {
+                block: Block::ToolCall(index),
+                has_input: false,
+            },
+        );
         events.push(self.tool_delta(ToolCallDelta {
             index,
             id: Some(tool.tool_use_id),
@@ -319,6 +344,27 @@ impl StreamTranslator {
                 arguments: Some(String::new()),
             },
         }));
+    }
+
+    /// A piece of a tool block's input: arguments, or the JSON answer.
+    fn input(&self, block: Block, input: String) -> StreamEvent {
+        match block {
+            Block::JsonAnswer => self.content(input),
+            Block::ToolCall(index) => self.tool_delta(ToolCallDelta {
+                index,
+                function: FunctionCallDelta {
+                    name: None,
+                    arguments: Some(input),
+                },
+                ..ToolCallDelta::default()
+            }),
+        }
+    }
+
+    /// A closing tool block that got no input sends `{}`, as the answer
+    /// would carry had it not been streamed.
+    fn close(&self, open: OpenBlock) -> Option<StreamEvent> {
+        (!open.has_input).then(|| self.input(open.block, "{}".to_owned()))
     }
 
     fn content(&self, text: String) -> StreamEvent {
@@ -518,6 +564,109 @@ mod tests {
             assert_eq!(last["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
             assert_eq!(usage, Some(Usage::new(11, 9, 4, 0, 0)));
         }
+    }
+
+    /// A recorded ConverseStream answer, kept as (`:event-type`, payload)
+    /// pairs, encoded into the binary frames Bedrock sends.
+    fn fixture(recorded: &str) -> Vec<u8> {
+        let events: Vec<(String, Json)> = serde_json::from_str(recorded).expect("a JSON fixture");
+        events
+            .into_iter()
+            .flat_map(|(kind, payload)| event(&kind, payload))
+            .collect()
+    }
+
+    /// Each tool call's arguments, reassembled as an app does, by index.
+    fn arguments(chunks: &[Json]) -> Vec<String> {
+        let mut calls: Vec<String> = Vec::new();
+        for call in chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+            .flatten()
+        {
+            let index = call["index"]
+                .as_u64()
+                .and_then(|i| usize::try_from(i).ok())
+                .expect("an index");
+            if calls.len() <= index {
+                calls.resize(index + 1, String::new());
+            }
+            calls[index].push_str(call["function"]["arguments"].as_str().unwrap_or_default());
+        }
+        calls
+    }
+
+    #[test]
+    fn a_tool_call_with_no_input_delta_ends_with_empty_json_arguments() {
+        let bytes = fixture(include_str!(
+            "../../../../test-support/fixtures/bedrock/stream_tool_call_no_input.json"
+        ));
+        for step in [1, 13, bytes.len()] {
+            let (chunks, _) = run(translator(false, None), &bytes, step).expect("complete");
+            assert_eq!(arguments(&chunks), ["{}"]);
+            let finish = chunks.last().expect("a finish chunk");
+            assert_eq!(finish["choices"][0]["finish_reason"], "tool_calls");
+        }
+    }
+
+    #[test]
+    fn an_empty_input_delta_ends_as_empty_json_beside_a_call_with_arguments() {
+        let bytes = fixture(include_str!(
+            "../../../../test-support/fixtures/bedrock/stream_tool_calls_empty_input.json"
+        ));
+        let (chunks, _) = run(translator(false, None), &bytes, 9).expect("complete");
+        let calls = arguments(&chunks);
+        assert_eq!(calls[0], "{}");
+        assert_eq!(
+            serde_json::from_str::<Json>(&calls[1]).expect("JSON"),
+            json!({"city": "Oslo"})
+        );
+    }
+
+    #[test]
+    fn tool_blocks_left_open_at_message_stop_are_closed_in_order() {
+        let start = |index: u64, id: &str| {
+            event(
+                "contentBlockStart",
+                json!({"contentBlockIndex": index, "start": {"toolUse": {"toolUseId": id, "name": "now"}}}),
+            )
+        };
+        let bytes = [
+            event("messageStart", json!({"role": "assistant"})),
+            start(3, "b"),
+            start(1, "a"),
+            event("messageStop", json!({"stopReason": "tool_use"})),
+        ]
+        .concat();
+        let (chunks, _) = run(translator(false, None), &bytes, 64).expect("complete");
+        assert_eq!(arguments(&chunks), ["{}", "{}"]);
+        let closing: Vec<u64> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0].as_object())
+            .filter(|call| call["function"]["arguments"] == "{}")
+            .filter_map(|call| call["index"].as_u64())
+            .collect();
+        assert_eq!(closing, [1, 0], "block 1 (call 1) closes before block 3 (call 0)");
+    }
+
+    #[test]
+    fn a_response_format_tool_with_no_input_answers_an_empty_object() {
+        let bytes = [
+            event("messageStart", json!({"role": "assistant"})),
+            event(
+                "contentBlockStart",
+                json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "t", "name": "json_response"}}}),
+            ),
+            event("contentBlockStop", json!({"contentBlockIndex": 0})),
+            event("messageStop", json!({"stopReason": "tool_use"})),
+        ]
+        .concat();
+        let (chunks, _) = run(translator(false, Some("json_response")), &bytes, 64).expect("complete");
+        let content: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(content, "{}");
     }
 
     #[test]

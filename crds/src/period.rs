@@ -1,9 +1,9 @@
 //! Budget periods: calendar-aligned in the budget's time zone.
 
+use crate::resources::BudgetPeriod;
 use jiff::civil::Weekday;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
-use llmesh_crds::resources::BudgetPeriod;
 
 /// The start of the period `now` falls in, as a Unix second; 0 for `total`
 /// (one period since the beginning of time).

@@ -1,0 +1,387 @@
+//! Cluster-wide spend per namespace, budget and period, built from sidecars'
+//! reports, each (instance, sequence) applied once.
+//!
+//! A report is acknowledged only once the spend it carried is durable: in
+//! the state file (standalone) — written whole to a temporary file, fsynced
+//! and renamed — by one writer that batches every report that arrived while
+//! the previous write ran (group commit), so a busy operator does one write
+//! per batch, not per report.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmesh_crds::sync::{Ack, BudgetTotal, Report};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+/// The layout version of the state file.
+const FORMAT: u32 = 1;
+
+/// Wait before retrying a failed state-file write.
+const RETRY_WRITE: Duration = Duration::from_secs(1);
+
+/// One budget's spend in its current period.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Spend {
+    /// Unix second the period began (as the sidecars' calendars say).
+    pub period_start: i64,
+    /// USD spent in it by all sidecars.
+    pub spent_usd: f64,
+    /// Tokens settled in it by all sidecars.
+    #[serde(default)]
+    pub tokens: u64,
+    /// Unix milliseconds of the last report with spend for it.
+    #[serde(default)]
+    pub last_report_ms: i64,
+    /// Instances that reported spend for it in this period.
+    #[serde(default)]
+    pub reporters: BTreeSet<String>,
+}
+
+/// What the ledger knows of one sidecar instance.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Instance {
+    /// The highest sequence applied.
+    pub seq: u64,
+    /// The configuration version it last said it serves.
+    #[serde(default)]
+    pub config_version: String,
+    /// Unix milliseconds of its last report.
+    #[serde(default)]
+    pub last_report_ms: i64,
+}
+
+/// One namespace's spend and instances.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Namespace {
+    /// By budget name.
+    #[serde(default)]
+    pub budgets: BTreeMap<String, Spend>,
+    /// By instance id.
+    #[serde(default)]
+    pub instances: BTreeMap<String, Instance>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    format: u32,
+    namespaces: BTreeMap<String, Namespace>,
+}
+
+/// The state file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// Reading or writing failed.
+    #[error("sync state file {path}: {error}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The content is not a state file of this format; left untouched.
+    #[error(
+        "sync state file {path} is corrupt ({reason}); it was left untouched — move it away to start from zero"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What [`Ledger::apply`] did.
+#[derive(Debug)]
+pub struct Applied {
+    /// The answer for the sidecar (send it once [`Ledger::durable`] returns).
+    pub ack: Ack,
+    /// The write that makes it durable.
+    generation: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    namespaces: BTreeMap<String, Namespace>,
+    /// Bumped by every change; the writer saves up to it.
+    generation: u64,
+}
+
+/// Spend across sidecars, persisted before it is acknowledged.
+#[derive(Debug)]
+pub struct Ledger {
+    inner: Mutex<Inner>,
+    path: Option<PathBuf>,
+    wake: Notify,
+    saved: watch::Sender<u64>,
+}
+
+impl Ledger {
+    /// A ledger carrying on from `path` (none: in memory only).
+    ///
+    /// # Errors
+    /// The file exists but cannot be read or parsed.
+    pub fn open(path: Option<PathBuf>) -> Result<Arc<Self>, LedgerError> {
+        let namespaces = match &path {
+            Some(path) => load(path)?,
+            None => BTreeMap::new(),
+        };
+        Ok(Arc::new(Self {
+            inner: Mutex::new(Inner {
+                namespaces,
+                generation: 0,
+            }),
+            path,
+            wake: Notify::new(),
+            saved: watch::Sender::new(0),
+        }))
+    }
+
+    /// Applies `report` from a sidecar of `namespace` unless this
+    /// (instance, sequence) was applied before. Spend of a newer period
+    /// than the ledger's starts that period; spend of an older one is late
+    /// and dropped (its period is closed).
+    pub fn apply(&self, namespace: &str, report: &Report, now_ms: i64) -> Applied {
+        let mut inner = self.inner.lock();
+        let space = inner.namespaces.entry(namespace.to_owned()).or_default();
+        let instance = space.instances.entry(report.instance.clone()).or_default();
+        let fresh = report.seq > instance.seq;
+        if fresh {
+            instance.seq = report.seq;
+            instance.config_version.clone_from(&report.config_version);
+            instance.last_report_ms = now_ms;
+            for (name, delta) in &report.budgets {
+                let spend = space.budgets.entry(name.clone()).or_default();
+                if delta.period_start > spend.period_start {
+                    *spend = Spend {
+                        period_start: delta.period_start,
+                        ..Spend::default()
+                    };
+                }
+                if delta.period_start == spend.period_start {
+                    spend.spent_usd += delta.spent_usd;
+                    spend.tokens = spend.tokens.saturating_add(delta.tokens);
+                    spend.last_report_ms = now_ms;
+                    spend.reporters.insert(report.instance.clone());
+                }
+            }
+            inner.generation += 1;
+        }
+        let totals = totals_of(inner.namespaces.get(namespace));
+        let generation = inner.generation;
+        drop(inner);
+        if fresh {
+            self.changed(generation);
+        }
+        Applied {
+            ack: Ack {
+                seq: report.seq,
+                applied: fresh,
+                totals,
+            },
+            generation,
+        }
+    }
+
+    /// Waits until what `applied` reflects is durable. A duplicate waits
+    /// too: its first copy may still be on its way to disk.
+    pub async fn durable(&self, applied: &Applied) {
+        let mut saved = self.saved.subscribe();
+        let _ = saved.wait_for(|g| *g >= applied.generation).await;
+    }
+
+    /// Every budget's total in `namespace`.
+    pub fn totals(&self, namespace: &str) -> BTreeMap<String, BudgetTotal> {
+        totals_of(self.inner.lock().namespaces.get(namespace))
+    }
+
+    /// A copy of `namespace`'s spend and instances.
+    pub fn namespace(&self, namespace: &str) -> Namespace {
+        self.inner
+            .lock()
+            .namespaces
+            .get(namespace)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Notified after every durable change (the generation saved).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.saved.subscribe()
+    }
+
+    fn changed(&self, generation: u64) {
+        if self.path.is_some() {
+            self.wake.notify_one();
+        } else {
+            self.saved.send_if_modified(|saved| {
+                let newer = generation > *saved;
+                if newer {
+                    *saved = generation;
+                }
+                newer
+            });
+        }
+    }
+
+    /// Writes the state file whenever something changed, batching changes
+    /// that arrive during a write. Runs until the process ends.
+    pub async fn write_changes(self: Arc<Self>) {
+        let Some(path) = self.path.clone() else {
+            return std::future::pending().await;
+        };
+        loop {
+            self.wake.notified().await;
+            loop {
+                let (snapshot, generation) = {
+                    let inner = self.inner.lock();
+                    if inner.generation == *self.saved.borrow() {
+                        break;
+                    }
+                    (inner.namespaces.clone(), inner.generation)
+                };
+                let target = path.clone();
+                let written = tokio::task::spawn_blocking(move || save(&target, snapshot)).await;
+                match written {
+                    Ok(Ok(())) => {
+                        self.saved.send_replace(generation);
+                    }
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "cannot write the sync state file; reports wait unacknowledged");
+                        tokio::time::sleep(RETRY_WRITE).await;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "sync state writer failed");
+                        tokio::time::sleep(RETRY_WRITE).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn totals_of(space: Option<&Namespace>) -> BTreeMap<String, BudgetTotal> {
+    space
+        .map(|space| {
+            space
+                .budgets
+                .iter()
+                .map(|(name, spend)| {
+                    let total = BudgetTotal {
+                        period_start: spend.period_start,
+                        spent_usd: spend.spent_usd,
+                    };
+                    (name.clone(), total)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn load(path: &Path) -> Result<BTreeMap<String, Namespace>, LedgerError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(error) => {
+            return Err(LedgerError::Io {
+                path: path.to_owned(),
+                error,
+            });
+        }
+    };
+    let corrupt = |reason: String| LedgerError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let file: File = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if file.format != FORMAT {
+        return Err(corrupt(format!("format {} is not {FORMAT}", file.format)));
+    }
+    Ok(file.namespaces)
+}
+
+fn save(path: &Path, namespaces: BTreeMap<String, Namespace>) -> Result<(), LedgerError> {
+    let io = |error| LedgerError::Io {
+        path: path.to_owned(),
+        error,
+    };
+    let bytes = serde_json::to_vec(&File {
+        format: FORMAT,
+        namespaces,
+    })
+    .map_err(|e| io(std::io::Error::other(e)))?;
+    let temporary = path.with_extension("tmp");
+    let mut out = std::fs::File::create(&temporary).map_err(io)?;
+    out.write_all(&bytes).map_err(io)?;
+    out.sync_all().map_err(io)?;
+    drop(out);
+    std::fs::rename(&temporary, path).map_err(io)?;
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(folder)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use llmesh_crds::sync::BudgetDelta;
+
+    use super::*;
+
+    fn report(instance: &str, seq: u64, period_start: i64, usd: f64) -> Report {
+        Report {
+            instance: instance.to_owned(),
+            seq,
+            config_version: "v1".to_owned(),
+            budgets: BTreeMap::from([(
+                "team".to_owned(),
+                BudgetDelta {
+                    period_start,
+                    spent_usd: usd,
+                    tokens: 10,
+                },
+            )]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replayed_report_counts_once_and_spend_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sync-state.json");
+        let ledger = Ledger::open(Some(path.clone())).expect("open");
+        tokio::spawn(ledger.clone().write_changes());
+        for (instance, seq) in [("a", 1), ("b", 1), ("a", 1), ("a", 2), ("b", 1)] {
+            let applied = ledger.apply("ns", &report(instance, seq, 100, 0.25), 1);
+            ledger.durable(&applied).await;
+        }
+        assert_eq!(ledger.totals("ns")["team"].spent_usd, 0.75);
+        let restarted = Ledger::open(Some(path)).expect("reopen");
+        assert_eq!(restarted.totals("ns")["team"].spent_usd, 0.75);
+        let again = restarted.apply("ns", &report("a", 2, 100, 0.25), 2);
+        assert!(!again.ack.applied, "the sequence is remembered too");
+        assert_eq!(restarted.namespace("ns").budgets["team"].reporters.len(), 2);
+    }
+
+    #[test]
+    fn a_new_period_starts_from_zero_and_late_spend_of_the_old_one_is_dropped() {
+        let ledger = Ledger::open(None).expect("open");
+        ledger.apply("ns", &report("a", 1, 100, 1.0), 1);
+        ledger.apply("ns", &report("b", 1, 200, 0.5), 2);
+        ledger.apply("ns", &report("a", 2, 100, 1.0), 3);
+        let totals = ledger.totals("ns");
+        assert_eq!(totals["team"].period_start, 200);
+        assert_eq!(totals["team"].spent_usd, 0.5);
+        assert!(ledger.totals("other").is_empty(), "namespaces are apart");
+    }
+}

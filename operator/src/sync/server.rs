@@ -1,0 +1,349 @@
+//! The sync channel over HTTP: the watch stream, usage reports and the
+//! budgets' figures, each request authenticated and bound to the token's
+//! namespace (a sidecar never names the namespace it reads or reports for).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use llmesh_crds::config::BudgetConfig;
+use llmesh_crds::resources::BudgetStatus;
+use llmesh_crds::sync::{self, Frame, Hello, Report};
+use llmesh_crds::{SidecarConfig, period};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::ledger::{Ledger, Spend};
+use super::metrics::SyncMetrics;
+use super::{Authenticator, Refused};
+
+/// Silence longer than this on a watch makes the sidecar reconnect, so the
+/// server writes an empty line this often: a dead peer is noticed without
+/// TCP keepalive tuning.
+pub const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// A watch sends totals at most this often; reports get them in every ack.
+const TOTALS_EVERY: Duration = Duration::from_millis(250);
+
+/// A namespace's configuration and when it was published.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// The compiled configuration.
+    pub config: Arc<SidecarConfig>,
+    /// When it was handed to the server (for the push-latency metric).
+    pub at: Instant,
+}
+
+/// The shared state of every sync request.
+#[derive(Debug)]
+pub struct SyncServer {
+    ledger: Arc<Ledger>,
+    auth: Arc<dyn Authenticator>,
+    configs: watch::Sender<BTreeMap<String, Published>>,
+    metrics: SyncMetrics,
+}
+
+impl SyncServer {
+    /// A server over `ledger`, accepting whom `auth` accepts.
+    pub fn new(ledger: Arc<Ledger>, auth: Arc<dyn Authenticator>, metrics: SyncMetrics) -> Arc<Self> {
+        Arc::new(Self {
+            ledger,
+            auth,
+            configs: watch::Sender::new(BTreeMap::new()),
+            metrics,
+        })
+    }
+
+    /// Makes `config` the one `namespace`'s sidecars serve; connected ones
+    /// get it at once. Publishing the version already in force does nothing.
+    pub fn publish(&self, namespace: &str, config: SidecarConfig) {
+        self.configs.send_if_modified(|configs| {
+            if configs
+                .get(namespace)
+                .is_some_and(|p| p.config.version == config.version)
+            {
+                return false;
+            }
+            let published = Published {
+                config: Arc::new(config),
+                at: Instant::now(),
+            };
+            configs.insert(namespace.to_owned(), published);
+            true
+        });
+    }
+
+    /// The routes of the sync channel.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .route(sync::WATCH_PATH, post(watch_handler))
+            .route(sync::REPORT_PATH, post(report_handler))
+            .route(sync::BUDGETS_PATH, get(budgets_handler))
+            .with_state(self.clone())
+    }
+
+    /// The namespace the request's token is for; a refusal is counted and logged.
+    fn authenticate(&self, headers: &HeaderMap, request: &str) -> Result<String, Refused> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(Refused::NoToken);
+        token
+            .and_then(|token| self.auth.namespace(token.trim()))
+            .inspect_err(|refused| {
+                self.metrics.refused.with_label_values(&[request]).inc();
+                tracing::warn!(request, reason = %refused, "sync request refused");
+            })
+    }
+
+    /// The status of every budget in `namespace`'s configuration, from the
+    /// ledger's spend, at `now`.
+    pub fn budget_statuses(&self, namespace: &str, now: Timestamp) -> BTreeMap<String, BudgetStatus> {
+        let configs = self.configs.borrow();
+        let Some(published) = configs.get(namespace) else {
+            return BTreeMap::new();
+        };
+        let space = self.ledger.namespace(namespace);
+        published
+            .config
+            .budgets
+            .iter()
+            .map(|(name, config)| (name.clone(), budget_status(config, space.budgets.get(name), now)))
+            .collect()
+    }
+}
+
+/// A budget's status: its spend in the period in force at `now` (spend of
+/// an earlier period counts as zero: the calendar moved on), the state its
+/// thresholds and limit give, and when the period ends.
+pub fn budget_status(config: &BudgetConfig, spend: Option<&Spend>, now: Timestamp) -> BudgetStatus {
+    let zone = TimeZone::get(&config.time_zone).unwrap_or(TimeZone::UTC);
+    let start = period::start(config.period, &zone, now);
+    let current = spend.filter(|s| s.period_start == start);
+    let spent = current.map_or(0.0, |s| s.spent_usd);
+    let percent = if config.limit_usd > 0.0 {
+        spent / config.limit_usd * 100.0
+    } else {
+        f64::INFINITY
+    };
+    let state = if spent >= config.limit_usd {
+        "exceeded"
+    } else if config.thresholds.iter().any(|t| f64::from(*t) <= percent) {
+        "warning"
+    } else {
+        "ok"
+    };
+    let rfc3339 = |seconds: i64| Timestamp::from_second(seconds).ok().map(|t| t.to_string());
+    BudgetStatus {
+        period: Some(format!("{} ({})", config.period.as_str(), config.time_zone)),
+        spent_usd: Some(spent),
+        state: Some(state.to_owned()),
+        period_end: period::next_start(config.period, &zone, start).and_then(rfc3339),
+        last_report_at: current
+            .filter(|s| s.last_report_ms > 0)
+            .and_then(|s| Timestamp::from_millisecond(s.last_report_ms).ok())
+            .map(|t| t.to_string()),
+        reporting_sidecars: current.map(|s| u32::try_from(s.reporters.len()).unwrap_or(u32::MAX)),
+        ..BudgetStatus::default()
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (StatusCode::UNAUTHORIZED, self.to_string()).into_response()
+    }
+}
+
+/// Decrements the connected gauge when a watch ends, however it ends.
+struct Connected(SyncMetrics);
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.connected.dec();
+    }
+}
+
+async fn watch_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap, body: Bytes) -> Response {
+    let namespace = match server.authenticate(&headers, "watch") {
+        Ok(namespace) => namespace,
+        Err(refused) => return refused.into_response(),
+    };
+    let hello: Hello = match serde_json::from_slice(&body) {
+        Ok(hello) => hello,
+        Err(error) => return (StatusCode::BAD_REQUEST, format!("invalid hello: {error}")).into_response(),
+    };
+    tracing::info!(
+        namespace,
+        instance = hello.instance,
+        version = hello.config_version,
+        "sidecar connected"
+    );
+    server.metrics.connected.inc();
+    let guard = Connected(server.metrics.clone());
+    let mut configs = server.configs.subscribe();
+    let mut totals = server.ledger.subscribe();
+    let frames = async_stream::stream! {
+        let _guard = guard;
+        let mut version = hello.config_version;
+        let mut sent_totals = None;
+        // The first pass sends what the sidecar lacks without waiting for a change.
+        configs.mark_changed();
+        totals.mark_changed();
+        loop {
+            tokio::select! {
+                changed = configs.changed() => {
+                    if changed.is_err() { break; }
+                    let published = configs.borrow_and_update().get(&namespace).cloned();
+                    if let Some(published) = published.filter(|p| p.config.version != version) {
+                        version.clone_from(&published.config.version);
+                        let frame = Frame::Config { config: Box::new((*published.config).clone()) };
+                        yield Ok::<_, std::convert::Infallible>(Bytes::from(frame.to_line()));
+                        server.metrics.push_seconds.observe(published.at.elapsed().as_secs_f64());
+                    }
+                }
+                changed = totals.changed() => {
+                    if changed.is_err() { break; }
+                    totals.borrow_and_update();
+                    let now = server.ledger.totals(&namespace);
+                    if sent_totals.as_ref() != Some(&now) {
+                        let frame = Frame::Totals { totals: now.clone() };
+                        sent_totals = Some(now);
+                        yield Ok(Bytes::from(frame.to_line()));
+                        tokio::time::sleep(TOTALS_EVERY).await;
+                    }
+                }
+                () = tokio::time::sleep(KEEPALIVE) => yield Ok(Bytes::from_static(b"\n")),
+            }
+        }
+    };
+    ([(header::CONTENT_TYPE, sync::NDJSON)], Body::from_stream(frames)).into_response()
+}
+
+async fn report_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let namespace = match server.authenticate(&headers, "report") {
+        Ok(namespace) => namespace,
+        Err(refused) => {
+            server.metrics.reports.with_label_values(&["refused"]).inc();
+            return refused.into_response();
+        }
+    };
+    let report: Report = match serde_json::from_slice(&body) {
+        Ok(report) => report,
+        Err(error) => {
+            server.metrics.reports.with_label_values(&["invalid"]).inc();
+            return (StatusCode::BAD_REQUEST, format!("invalid report: {error}")).into_response();
+        }
+    };
+    let applied = server
+        .ledger
+        .apply(&namespace, &report, Timestamp::now().as_millisecond());
+    server.ledger.durable(&applied).await;
+    let result = if applied.ack.applied {
+        "applied"
+    } else {
+        "duplicate"
+    };
+    server.metrics.reports.with_label_values(&[result]).inc();
+    server
+        .metrics
+        .report_seconds
+        .observe(started.elapsed().as_secs_f64());
+    Json(applied.ack).into_response()
+}
+
+/// What [`sync::BUDGETS_PATH`] answers.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Figures {
+    /// Status by budget name.
+    budgets: BTreeMap<String, BudgetStatus>,
+    /// The configuration version in force.
+    config_version: Option<String>,
+    /// Sidecar instances that reported, and of those how many run that version.
+    sidecars: usize,
+    in_sync: usize,
+}
+
+async fn budgets_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap) -> Response {
+    let namespace = match server.authenticate(&headers, "budgets") {
+        Ok(namespace) => namespace,
+        Err(refused) => return refused.into_response(),
+    };
+    let config_version = server
+        .configs
+        .borrow()
+        .get(&namespace)
+        .map(|p| p.config.version.clone());
+    let space = server.ledger.namespace(&namespace);
+    let in_sync = space
+        .instances
+        .values()
+        .filter(|i| Some(&i.config_version) == config_version.as_ref())
+        .count();
+    Json(Figures {
+        budgets: server.budget_statuses(&namespace, Timestamp::now()),
+        config_version,
+        sidecars: space.instances.len(),
+        in_sync,
+    })
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use llmesh_crds::resources::{BudgetAction, BudgetPeriod, FailMode};
+
+    use super::*;
+
+    fn config() -> BudgetConfig {
+        BudgetConfig {
+            limit_usd: 10.0,
+            period: BudgetPeriod::Monthly,
+            time_zone: "Europe/Berlin".to_owned(),
+            thresholds: vec![50],
+            action: BudgetAction::Block,
+            downgrade_to: None,
+            max_tokens_per_request: None,
+            max_tokens_per_session: None,
+            fail_mode: FailMode::Open,
+        }
+    }
+
+    #[test]
+    fn the_status_follows_the_calendar_of_the_budgets_time_zone() {
+        // 2026-01-31 23:30 UTC is already February 1st in Berlin.
+        let now: Timestamp = "2026-01-31T23:30:00Z".parse().expect("time");
+        let january: Timestamp = "2025-12-31T23:00:00Z".parse().expect("time");
+        let february: Timestamp = "2026-01-31T23:00:00Z".parse().expect("time");
+        let spend = |start: Timestamp, usd| Spend {
+            period_start: start.as_second(),
+            spent_usd: usd,
+            tokens: 0,
+            last_report_ms: now.as_millisecond(),
+            reporters: BTreeSet::from(["a".to_owned(), "b".to_owned()]),
+        };
+        let old = budget_status(&config(), Some(&spend(january, 12.0)), now);
+        assert_eq!(old.spent_usd, Some(0.0), "January's spend is over");
+        assert_eq!(old.state.as_deref(), Some("ok"));
+        assert_eq!(old.period_end.as_deref(), Some("2026-02-28T23:00:00Z"));
+
+        let warning = budget_status(&config(), Some(&spend(february, 6.0)), now);
+        assert_eq!(warning.state.as_deref(), Some("warning"));
+        assert_eq!(warning.reporting_sidecars, Some(2));
+        let exceeded = budget_status(&config(), Some(&spend(february, 10.0)), now);
+        assert_eq!(exceeded.state.as_deref(), Some("exceeded"));
+    }
+}
