@@ -185,7 +185,9 @@ fn plan<'r>(runtime: &'r Runtime, route: &'r Route, facts: &RequestFacts<'_>) ->
 pub fn class_of(kind: ErrorKind) -> Option<ErrorClass> {
     match kind {
         ErrorKind::RateLimit => Some(ErrorClass::RateLimit),
-        ErrorKind::ServerError | ErrorKind::InvalidResponse => Some(ErrorClass::ServerError),
+        ErrorKind::ServerError | ErrorKind::InvalidResponse | ErrorKind::BrokenAnswer => {
+            Some(ErrorClass::ServerError)
+        }
         ErrorKind::Timeout => Some(ErrorClass::Timeout),
         ErrorKind::Connect => Some(ErrorClass::ConnectError),
         ErrorKind::ContextWindowExceeded => Some(ErrorClass::ContextWindowExceeded),
@@ -386,7 +388,7 @@ async fn first_chunk(mut stream: ChunkStream) -> Result<(Vec<StreamEvent>, Chunk
             return Ok((head, stream));
         }
     }
-    Err(ProviderError::invalid_response(
+    Err(ProviderError::broken_answer(
         "the upstream stream ended before its first chunk",
     ))
 }

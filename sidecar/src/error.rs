@@ -126,7 +126,8 @@ impl ApiError {
                 ErrorKind::ServerError
                 | ErrorKind::Connect
                 | ErrorKind::Rejected
-                | ErrorKind::InvalidResponse => StatusCode::BAD_GATEWAY,
+                | ErrorKind::InvalidResponse
+                | ErrorKind::BrokenAnswer => StatusCode::BAD_GATEWAY,
             },
         }
     }
@@ -169,6 +170,7 @@ impl ApiError {
                 ErrorKind::Connect => ("upstream_error", "upstream_connect_error"),
                 ErrorKind::Rejected => ("upstream_error", "upstream_rejected"),
                 ErrorKind::InvalidResponse => ("upstream_error", "upstream_invalid_response"),
+                ErrorKind::BrokenAnswer => ("upstream_error", "upstream_broken_answer"),
             },
         }
     }

@@ -13,10 +13,11 @@ use llmesh_test_support::harness::{http_client, provider, route};
 use llmesh_test_support::openai;
 use serde_json::{Value, json};
 
-/// A sidecar process and the API address it logged.
+/// A sidecar process and the addresses it logged.
 struct Process {
     child: Child,
     url: String,
+    admin_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -44,14 +45,15 @@ fn spawn(manifests: &str, env: &[(&str, String)]) -> Process {
     let mut child = command.spawn().expect("the binary starts");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
+    let (url, admin_url) = loop {
         let line = lines
             .next()
             .expect("the sidecar logs its address")
             .expect("utf-8 log line");
         let event: Value = serde_json::from_str(&line).expect("JSON log lines");
         if event["message"] == "llmesh sidecar serving" {
-            break format!("http://{}", event["api_addr"].as_str().expect("address"));
+            let address = |field: &str| format!("http://{}", event[field].as_str().expect("address"));
+            break (address("api_addr"), address("admin_addr"));
         }
     };
     // Keep draining the log so the sidecar never blocks on a full pipe.
@@ -59,6 +61,7 @@ fn spawn(manifests: &str, env: &[(&str, String)]) -> Process {
     Process {
         child,
         url,
+        admin_url,
         _dir: dir,
     }
 }
@@ -72,6 +75,47 @@ impl Process {
             .send()
             .await
             .expect("sent")
+    }
+}
+
+impl Process {
+    /// Sends SIGTERM and waits for a clean exit.
+    async fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill runs")
+                .success()
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running 10 s after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "{status}");
+    }
+
+    /// One line of `/metrics`, by its series name and labels.
+    async fn metric(&self, series: &str) -> Option<String> {
+        let text = http_client()
+            .get(format!("{}/metrics", self.admin_url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(str::to_owned)
     }
 }
 
@@ -282,27 +326,63 @@ async fn sigterm_ends_the_process_cleanly() {
     let mut sidecar = spawn(&manifests, &[]);
     let response = sidecar.chat(&ask()).await;
     assert_eq!(response.status(), 200);
+    sidecar.terminate().await;
+}
 
-    let pid = sidecar.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs")
-            .success()
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = sidecar.child.try_wait().expect("wait") {
-            break status;
+/// The bug report's case: three answers of $0.000141 sum to a number
+/// (0.00042300000000000004) that a lossy float parser reads one step off,
+/// which made the sidecar refuse the state file it had just written.
+#[tokio::test]
+async fn a_stopped_sidecar_restarts_from_its_own_state_file() {
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let state = state_dir.path().join("state.json");
+    let manifests = [
+        provider("m", "{provider: mock, mock: {reply: x}}"),
+        route(
+            "smart",
+            "{targets: [{provider: m, model: m, price: {input: 0, output: 141}}]}",
+        ),
+        llmesh_test_support::harness::secret("k", "key", "sk-k"),
+        llmesh_test_support::harness::virtual_key("k", "{budget: b}"),
+        llmesh_test_support::harness::budget("b", "{limitUsd: 0.0004, period: total}"),
+    ]
+    .concat();
+    let env = [("LLMESH_STATE_FILE", state.display().to_string())];
+    let one_word = json!({"model": "smart", "messages": [{"role": "user", "content": "hello"}]});
+    let send = |url: String| {
+        let body = one_word.clone();
+        async move {
+            http_client()
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth("sk-k")
+                .json(&body)
+                .send()
+                .await
+                .expect("sent")
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running 10 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(status.success(), "{status}");
+    let spent = r#"llmesh_budget_spent_usd{budget="b",period="total"}"#;
+
+    let mut first = spawn(&manifests, &env);
+    for _ in 0..3 {
+        let response = send(first.url.clone()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-llmesh-cost-usd"], "0.000141");
+    }
+    let before = first.metric(spent).await.expect("spend gauge");
+    assert_eq!(before, "0.00042300000000000004");
+    first.terminate().await;
+
+    let second = spawn(&manifests, &env);
+    assert_eq!(
+        second.metric(spent).await.as_deref(),
+        Some(before.as_str()),
+        "the spend restored to the last digit"
+    );
+    let blocked = send(second.url.clone()).await;
+    assert_eq!(blocked.status(), 429, "the budget still blocks");
+    let body: Value = blocked.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "budget_exceeded");
 }
 
 #[tokio::test]

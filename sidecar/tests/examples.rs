@@ -137,7 +137,7 @@ async fn mock_faults_show_each_failure_as_the_app_sees_it() {
         .await
         .expect("body");
     assert!(
-        cut.contains(r#""code":"upstream_invalid_response""#) && !cut.contains("[DONE]"),
+        cut.contains(r#""code":"upstream_broken_answer""#) && !cut.contains("[DONE]"),
         "{cut}"
     );
 

@@ -125,7 +125,7 @@ async fn every_injectable_fault_ends_in_the_error_an_app_expects() {
             "{faults: [{kind: truncate}]}",
             false,
             502,
-            "upstream_invalid_response",
+            "upstream_broken_answer",
         ),
     ];
     for (settings, stream, status, code) in cases {
@@ -157,7 +157,7 @@ async fn a_truncated_stream_ends_with_an_error_event_after_the_chunks_it_sent() 
         .collect();
     assert_eq!(text, "Mock reply");
     let last: Value = serde_json::from_str(data.last().expect("event")).expect("json");
-    assert_eq!(last["error"]["code"], "upstream_invalid_response");
+    assert_eq!(last["error"]["code"], "upstream_broken_answer");
     assert!(!body.contains("[DONE]"));
 }
 

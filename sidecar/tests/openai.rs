@@ -159,6 +159,17 @@ async fn a_stream_cut_mid_way_ends_with_an_error_event_not_a_silent_end() {
     let last: Value = serde_json::from_str(data.last().expect("an event")).expect("json");
     assert!(last["error"]["message"].as_str().is_some(), "{last}");
     assert!(!data.iter().any(|d| d == "[DONE]"));
+    // The answer began and broke off: said so, not "could not connect".
+    assert_eq!(last["error"]["code"], "upstream_broken_answer", "{last}");
+    let metrics = sidecar.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                .starts_with(r#"llmesh_upstream_errors_total{class="broken-answer",provider="openai"} "#)),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"class="connect-error""#), "{metrics}");
 }
 
 #[tokio::test]

@@ -302,6 +302,25 @@ fn version_follows_content_only() {
     assert_eq!(reparsed, a);
 }
 
+/// The operator re-reads the config in force from its ConfigMap and seals
+/// it again: a price that did not parse back to the same number would change
+/// the version of an unchanged config and rewrite the ConfigMap every time.
+#[test]
+fn a_re_read_config_keeps_its_version() {
+    let yaml = format!(
+        "{MOCK}{}",
+        route(
+            "smart",
+            "{targets: [{provider: mock, model: m, price: {input: 0.00042300000000000004, output: 2.0000000000000004e-7}}]}"
+        )
+    );
+    let compiled = compile_yaml(&yaml, None).config;
+    let text = serde_json::to_vec(&compiled).expect("serializes");
+    let reread = SidecarConfig::from_json(&text).expect("parses");
+    assert_eq!(reread, compiled);
+    assert_eq!(reread.seal().version, compiled.version);
+}
+
 #[test]
 fn config_files_are_parsed_strictly() {
     let err = SidecarConfig::from_json(

@@ -12,7 +12,8 @@ pub enum ErrorKind {
     ServerError,
     /// No answer in time.
     Timeout,
-    /// The connection could not be made, or was reset.
+    /// The connection could not be made, or was refused or reset before
+    /// any of the answer arrived.
     Connect,
     /// The prompt does not fit the model.
     ContextWindowExceeded,
@@ -22,8 +23,11 @@ pub enum ErrorKind {
     BadRequest,
     /// The provider rejected llmesh's credential or the model name (401, 403, 404).
     Rejected,
-    /// The provider's answer could not be understood, or a stream was cut.
+    /// The provider's answer could not be understood.
     InvalidResponse,
+    /// The answer began and then broke off: the connection dropped
+    /// mid-body, or a stream ended before its final event.
+    BrokenAnswer,
     /// The provider cannot do what was asked (embeddings on Anthropic).
     Unsupported,
 }
@@ -41,6 +45,7 @@ impl ErrorKind {
             Self::BadRequest => "bad-request",
             Self::Rejected => "rejected",
             Self::InvalidResponse => "invalid-response",
+            Self::BrokenAnswer => "broken-answer",
             Self::Unsupported => "unsupported",
         }
     }
@@ -51,7 +56,12 @@ impl ErrorKind {
     pub fn is_transient(self) -> bool {
         matches!(
             self,
-            Self::RateLimit | Self::ServerError | Self::Timeout | Self::Connect | Self::InvalidResponse
+            Self::RateLimit
+                | Self::ServerError
+                | Self::Timeout
+                | Self::Connect
+                | Self::InvalidResponse
+                | Self::BrokenAnswer
         )
     }
 
@@ -112,6 +122,11 @@ impl ProviderError {
     /// The answer could not be understood.
     pub fn invalid_response(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidResponse, message)
+    }
+
+    /// The answer broke off after it began.
+    pub fn broken_answer(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BrokenAnswer, message)
     }
 
     /// Replaces the class (a provider's error code is more precise than its status).

@@ -206,7 +206,7 @@ impl Provider for Mock {
 
         if !request.is_stream() {
             if cut_after.is_some() {
-                return Err(ProviderError::invalid_response(
+                return Err(ProviderError::broken_answer(
                     "response cut short (injected by the mock provider)",
                 ));
             }
@@ -277,7 +277,7 @@ impl Provider for Mock {
                 }
                 for (i, word) in answer.words.into_iter().enumerate() {
                     if cut_after.is_some_and(|n| i >= n as usize) {
-                        yield Err(ProviderError::invalid_response("stream cut short (injected by the mock provider)"));
+                        yield Err(ProviderError::broken_answer("stream cut short (injected by the mock provider)"));
                         return;
                     }
                     if i > 0 {

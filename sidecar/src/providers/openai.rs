@@ -360,7 +360,7 @@ fn relay_stream(response: UpstreamResponse, app_wants_usage: bool) -> ChunkStrea
                     yield Ok(StreamEvent::Usage(usage));
                 }
             }
-            yield Err(ProviderError::invalid_response("upstream stream ended before [DONE]"));
+            yield Err(ProviderError::broken_answer("upstream stream ended before [DONE]"));
         }
         .boxed(),
     )

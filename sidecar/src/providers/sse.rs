@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
-use super::{ErrorKind, ProviderError};
+use super::ProviderError;
 
 /// The longest line accepted from an upstream. A provider's event is a few
 /// KiB at most; the bound keeps a broken upstream from growing the buffer
@@ -107,13 +107,12 @@ impl SseDecoder {
     }
 }
 
-/// Turns an upstream body into a stream of SSE events. A transport failure
-/// mid-way becomes an error item; the caller decides whether a clean end of
-/// the body was a complete stream.
-pub fn events<S, E>(body: S) -> impl Stream<Item = Result<SseEvent, ProviderError>> + Send + 'static
+/// Turns an upstream body into a stream of SSE events. The body's own
+/// failures (a broken answer, a read timeout) pass through with their class;
+/// the caller decides whether a clean end of the body was a complete stream.
+pub fn events<S>(body: S) -> impl Stream<Item = Result<SseEvent, ProviderError>> + Send + 'static
 where
-    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
-    E: std::fmt::Display,
+    S: Stream<Item = Result<Bytes, ProviderError>> + Send + 'static,
 {
     let mut decoder = SseDecoder::default();
     body.flat_map(move |piece| {
@@ -122,10 +121,7 @@ where
                 Ok(events) => events.into_iter().map(Ok).collect(),
                 Err(e) => vec![Err(e)],
             },
-            Err(e) => vec![Err(ProviderError::new(
-                ErrorKind::Connect,
-                format!("upstream stream broke: {e}"),
-            ))],
+            Err(e) => vec![Err(e)],
         };
         futures::stream::iter(items)
     })

@@ -202,7 +202,7 @@ impl UpstreamClient {
         drop(lease);
         match read {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(error)) => Err(transport_error(ErrorKind::Connect, &error)),
+            Ok(Err(error)) => Err(transport_error(ErrorKind::BrokenAnswer, &error)),
             Err(_) => Err(timed_out_reading()),
         }
     }
@@ -312,7 +312,7 @@ impl UpstreamResponse {
                     }
                     Ok(None) => break,
                     Ok(Some(Err(error))) => {
-                        yield Err(transport_error(ErrorKind::Connect, &error));
+                        yield Err(transport_error(ErrorKind::BrokenAnswer, &error));
                         break;
                     }
                     Ok(Some(Ok(frame))) => {

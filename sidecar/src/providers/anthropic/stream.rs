@@ -238,7 +238,7 @@ impl StreamTranslator {
         if self.done {
             Ok(())
         } else {
-            Err(ProviderError::invalid_response(
+            Err(ProviderError::broken_answer(
                 "upstream stream ended before message_stop",
             ))
         }

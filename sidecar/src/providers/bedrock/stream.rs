@@ -276,12 +276,12 @@ impl StreamTranslator {
     /// No `messageStop` arrived, or a frame was left incomplete.
     pub fn finish(&mut self) -> Result<Vec<StreamEvent>, ProviderError> {
         if !self.pending.is_empty() {
-            return Err(ProviderError::invalid_response(
+            return Err(ProviderError::broken_answer(
                 "Bedrock stream ended inside an event-stream frame",
             ));
         }
         if !self.stopped {
-            return Err(ProviderError::invalid_response(
+            return Err(ProviderError::broken_answer(
                 "Bedrock stream ended before messageStop",
             ));
         }
@@ -416,7 +416,7 @@ pub(super) fn relay(response: UpstreamResponse, mut translator: StreamTranslator
             while let Some(piece) = body.next().await {
                 let result = match piece {
                     Ok(bytes) => translator.push(&bytes),
-                    Err(e) => Err(ProviderError::new(ErrorKind::Connect, format!("upstream stream broke: {e}"))),
+                    Err(e) => Err(e),
                 };
                 match result {
                     Ok(events) => for event in events {
@@ -744,11 +744,11 @@ mod tests {
         ]
         .concat();
         let error = run(translator(false, None), &cut, 8).expect_err("cut");
-        assert_eq!(error.kind, ErrorKind::InvalidResponse);
+        assert_eq!(error.kind, ErrorKind::BrokenAnswer);
         let half_frame = &tool_answer()[..30];
         assert_eq!(
             run(translator(false, None), half_frame, 8).expect_err("cut").kind,
-            ErrorKind::InvalidResponse
+            ErrorKind::BrokenAnswer
         );
     }
 

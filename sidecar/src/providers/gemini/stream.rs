@@ -133,11 +133,11 @@ impl StreamTranslator {
     /// for accounting.
     ///
     /// # Errors
-    /// `InvalidResponse` if no candidate said why it stopped: the stream was cut.
+    /// `BrokenAnswer` if no candidate said why it stopped: the stream was cut.
     pub fn finish(&mut self) -> Result<Vec<StreamEvent>, ProviderError> {
         let complete = !self.candidates.is_empty() && self.candidates.values().all(|c| c.finished);
         if !complete {
-            return Err(ProviderError::invalid_response(
+            return Err(ProviderError::broken_answer(
                 "Gemini's stream ended before a finishReason",
             ));
         }
@@ -286,11 +286,11 @@ mod tests {
             .expect("several events");
         assert_eq!(
             run(cut, false, 16).expect_err("cut").kind,
-            ErrorKind::InvalidResponse
+            ErrorKind::BrokenAnswer
         );
         assert_eq!(
             run("", false, 16).expect_err("empty").kind,
-            ErrorKind::InvalidResponse
+            ErrorKind::BrokenAnswer
         );
     }
 
