@@ -184,7 +184,7 @@ async fn spend_survives_a_restart_and_a_corrupt_state_file_is_reported() {
     second.stop(Duration::from_secs(1)).await;
 
     let text = std::fs::read_to_string(&state).expect("state");
-    let damaged = text.replacen("\"spentUsd\": ", "\"spentUsd\": 0", 1);
+    let damaged = text.replacen("\"spentUsd\":", "\"spentUsd\":0", 1);
     assert_ne!(damaged, text);
     std::fs::write(&state, &damaged).expect("write");
     let manifests_dir = tempfile::tempdir().expect("tempdir");
