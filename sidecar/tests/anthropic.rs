@@ -356,7 +356,8 @@ async fn upstream_failures_become_openai_errors_with_the_expected_status() {
         ),
         (Behavior::Status(500), false, 502, "upstream_server_error"),
         (Behavior::Status(401), false, 502, "upstream_rejected"),
-        (Behavior::Reset, true, 502, "upstream_connect_error"),
+        // The mock answers 200 and then drops the connection: a broken answer.
+        (Behavior::Reset, true, 502, "upstream_broken_answer"),
     ];
     for (behavior, stream, status, code) in cases {
         mock.push([behavior.clone()]);

@@ -125,7 +125,8 @@ async fn upstream_failures_become_openai_errors_with_the_expected_status() {
         (Behavior::RateLimit(7), 429, "rate_limit_exceeded"),
         (Behavior::ContextWindowExceeded, 400, "context_length_exceeded"),
         (Behavior::ContentFilter, 400, "content_filter"),
-        (Behavior::Reset, 502, "upstream_connect_error"),
+        // The mock answers 200 and then drops the connection: a broken answer.
+        (Behavior::Reset, 502, "upstream_broken_answer"),
     ];
     for (behavior, status, code) in cases {
         mock.push([behavior.clone()]);

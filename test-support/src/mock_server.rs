@@ -28,7 +28,8 @@ pub enum Behavior {
     DelayMs(u64),
     /// Never answer.
     Hang,
-    /// Close the connection without answering.
+    /// Answer 200, then drop the connection before any of the body: the
+    /// sidecar sees a broken answer.
     Reset,
     /// Stream this many content pieces, then cut the connection.
     CutStream(usize),
