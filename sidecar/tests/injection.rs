@@ -131,6 +131,9 @@ fn mount(pod: &Pod, sidecar: &Container, cluster: &Cluster, root: &Path) {
             );
             let data = cluster.secret.data.clone().unwrap_or_default();
             data.into_iter().map(|(k, v)| (k, v.0)).collect()
+        } else if volume.empty_dir.is_some() {
+            // Scratch space the sidecar writes (its state file): starts empty.
+            BTreeMap::new()
         } else {
             panic!("unexpected volume {volume:?}");
         };

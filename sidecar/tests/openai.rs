@@ -162,15 +162,16 @@ async fn a_stream_cut_mid_way_ends_with_an_error_event_not_a_silent_end() {
     assert!(!data.iter().any(|d| d == "[DONE]"));
     // The answer began and broke off: said so, not "could not connect".
     assert_eq!(last["error"]["code"], "upstream_broken_answer", "{last}");
+    // A committed stream's failure is the request's error type, not a failed attempt.
     let metrics = sidecar.get("/metrics").await.text().await.expect("metrics");
     assert!(
         metrics
             .lines()
-            .any(|l| l
-                .starts_with(r#"llmesh_upstream_errors_total{class="broken-answer",provider="openai"} "#)),
+            .any(|l| l.starts_with("gen_ai_server_request_duration_count{")
+                && l.contains(r#"error_type="broken-answer""#)),
         "{metrics}"
     );
-    assert!(!metrics.contains(r#"class="connect-error""#), "{metrics}");
+    assert!(!metrics.contains("connect-error"), "{metrics}");
 }
 
 #[tokio::test]
