@@ -190,14 +190,24 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 assert time.monotonic() < deadline, "the broken manifest was never rejected"
                 time.sleep(SCRAPE_SECONDS)
             time.sleep(2 * SCRAPE_SECONDS)
+            # Every query is evaluated at this instant, as a dashboard opened
+            # right after the traffic would be: the rate windows (1m) must
+            # not slide past the traffic while the ~130 tests run.
+            EVALUATED_AT.append(time.time())
             yield prometheus_url
         finally:
             for process in reversed(processes):
                 process.stop()
 
 
+EVALUATED_AT: list[float] = []
+
+
 def query(prometheus: str, promql: str) -> list[dict]:
-    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": promql}, timeout=10)
+    params = {"query": promql}
+    if EVALUATED_AT:
+        params["time"] = f"{EVALUATED_AT[-1]:.3f}"
+    response = httpx.get(f"{prometheus}/api/v1/query", params=params, timeout=10)
     assert response.status_code == 200, f"{promql}\n{response.text}"
     return response.json()["data"]["result"]
 
