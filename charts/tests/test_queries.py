@@ -179,6 +179,13 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             })
             processes.append(server)
             url = f"http://{api_addr}/v1"
+            # Prometheus must have scraped both before the first round, or
+            # the first sample already holds all the traffic and no rate grows.
+            deadline = time.monotonic() + 60
+            while len(query(prometheus_url, "up == 1")) < 2:
+                assert time.monotonic() < deadline, "Prometheus never scraped the sidecar and the operator"
+                time.sleep(SCRAPE_SECONDS / 2)
+            time.sleep(SCRAPE_SECONDS)
             # Two rounds a few scrapes apart, so every rate has growth in its window.
             for round_number in range(2):
                 traffic(url, webhook, round_number)
