@@ -6,6 +6,7 @@
 
 pub mod compile;
 pub mod config;
+pub mod durable;
 pub mod duration;
 pub mod generated_key;
 pub mod injection;

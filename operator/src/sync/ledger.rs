@@ -8,7 +8,6 @@
 //! per batch, not per report.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -318,19 +317,7 @@ fn save(path: &Path, namespaces: BTreeMap<String, Namespace>) -> Result<(), Ledg
         namespaces,
     })
     .map_err(|e| io(std::io::Error::other(e)))?;
-    let temporary = path.with_extension("tmp");
-    let mut out = std::fs::File::create(&temporary).map_err(io)?;
-    out.write_all(&bytes).map_err(io)?;
-    out.sync_all().map_err(io)?;
-    drop(out);
-    std::fs::rename(&temporary, path).map_err(io)?;
-    let folder = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::File::open(folder)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io)
+    llmesh_crds::durable::replace(path, &bytes).map_err(io)
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@
 //! of it is free to change without being noticed.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use llmesh_crds::sync::{BudgetDelta, Report};
@@ -277,19 +276,7 @@ pub fn save(path: &Path, saved: &Saved) -> Result<(), StateError> {
         error,
     };
     let bytes = render(saved).map_err(|e| io(std::io::Error::other(e)))?;
-    let folder = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let temporary = path.with_extension("tmp");
-    let mut out = std::fs::File::create(&temporary).map_err(io)?;
-    out.write_all(&bytes).map_err(io)?;
-    out.sync_all().map_err(io)?;
-    drop(out);
-    std::fs::rename(&temporary, path).map_err(io)?;
-    std::fs::File::open(folder)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io)
+    llmesh_crds::durable::replace(path, &bytes).map_err(io)
 }
 
 #[cfg(test)]
