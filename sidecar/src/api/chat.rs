@@ -336,6 +336,61 @@ pub struct ResponseMessage {
     /// Refusal text, when the model refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<String>,
+    /// The model's reasoning as plain text (LiteLLM's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// The reasoning as Anthropic's blocks, with the signatures an app must
+    /// send back in its next turn (LiteLLM's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking_blocks: Option<Vec<ThinkingBlock>>,
+}
+
+/// A block of extended thinking, in Anthropic's shape. In a stream, a block
+/// arrives in pieces: text first, the signature last.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ThinkingBlock {
+    /// Visible reasoning.
+    Thinking {
+        /// The reasoning (empty in a stream piece that carries the signature).
+        #[serde(default)]
+        thinking: String,
+        /// Anthropic's signature, once known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+    },
+    /// Encrypted reasoning.
+    RedactedThinking {
+        /// The encrypted reasoning.
+        data: String,
+    },
+}
+
+impl ThinkingBlock {
+    /// Whether this is a thinking block still waiting for its signature,
+    /// which the next stream piece of text or signature continues.
+    pub fn is_unsigned_thinking(&self) -> bool {
+        matches!(self, Self::Thinking { signature: None, .. })
+    }
+
+    /// Adds one stream piece to the blocks so far: text or a signature
+    /// continues the last unsigned thinking block; anything else starts a
+    /// new block.
+    pub fn absorb(blocks: &mut Vec<Self>, piece: Self) {
+        if let (
+            Some(Self::Thinking { thinking, signature }),
+            Self::Thinking {
+                thinking: more,
+                signature: signed,
+            },
+        ) = (blocks.last_mut().filter(|b| b.is_unsigned_thinking()), &piece)
+        {
+            thinking.push_str(more);
+            signature.clone_from(signed);
+            return;
+        }
+        blocks.push(piece);
+    }
 }
 
 /// One `chat.completion.chunk` of a stream.
@@ -379,6 +434,12 @@ pub struct Delta {
     /// New or continued tool calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
+    /// New reasoning text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// Pieces of thinking blocks: text, a signature, or a whole redacted block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking_blocks: Option<Vec<ThinkingBlock>>,
 }
 
 /// A tool call as it streams: id and name first, then argument fragments.

@@ -392,6 +392,16 @@ pub enum BlockDelta {
         /// The piece.
         partial_json: String,
     },
+    /// More reasoning of a thinking block.
+    ThinkingDelta {
+        /// The new reasoning.
+        thinking: String,
+    },
+    /// A thinking block's signature, just before the block stops.
+    SignatureDelta {
+        /// The signature.
+        signature: String,
+    },
 }
 
 /// `message_delta`'s `delta`.

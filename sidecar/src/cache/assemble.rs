@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use crate::api::Usage;
-use crate::api::chat::{ChatChunk, ChatResponse, Choice, FunctionCall, ResponseMessage, ToolCall};
+use crate::api::chat::{
+    ChatChunk, ChatResponse, Choice, FunctionCall, ResponseMessage, ThinkingBlock, ToolCall,
+};
 use crate::providers::StreamEvent;
 
 /// A stream's answer so far.
@@ -24,6 +26,8 @@ struct PartialChoice {
     content: Option<String>,
     refusal: Option<String>,
     tool_calls: BTreeMap<u32, ToolCall>,
+    reasoning: Option<String>,
+    thinking_blocks: Vec<ThinkingBlock>,
     finish_reason: Option<String>,
 }
 
@@ -58,6 +62,12 @@ impl Assembler {
             let partial = self.choices.entry(choice.index).or_default();
             if let Some(text) = choice.delta.content {
                 partial.content.get_or_insert_with(String::new).push_str(&text);
+            }
+            if let Some(text) = choice.delta.reasoning_content {
+                partial.reasoning.get_or_insert_with(String::new).push_str(&text);
+            }
+            for piece in choice.delta.thinking_blocks.into_iter().flatten() {
+                ThinkingBlock::absorb(&mut partial.thinking_blocks, piece);
             }
             for call in choice.delta.tool_calls.into_iter().flatten() {
                 let whole = partial.tool_calls.entry(call.index).or_insert_with(|| ToolCall {
@@ -120,6 +130,8 @@ impl Assembler {
                     tool_calls: (!partial.tool_calls.is_empty())
                         .then(|| partial.tool_calls.into_values().collect()),
                     refusal: partial.refusal,
+                    reasoning_content: partial.reasoning,
+                    thinking_blocks: (!partial.thinking_blocks.is_empty()).then_some(partial.thinking_blocks),
                 },
                 finish_reason: partial.finish_reason,
             })
@@ -156,10 +168,26 @@ mod tests {
     }
 
     #[test]
-    fn text_and_tool_calls_are_reassembled() {
+    fn text_thinking_and_tool_calls_are_reassembled() {
         let mut assembler = Assembler::default();
         for event in [
             delta(json!({"role": "assistant", "content": ""}), None),
+            delta(
+                json!({"reasoning_content": "Say ", "thinking_blocks": [{"type": "thinking", "thinking": "Say "}]}),
+                None,
+            ),
+            delta(
+                json!({"reasoning_content": "hello.", "thinking_blocks": [{"type": "thinking", "thinking": "hello."}]}),
+                None,
+            ),
+            delta(
+                json!({"thinking_blocks": [{"type": "thinking", "thinking": "", "signature": "sig1"}]}),
+                None,
+            ),
+            delta(
+                json!({"thinking_blocks": [{"type": "redacted_thinking", "data": "enc"}]}),
+                None,
+            ),
             delta(json!({"content": "Hello"}), None),
             delta(json!({"content": " world"}), None),
             delta(
@@ -180,6 +208,19 @@ mod tests {
         assert_eq!((response.id.as_str(), response.created), ("c1", 5));
         let message = &response.choices[0].message;
         assert_eq!(message.content.as_deref(), Some("Hello world"));
+        assert_eq!(message.reasoning_content.as_deref(), Some("Say hello."));
+        assert_eq!(
+            message.thinking_blocks.as_deref(),
+            Some(
+                &[
+                    ThinkingBlock::Thinking {
+                        thinking: "Say hello.".into(),
+                        signature: Some("sig1".into())
+                    },
+                    ThinkingBlock::RedactedThinking { data: "enc".into() }
+                ][..]
+            )
+        );
         let call = &message.tool_calls.as_ref().expect("calls")[0];
         assert_eq!(
             (call.id.as_str(), call.function.arguments.as_str()),

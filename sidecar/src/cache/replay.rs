@@ -38,7 +38,7 @@ pub fn reply(entry: &Entry, request: &ChatRequest) -> Reply {
 }
 
 /// The chunks of a stream that says `response`: per choice, its role, its
-/// text in one piece, its tool calls whole, and its finish reason; then the
+/// reasoning and thinking blocks whole, its text in one piece, its tool calls whole, and its finish reason; then the
 /// usage chunk when the app asked for one.
 fn chunks(response: &ChatResponse, with_usage: bool) -> Vec<Bytes> {
     let chunk = |choice: ChunkChoice| ChatChunk {
@@ -60,8 +60,15 @@ fn chunks(response: &ChatResponse, with_usage: bool) -> Vec<Bytes> {
         out.push(chunk(delta(Delta {
             role: Some("assistant".to_owned()),
             content: Some(String::new()),
-            tool_calls: None,
+            ..Delta::default()
         })));
+        if message.reasoning_content.is_some() || message.thinking_blocks.is_some() {
+            out.push(chunk(delta(Delta {
+                reasoning_content: message.reasoning_content.clone(),
+                thinking_blocks: message.thinking_blocks.clone(),
+                ..Delta::default()
+            })));
+        }
         if let Some(text) = message.content.as_ref().filter(|t| !t.is_empty()) {
             out.push(chunk(delta(Delta {
                 content: Some(text.clone()),
@@ -115,6 +122,9 @@ mod tests {
         let response: ChatResponse = serde_json::from_value(serde_json::json!({
             "id": "c", "object": "chat.completion", "created": 9, "model": "m",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there",
+                "reasoning_content": "Greet.",
+                "thinking_blocks": [{"type": "thinking", "thinking": "Greet.", "signature": "sig1"},
+                    {"type": "redacted_thinking", "data": "enc"}],
                 "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
                 "finish_reason": "tool_calls"}],
             "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5},

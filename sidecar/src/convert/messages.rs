@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::api::chat::{
     self, ChatRequest, ChatResponse, Content, ContentPart, FunctionCall, FunctionDefinition, ImageUrl,
-    StreamOptions, ToolCall,
+    StreamOptions, ThinkingBlock, ToolCall,
 };
 use crate::api::messages::{
     AnthropicOrigin, Block, ImageSource, MessagesRequest, MessagesResponse, Role, Tool, ToolChoice,
@@ -305,6 +305,22 @@ pub fn from_chat(body: &[u8]) -> Result<MessagesResponse, serde_json::Error> {
     let mut finish = None;
     if let Some(choice) = choice {
         finish = choice.finish_reason;
+        match (choice.message.thinking_blocks, choice.message.reasoning_content) {
+            (Some(blocks), _) => content.extend(blocks.into_iter().map(|block| match block {
+                ThinkingBlock::Thinking { thinking, signature } => Block::Thinking {
+                    thinking,
+                    signature: signature.unwrap_or_default(),
+                },
+                ThinkingBlock::RedactedThinking { data } => Block::RedactedThinking { data },
+            })),
+            // An upstream that reasons without Anthropic's blocks: unsigned,
+            // so the app sees it but cannot send it back to Anthropic.
+            (None, Some(thinking)) if !thinking.is_empty() => content.push(Block::Thinking {
+                thinking,
+                signature: String::new(),
+            }),
+            (None, _) => {}
+        }
         if let Some(text) = choice
             .message
             .content
@@ -480,5 +496,35 @@ mod tests {
                 json!({"input_tokens": 30, "output_tokens": 7, "cache_creation_input_tokens": 10, "cache_read_input_tokens": 60})
             );
         }
+    }
+
+    #[test]
+    fn thinking_blocks_come_first_with_their_signatures() {
+        let answer = |message: Value| {
+            let body = json!({"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}]});
+            let message = from_chat(body.to_string().as_bytes()).expect("answer");
+            serde_json::to_value(&message).expect("json")["content"].clone()
+        };
+        let blocks = answer(json!({"role": "assistant", "content": "Checking.",
+            "reasoning_content": "Need weather.",
+            "thinking_blocks": [{"type": "thinking", "thinking": "Need weather.", "signature": "sig1"},
+                {"type": "redacted_thinking", "data": "enc"}],
+            "tool_calls": [{"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}));
+        assert_eq!(
+            blocks,
+            json!([
+                {"type": "thinking", "thinking": "Need weather.", "signature": "sig1"},
+                {"type": "redacted_thinking", "data": "enc"},
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+            ])
+        );
+        let bare = answer(json!({"role": "assistant", "content": "Hi", "reasoning_content": "Greet."}));
+        assert_eq!(
+            bare,
+            json!([{"type": "thinking", "thinking": "Greet.", "signature": ""}, {"type": "text", "text": "Hi"}]),
+            "reasoning without blocks is shown, unsigned"
+        );
     }
 }

@@ -3,13 +3,16 @@
 //! `_stop`, then `message_delta` with the stop reason and usage and
 //! `message_stop`. Chat interleaves text and tool calls freely; Anthropic
 //! has one open block at a time, so a change of kind closes the open one.
+//! Thinking pieces (`thinking_blocks`, or bare `reasoning_content` from
+//! upstreams that send only that) become thinking blocks: a signature ends
+//! one, so the next piece of reasoning opens another.
 
 use bytes::Bytes;
 
 use super::messages::{stop_reason, tool_input};
 use super::{Render, sse_event};
 use crate::api::Usage;
-use crate::api::chat::ChatChunk;
+use crate::api::chat::{ChatChunk, ThinkingBlock};
 use crate::api::messages::{
     Block, BlockDelta, ErrorDetail, MessageDelta, MessagesResponse, Role, StreamEvent, Usage as WireUsage,
 };
@@ -19,6 +22,12 @@ use crate::providers::to_json_bytes;
 /// The block being written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Open {
+    /// A thinking block; `signed` once its signature went out.
+    Thinking {
+        signed: bool,
+    },
+    /// A redacted thinking block, which has no deltas.
+    Redacted,
     Text,
     /// A tool call, by its chat index.
     Tool(u32),
@@ -59,6 +68,36 @@ impl MessagesRenderer {
         );
         index
     }
+
+    /// One piece of thinking (see the module docs).
+    fn thinking(&mut self, piece: ThinkingBlock, frames: &mut Vec<Bytes>) {
+        let (thinking, signature) = match piece {
+            ThinkingBlock::RedactedThinking { data } => {
+                self.open(Open::Redacted, Block::RedactedThinking { data }, frames);
+                return;
+            }
+            ThinkingBlock::Thinking { thinking, signature } => (thinking, signature),
+        };
+        let index = match self.open {
+            Some((index, Open::Thinking { signed: false })) => index,
+            _ => {
+                let block = Block::Thinking {
+                    thinking: String::new(),
+                    signature: String::new(),
+                };
+                self.open(Open::Thinking { signed: false }, block, frames)
+            }
+        };
+        if !thinking.is_empty() {
+            let delta = BlockDelta::ThinkingDelta { thinking };
+            Self::emit(frames, &StreamEvent::ContentBlockDelta { index, delta });
+        }
+        if let Some(signature) = signature {
+            self.open = Some((index, Open::Thinking { signed: true }));
+            let delta = BlockDelta::SignatureDelta { signature };
+            Self::emit(frames, &StreamEvent::ContentBlockDelta { index, delta });
+        }
+    }
 }
 
 impl Render for MessagesRenderer {
@@ -84,7 +123,25 @@ impl Render for MessagesRenderer {
         let Some(choice) = chunk.choices.into_iter().find(|c| c.index == 0) else {
             return;
         };
-        if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+        let delta = choice.delta;
+        match (delta.thinking_blocks, delta.reasoning_content) {
+            (Some(pieces), _) => {
+                for piece in pieces {
+                    self.thinking(piece, frames);
+                }
+            }
+            (None, Some(thinking)) if !thinking.is_empty() => {
+                self.thinking(
+                    ThinkingBlock::Thinking {
+                        thinking,
+                        signature: None,
+                    },
+                    frames,
+                );
+            }
+            (None, _) => {}
+        }
+        if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
             let index = match self.open {
                 Some((index, Open::Text)) => index,
                 _ => self.open(Open::Text, Block::text(""), frames),
@@ -92,7 +149,7 @@ impl Render for MessagesRenderer {
             let delta = BlockDelta::TextDelta { text };
             Self::emit(frames, &StreamEvent::ContentBlockDelta { index, delta });
         }
-        for call in choice.delta.tool_calls.into_iter().flatten() {
+        for call in delta.tool_calls.into_iter().flatten() {
             let index = match (self.open, &call.id) {
                 (Some((index, Open::Tool(open))), None) if open == call.index => index,
                 (_, Some(id)) => {
@@ -277,5 +334,104 @@ mod tests {
         let delta = &events[events.len() - 2].1;
         assert_eq!(delta["delta"]["stop_reason"], "max_tokens");
         assert_eq!(delta["usage"]["output_tokens"], 6);
+    }
+
+    #[test]
+    fn thinking_pieces_become_signed_thinking_blocks_before_the_text_and_tool_use() {
+        let mut renderer = MessagesRenderer::default();
+        let mut frames = Vec::new();
+        let thinking = |text: &str, signature: Option<&str>| Delta {
+            reasoning_content: (!text.is_empty()).then(|| text.to_owned()),
+            thinking_blocks: Some(vec![ThinkingBlock::Thinking {
+                thinking: text.to_owned(),
+                signature: signature.map(str::to_owned),
+            }]),
+            ..Delta::default()
+        };
+        for chunk in [
+            chunk(thinking("Weather ", None), None),
+            chunk(thinking("needed.", None), None),
+            chunk(thinking("", Some("sig1")), None),
+            chunk(
+                Delta {
+                    thinking_blocks: Some(vec![ThinkingBlock::RedactedThinking { data: "enc".into() }]),
+                    ..Delta::default()
+                },
+                None,
+            ),
+            chunk(thinking("Then call.", None), None),
+            chunk(thinking("", Some("sig2")), None),
+            chunk(
+                Delta {
+                    content: Some("Checking.".into()),
+                    ..Delta::default()
+                },
+                None,
+            ),
+            chunk(call(0, Some("toolu_1"), Some("get_weather"), "{}"), None),
+            chunk(Delta::default(), Some("tool_calls")),
+        ] {
+            renderer.chunk(chunk, &mut frames);
+        }
+        renderer.finish(&mut frames);
+        let events: Vec<Value> = events(&frames).into_iter().map(|(_, json)| json).collect();
+        let start = |index: usize, block: Value| json!({"type": "content_block_start", "index": index, "content_block": block});
+        let delta = |index: usize, delta: Value| json!({"type": "content_block_delta", "index": index, "delta": delta});
+        let stop = |index: usize| json!({"type": "content_block_stop", "index": index});
+        assert_eq!(
+            events[2..events.len() - 2],
+            [
+                start(0, json!({"type": "thinking", "thinking": "", "signature": ""})),
+                delta(0, json!({"type": "thinking_delta", "thinking": "Weather "})),
+                delta(0, json!({"type": "thinking_delta", "thinking": "needed."})),
+                delta(0, json!({"type": "signature_delta", "signature": "sig1"})),
+                stop(0),
+                start(1, json!({"type": "redacted_thinking", "data": "enc"})),
+                stop(1),
+                start(2, json!({"type": "thinking", "thinking": "", "signature": ""})),
+                delta(2, json!({"type": "thinking_delta", "thinking": "Then call."})),
+                delta(2, json!({"type": "signature_delta", "signature": "sig2"})),
+                stop(2),
+                start(3, json!({"type": "text", "text": ""})),
+                delta(3, json!({"type": "text_delta", "text": "Checking."})),
+                stop(3),
+                start(
+                    4,
+                    json!({"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}})
+                ),
+                delta(4, json!({"type": "input_json_delta", "partial_json": "{}"})),
+                stop(4),
+            ]
+        );
+        assert_eq!(events[events.len() - 2]["delta"]["stop_reason"], "tool_use");
+    }
+
+    #[test]
+    fn bare_reasoning_content_opens_one_unsigned_thinking_block() {
+        let mut renderer = MessagesRenderer::default();
+        let mut frames = Vec::new();
+        for text in ["Hm", "m."] {
+            let delta = Delta {
+                reasoning_content: Some(text.into()),
+                ..Delta::default()
+            };
+            renderer.chunk(chunk(delta, None), &mut frames);
+        }
+        renderer.finish(&mut frames);
+        let events = events(&frames);
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names[2..6],
+            [
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop"
+            ]
+        );
+        assert_eq!(
+            events[4].1["delta"],
+            json!({"type": "thinking_delta", "thinking": "m."})
+        );
     }
 }

@@ -223,7 +223,7 @@ impl Provider for Mock {
                         role: "assistant".to_owned(),
                         content: answer.tool_call.is_none().then(|| answer.words.concat()),
                         tool_calls: answer.tool_call.map(|c| vec![c]),
-                        refusal: None,
+                        ..ResponseMessage::default()
                     },
                     finish_reason: Some(answer.finish_reason.to_owned()),
                 }],
@@ -257,12 +257,10 @@ impl Provider for Mock {
         let usage = answer.usage;
         Ok(ChatReply::Stream(ChunkStream(
             stream! {
-                let role = Delta { role: Some("assistant".to_owned()), content: Some(String::new()), tool_calls: None };
+                let role = Delta { role: Some("assistant".to_owned()), content: Some(String::new()), ..Delta::default() };
                 yield Ok(chunk(role, None));
                 if let Some(call) = answer.tool_call {
                     let delta = Delta {
-                        role: None,
-                        content: None,
                         tool_calls: Some(vec![ToolCallDelta {
                             index: 0,
                             id: Some(call.id),
@@ -272,6 +270,7 @@ impl Provider for Mock {
                                 arguments: Some(call.function.arguments),
                             },
                         }]),
+                        ..Delta::default()
                     };
                     yield Ok(chunk(delta, None));
                 }
@@ -283,7 +282,7 @@ impl Provider for Mock {
                     if i > 0 {
                         tokio::time::sleep(per_token).await;
                     }
-                    yield Ok(chunk(Delta { role: None, content: Some(word), tool_calls: None }, None));
+                    yield Ok(chunk(Delta { content: Some(word), ..Delta::default() }, None));
                 }
                 yield Ok(chunk(Delta::default(), Some(answer.finish_reason)));
                 if let Some(usage_chunk) = usage_chunk {

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::request::JSON_RESPONSE_TOOL;
 use crate::api::Usage;
-use crate::api::chat::{ChatResponse, Choice, FunctionCall, ResponseMessage, ToolCall};
+use crate::api::chat::{ChatResponse, Choice, FunctionCall, ResponseMessage, ThinkingBlock, ToolCall};
 use crate::providers::{Completed, ProviderError, to_json_bytes, unix_now};
 
 /// A complete Messages API answer, as far as it is translated.
@@ -33,7 +33,15 @@ enum ResponseBlock {
         name: String,
         input: Value,
     },
-    /// Thinking and server-tool blocks, which llmesh never asks for.
+    Thinking {
+        thinking: String,
+        #[serde(default)]
+        signature: Option<String>,
+    },
+    RedactedThinking {
+        data: String,
+    },
+    /// Server-tool blocks, which llmesh never asks for.
     #[serde(other)]
     Other,
 }
@@ -104,8 +112,17 @@ pub(super) fn translate(body: &[u8], json_response: bool) -> Result<Completed, P
     })?;
     let mut text = String::new();
     let mut tool_calls = Vec::new();
+    let mut reasoning: Option<String> = None;
+    let mut thinking_blocks = Vec::new();
     for block in answer.content {
         match block {
+            ResponseBlock::Thinking { thinking, signature } => {
+                reasoning.get_or_insert_with(String::new).push_str(&thinking);
+                thinking_blocks.push(ThinkingBlock::Thinking { thinking, signature });
+            }
+            ResponseBlock::RedactedThinking { data } => {
+                thinking_blocks.push(ThinkingBlock::RedactedThinking { data });
+            }
             ResponseBlock::Text { text: piece } => text.push_str(&piece),
             ResponseBlock::ToolUse { input, name, .. } if json_response && name == JSON_RESPONSE_TOOL => {
                 text.push_str(&input.to_string());
@@ -129,6 +146,8 @@ pub(super) fn translate(body: &[u8], json_response: bool) -> Result<Completed, P
         content: (!text.is_empty() || tool_calls.is_empty()).then_some(text),
         tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
         refusal: None,
+        reasoning_content: reasoning,
+        thinking_blocks: (!thinking_blocks.is_empty()).then_some(thinking_blocks),
     };
     let response = ChatResponse {
         id: answer.id,
@@ -245,6 +264,35 @@ mod tests {
         );
         assert_eq!(body["choices"][0]["message"]["content"], Value::Null);
         assert!(translate(b"<html>", false).is_err());
+    }
+
+    #[test]
+    fn thinking_blocks_keep_their_signatures_beside_the_reasoning_text() {
+        let (body, _) = openai(
+            &json!({"id": "m", "model": "c", "content": [
+                {"type": "thinking", "thinking": "First, ", "signature": "sig1"},
+                {"type": "redacted_thinking", "data": "enc"},
+                {"type": "thinking", "thinking": "then.", "signature": "sig2"},
+                {"type": "text", "text": "Done."}], "stop_reason": "end_turn", "usage": {}}),
+            false,
+        );
+        let message = &body["choices"][0]["message"];
+        assert_eq!(message["content"], "Done.");
+        assert_eq!(message["reasoning_content"], "First, then.");
+        assert_eq!(
+            message["thinking_blocks"],
+            json!([
+                {"type": "thinking", "thinking": "First, ", "signature": "sig1"},
+                {"type": "redacted_thinking", "data": "enc"},
+                {"type": "thinking", "thinking": "then.", "signature": "sig2"}
+            ])
+        );
+        let (plain, _) = openai(
+            &json!({"id": "m", "model": "c", "content": [{"type": "text", "text": "Hi"}], "usage": {}}),
+            false,
+        );
+        assert!(plain["choices"][0]["message"].get("thinking_blocks").is_none());
+        assert!(plain["choices"][0]["message"].get("reasoning_content").is_none());
     }
 
     #[test]

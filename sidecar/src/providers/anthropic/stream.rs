@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::request::JSON_RESPONSE_TOOL;
 use super::response::{WireUsage, finish_reason};
 use super::{ErrorDetail, classify};
-use crate::api::chat::{ChatChunk, Delta, FunctionCallDelta, ToolCallDelta};
+use crate::api::chat::{ChatChunk, Delta, FunctionCallDelta, ThinkingBlock, ToolCallDelta};
 use crate::providers::sse::SseEvent;
 use crate::providers::{ProviderError, StreamEvent, to_json_bytes, unix_now};
 
@@ -69,6 +69,13 @@ enum StartedBlock {
         id: String,
         name: String,
     },
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+    },
+    RedactedThinking {
+        data: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -82,7 +89,13 @@ enum BlockDelta {
     InputJsonDelta {
         partial_json: String,
     },
-    /// Thinking, signature and citation deltas.
+    ThinkingDelta {
+        thinking: String,
+    },
+    SignatureDelta {
+        signature: String,
+    },
+    /// Citation deltas and types added later.
     #[serde(other)]
     Other,
 }
@@ -102,7 +115,10 @@ enum OpenBlock {
     ToolCall(u32),
     /// The JSON response tool: its input is the answer's content.
     JsonAnswer,
-    /// A block type that has no OpenAI equivalent (thinking).
+    /// Extended thinking: `reasoning_content` and `thinking_blocks` pieces.
+    Thinking,
+    /// A block type with no deltas to pass on (redacted thinking arrives
+    /// whole at its start; server tools).
     Skipped,
 }
 
@@ -285,6 +301,21 @@ impl StreamTranslator {
                 );
                 OpenBlock::ToolCall(index)
             }
+            StartedBlock::Thinking { thinking } => {
+                self.thinking(thinking, None, out);
+                OpenBlock::Thinking
+            }
+            StartedBlock::RedactedThinking { data } => {
+                self.chunk(
+                    Delta {
+                        thinking_blocks: Some(vec![ThinkingBlock::RedactedThinking { data }]),
+                        ..Delta::default()
+                    },
+                    None,
+                    out,
+                );
+                OpenBlock::Skipped
+            }
             StartedBlock::Other => OpenBlock::Skipped,
         }
     }
@@ -320,6 +351,12 @@ impl StreamTranslator {
                     );
                 }
             }
+            (OpenBlock::Thinking, BlockDelta::ThinkingDelta { thinking }) => {
+                self.thinking(thinking, None, out)
+            }
+            (OpenBlock::Thinking, BlockDelta::SignatureDelta { signature }) => {
+                self.thinking(String::new(), Some(signature), out);
+            }
             (OpenBlock::Skipped, _) | (_, BlockDelta::Other) => {}
             (block, delta) => {
                 return Err(ProviderError::invalid_response(format!(
@@ -343,6 +380,26 @@ impl StreamTranslator {
                 out,
             );
         }
+    }
+
+    /// A piece of a thinking block: text as `reasoning_content` too, the
+    /// signature only in `thinking_blocks`.
+    fn thinking(&mut self, text: String, signature: Option<String>, out: &mut Vec<StreamEvent>) {
+        if text.is_empty() && signature.is_none() {
+            return;
+        }
+        self.chunk(
+            Delta {
+                reasoning_content: (!text.is_empty()).then(|| text.clone()),
+                thinking_blocks: Some(vec![ThinkingBlock::Thinking {
+                    thinking: text,
+                    signature,
+                }]),
+                ..Delta::default()
+            },
+            None,
+            out,
+        );
     }
 
     fn finish(&mut self, out: &mut Vec<StreamEvent>) {
@@ -378,6 +435,7 @@ fn block_name(block: OpenBlock) -> &'static str {
     match block {
         OpenBlock::Text => "text",
         OpenBlock::ToolCall(_) | OpenBlock::JsonAnswer => "tool_use",
+        OpenBlock::Thinking => "thinking",
         OpenBlock::Skipped => "skipped",
     }
 }
@@ -386,6 +444,8 @@ fn delta_name(delta: &BlockDelta) -> &'static str {
     match delta {
         BlockDelta::TextDelta { .. } => "text_delta",
         BlockDelta::InputJsonDelta { .. } => "input_json_delta",
+        BlockDelta::ThinkingDelta { .. } => "thinking_delta",
+        BlockDelta::SignatureDelta { .. } => "signature_delta",
         BlockDelta::Other => "delta",
     }
 }
@@ -401,6 +461,7 @@ mod tests {
 
     const TEXT: &str = include_str!("../../../../test-support/fixtures/anthropic/text.sse");
     const TOOL_USE: &str = include_str!("../../../../test-support/fixtures/anthropic/tool_use.sse");
+    const THINKING: &str = include_str!("../../../../test-support/fixtures/anthropic/thinking.sse");
     const OVERLOADED: &str = include_str!("../../../../test-support/fixtures/anthropic/overloaded.sse");
 
     /// What a transcript turns into: the chunks as JSON, the usage reported,
@@ -549,7 +610,7 @@ mod tests {
     fn the_json_tool_streams_as_content() {
         let transcript = TOOL_USE.replace("get_weather", JSON_RESPONSE_TOOL).replace(
             r#"{"type":"tool_use","id":"toolu_01Time","name":"get_time","input":{}}"#,
-            r#"{"type":"thinking","thinking":""}"#,
+            r#"{"type":"future_block"}"#,
         );
         let outcome = run(&transcript, StreamTranslator::new("m", false).json_response());
         assert!(outcome.complete, "{:?}", outcome.error);
@@ -601,6 +662,50 @@ mod tests {
                 .expect(transcript);
             assert_eq!(error.kind, ErrorKind::InvalidResponse, "{transcript}");
         }
+    }
+
+    #[test]
+    fn thinking_streams_as_reasoning_and_thinking_block_pieces_before_the_text() {
+        let outcome = run(THINKING, StreamTranslator::new("m", false));
+        assert!(outcome.complete, "{:?}", outcome.error);
+        let deltas: Vec<&Value> = outcome.chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
+        assert_eq!(deltas[0]["role"], "assistant");
+        assert_eq!(
+            deltas[0]["reasoning_content"], "27 * 453: 20 * 453 = 9060,",
+            "the first content is the first thinking delta"
+        );
+        assert_eq!(
+            deltas[0]["thinking_blocks"],
+            json!([{"type": "thinking", "thinking": "27 * 453: 20 * 453 = 9060,"}])
+        );
+        assert_eq!(deltas[1]["reasoning_content"], " 7 * 453 = 3171; sum 12231.");
+        assert_eq!(
+            *deltas[2],
+            json!({"thinking_blocks": [{"type": "thinking", "thinking": "",
+                "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"}]}),
+            "the signature comes alone, without reasoning text"
+        );
+        assert_eq!(
+            *deltas[3],
+            json!({"thinking_blocks": [{"type": "redacted_thinking",
+                "data": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP"}]})
+        );
+        assert_eq!(*deltas[4], json!({"content": "27 * 453 = 12231."}));
+        assert_eq!(outcome.chunks[5]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(outcome.chunks.len(), 6);
+    }
+
+    #[test]
+    fn a_signature_for_a_text_block_is_an_invalid_response() {
+        let transcript = TEXT.replace(
+            "{\"type\":\"text_delta\",\"text\":\"Hello!\"}",
+            "{\"type\":\"signature_delta\",\"signature\":\"x\"}",
+        );
+        assert!(transcript.contains("signature_delta"));
+        let error = run(&transcript, StreamTranslator::new("m", false))
+            .error
+            .expect("error");
+        assert_eq!(error.kind, ErrorKind::InvalidResponse);
     }
 
     #[test]

@@ -153,7 +153,7 @@ pub(super) fn translate(
                 role: "assistant".to_owned(),
                 content,
                 tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
-                refusal: None,
+                ..ResponseMessage::default()
             },
             finish_reason: Some(finish_reason.to_owned()),
         }],

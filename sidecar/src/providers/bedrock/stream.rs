@@ -309,7 +309,7 @@ impl StreamTranslator {
             let delta = Delta {
                 role: Some("assistant".to_owned()),
                 content: Some(String::new()),
-                tool_calls: None,
+                ..Delta::default()
             };
             events.push(self.chunk(delta, None));
         }

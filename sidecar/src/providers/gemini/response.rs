@@ -70,7 +70,7 @@ fn choice(id: &str, position: usize, candidate: &Candidate) -> Choice {
             role: "assistant".to_owned(),
             content: (!(called && text.is_empty())).then_some(text),
             tool_calls: called.then_some(tool_calls),
-            refusal: None,
+            ..ResponseMessage::default()
         },
         finish_reason: candidate
             .finish_reason

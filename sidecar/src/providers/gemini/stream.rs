@@ -77,7 +77,7 @@ impl StreamTranslator {
                 let role = Delta {
                     role: Some("assistant".to_owned()),
                     content: Some(String::new()),
-                    tool_calls: None,
+                    ..Delta::default()
                 };
                 out.push(self.chunk(&id, index, role, None));
             }
