@@ -3,7 +3,9 @@
 //!
 //! In: the route, who may share the entry (the scope), the models that may
 //! answer (the request's target set), the messages, tools, response format,
-//! sampling parameters and every field llmesh passes through unread. Out:
+//! sampling parameters and every field llmesh passes through unread (for a
+//! Messages app also its `thinking` settings and unmodelled fields, which an
+//! Anthropic target receives as sent). Out:
 //! `stream` and `stream_options` (a cached answer is replayed either way),
 //! `user`, `metadata` and the other fields below, which label a request
 //! without changing what the model says.
@@ -78,6 +80,37 @@ struct AnswerInputs<'a> {
     /// Pass-through fields; a `serde_json::Map` is sorted by key, so the
     /// order the app wrote them in does not matter.
     other: Map<String, Value>,
+    /// Absent for a plain Messages request, so it shares its entry with the
+    /// same chat or Responses request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anthropic: Option<AnthropicInputs<'a>>,
+}
+
+/// What a Messages app sent beside the translation that changes the answer
+/// of an Anthropic target. Prompt-cache breakpoints do not.
+#[derive(Serialize)]
+struct AnthropicInputs<'a> {
+    thinking: Option<&'a Value>,
+    other: Map<String, Value>,
+}
+
+impl<'a> AnthropicInputs<'a> {
+    fn of(request: &'a ChatRequest) -> Option<Self> {
+        let origin = &request.anthropic.as_ref()?.request;
+        let inputs = Self {
+            thinking: origin.thinking.as_ref(),
+            other: answer_changing(&origin.extra),
+        };
+        (inputs.thinking.is_some() || !inputs.other.is_empty()).then_some(inputs)
+    }
+}
+
+fn answer_changing(fields: &Map<String, Value>) -> Map<String, Value> {
+    fields
+        .iter()
+        .filter(|(name, _)| !IGNORED_FIELDS.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
 }
 
 /// What a key covers: the whole request, or everything but its last turn.
@@ -109,12 +142,6 @@ impl CacheKey {
                 .split_last()
                 .map_or(&[][..], |(_, earlier)| earlier),
         };
-        let other = request
-            .extra
-            .iter()
-            .filter(|(name, _)| !IGNORED_FIELDS.contains(&name.as_str()))
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
         let inputs = AnswerInputs {
             messages,
             tools: request.tools.as_deref(),
@@ -129,7 +156,8 @@ impl CacheKey {
             seed: request.seed,
             presence_penalty: request.presence_penalty,
             frequency_penalty: request.frequency_penalty,
-            other,
+            other: answer_changing(&request.extra),
+            anthropic: AnthropicInputs::of(request),
         };
         let mut hasher = Sha256::new();
         // Each part is length-prefixed, so no two different partitions hash alike.
@@ -258,6 +286,69 @@ mod tests {
             CacheKey::of_conversation(&here, &request),
             CacheKey::of_chat(&here, &request)
         );
+    }
+
+    #[test]
+    fn a_messages_apps_thinking_and_unmodelled_fields_change_the_key() {
+        use std::sync::Arc;
+
+        use crate::api::messages::{AnthropicOrigin, MessagesRequest};
+
+        let here = partition("smart", "", &["anthropic/claude"]);
+        let base = json!({"model": "smart", "max_tokens": 100,
+            "messages": [{"role": "user", "content": "Hi"}]});
+        // The translation is the same for all of them; only the origin differs.
+        let key = |extra: Value| {
+            let mut body = base.clone();
+            body.as_object_mut()
+                .expect("object")
+                .extend(extra.as_object().expect("object").clone());
+            let origin: MessagesRequest = serde_json::from_value(body).expect("messages request");
+            let mut request: ChatRequest = serde_json::from_value(base.clone()).expect("chat request");
+            request.anthropic = Some(Arc::new(AnthropicOrigin {
+                request: origin,
+                version: None,
+                beta: None,
+            }));
+            CacheKey::of_chat(&here, &request)
+        };
+        let chat: ChatRequest = serde_json::from_value(base.clone()).expect("chat request");
+        let plain = CacheKey::of_chat(&here, &chat);
+        let enabled = json!({"thinking": {"type": "enabled", "budget_tokens": 1024}});
+        let cases = [
+            ("plain Messages request", json!({}), plain),
+            (
+                "metadata labels only",
+                json!({"metadata": {"user_id": "u"}}),
+                plain,
+            ),
+            (
+                "the same thinking written in another order",
+                json!({"thinking": {"budget_tokens": 1024, "type": "enabled"}}),
+                key(enabled.clone()),
+            ),
+        ];
+        for (name, extra, expected) in cases {
+            assert_eq!(key(extra), expected, "{name}: same entry");
+        }
+        let different = [
+            ("thinking enabled", enabled.clone()),
+            (
+                "a larger thinking budget",
+                json!({"thinking": {"type": "enabled", "budget_tokens": 4096}}),
+            ),
+            ("thinking disabled", json!({"thinking": {"type": "disabled"}})),
+            (
+                "an unmodelled field",
+                json!({"context_management": {"edits": []}}),
+            ),
+        ];
+        for (i, (name, extra)) in different.iter().enumerate() {
+            assert_ne!(key(extra.clone()), plain, "{name}: not the plain entry");
+            for (other, more) in &different[i + 1..] {
+                assert_ne!(key(extra.clone()), key(more.clone()), "{name} vs {other}");
+            }
+        }
     }
 
     #[test]
