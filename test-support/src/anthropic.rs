@@ -14,6 +14,11 @@
 //! `context-window-exceeded` is Anthropic's "prompt is too long" 400;
 //! `content-filter` is an answer with `stop_reason: refusal`, since Anthropic
 //! has no content-filter error.
+//!
+//! With `thinking: {type: enabled}`, answers begin with a signed thinking
+//! block (streamed as `thinking_delta`s and a `signature_delta`), and a
+//! redacted one when the prompt holds Anthropic's documented trigger; thinking
+//! blocks sent back must carry the signature the mock gave them.
 
 use std::sync::Arc;
 
@@ -23,6 +28,8 @@ use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::mock_server::{Behavior, MockServer, State, broken_body, last_user_text, pace, pieces, sse};
@@ -54,6 +61,22 @@ const KNOWN_FIELDS: &[&str] = &[
     "thinking",
     "service_tier",
 ];
+
+/// The prompt Anthropic documents for testing redacted thinking.
+pub const REDACTED_THINKING_TRIGGER: &str =
+    "ANTHROPIC_MAGIC_STRING_TRIGGER_REDACTED_THINKING_46C9A13E193C177646C7398A98432ECCCE4C1253";
+/// The encrypted reasoning of the mock's redacted thinking block.
+pub const REDACTED_THINKING_DATA: &str = "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP";
+
+/// What the model thinks with extended thinking enabled.
+pub fn thinking_text(request: &Value) -> String {
+    format!("The user wrote \"{}\". A greeting fits.", last_user_text(request))
+}
+
+/// The signature the mock gives a thinking block, and requires back with it.
+pub fn thinking_signature(thinking: &str) -> String {
+    STANDARD.encode(format!("mock-signature:{thinking}"))
+}
 
 /// What the mock answers: `Hello from anthropic: <last user message>`.
 pub fn reply_text(request: &Value) -> String {
@@ -230,7 +253,24 @@ struct Answer {
 }
 
 impl Answer {
+    /// The answer, after the thinking blocks when thinking is enabled.
     fn new(request: &Value, refuse: bool) -> Self {
+        let mut answer = Self::said(request, refuse);
+        if thinking_enabled(request) && !refuse {
+            let thinking = thinking_text(request);
+            answer.output_tokens += words(&Value::from(thinking.as_str()));
+            let mut blocks = vec![
+                json!({"type": "thinking", "signature": thinking_signature(&thinking), "thinking": thinking}),
+            ];
+            if last_user_text(request).contains(REDACTED_THINKING_TRIGGER) {
+                blocks.push(json!({"type": "redacted_thinking", "data": REDACTED_THINKING_DATA}));
+            }
+            answer.blocks.splice(0..0, blocks);
+        }
+        answer
+    }
+
+    fn said(request: &Value, refuse: bool) -> Self {
         let model = request["model"].as_str().unwrap_or("claude-mock").to_owned();
         let input_tokens = words(&request["system"]) + words(&request["messages"]).max(1);
         if refuse {
@@ -315,7 +355,21 @@ impl Answer {
         ];
         let mut content_at = Vec::new();
         for (index, block) in self.blocks.iter().enumerate() {
-            let (start, deltas): (Value, Vec<Value>) = if block["type"] == "tool_use" {
+            let (start, deltas): (Value, Vec<Value>) = if block["type"] == "thinking" {
+                let text = block["thinking"].as_str().unwrap_or_default();
+                let deltas = pieces(text)
+                    .into_iter()
+                    .map(|p| json!({"type": "thinking_delta", "thinking": p}))
+                    .chain([json!({"type": "signature_delta", "signature": block["signature"]})])
+                    .collect();
+                (
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    deltas,
+                )
+            } else if block["type"] == "redacted_thinking" {
+                // Redacted thinking arrives whole in its start event.
+                (block.clone(), Vec::new())
+            } else if block["type"] == "tool_use" {
                 let arguments = block["input"].to_string();
                 // Anthropic's first fragment is often empty; the rest split the JSON anywhere.
                 let parts = std::iter::once("").chain(thirds(&arguments));
@@ -384,6 +438,25 @@ fn tool_to_call(request: &Value) -> Option<String> {
     name.as_str().map(str::to_owned)
 }
 
+fn thinking_enabled(request: &Value) -> bool {
+    request["thinking"]["type"] == "enabled"
+}
+
+/// Why a thinking block sent back would fail Anthropic's checks, if it would.
+fn thinking_block_problem(block: &Value) -> Option<&'static str> {
+    match block["type"].as_str() {
+        Some("thinking") => {
+            let thinking = block["thinking"].as_str().unwrap_or_default();
+            (block["signature"].as_str() != Some(thinking_signature(thinking).as_str()))
+                .then_some("Invalid `signature` in `thinking` block")
+        }
+        Some("redacted_thinking") => {
+            (block["data"] != REDACTED_THINKING_DATA).then_some("Invalid `data` in `redacted_thinking` block")
+        }
+        _ => None,
+    }
+}
+
 /// `text` in three pieces, split on character boundaries.
 fn thirds(text: &str) -> [&str; 3] {
     let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).chain([text.len()]).collect();
@@ -439,6 +512,20 @@ fn validate(headers: &HeaderMap, body: &[u8]) -> Result<Value, Rejection> {
             "tool_choice may only be specified while providing tools".to_owned(),
         ));
     }
+    let thinking = thinking_enabled(&request);
+    if thinking {
+        let budget = request["thinking"]["budget_tokens"].as_u64().unwrap_or(0);
+        if budget < 1024 {
+            return Err(invalid(
+                "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024".to_owned(),
+            ));
+        }
+        if request["max_tokens"].as_u64().is_some_and(|max| max <= budget) {
+            return Err(invalid(
+                "`max_tokens` must be greater than `thinking.budget_tokens`".to_owned(),
+            ));
+        }
+    }
     let messages = request["messages"].as_array().filter(|m| !m.is_empty());
     let messages =
         messages.ok_or_else(|| invalid("messages: at least one message is required".to_owned()))?;
@@ -464,7 +551,18 @@ fn validate(headers: &HeaderMap, body: &[u8]) -> Result<Value, Rejection> {
                 "messages.{i}: all messages must have non-empty content"
             )));
         }
-        for block in &blocks {
+        let calls_tools = blocks.iter().any(|b| b["type"] == "tool_use");
+        let starts_thinking = matches!(blocks[0]["type"].as_str(), Some("thinking" | "redacted_thinking"));
+        if thinking && role == "assistant" && calls_tools && !starts_thinking {
+            return Err(invalid(format!(
+                "messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{}`. When `thinking` is enabled, a final `assistant` message must start with a thinking block.",
+                blocks[0]["type"].as_str().unwrap_or_default()
+            )));
+        }
+        for (j, block) in blocks.iter().enumerate() {
+            if let Some(problem) = thinking_block_problem(block).filter(|_| thinking) {
+                return Err(invalid(format!("messages.{i}.content.{j}: {problem}")));
+            }
             if block["type"] == "text" && block["text"].as_str().is_none_or(str::is_empty) {
                 return Err(invalid(format!(
                     "messages.{i}: text content blocks must be non-empty"

@@ -249,3 +249,96 @@ def test_other_families_get_the_translation_not_anthropics_fields(claude, gatewa
     body = gateway.calls(PROVIDERS["openai"])[-1]["body"]
     assert body["messages"] == [{"role": "user", "content": "Hi"}]
     assert "cache_control" not in json.dumps(body)
+
+
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+
+
+def test_thinking_blocks_come_back_signed_and_go_back_intact_with_tool_results(claude, gateway):
+    # Extended thinking with tools, as Claude Code uses it: the signed
+    # thinking block must reach the app and go back whole in the next turn.
+    alias = route_alias(PROVIDERS["anthropic"])
+    question = {"role": "user", "content": f"What is the weather in Porto? {id(gateway)}"}
+    first = claude.messages.create(
+        model=alias, max_tokens=2048, thinking=THINKING, messages=[question], tools=[WEATHER_TOOL]
+    )
+    assert [block.type for block in first.content] == ["thinking", "text", "tool_use"]
+    thinking = first.content[0]
+    assert isinstance(thinking, anthropic.types.ThinkingBlock)
+    assert "Porto" in thinking.thinking and thinking.signature
+    assert first.stop_reason == "tool_use"
+
+    result = {"type": "tool_result", "tool_use_id": first.content[2].id, "content": json.dumps({"celsius": 19})}
+    second = claude.messages.create(
+        model=alias,
+        max_tokens=2048,
+        thinking=THINKING,
+        messages=[question, {"role": "assistant", "content": first.content}, {"role": "user", "content": [result]}],
+        tools=[WEATHER_TOOL],
+    )
+    # The mock refuses a thinking block whose signature does not match its text.
+    assert second.stop_reason == "end_turn"
+    sent_back = gateway.calls(PROVIDERS["anthropic"])[-1]["body"]["messages"][1]["content"][0]
+    assert sent_back == {"type": "thinking", "thinking": thinking.thinking, "signature": thinking.signature}
+
+
+def test_a_thinking_stream_sends_thinking_and_signature_deltas_before_the_text(claude, gateway):
+    alias = route_alias(PROVIDERS["anthropic"])
+    messages = [{"role": "user", "content": f"Think in a stream {id(gateway)}"}]
+    complete = claude.messages.create(model=alias, max_tokens=2048, thinking=THINKING, messages=messages)
+    with claude.messages.stream(model=alias, max_tokens=2048, thinking=THINKING, messages=messages) as stream:
+        events = [event for event in stream if event.type.startswith("content_block")]
+        final = stream.get_final_message()
+
+    shape = [
+        (event.type, event.index, getattr(getattr(event, "delta", None), "type", None))
+        for event in events
+        if event.type != "content_block_delta" or event.delta.type != "thinking_delta"
+    ]
+    assert shape[:3] == [
+        ("content_block_start", 0, None),
+        ("content_block_delta", 0, "signature_delta"),
+        ("content_block_stop", 0, None),
+    ]
+    assert events[0].content_block.type == "thinking"
+    assert sum(1 for e in events if getattr(getattr(e, "delta", None), "type", None) == "thinking_delta") > 1
+    assert shape[3][:2] == ("content_block_start", 1) and events[len(events) - 1].index == 1
+    assert [block.type for block in final.content] == ["thinking", "text"]
+    assert final.content[0].thinking == complete.content[0].thinking
+    assert final.content[0].signature == complete.content[0].signature
+    assert final.content[1].text == complete.content[1].text
+
+
+def test_redacted_thinking_reaches_the_app_and_goes_back(claude, gateway):
+    # Anthropic's documented prompt for testing redacted thinking.
+    trigger = "ANTHROPIC_MAGIC_STRING_TRIGGER_REDACTED_THINKING_46C9A13E193C177646C7398A98432ECCCE4C1253"
+    alias = route_alias(PROVIDERS["anthropic"])
+    question = {"role": "user", "content": f"{trigger} {id(gateway)}"}
+    with claude.messages.stream(model=alias, max_tokens=2048, thinking=THINKING, messages=[question]) as stream:
+        first = stream.get_final_message()
+    assert [block.type for block in first.content] == ["thinking", "redacted_thinking", "text"]
+    redacted = first.content[1]
+    assert isinstance(redacted, anthropic.types.RedactedThinkingBlock) and redacted.data
+
+    claude.messages.create(
+        model=alias,
+        max_tokens=2048,
+        thinking=THINKING,
+        messages=[question, {"role": "assistant", "content": first.content}, {"role": "user", "content": "Go on"}],
+    )
+    sent_back = gateway.calls(PROVIDERS["anthropic"])[-1]["body"]["messages"][1]["content"][1]
+    assert sent_back == {"type": "redacted_thinking", "data": redacted.data}
+
+
+def test_a_thinking_block_changed_on_the_way_back_is_refused(claude):
+    alias = route_alias(PROVIDERS["anthropic"])
+    question = {"role": "user", "content": "Check my signature"}
+    first = claude.messages.create(model=alias, max_tokens=2048, thinking=THINKING, messages=[question])
+    tampered = {"type": "thinking", "thinking": first.content[0].thinking + " Or not.", "signature": first.content[0].signature}
+    with pytest.raises(anthropic.BadRequestError, match="Invalid `signature`"):
+        claude.messages.create(
+            model=alias,
+            max_tokens=2048,
+            thinking=THINKING,
+            messages=[question, {"role": "assistant", "content": [tampered, first.content[1]]}, {"role": "user", "content": "Go on"}],
+        )
