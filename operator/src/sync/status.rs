@@ -5,7 +5,7 @@
 //! period, from the cluster-wide figure) and the pods stuck on an old
 //! configuration. At leader start it resumes spend from what the statuses say.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -47,9 +47,13 @@ struct Announced {
     exceeded: bool,
 }
 
+/// What time it is (the calendar periods roll over by it).
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
 /// Writes the leader's view of spend into the cluster.
 pub struct StatusWriter {
     client: Client,
+    clock: Clock,
     server: Arc<SyncServer>,
     recorder: Recorder,
     written: Mutex<HashMap<(String, String), BudgetStatus>>,
@@ -85,11 +89,19 @@ impl StatusWriter {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            clock: Arc::new(Timestamp::now),
             server,
             written: Mutex::default(),
             announced: Mutex::default(),
             stale_announced: Mutex::default(),
         }
+    }
+
+    /// Reads the time from `clock` instead of the system's (tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Resumes from the Budgets' statuses: spend of the period in force at
@@ -115,11 +127,18 @@ impl StatusWriter {
                 };
                 let key = (namespace.clone(), name.clone());
                 self.written.lock().insert(key.clone(), spend_part(status));
+                let percent = spend.spent_usd / budget.spec.limit_usd * 100.0;
                 self.announced.lock().insert(
                     key,
                     Announced {
                         period_end: status.period_end.clone(),
-                        threshold: None,
+                        threshold: budget
+                            .spec
+                            .thresholds
+                            .iter()
+                            .copied()
+                            .filter(|t| f64::from(*t) <= percent)
+                            .max(),
                         exceeded: status.state.as_deref() == Some("exceeded"),
                     },
                 );
@@ -279,7 +298,7 @@ impl StatusWriter {
     pub async fn run(&self) {
         loop {
             tokio::time::sleep(STATUS_EVERY).await;
-            if let Err(error) = self.write(Timestamp::now()).await {
+            if let Err(error) = self.write((self.clock)()).await {
                 tracing::debug!(%error, "budget status round incomplete");
             }
         }
@@ -352,6 +371,3 @@ async fn write_spend(
         })?;
     Ok(())
 }
-
-/// Budget statuses by name, for tests and the budgets endpoint.
-pub type Statuses = BTreeMap<String, BudgetStatus>;
