@@ -49,26 +49,30 @@ async fn the_sync_service_reaches_the_leader_and_budgets_show_their_spend() {
         .expect("the llmesh-sync Service is installed (helm install llmesh charts/llmesh)");
     let selector = service.spec.and_then(|s| s.selector).unwrap_or_default();
     assert_eq!(selector.get(LEADER_LABEL).map(String::as_str), Some("true"));
-    let leader_pod = eventually("one pod labelled as the sync leader, holding the Lease", WAIT, || {
-        let (client, system) = (client.clone(), system.clone());
-        async move {
-            let holder = Api::<Lease>::namespaced(client.clone(), &system)
-                .get("llmesh-operator")
-                .await
-                .ok()?
-                .spec?
-                .holder_identity?;
-            let labelled = Api::<Pod>::namespaced(client, &system)
-                .list(&ListParams::default().labels(&format!("{LEADER_LABEL}=true")))
-                .await
-                .ok()?
-                .items;
-            match labelled.as_slice() {
-                [pod] if pod.metadata.name.as_deref() == Some(holder.as_str()) => Some(holder),
-                _ => None,
+    let leader_pod = eventually(
+        "one pod labelled as the sync leader, holding the Lease",
+        WAIT,
+        || {
+            let (client, system) = (client.clone(), system.clone());
+            async move {
+                let holder = Api::<Lease>::namespaced(client.clone(), &system)
+                    .get("llmesh-operator")
+                    .await
+                    .ok()?
+                    .spec?
+                    .holder_identity?;
+                let labelled = Api::<Pod>::namespaced(client, &system)
+                    .list(&ListParams::default().labels(&format!("{LEADER_LABEL}=true")))
+                    .await
+                    .ok()?
+                    .items;
+                match labelled.as_slice() {
+                    [pod] if pod.metadata.name.as_deref() == Some(holder.as_str()) => Some(holder),
+                    _ => None,
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     eprintln!("sync leader: {leader_pod}");
 
