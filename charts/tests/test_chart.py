@@ -205,15 +205,20 @@ def test_rendered_objects_agree_with_the_operator(mode):
     assert {"POD_NAME", "POD_NAMESPACE", "LLMESH_SIDECAR_IMAGE"} <= env
 
     selector = deployment["spec"]["selector"]["matchLabels"]
-    for name in ("llmesh-webhook", "llmesh-sync", "llmesh-operator-metrics"):
+    for name in ("llmesh-webhook", "llmesh-operator-metrics"):
         assert find(objects, "Service", name)["spec"]["selector"] == selector
+    # The sync Service reaches the leader only: the pod label the leader sets on itself.
+    sync = contract["sync"]
+    assert find(objects, "Service", sync["service"])["spec"]["selector"] == {**selector, sync["leaderLabel"]: "true"}
+    if mode == "cert-manager":
+        assert f"{sync['service']}.{NAMESPACE}.svc" in find(objects, "Certificate")["spec"]["dnsNames"]
 
 
 def test_the_sync_service_is_the_one_the_design_names():
     objects = render({})
     sync = find(objects, "Service", "llmesh-sync")
     [port] = sync["spec"]["ports"]
-    assert port["port"] == 9444 and port["targetPort"] == "sync"
+    assert port["port"] == 9444 == operator_contract([])["sync"]["port"] and port["targetPort"] == "sync"
     container = find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "sync", "containerPort": 9444} in container["ports"]
 

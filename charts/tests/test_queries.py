@@ -31,9 +31,6 @@ PRICE = {"input": 1000.0, "output": 1000.0}
 # Grafana's own variables, as a panel would have them over the last 10 minutes.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "10m"}
 TEMPLATE_VARIABLES = ("$namespace", "$workload", "$route", "$team")
-# Series the sync channel (issue 14) will export; until it does, their
-# queries must parse and may return nothing, which keeps their alert silent.
-AWAITING_SYNC_CHANNEL = "llmesh_sync_stale_sidecars"
 
 
 def doc(kind: str, name: str, **body) -> dict:
@@ -249,8 +246,6 @@ def alert_rules() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("panel", "expr", "legend"), panel_queries(), ids=[p for p, _, _ in panel_queries()])
 def test_every_dashboard_query_returns_data(prometheus, panel, expr, legend):
     result = query(prometheus, as_run(expr))
-    if AWAITING_SYNC_CHANNEL in expr:
-        return
     assert result, f"{panel}: no series for\n{as_run(expr)}"
     assert has_a_number(result), f"{panel}: only NaN for\n{as_run(expr)}\n{result}"
     # The legend names labels the series have (a misspelt `by (...)` label would not).
@@ -265,9 +260,6 @@ def test_every_alert_condition_is_evaluated_on_real_series(prometheus, alert, ex
     condition, replaced = re.subn(r"(>=|<=|==|!=|>|<)\s*([0-9.e+-]+)\s*$", r"\1 bool \2", expr.strip())
     assert replaced == 1, f"{alert}: the expression must end in a comparison with a number"
     result = query(prometheus, condition)
-    if AWAITING_SYNC_CHANNEL in expr:
-        assert result == [], result
-        return
     assert result, f"{alert}: no series for\n{condition}"
     assert has_a_number(result), result
 

@@ -35,6 +35,9 @@ pub const SYNC_URL: &str = "LLMESH_SYNC_URL";
 /// or the shared token file of `llmesh-operator --manifests`). Re-read on
 /// every connection, so a rotated token is picked up.
 pub const SYNC_TOKEN_FILE: &str = "LLMESH_SYNC_TOKEN_FILE";
+/// The CA bundle (PEM text) the sync server's certificate chains to,
+/// trusted for [`SYNC_URL`] in addition to the system's roots.
+pub const SYNC_CA: &str = "LLMESH_SYNC_CA";
 /// File where budget spend and rate-limit buckets outlive a restart (unset:
 /// in memory only).
 pub const STATE_FILE: &str = "LLMESH_STATE_FILE";
@@ -61,6 +64,13 @@ pub const SECRETS_MOUNT_DIR: &str = "/etc/llmesh/secrets";
 pub const STATE_MOUNT_DIR: &str = "/var/lib/llmesh";
 /// The state file inside [`STATE_MOUNT_DIR`].
 pub const STATE_FILE_NAME: &str = "state.json";
+/// Where the projected sync token (audience [`crate::sync::AUDIENCE`]) is
+/// mounted, in the sidecar container only.
+pub const SYNC_TOKEN_MOUNT_DIR: &str = "/var/run/secrets/llmesh.io/sync";
+/// The token file inside [`SYNC_TOKEN_MOUNT_DIR`].
+pub const SYNC_TOKEN_KEY: &str = "token";
+/// The projected token's lifetime; the kubelet rotates it at 80 %.
+pub const SYNC_TOKEN_SECONDS: i64 = 3600;
 /// The name of the injected container.
 pub const CONTAINER_NAME: &str = "llmesh-proxy";
 /// The name of the admin port on the injected container (for a PodMonitor).

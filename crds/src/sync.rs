@@ -26,6 +26,9 @@ pub const REPORT_PATH: &str = "/v1/sync/report";
 /// The budgets' current figures as the operator holds them (JSON map of
 /// budget name to [`BudgetTotal`] plus status fields), for people and tests.
 pub const BUDGETS_PATH: &str = "/v1/sync/budgets";
+/// Request header naming the namespace a sidecar serves (its pod's). The
+/// operator refuses a request whose token is bound to another namespace.
+pub const NAMESPACE_HEADER: &str = "llmesh-namespace";
 /// Media type of the watch stream.
 pub const NDJSON: &str = "application/x-ndjson";
 

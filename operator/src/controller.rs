@@ -23,6 +23,7 @@ use parking_lot::RwLock;
 use crate::metrics::Metrics;
 use crate::probes::Health;
 use crate::scope::WatchScope;
+use crate::sync::server::SyncServer;
 use crate::{Error, FIELD_MANAGER, configmap, events, namespace};
 
 /// How long the controller waits for more changes before reconciling a
@@ -83,6 +84,8 @@ pub struct Context {
     pending: parking_lot::Mutex<BTreeSet<String>>,
     /// The namespaces reconciled; the others are left alone.
     scope: WatchScope,
+    /// Where each reconciled configuration is pushed to the sidecars (the leader's sync server).
+    sync: Option<Arc<SyncServer>>,
 }
 
 impl Context {
@@ -102,7 +105,15 @@ impl Context {
             failures: parking_lot::Mutex::default(),
             pending: parking_lot::Mutex::default(),
             scope: WatchScope::All,
+            sync: None,
         }
+    }
+
+    /// Pushes every reconciled configuration through `server`.
+    #[must_use]
+    pub fn with_sync(mut self, server: Arc<SyncServer>) -> Self {
+        self.sync = Some(server);
+        self
     }
 
     /// Limits the reconciles (and the watches [`run`] makes) to `scope`.
@@ -171,6 +182,9 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
         outcome.statuses_written,
     );
     ctx.metrics.set_states(&name, &outcome.states);
+    if let (Some(sync), Some(config)) = (&ctx.sync, outcome.config) {
+        sync.publish(&name, config);
+    }
     ctx.failures.lock().remove(&name);
     ctx.health.set_ready();
     if outcome.config_written || outcome.statuses_written > 0 {

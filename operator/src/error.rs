@@ -58,12 +58,30 @@ pub enum Error {
     /// Reading or writing the leader-election Lease failed.
     #[error("leader election Lease: {0}")]
     Lease(#[source] Box<kube::Error>),
+    /// A call of the sync channel's leader (its TLS Secret, its pod label,
+    /// its state ConfigMap, resuming spend) failed.
+    #[error("sync channel: {what}: {source}")]
+    Sync {
+        /// What was called, e.g. `labelling pod llmesh-system/op-0`.
+        what: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
     /// The compiled configuration could not be serialised (a bug, not an input problem).
     #[error("serialising the compiled configuration: {0}")]
     Serialize(#[from] serde_json::Error),
 }
 
 impl Error {
+    /// A sync-channel API error with what was being done.
+    pub fn sync(what: impl Into<String>, source: kube::Error) -> Self {
+        Self::Sync {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+
     /// A small fixed label for the `reason` of the error metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -74,6 +92,7 @@ impl Error {
             Self::Random(_) => "random",
             Self::Serialize(_) => "serialize",
             Self::Lease(_) => "lease",
+            Self::Sync { .. } => "sync",
         }
     }
 }

@@ -19,6 +19,11 @@ use llmesh_operator::sync::ledger::Ledger;
 use llmesh_operator::sync::metrics::SyncMetrics;
 use llmesh_operator::sync::server::SyncServer;
 use llmesh_operator::sync::standalone::{self, SharedToken};
+use llmesh_operator::sync::status::StatusWriter;
+use llmesh_operator::sync::tokenreview::TokenReviewer;
+use llmesh_operator::sync::{cluster, server};
+use llmesh_operator::webhook::mutate::SyncInjection;
+use llmesh_operator::webhook::tls::{self, CertResolver};
 use llmesh_operator::webhook::{self, Webhook, WebhookArgs};
 
 #[derive(Debug, Parser)]
@@ -56,6 +61,10 @@ struct Args {
     /// Address of the sync channel.
     #[arg(long, env = "LLMESH_SYNC_ADDR", default_value = "0.0.0.0:9444")]
     sync_addr: SocketAddr,
+    /// In a cluster: do not serve the sync channel nor inject its URL (sidecars
+    /// then enforce budgets on their own spend and read only the ConfigMap).
+    #[arg(long, conflicts_with = "manifests")]
+    no_sync: bool,
     /// With `--manifests`: the file holding the token every sidecar presents.
     #[arg(long, env = "LLMESH_SYNC_TOKEN_FILE", requires = "manifests")]
     sync_token_file: Option<PathBuf>,
@@ -91,6 +100,12 @@ fn contract(args: &Args) -> serde_json::Value {
             "secret": args.webhook.webhook_secret,
         },
         "leaseName": args.lease_name,
+        "sync": {
+            "port": args.sync_addr.port(),
+            "service": cluster::SERVICE,
+            "leaderLabel": cluster::LEADER_LABEL,
+            "stateConfigMap": cluster::STATE_CONFIG_MAP,
+        },
         "env": env,
         "rbac": llmesh_operator::rbac::RULES,
     })
@@ -136,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
     // is serving before this replica reports ready below.
     let scope = WatchScope::from_list(args.watch_namespaces);
     tracing::info!(?scope, "watching");
-    let webhook = Webhook::start(
+    let mut webhook = Webhook::start(
         &client,
         args.webhook,
         args.lease_namespace.clone(),
@@ -145,43 +160,53 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .context("registering webhook metrics")?;
-    let serving = webhook.bind(&client).await.context("starting the webhook")?;
+    if !args.no_sync {
+        webhook = webhook.with_extra_names(cluster::service_names(&args.lease_namespace));
+    }
+    let issued = webhook.certificate(&client).await;
+    if !args.no_sync {
+        webhook.inject_sync(SyncInjection {
+            url: cluster::url(&args.lease_namespace),
+            ca_pem: issued.trust_pem.clone(),
+        });
+    }
+    // One certificate for both ports: the renewal loop swaps it for both.
+    let resolver = CertResolver::new(&issued).context("the webhook certificate")?;
+    let serving = webhook
+        .serve(&client, issued, Arc::clone(&resolver))
+        .await
+        .context("starting the webhook")?;
     tokio::spawn(async move {
         if let Err(error) = serving.await {
             tracing::error!(%error, "webhook server stopped");
         }
     });
+    let sync_metrics = SyncMetrics::register(metrics.registry()).context("registering sync metrics")?;
     let identity = args.identity.unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "llmesh-operator".to_owned());
         format!("{host}-{}", std::process::id())
     });
     // Only the leader reports and restarts missed pods, so nothing is done twice.
     let missed = Arc::new(webhook.missed(client.clone(), identity.clone()));
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            metrics.clone(),
-            Arc::clone(&health),
-            Some(identity.clone()),
-        )
-        .with_scope(scope),
-    );
-    if args.no_leader_election {
-        metrics.set_leader(true);
-        tokio::select! {
-            () = controller::run(ctx) => {}
-            () = missed.run() => {}
+    let pod = std::env::var("POD_NAME").ok().filter(|p| !p.is_empty());
+    if let Some(pod) = &pod {
+        // A label left by this pod's previous process must not draw sidecars here.
+        if let Err(error) = cluster::label_pod(&client, &args.lease_namespace, pod, false).await {
+            tracing::warn!(%error, "cannot clear the sync leader label");
         }
-    } else {
-        let elector = Elector::new(
-            client,
+    }
+    let elector = (!args.no_leader_election).then(|| {
+        Elector::new(
+            client.clone(),
             LeaseSettings {
-                namespace: args.lease_namespace,
-                name: args.lease_name,
-                identity,
+                namespace: args.lease_namespace.clone(),
+                name: args.lease_name.clone(),
+                identity: identity.clone(),
                 duration: Duration::from_secs(15),
             },
-        );
+        )
+    });
+    if let Some(elector) = &elector {
         tokio::select! {
             // A standby that reaches the API server is ready: a rolling update
             // must not wait for a pod that only becomes leader later.
@@ -189,14 +214,59 @@ async fn main() -> anyhow::Result<()> {
             () = shutdown_signal() => return Ok(()),
         }
         tracing::info!("holding the leader Lease; reconciling");
-        metrics.set_leader(true);
-        tokio::select! {
-            () = controller::run(ctx) => {}
-            () = missed.run() => {}
-            () = elector.hold() => {
-                anyhow::bail!("lost the leader Lease; exiting so the restarted pod rejoins as a candidate")
+    }
+    metrics.set_leader(true);
+    let mut context = Context::new(
+        client.clone(),
+        metrics.clone(),
+        Arc::clone(&health),
+        Some(identity.clone()),
+    )
+    .with_scope(scope.clone());
+    let sync = if args.no_sync {
+        None
+    } else {
+        let leader =
+            SyncLeader::start(&client, &args.lease_namespace, &scope, sync_metrics, &identity).await?;
+        context = context.with_sync(Arc::clone(&leader.server));
+        Some(leader)
+    };
+    let ctx = Arc::new(context);
+    let serve_sync = async {
+        match &sync {
+            Some(leader) => {
+                leader
+                    .serve(
+                        args.sync_addr,
+                        Arc::clone(&resolver),
+                        &client,
+                        &args.lease_namespace,
+                        pod.as_deref(),
+                    )
+                    .await
             }
+            None => std::future::pending().await,
         }
+    };
+    let hold = async {
+        match &elector {
+            Some(elector) => elector.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = controller::run(ctx) => {}
+        () = missed.run() => {}
+        result = serve_sync => result?,
+        () = hold => {
+            anyhow::bail!("lost the leader Lease; exiting so the restarted pod rejoins as a candidate")
+        }
+    }
+    // Hand-off: the next leader resumes from what is written now.
+    if let Some(leader) = &sync {
+        leader
+            .hand_off(&client, &args.lease_namespace, pod.as_deref())
+            .await;
     }
     tracing::info!("llmesh-operator stopped");
     Ok(())
@@ -236,6 +306,85 @@ async fn standalone_sync(args: Args, dir: PathBuf) -> anyhow::Result<()> {
     }
     tracing::info!("llmesh-operator stopped");
     Ok(())
+}
+
+/// The sync channel on the leader: the server, its ledger and the status writer.
+struct SyncLeader {
+    server: Arc<server::SyncServer>,
+    ledger: Arc<Ledger>,
+    writer: StatusWriter,
+}
+
+impl SyncLeader {
+    /// Opens the ledger (the state ConfigMap, else the Budgets' statuses).
+    async fn start(
+        client: &kube::Client,
+        namespace: &str,
+        scope: &llmesh_operator::scope::WatchScope,
+        metrics: SyncMetrics,
+        identity: &str,
+    ) -> anyhow::Result<Self> {
+        let ledger = cluster::ConfigMapStore::new(client, namespace)
+            .open()
+            .await
+            .context("reading the sync ledger")?
+            .context("the sync ledger")?;
+        let auth = TokenReviewer::new(client.clone(), scope.clone());
+        let server = server::SyncServer::new(Arc::clone(&ledger), Arc::new(auth), metrics);
+        let writer = StatusWriter::new(client.clone(), Arc::clone(&server), Some(identity.to_owned()));
+        let resumed = writer
+            .resume(scope, jiff::Timestamp::now())
+            .await
+            .context("resuming spend from the Budgets' status")?;
+        tracing::info!(resumed, "sync ledger opened");
+        Ok(Self {
+            server,
+            ledger,
+            writer,
+        })
+    }
+
+    /// Serves the channel on `addr` with the webhook's certificate, labels
+    /// this pod as the one the sync Service selects, and writes statuses.
+    async fn serve(
+        &self,
+        addr: SocketAddr,
+        resolver: Arc<CertResolver>,
+        client: &kube::Client,
+        namespace: &str,
+        pod: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let tls = Arc::new(tls::server_config(resolver).context("sync TLS")?);
+        match pod {
+            Some(pod) => cluster::label_pod(client, namespace, pod, true)
+                .await
+                .context("labelling this pod as the sync leader")?,
+            None => tracing::warn!("POD_NAME unset: the llmesh-sync Service cannot select this replica"),
+        }
+        tracing::info!(%addr, "serving the sync channel");
+        tokio::select! {
+            served = webhook::server::serve(listener, tls, self.server.router(), std::future::pending()) => {
+                served.context("sync server")
+            }
+            () = Arc::clone(&self.ledger).write_changes() => Ok(()),
+            () = self.writer.run() => Ok(()),
+        }
+    }
+
+    /// Writes the statuses one last time and removes the leader label.
+    async fn hand_off(&self, client: &kube::Client, namespace: &str, pod: Option<&str>) {
+        if let Err(error) = self.writer.write(jiff::Timestamp::now()).await {
+            tracing::warn!(%error, "writing the budgets' status at hand-off failed");
+        }
+        if let Some(pod) = pod
+            && let Err(error) = cluster::label_pod(client, namespace, pod, false).await
+        {
+            tracing::warn!(%error, "removing the sync leader label failed");
+        }
+    }
 }
 
 /// SIGTERM (Kubernetes stopping the pod) or Ctrl-C (development).

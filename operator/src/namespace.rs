@@ -66,6 +66,9 @@ pub struct Outcome {
     pub notices: Vec<Notice>,
     /// How many resources of each kind are Ready (`true`) or not.
     pub states: States,
+    /// The configuration in force after the reconcile (pushed to the
+    /// namespace's connected sidecars).
+    pub config: Option<llmesh_crds::SidecarConfig>,
     /// When something time-based is due (a rotated-out key's grace period
     /// ends, a scheduled rotation): reconcile again after this long.
     pub next_check: Option<Duration>,
@@ -154,6 +157,7 @@ pub async fn reconcile(
         problems: compiled.problems.len(),
         notices,
         states: written.states,
+        config: Some(compiled.config),
         next_check: due.map(|at| {
             // A second late, so the instant has passed when the reconcile runs.
             Duration::try_from(at.duration_since(now)).unwrap_or_default() + Duration::from_secs(1)

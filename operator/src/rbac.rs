@@ -118,6 +118,13 @@ pub const RULES: &[Rule] = &[
         "annotated pods that came up without the sidecar",
     ),
     rule(
+        Scope::Cluster,
+        "authentication.k8s.io",
+        &["tokenreviews"],
+        &["create"],
+        "the sync channel checks each sidecar's projected token (audience llmesh-sync)",
+    ),
+    rule(
         Scope::Watched,
         "apps",
         &["deployments", "statefulsets"],
@@ -147,6 +154,20 @@ pub const RULES: &[Rule] = &[
         &["secrets"],
         &["get", "create", "update"],
         "the webhook's certificate (Secret llmesh-webhook-tls)",
+    ),
+    rule(
+        Scope::Own,
+        "",
+        &["configmaps"],
+        &["get", "create", "patch"],
+        "the sync ledger (ConfigMap llmesh-sync-state): acknowledged spend survives leader changes",
+    ),
+    rule(
+        Scope::Own,
+        "",
+        &["pods"],
+        &["patch"],
+        "the leader labels its own pod llmesh.io/sync-leader, which the llmesh-sync Service selects",
     ),
 ];
 

@@ -224,11 +224,15 @@ impl OwnedStatus for BudgetStatus {
         &self.conditions
     }
 
-    /// Spend and state come from the sidecars' reports, not from this operator.
+    /// Spend and state come from the sidecars' reports, written by the
+    /// sync channel's own field manager, not by the reconcile.
     fn owned_part(&self) -> Self {
         Self {
             spent_usd: None,
             state: None,
+            period_end: None,
+            last_report_at: None,
+            reporting_sidecars: None,
             ..self.clone()
         }
     }

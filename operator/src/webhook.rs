@@ -136,6 +136,8 @@ pub struct Webhook {
     healthy: Arc<AtomicBool>,
     metrics: WebhookMetrics,
     scope: WatchScope,
+    /// More names for the certificate (the sync Service's).
+    extra_names: Vec<String>,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -174,6 +176,7 @@ impl Webhook {
             native_sidecar: args.sidecar_mode.native(server.as_ref()),
             operator_namespace: namespace.clone(),
             resources: Resources::default(),
+            sync: None,
         };
         tracing::info!(
             native_sidecar = settings.native_sidecar,
@@ -196,14 +199,31 @@ impl Webhook {
             healthy: Arc::default(),
             metrics,
             scope,
+            extra_names: Vec::new(),
         })
     }
 
+    /// Also makes the certificate for `names` (the sync Service's), so the
+    /// sync channel is served with the same CA.
+    #[must_use]
+    pub fn with_extra_names(mut self, names: Vec<String>) -> Self {
+        self.extra_names = names;
+        self
+    }
+
+    /// Injects `sync` into every sidecar from now on.
+    pub fn inject_sync(&mut self, sync: mutate::SyncInjection) {
+        let mut settings = (*self.injector.settings).clone();
+        settings.sync = Some(sync);
+        self.injector.settings = Arc::new(settings);
+    }
+
     fn cert_settings(&self) -> CertSettings {
-        let names = match self.args.webhook_url.as_deref().and_then(url_host) {
+        let mut names = match self.args.webhook_url.as_deref().and_then(url_host) {
             Some(host) => vec![host],
             None => tls::service_names(&self.args.webhook_service, &self.namespace),
         };
+        names.extend(self.extra_names.iter().cloned());
         CertSettings {
             namespace: self.namespace.clone(),
             secret: self.args.webhook_secret.clone(),
@@ -221,17 +241,38 @@ impl Webhook {
         &self,
         client: &Client,
     ) -> Result<impl Future<Output = Result<(), Error>> + use<>, Error> {
+        let issued = self.certificate(client).await;
+        let resolver = CertResolver::new(&issued)?;
+        self.serve(client, issued, resolver).await
+    }
+
+    /// The certificate the Secret holds (issued when due), retrying until it can be had.
+    pub async fn certificate(&self, client: &Client) -> tls::Issued {
         let certs = self.cert_settings();
-        let issued = loop {
+        loop {
             match tls::ensure(client, &certs, Timestamp::now()).await {
-                Ok(issued) => break issued,
+                Ok(issued) => return issued,
                 Err(error) => {
                     tracing::warn!(%error, "webhook certificate not available yet; retrying");
                     tokio::time::sleep(CERT_RETRY).await;
                 }
             }
-        };
-        let resolver = CertResolver::new(&issued)?;
+        }
+    }
+
+    /// Binds the port and serves `issued` through `resolver` (which the
+    /// renewal loop updates; the sync server may share it); returns the
+    /// server and renewal loop to run.
+    ///
+    /// # Errors
+    /// The port cannot be bound, or the certificate cannot be served.
+    pub async fn serve(
+        &self,
+        client: &Client,
+        issued: tls::Issued,
+        resolver: Arc<CertResolver>,
+    ) -> Result<impl Future<Output = Result<(), Error>> + use<>, Error> {
+        let certs = self.cert_settings();
         let listener = TcpListener::bind(self.args.webhook_addr).await?;
         tracing::info!(addr = %self.args.webhook_addr, names = ?certs.names, "webhook serving");
         let this = self.clone();

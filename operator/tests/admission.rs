@@ -233,6 +233,76 @@ fn a_deployment_pod_gets_a_native_sidecar_with_everything_it_needs() {
 }
 
 #[test]
+fn the_sync_url_token_and_ca_reach_the_sidecar_and_never_the_app() {
+    for (native, fixture) in [(true, "deployment-pod.json"), (false, "deployment-pod.json")] {
+        let pod = review(&injector(native), fixture).pod.expect("a patch");
+        let sidecar = sidecar(&pod, native);
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(
+            env(sidecar, injection::SYNC_URL),
+            Some(support::admission::SYNC_URL)
+        );
+        assert_eq!(
+            env(sidecar, injection::SYNC_CA),
+            Some(support::admission::SYNC_CA)
+        );
+        assert_eq!(
+            env(sidecar, injection::SYNC_TOKEN_FILE),
+            Some("/var/run/secrets/llmesh.io/sync/token")
+        );
+        let mounted = sidecar
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/var/run/secrets/llmesh.io/sync")
+            .expect("the sidecar mounts the token");
+        let token = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mounted.name)
+            .expect("a projected token volume");
+        let projection = token
+            .projected
+            .as_ref()
+            .and_then(|p| p.sources.as_ref())
+            .and_then(|s| s.first())
+            .and_then(|s| s.service_account_token.as_ref())
+            .expect("a service-account token");
+        assert_eq!(
+            projection.audience.as_deref(),
+            Some("llmesh-sync"),
+            "not the API server's audience"
+        );
+        assert_eq!(projection.expiration_seconds, Some(3600));
+        assert_eq!(projection.path, "token");
+        let apps = spec
+            .containers
+            .iter()
+            .filter(|c| c.name != injection::CONTAINER_NAME);
+        let inits = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| c.name != injection::CONTAINER_NAME);
+        for app in apps.chain(inits) {
+            assert!(
+                app.volume_mounts.iter().flatten().all(|m| m.name != token.name),
+                "{} mounts the sync token",
+                app.name
+            );
+            for name in [
+                injection::SYNC_URL,
+                injection::SYNC_CA,
+                injection::SYNC_TOKEN_FILE,
+            ] {
+                assert!(env(app, name).is_none(), "{} gets {name}", app.name);
+            }
+        }
+    }
+}
+
+#[test]
 fn on_older_clusters_the_sidecar_is_the_first_plain_container() {
     let outcome = review(&injector(false), "deployment-pod.json");
     let pod = outcome.pod.expect("a patch");

@@ -359,6 +359,19 @@ async fn a_replayed_report_is_applied_once_and_a_forged_token_is_refused() {
         .await
         .expect("sent");
     assert_eq!(watch.status(), 401, "no token, no configuration");
+    let elsewhere = http_client()
+        .post(format!("{}/v1/sync/report", operator.url))
+        .bearer_auth(TOKEN)
+        .header("llmesh-namespace", "team-b")
+        .json(&json!({"instance": "x", "seq": 10, "budgets": {"team": {"periodStart": period_start(), "spentUsd": 5.0}}}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        elsewhere.status(),
+        403,
+        "a valid token reports for its own namespace only"
+    );
     assert_eq!(spent(&operator).await, 0.5);
     let metrics = http_client()
         .get(format!("{}/metrics", operator.admin_url))
@@ -371,8 +384,10 @@ async fn a_replayed_report_is_applied_once_and_a_forged_token_is_refused() {
     for line in [
         "llmesh_sync_reports_total{result=\"applied\"} 1",
         "llmesh_sync_reports_total{result=\"duplicate\"} 1",
-        "llmesh_sync_reports_total{result=\"refused\"} 1",
-        "llmesh_sync_refused_total{request=\"watch\"} 1",
+        "llmesh_sync_reports_total{result=\"refused\"} 2",
+        "llmesh_sync_refused_total{reason=\"no_token\",request=\"watch\"} 1",
+        "llmesh_sync_refused_total{reason=\"bad_token\",request=\"report\"} 1",
+        "llmesh_sync_refused_total{reason=\"other_namespace\",request=\"report\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }

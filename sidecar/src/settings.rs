@@ -11,7 +11,7 @@ use std::time::Duration;
 
 pub use llmesh_crds::injection::{
     ADMIN_ADDR, CONFIG_FILE, DEFAULT_VIRTUAL_KEY, LISTEN_ADDR, POD_NAME, POD_ROUTES, SECRETS_DIR, STATE_FILE,
-    SYNC_TOKEN_FILE, SYNC_URL, WORKLOAD_NAME, WORKLOAD_NAMESPACE,
+    SYNC_CA, SYNC_TOKEN_FILE, SYNC_URL, WORKLOAD_NAME, WORKLOAD_NAMESPACE,
 };
 use llmesh_crds::injection::{ADMIN_PORT, API_PORT, SECRETS_MOUNT_DIR, parse_route_list};
 
@@ -145,6 +145,10 @@ pub struct SyncSettings {
     pub url: String,
     /// The file holding the bearer token (re-read on every connection).
     pub token_file: PathBuf,
+    /// The CA bundle (PEM) the server's certificate chains to, besides the system's roots.
+    pub ca_pem: Option<String>,
+    /// The pod's namespace, sent so the operator refuses a token of another.
+    pub namespace: Option<String>,
 }
 
 /// A setting that cannot be used.
@@ -222,6 +226,7 @@ impl Settings {
                 connect_timeout: millis(env, CONNECT_TIMEOUT_MS, defaults.connect_timeout)?,
                 request_timeout: millis(env, UPSTREAM_TIMEOUT_MS, defaults.request_timeout)?,
                 pool_idle_timeout: defaults.pool_idle_timeout,
+                extra_roots_pem: None,
             },
             // Below Kubernetes' default 30 s termination grace period.
             drain_timeout: millis(env, DRAIN_TIMEOUT_MS, Duration::from_secs(25))?,
@@ -249,6 +254,8 @@ impl Settings {
                             value: String::new(),
                             reason: format!("required with {SYNC_URL}"),
                         })?,
+                    ca_pem: env.get(SYNC_CA).filter(|c| !c.trim().is_empty()),
+                    namespace: env.get(WORKLOAD_NAMESPACE).filter(|n| !n.is_empty()),
                 }),
             },
             workload: env.get(WORKLOAD_NAME).map(|name| Workload {

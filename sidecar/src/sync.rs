@@ -103,16 +103,18 @@ impl SyncClient {
             UpstreamClient::new(&UpstreamSettings {
                 connect_timeout,
                 request_timeout,
+                extra_roots_pem: settings.ca_pem.clone(),
                 ..UpstreamSettings::default()
             })
         };
+        let (reports, watch) = (client(REQUEST_TIMEOUT)?, client(WATCH_LIFETIME)?);
         Ok(Arc::new(Self {
             settings,
             budgets,
             reloader,
             metrics,
-            reports: client(REQUEST_TIMEOUT)?,
-            watch: client(WATCH_LIFETIME)?,
+            reports,
+            watch,
         }))
     }
 
@@ -153,11 +155,14 @@ impl SyncClient {
 
     async fn post(&self, client: &UpstreamClient, path: &str, body: Vec<u8>) -> Result<Answer, SyncError> {
         let token = self.token()?;
-        let request = client
+        let mut request = client
             .post(format!("{}{path}", self.settings.url))
             .bearer_auth(&token)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body);
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(namespace) = &self.settings.namespace {
+            request = request.header(sync::NAMESPACE_HEADER, namespace.as_str());
+        }
+        let request = request.body(body);
         Ok(client.send(request).await?)
     }
 

@@ -3,12 +3,15 @@
 //!
 //! A report is acknowledged only once the spend it carried is durable: in
 //! the state file (standalone) — written whole to a temporary file, fsynced
-//! and renamed — by one writer that batches every report that arrived while
-//! the previous write ran (group commit), so a busy operator does one write
-//! per batch, not per report.
+//! and renamed — or in the `llmesh-sync-state` ConfigMap (in a cluster), by
+//! one writer that batches every report that arrived while the previous
+//! write ran (group commit), so a busy operator does one write per batch,
+//! not per report.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +57,9 @@ pub struct Instance {
     /// Unix milliseconds of its last report.
     #[serde(default)]
     pub last_report_ms: i64,
+    /// The pod it runs in, when its token says (cluster only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 /// One namespace's spend and instances.
@@ -68,6 +74,7 @@ pub struct Namespace {
     pub instances: BTreeMap<String, Instance>,
 }
 
+/// The persisted form of the ledger (state file, or the ConfigMap's key).
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -114,11 +121,28 @@ struct Inner {
     generation: u64,
 }
 
+/// Where a ledger is made durable, other than a local file.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Writes the whole ledger (`bytes`, the state file's JSON).
+    ///
+    /// # Errors
+    /// The write failed; it is retried and the reports wait unacknowledged.
+    fn save(&self, bytes: Vec<u8>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// Where the ledger is kept.
+#[derive(Debug)]
+enum Durability {
+    Memory,
+    File(PathBuf),
+    Store(Box<dyn Store>),
+}
+
 /// Spend across sidecars, persisted before it is acknowledged.
 #[derive(Debug)]
 pub struct Ledger {
     inner: Mutex<Inner>,
-    path: Option<PathBuf>,
+    durability: Durability,
     wake: Notify,
     saved: watch::Sender<u64>,
 }
@@ -133,22 +157,59 @@ impl Ledger {
             Some(path) => load(path)?,
             None => BTreeMap::new(),
         };
-        Ok(Arc::new(Self {
+        let durability = path.map_or(Durability::Memory, Durability::File);
+        Ok(Self::with(namespaces, durability))
+    }
+
+    /// A ledger carrying on from `bytes` (what `store` saved last; none:
+    /// from zero), made durable in `store`.
+    ///
+    /// # Errors
+    /// The bytes are not a ledger of this format.
+    pub fn stored(bytes: Option<&[u8]>, store: Box<dyn Store>) -> Result<Arc<Self>, LedgerError> {
+        let namespaces = match bytes {
+            Some(bytes) => parse(bytes).map_err(|reason| LedgerError::Corrupt {
+                path: PathBuf::from(format!("{store:?}")),
+                reason,
+            })?,
+            None => BTreeMap::new(),
+        };
+        Ok(Self::with(namespaces, Durability::Store(store)))
+    }
+
+    fn with(namespaces: BTreeMap<String, Namespace>, durability: Durability) -> Arc<Self> {
+        Arc::new(Self {
             inner: Mutex::new(Inner {
                 namespaces,
                 generation: 0,
             }),
-            path,
+            durability,
             wake: Notify::new(),
             saved: watch::Sender::new(0),
-        }))
+        })
+    }
+
+    /// Starts `budget`'s spend in `namespace` from `spend` (what its status
+    /// said when no ledger was stored), unless the ledger already knows
+    /// this or a later period of it.
+    pub fn seed(&self, namespace: &str, budget: &str, spend: Spend) {
+        let mut inner = self.inner.lock();
+        let space = inner.namespaces.entry(namespace.to_owned()).or_default();
+        let known = space.budgets.get(budget);
+        if known.is_none_or(|k| k.period_start < spend.period_start) {
+            space.budgets.insert(budget.to_owned(), spend);
+            inner.generation += 1;
+            let generation = inner.generation;
+            drop(inner);
+            self.changed(generation);
+        }
     }
 
     /// Applies `report` from a sidecar of `namespace` unless this
     /// (instance, sequence) was applied before. Spend of a newer period
     /// than the ledger's starts that period; spend of an older one is late
     /// and dropped (its period is closed).
-    pub fn apply(&self, namespace: &str, report: &Report, now_ms: i64) -> Applied {
+    pub fn apply(&self, namespace: &str, report: &Report, pod: Option<&str>, now_ms: i64) -> Applied {
         let mut inner = self.inner.lock();
         let space = inner.namespaces.entry(namespace.to_owned()).or_default();
         let instance = space.instances.entry(report.instance.clone()).or_default();
@@ -157,6 +218,9 @@ impl Ledger {
             instance.seq = report.seq;
             instance.config_version.clone_from(&report.config_version);
             instance.last_report_ms = now_ms;
+            if let Some(pod) = pod {
+                instance.pod = Some(pod.to_owned());
+            }
             for (name, delta) in &report.budgets {
                 let spend = space.budgets.entry(name.clone()).or_default();
                 if delta.period_start > spend.period_start {
@@ -218,9 +282,7 @@ impl Ledger {
     }
 
     fn changed(&self, generation: u64) {
-        if self.path.is_some() {
-            self.wake.notify_one();
-        } else {
+        if matches!(self.durability, Durability::Memory) {
             self.saved.send_if_modified(|saved| {
                 let newer = generation > *saved;
                 if newer {
@@ -228,15 +290,17 @@ impl Ledger {
                 }
                 newer
             });
+        } else {
+            self.wake.notify_one();
         }
     }
 
     /// Writes the state file whenever something changed, batching changes
     /// that arrive during a write. Runs until the process ends.
     pub async fn write_changes(self: Arc<Self>) {
-        let Some(path) = self.path.clone() else {
+        if matches!(self.durability, Durability::Memory) {
             return std::future::pending().await;
-        };
+        }
         loop {
             self.wake.notified().await;
             loop {
@@ -247,21 +311,38 @@ impl Ledger {
                     }
                     (inner.namespaces.clone(), inner.generation)
                 };
-                let target = path.clone();
-                let written = tokio::task::spawn_blocking(move || save(&target, snapshot)).await;
-                match written {
-                    Ok(Ok(())) => {
+                match self.save(snapshot).await {
+                    Ok(()) => {
                         self.saved.send_replace(generation);
                     }
-                    Ok(Err(error)) => {
-                        tracing::error!(%error, "cannot write the sync state file; reports wait unacknowledged");
-                        tokio::time::sleep(RETRY_WRITE).await;
-                    }
                     Err(error) => {
-                        tracing::error!(%error, "sync state writer failed");
+                        tracing::error!(%error, "cannot persist the sync ledger; reports wait unacknowledged");
                         tokio::time::sleep(RETRY_WRITE).await;
                     }
                 }
+            }
+        }
+    }
+}
+
+impl Ledger {
+    async fn save(&self, namespaces: BTreeMap<String, Namespace>) -> Result<(), String> {
+        match &self.durability {
+            Durability::Memory => Ok(()),
+            Durability::File(path) => {
+                let target = path.clone();
+                tokio::task::spawn_blocking(move || save(&target, namespaces))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            }
+            Durability::Store(store) => {
+                let bytes = serde_json::to_vec(&File {
+                    format: FORMAT,
+                    namespaces,
+                })
+                .map_err(|e| e.to_string())?;
+                store.save(bytes).await
             }
         }
     }
@@ -296,13 +377,16 @@ fn load(path: &Path) -> Result<BTreeMap<String, Namespace>, LedgerError> {
             });
         }
     };
-    let corrupt = |reason: String| LedgerError::Corrupt {
+    parse(&bytes).map_err(|reason| LedgerError::Corrupt {
         path: path.to_owned(),
         reason,
-    };
-    let file: File = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    })
+}
+
+fn parse(bytes: &[u8]) -> Result<BTreeMap<String, Namespace>, String> {
+    let file: File = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if file.format != FORMAT {
-        return Err(corrupt(format!("format {} is not {FORMAT}", file.format)));
+        return Err(format!("format {} is not {FORMAT}", file.format));
     }
     Ok(file.namespaces)
 }
@@ -349,13 +433,13 @@ mod tests {
         let ledger = Ledger::open(Some(path.clone())).expect("open");
         tokio::spawn(ledger.clone().write_changes());
         for (instance, seq) in [("a", 1), ("b", 1), ("a", 1), ("a", 2), ("b", 1)] {
-            let applied = ledger.apply("ns", &report(instance, seq, 100, 0.25), 1);
+            let applied = ledger.apply("ns", &report(instance, seq, 100, 0.25), None, 1);
             ledger.durable(&applied).await;
         }
         assert_eq!(ledger.totals("ns")["team"].spent_usd, 0.75);
         let restarted = Ledger::open(Some(path)).expect("reopen");
         assert_eq!(restarted.totals("ns")["team"].spent_usd, 0.75);
-        let again = restarted.apply("ns", &report("a", 2, 100, 0.25), 2);
+        let again = restarted.apply("ns", &report("a", 2, 100, 0.25), None, 2);
         assert!(!again.ack.applied, "the sequence is remembered too");
         assert_eq!(restarted.namespace("ns").budgets["team"].reporters.len(), 2);
     }
@@ -363,9 +447,9 @@ mod tests {
     #[test]
     fn a_new_period_starts_from_zero_and_late_spend_of_the_old_one_is_dropped() {
         let ledger = Ledger::open(None).expect("open");
-        ledger.apply("ns", &report("a", 1, 100, 1.0), 1);
-        ledger.apply("ns", &report("b", 1, 200, 0.5), 2);
-        ledger.apply("ns", &report("a", 2, 100, 1.0), 3);
+        ledger.apply("ns", &report("a", 1, 100, 1.0), None, 1);
+        ledger.apply("ns", &report("b", 1, 200, 0.5), None, 2);
+        ledger.apply("ns", &report("a", 2, 100, 1.0), None, 3);
         let totals = ledger.totals("ns");
         assert_eq!(totals["team"].period_start, 200);
         assert_eq!(totals["team"].spent_usd, 0.5);

@@ -9,8 +9,12 @@ pub struct SyncMetrics {
     pub connected: IntGauge,
     /// Reports by result: `applied`, `duplicate`, `refused`, `invalid`.
     pub reports: IntCounterVec,
-    /// Requests refused (bad or missing token, another namespace), by request.
+    /// Requests refused (bad or missing token, another namespace), by
+    /// request and reason.
     pub refused: IntCounterVec,
+    /// Active sidecars reporting an older configuration than the one
+    /// published over a minute ago.
+    pub stale: IntGauge,
     /// Time from a configuration change to its frame being written to every
     /// connected watch.
     pub push_seconds: Histogram,
@@ -29,6 +33,11 @@ impl SyncMetrics {
             "llmesh_sync_connected_sidecars",
             "Sidecars holding a sync watch open.",
         )?;
+        let stale = IntGauge::new(
+            "llmesh_sync_stale_sidecars",
+            "Sidecars that reported in the last two minutes with an older configuration than the one \
+             pushed over a minute ago.",
+        )?;
         let reports = IntCounterVec::new(
             Opts::new(
                 "llmesh_sync_reports_total",
@@ -39,9 +48,10 @@ impl SyncMetrics {
         let refused = IntCounterVec::new(
             Opts::new(
                 "llmesh_sync_refused_total",
-                "Sync requests refused for their token, by request (watch, report, budgets).",
+                "Sync requests refused for their token, by request (watch, report, budgets) and reason \
+                 (no_token, bad_token, other_namespace, unavailable).",
             ),
-            &["request"],
+            &["request", "reason"],
         )?;
         let buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -63,12 +73,14 @@ impl SyncMetrics {
         registry.register(Box::new(connected.clone()))?;
         registry.register(Box::new(reports.clone()))?;
         registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(stale.clone()))?;
         registry.register(Box::new(push_seconds.clone()))?;
         registry.register(Box::new(report_seconds.clone()))?;
         Ok(Self {
             connected,
             reports,
             refused,
+            stale,
             push_seconds,
             report_seconds,
         })

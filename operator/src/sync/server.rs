@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use super::ledger::{Ledger, Spend};
 use super::metrics::SyncMetrics;
-use super::{Authenticator, Refused};
+use super::{Authenticator, Identity, Refused};
 
 /// Silence longer than this on a watch makes the sidecar reconnect, so the
 /// server writes an empty line this often: a dead peer is noticed without
@@ -91,19 +91,56 @@ impl SyncServer {
             .with_state(self.clone())
     }
 
-    /// The namespace the request's token is for; a refusal is counted and logged.
-    fn authenticate(&self, headers: &HeaderMap, request: &str) -> Result<String, Refused> {
-        let token = headers
+    /// Who the request's token is for; a refusal is counted and logged. A
+    /// request naming a namespace ([`sync::NAMESPACE_HEADER`]) other than
+    /// the token's is refused: a sidecar reads and reports for its own only.
+    async fn authenticate(&self, headers: &HeaderMap, request: &str) -> Result<Identity, Refused> {
+        let identified = match headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(Refused::NoToken);
-        token
-            .and_then(|token| self.auth.namespace(token.trim()))
+        {
+            Some(token) => self.auth.identify(token.trim()).await,
+            None => Err(Refused::NoToken),
+        };
+        let asked = headers
+            .get(sync::NAMESPACE_HEADER)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        identified
+            .and_then(|identity| match asked {
+                Some(asked) if asked != identity.namespace => Err(Refused::OtherNamespace {
+                    token: identity.namespace,
+                    asked,
+                }),
+                _ => Ok(identity),
+            })
             .inspect_err(|refused| {
-                self.metrics.refused.with_label_values(&[request]).inc();
+                self.metrics
+                    .refused
+                    .with_label_values(&[request, refused.reason()])
+                    .inc();
                 tracing::warn!(request, reason = %refused, "sync request refused");
             })
+    }
+
+    /// The namespaces with a published configuration.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.configs.borrow().keys().cloned().collect()
+    }
+
+    /// The configuration published for `namespace`, if any.
+    pub fn published(&self, namespace: &str) -> Option<Published> {
+        self.configs.borrow().get(namespace).cloned()
+    }
+
+    /// The ledger the reports go to.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &SyncMetrics {
+        &self.metrics
     }
 
     /// The status of every budget in `namespace`'s configuration, from the
@@ -160,7 +197,12 @@ pub fn budget_status(config: &BudgetConfig, spend: Option<&Spend>, now: Timestam
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        (StatusCode::UNAUTHORIZED, self.to_string()).into_response()
+        let status = match self {
+            Self::NoToken | Self::BadToken => StatusCode::UNAUTHORIZED,
+            Self::OtherNamespace { .. } => StatusCode::FORBIDDEN,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (status, self.to_string()).into_response()
     }
 }
 
@@ -174,8 +216,8 @@ impl Drop for Connected {
 }
 
 async fn watch_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap, body: Bytes) -> Response {
-    let namespace = match server.authenticate(&headers, "watch") {
-        Ok(namespace) => namespace,
+    let Identity { namespace, pod } = match server.authenticate(&headers, "watch").await {
+        Ok(identity) => identity,
         Err(refused) => return refused.into_response(),
     };
     let hello: Hello = match serde_json::from_slice(&body) {
@@ -184,6 +226,7 @@ async fn watch_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap
     };
     tracing::info!(
         namespace,
+        pod = pod.as_deref().unwrap_or_default(),
         instance = hello.instance,
         version = hello.config_version,
         "sidecar connected"
@@ -231,8 +274,8 @@ async fn watch_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap
 
 async fn report_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
-    let namespace = match server.authenticate(&headers, "report") {
-        Ok(namespace) => namespace,
+    let Identity { namespace, pod } = match server.authenticate(&headers, "report").await {
+        Ok(identity) => identity,
         Err(refused) => {
             server.metrics.reports.with_label_values(&["refused"]).inc();
             return refused.into_response();
@@ -245,9 +288,12 @@ async fn report_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMa
             return (StatusCode::BAD_REQUEST, format!("invalid report: {error}")).into_response();
         }
     };
-    let applied = server
-        .ledger
-        .apply(&namespace, &report, Timestamp::now().as_millisecond());
+    let applied = server.ledger.apply(
+        &namespace,
+        &report,
+        pod.as_deref(),
+        Timestamp::now().as_millisecond(),
+    );
     server.ledger.durable(&applied).await;
     let result = if applied.ack.applied {
         "applied"
@@ -276,8 +322,8 @@ struct Figures {
 }
 
 async fn budgets_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap) -> Response {
-    let namespace = match server.authenticate(&headers, "budgets") {
-        Ok(namespace) => namespace,
+    let namespace = match server.authenticate(&headers, "budgets").await {
+        Ok(identity) => identity.namespace,
         Err(refused) => return refused.into_response(),
     };
     let config_version = server

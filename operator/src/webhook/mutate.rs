@@ -8,8 +8,9 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection,
+    Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -20,7 +21,8 @@ use llmesh_crds::injection::{
     HEALTHZ_PATH, INJECT_ANNOTATION, INJECTED_LABEL, LISTEN_ADDR, MEMORY_LIMIT_ANNOTATION,
     MEMORY_REQUEST_ANNOTATION, METRICS_PATH, POD_NAME, POD_ROUTES, PORT_ANNOTATION, READYZ_PATH,
     ROUTES_ANNOTATION, SECRETS_DIR, SECRETS_MOUNT_DIR, SIDECAR_HASH_ANNOTATION, STATE_FILE, STATE_FILE_NAME,
-    STATE_MOUNT_DIR, VIRTUAL_KEY_ANNOTATION, WORKLOAD_NAME, WORKLOAD_NAMESPACE, parse_route_list,
+    STATE_MOUNT_DIR, SYNC_CA, SYNC_TOKEN_FILE, SYNC_TOKEN_KEY, SYNC_TOKEN_MOUNT_DIR, SYNC_TOKEN_SECONDS,
+    SYNC_URL, VIRTUAL_KEY_ANNOTATION, WORKLOAD_NAME, WORKLOAD_NAMESPACE, parse_route_list,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -34,6 +36,8 @@ pub const SYSTEM_NAMESPACES: [&str; 2] = ["kube-system", "kube-public"];
 const SIDECAR_UID: i64 = 65532;
 /// The volume holding the namespace's compiled configuration.
 const CONFIG_VOLUME: &str = "llmesh-config";
+/// The projected sync token, mounted into the sidecar only.
+const SYNC_TOKEN_VOLUME: &str = "llmesh-sync-token";
 /// The sidecar's writable volume (the state file).
 const STATE_VOLUME: &str = "llmesh-state";
 /// Prefix of the credential volumes (one per Secret; the name is hashed to
@@ -54,6 +58,17 @@ pub struct InjectionSettings {
     pub operator_namespace: String,
     /// Sidecar resources when the pod's annotations name none.
     pub resources: Resources,
+    /// The sync channel the sidecar connects to (none: no sync).
+    pub sync: Option<SyncInjection>,
+}
+
+/// Where the sidecar finds the operator's sync channel and how it trusts it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncInjection {
+    /// `LLMESH_SYNC_URL`.
+    pub url: String,
+    /// The CA bundle (PEM) the sync server's certificate chains to.
+    pub ca_pem: String,
 }
 
 /// Requests and limits of the sidecar container (Kubernetes quantities).
@@ -241,7 +256,7 @@ pub fn mutate(pod: &Pod, namespace: &NamespaceSettings, settings: &InjectionSett
         insert_first(&mut patch, &["spec", "containers"], true, container_value);
     }
 
-    let volumes = volumes(namespace);
+    let volumes = volumes(settings, namespace);
     match spec.volumes {
         Some(_) => patch.extend(
             volumes
@@ -442,6 +457,14 @@ fn sidecar_container(
     if let Some(routes) = &overrides.routes {
         env.push(value_env(POD_ROUTES, routes.clone()));
     }
+    if let Some(sync) = &settings.sync {
+        env.push(value_env(SYNC_URL, sync.url.clone()));
+        env.push(value_env(
+            SYNC_TOKEN_FILE,
+            format!("{SYNC_TOKEN_MOUNT_DIR}/{SYNC_TOKEN_KEY}"),
+        ));
+        env.push(value_env(SYNC_CA, sync.ca_pem.clone()));
+    }
     let mut mounts = vec![
         VolumeMount {
             name: CONFIG_VOLUME.to_owned(),
@@ -455,6 +478,14 @@ fn sidecar_container(
             ..VolumeMount::default()
         },
     ];
+    if settings.sync.is_some() {
+        mounts.push(VolumeMount {
+            name: SYNC_TOKEN_VOLUME.to_owned(),
+            mount_path: SYNC_TOKEN_MOUNT_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     mounts.extend(namespace.credential_secrets.iter().map(|secret| VolumeMount {
         name: credential_volume(secret),
         mount_path: format!("{SECRETS_MOUNT_DIR}/{secret}"),
@@ -512,7 +543,7 @@ fn sidecar_container(
     }
 }
 
-fn volumes(namespace: &NamespaceSettings) -> Vec<Volume> {
+fn volumes(settings: &InjectionSettings, namespace: &NamespaceSettings) -> Vec<Volume> {
     let mut volumes = vec![
         Volume {
             name: CONFIG_VOLUME.to_owned(),
@@ -532,6 +563,25 @@ fn volumes(namespace: &NamespaceSettings) -> Vec<Volume> {
             ..Volume::default()
         },
     ];
+    if settings.sync.is_some() {
+        // A projected token for the sync audience only: it cannot call the
+        // API server, and it is mounted into the sidecar, never the app.
+        volumes.push(Volume {
+            name: SYNC_TOKEN_VOLUME.to_owned(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(llmesh_crds::sync::AUDIENCE.to_owned()),
+                        expiration_seconds: Some(SYNC_TOKEN_SECONDS),
+                        path: SYNC_TOKEN_KEY.to_owned(),
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     volumes.extend(namespace.credential_secrets.iter().map(|secret| Volume {
         name: credential_volume(secret),
         // Optional: one missing provider Secret fails that provider's calls, not the pod.
@@ -702,6 +752,7 @@ mod tests {
             native_sidecar: true,
             operator_namespace: "llmesh-system".to_owned(),
             resources: Resources::default(),
+            sync: None,
         }
     }
 

@@ -4,12 +4,16 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use llmesh_operator::webhook::mutate::{InjectionSettings, NamespaceSettings, Resources};
+use llmesh_operator::webhook::mutate::{InjectionSettings, NamespaceSettings, Resources, SyncInjection};
 use llmesh_operator::webhook::review::Injector;
 use serde_json::Value;
 
 /// The sidecar image the test injector injects.
 pub const IMAGE: &str = "ghcr.io/llmesh/llmesh-sidecar:0.1.0";
+/// The sync URL the test injector injects.
+pub const SYNC_URL: &str = "https://llmesh-sync.llmesh-system.svc:9444";
+/// The CA bundle the test injector injects (any PEM text: it is passed through).
+pub const SYNC_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 /// The test operator's namespace.
 pub const OPERATOR_NAMESPACE: &str = "llmesh-system";
 
@@ -29,6 +33,10 @@ pub fn settings(native: bool) -> InjectionSettings {
         native_sidecar: native,
         operator_namespace: OPERATOR_NAMESPACE.to_owned(),
         resources: Resources::default(),
+        sync: Some(SyncInjection {
+            url: SYNC_URL.to_owned(),
+            ca_pem: SYNC_CA.to_owned(),
+        }),
     }
 }
 

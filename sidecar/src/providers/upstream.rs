@@ -48,6 +48,9 @@ pub struct UpstreamSettings {
     pub request_timeout: Duration,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,
+    /// CA certificates (PEM) trusted besides the system's, e.g. the
+    /// operator's own CA for the sync channel.
+    pub extra_roots_pem: Option<String>,
 }
 
 impl Default for UpstreamSettings {
@@ -60,11 +63,33 @@ impl Default for UpstreamSettings {
             request_timeout: Duration::from_secs(600),
             // Below the 120 s most provider load balancers idle out at.
             pool_idle_timeout: Duration::from_secs(90),
+            extra_roots_pem: None,
         }
     }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The platform's verifier, trusting `extra_roots_pem` too.
+fn tls_config(extra_roots_pem: Option<&str>) -> Result<rustls::ClientConfig, BoxError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let Some(pem) = extra_roots_pem else {
+        use rustls_platform_verifier::ConfigVerifierExt;
+        return Ok(rustls::ClientConfig::with_platform_verifier()?);
+    };
+    let roots = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    if roots.is_empty() {
+        return Err("the CA bundle holds no certificate".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(roots, provider.clone())?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
 
 /// TLS (or not, for `http://` upstreams) over a direct or proxied connection.
 type Connector = HttpsConnector<EgressConnector>;
@@ -93,11 +118,8 @@ impl UpstreamClient {
     pub fn new(settings: &UpstreamSettings) -> Result<Self, ProviderError> {
         // Both the binary and tests reach this; the first install wins.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let tls = {
-            use rustls_platform_verifier::ConfigVerifierExt;
-            rustls::ClientConfig::with_platform_verifier()
-                .map_err(|e| ProviderError::new(ErrorKind::Connect, format!("cannot set up TLS: {e}")))?
-        };
+        let tls = tls_config(settings.extra_roots_pem.as_deref())
+            .map_err(|e| ProviderError::new(ErrorKind::Connect, format!("cannot set up TLS: {e}")))?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
