@@ -510,3 +510,76 @@ async fn a_failing_embeddings_model_leaves_exact_caching_working() {
     let rephrased = in_conversation("Be brief.", "what is the capital of France?");
     assert_eq!(chat(&sidecar, &rephrased, &[]).await.0, "miss");
 }
+
+/// A Messages request with extended thinking to a caching Anthropic route.
+fn thinking_question(budget: Option<u64>) -> Value {
+    let mut body = json!({"model": "smart", "max_tokens": 2048,
+        "messages": [{"role": "user", "content": "Think, then greet"}]});
+    if let Some(budget) = budget {
+        body["thinking"] = json!({"type": "enabled", "budget_tokens": budget});
+    }
+    body
+}
+
+#[tokio::test]
+async fn thinking_answers_are_replayed_with_their_signatures_and_thinking_settings_key_apart() {
+    let mock = llmesh_test_support::anthropic::start().await;
+    let yaml = [
+        secret("anthropic-key", "apiKey", "sk-ant-test"),
+        provider(
+            "claude",
+            &format!(
+                "{{provider: anthropic, baseUrl: '{}', secretRef: {{name: anthropic-key}}}}",
+                mock.url()
+            ),
+        ),
+        route(
+            "smart",
+            &format!("{{targets: [{{provider: claude, model: claude-sonnet-4-5}}], {CACHED}}}"),
+        ),
+    ]
+    .concat();
+    let sidecar = Sidecar::start(&yaml).await;
+    let messages = |body: Value| {
+        let url = format!("{}/v1/messages", sidecar.url);
+        async move {
+            let response = http_client().post(url).json(&body).send().await.expect("sent");
+            assert_eq!(response.status(), 200, "{body}");
+            let verdict = response.headers()["x-llmesh-cache"]
+                .to_str()
+                .expect("ascii")
+                .to_owned();
+            (verdict, response.text().await.expect("body"))
+        }
+    };
+
+    let (verdict, first) = messages(thinking_question(Some(1024))).await;
+    assert_eq!(verdict, "miss");
+    let first: Value = serde_json::from_str(&first).expect("json");
+    let thinking = first["content"][0].clone();
+    assert_eq!(thinking["type"], "thinking");
+    assert!(thinking["signature"].as_str().is_some_and(|s| !s.is_empty()));
+
+    let (verdict, again) = messages(thinking_question(Some(1024))).await;
+    assert_eq!(verdict, "hit");
+    let again: Value = serde_json::from_str(&again).expect("json");
+    assert_eq!(
+        again["content"], first["content"],
+        "the hit keeps the signed thinking block"
+    );
+
+    let (verdict, stream) = messages(streaming(thinking_question(Some(1024)))).await;
+    assert_eq!(verdict, "hit");
+    let signature = format!(
+        "{{\"type\":\"signature_delta\",\"signature\":{}}}",
+        thinking["signature"]
+    );
+    assert!(stream.contains("\"type\":\"thinking_delta\""), "{stream}");
+    assert!(stream.contains(&signature), "{stream}");
+
+    for different in [thinking_question(Some(2000)), thinking_question(None)] {
+        let (verdict, _) = messages(different.clone()).await;
+        assert_eq!(verdict, "miss", "{different}");
+    }
+    assert_eq!(mock.calls().len(), 3);
+}
