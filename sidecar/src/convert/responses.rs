@@ -463,10 +463,13 @@ mod tests {
         ] {
             let body = json!({"id": "chatcmpl-9", "object": "chat.completion", "created": 1, "model": "m",
                 "choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": "hi",
+                    "reasoning_content": "Hm.", "thinking_blocks": [{"type": "thinking", "thinking": "Hm.", "signature": "s"}],
                     "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}],
                 "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14,
                     "prompt_tokens_details": {"cached_tokens": 3}, "completion_tokens_details": {"reasoning_tokens": 2}}});
             let response = from_chat(body.to_string().as_bytes(), &Echo::default()).expect("answer");
+            // Reasoning (an Anthropic target's thinking) has no output item yet.
+            assert_eq!(response.output.len(), 2);
             let json = serde_json::to_value(&response).expect("json");
             assert_eq!(json["id"], "resp_9");
             assert_eq!(json["status"], status);
