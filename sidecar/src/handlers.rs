@@ -24,6 +24,7 @@ use crate::attempts::{self, Failed, Reply, Served};
 use crate::cache::{self, ResponseCache};
 use crate::convert;
 use crate::error::ApiError;
+use crate::guardrails;
 use crate::inbound;
 use crate::respond::{self, Shape};
 
@@ -118,6 +119,7 @@ async fn serve_chat(
         .ok()
         .map(|served| cache::Origin::of(served.target));
     let reply = settle(record, outcome)?;
+    let reply = guardrails::screen_reply(&route.guardrails, reply, record.guardrail_findings())?;
     Ok(match (cache_plan, origin) {
         (Some(plan), Some(origin)) => app.cache.fill(plan, origin, reply),
         _ => reply,

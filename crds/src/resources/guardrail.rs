@@ -72,6 +72,17 @@ pub enum GuardrailAction {
     Flag,
 }
 
+impl GuardrailAction {
+    /// As logs and metrics write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Redact => "redact",
+            Self::Flag => "flag",
+        }
+    }
+}
+
 /// A message role a guardrail reads.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "camelCase")]
