@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use super::{Errors, RouteScope};
 use crate::config::{Credentials, GuardrailConfig, ModerationConfig};
-use crate::resources::{Guardrail, GuardrailPhase};
+use crate::resources::{Guardrail, GuardrailAction, GuardrailPhase};
 
 /// How long a moderation verdict may take when the policy names no `timeout`.
 const DEFAULT_MODERATION_TIMEOUT_MS: u64 = 2_000;
@@ -46,6 +46,12 @@ pub(super) fn compile(
             }
             let moderation = policy.moderation.as_ref().map(|m| {
                 let field = format!("{field}.moderation");
+                if policy.action == GuardrailAction::Redact {
+                    errors.push(
+                        format!("{field}"),
+                        "a moderation verdict has nothing to redact: use action block or flag",
+                    );
+                }
                 if phase != GuardrailPhase::Request {
                     errors.push(
                         format!("{field}"),

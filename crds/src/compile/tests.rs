@@ -691,6 +691,11 @@ fn guardrails_report_their_bad_fields() {
             &["spec.guardrails[0].moderation.provider: ProviderSecret nope does not exist"],
         ),
         (
+            "moderation cannot redact",
+            "[{name: m, phase: request, action: redact, moderation: {url: 'http://m/x'}}]",
+            &["spec.guardrails[0].moderation: a moderation verdict has nothing to redact"],
+        ),
+        (
             "moderation timeout zero",
             "[{name: m, phase: request, action: block, moderation: {url: 'http://m/x', timeout: 0s}}]",
             &["spec.guardrails[0].moderation.timeout: must be greater than zero"],

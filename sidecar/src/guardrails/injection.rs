@@ -19,7 +19,7 @@ const SIGNS: &[&str] = &[
     r"(?i)\b(?:reveal|show|print|repeat|output|leak|display|dump|tell me|what (?:is|are|was|were))\b[^.\n]{0,40}?\b(?:system prompt|system message|hidden (?:instructions?|prompt)|initial (?:instructions?|prompt)|developer (?:message|instructions?)|your (?:instructions|rules|prompt))\b",
     // Personas without limits.
     r"(?i)\byou are (?:now|no longer)\b[^.\n]{0,40}?\b(?:DAN|unrestricted|unfiltered|jailbroken|uncensored|bound by|free (?:of|from))\b",
-    r"(?i)\b(?:do anything now|developer mode (?:enabled|on)|jailbreak(?:ed)? mode|DAN mode|god mode enabled)\b",
+    r"(?i)\b(?:do anything now|developer mode (?:enabled|activated)|jailbreak(?:ed)? mode|DAN mode|god mode enabled)\b",
     r"(?i)\b(?:pretend|act|behave|roleplay)\b[^.\n]{0,30}?\b(?:without|no|free of)\s+(?:any\s+)?(?:restrictions|rules|filters|limits|guidelines|censorship)\b",
     r"(?i)\b(?:new|updated|real|true) (?:system )?instructions?\s*:",
     // Chat-template tokens and forged turns inside a message.

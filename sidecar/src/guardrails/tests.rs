@@ -25,6 +25,7 @@ fn each_detector_finds_its_kind_and_passes_look_alikes() {
         (CreditCard, "card 4111 1111 1111 1111 exp", &["credit_card=4111 1111 1111 1111"]),
         (CreditCard, "amex 3782-822463-10005", &["credit_card=3782-822463-10005"]),
         (CreditCard, "mc 5555555555554444.", &["credit_card=5555555555554444"]),
+        (CreditCard, "ref 7 4111 1111 1111 1111 99", &["credit_card=4111 1111 1111 1111"]),
         // Fails Luhn; an unknown issuer; all one digit; a timestamp.
         (CreditCard, "4111 1111 1111 1112 and 9111111111111111 and 0000000000000000 and 1717171717171", &[]),
         (Iban, "pay DE89 3704 0044 0532 0130 00 now", &["iban=DE89 3704 0044 0532 0130 00"]),
