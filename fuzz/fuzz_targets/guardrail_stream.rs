@@ -26,11 +26,9 @@ fn guardrails() -> Arc<Guardrails> {
         words: Vec::new(),
         moderation: None,
     };
-    let metrics = Arc::new(llmesh_sidecar::metrics::Metrics::new());
     let deps = Deps {
         client: UpstreamClient::new(&UpstreamSettings::default()).expect("client"),
         credentials: Arc::new(llmesh_sidecar::credentials::CredentialStore::new(None, [])),
-        health: Arc::new(llmesh_sidecar::health::HealthRegistry::new(metrics)),
         drills: Arc::default(),
     };
     Arc::new(Guardrails::build(&[policy], &deps).expect("builds"))

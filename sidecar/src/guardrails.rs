@@ -19,7 +19,6 @@ use serde_json::Value;
 
 use crate::api::chat::{ChatRequest, Content, Role};
 use crate::api::embeddings::{EmbeddingInput, EmbeddingsRequest};
-use crate::attempts::Reply;
 use crate::providers::Deps;
 use detect::{Detect, Kind, Scanner, Span};
 use moderation::{Moderator, Verdict};
@@ -208,7 +207,8 @@ impl Guardrails {
         Ok(Self { policies })
     }
 
-    /// Whether answers are checked.
+    /// Whether answers are checked (complete ones with
+    /// [`Self::screen_answer`], streams with [`stream::guard`]).
     pub fn on_response(&self) -> bool {
         self.answer_policies().next().is_some()
     }
@@ -332,24 +332,6 @@ impl Guardrails {
             body
         })
     }
-}
-
-/// Applies the answer policies to a reply, complete or streamed.
-///
-/// # Errors
-/// A `block` policy found something in a complete answer (a stream ends
-/// with an error event instead).
-pub fn screen_reply(guardrails: &Arc<Guardrails>, reply: Reply, findings: &Findings) -> Result<Reply, Blocked> {
-    if !guardrails.on_response() {
-        return Ok(reply);
-    }
-    Ok(match reply {
-        Reply::Complete(mut completed) => {
-            completed.body = guardrails.screen_answer(completed.body, findings)?;
-            Reply::Complete(completed)
-        }
-        Reply::Stream(committed) => Reply::Stream(stream::guard(guardrails.clone(), committed, findings.clone())),
-    })
 }
 
 /// The strings of a chat answer guardrails read.

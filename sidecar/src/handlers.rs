@@ -6,10 +6,11 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 
 use crate::access_log::AccessRecord;
@@ -20,13 +21,40 @@ use crate::api::messages::{MessagesRequest, ModelInfo, TokenCount};
 use crate::api::responses::ResponsesRequest;
 use crate::api::{Api, Model, ModelList, messages};
 use crate::app::App;
-use crate::attempts::{self, Failed, Reply, Served};
+use crate::attempts::{self, CommittedStream, Failed, Reply, Served};
 use crate::cache::{self, ResponseCache};
 use crate::convert;
 use crate::error::ApiError;
 use crate::guardrails;
 use crate::inbound;
 use crate::respond::{self, Shape};
+use crate::routing::Route;
+
+/// The API apps call (port 4000, loopback): OpenAI's and Anthropic's.
+pub fn api_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/responses", post(responses))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(unknown_path)
+        .with_state(app)
+}
+
+/// Metrics and probes (port 9464, pod IP).
+pub fn admin_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/debug/targets", get(debug_targets))
+        .route("/debug/faults", post(debug_faults))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(app)
+}
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
@@ -119,10 +147,35 @@ async fn serve_chat(
         .ok()
         .map(|served| cache::Origin::of(served.target));
     let reply = settle(record, outcome)?;
-    let reply = guardrails::screen_reply(&route.guardrails, reply, record.guardrail_findings())?;
+    let reply = guard_answer(route, reply, record)?;
     Ok(match (cache_plan, origin) {
         (Some(plan), Some(origin)) => app.cache.fill(plan, origin, reply),
         _ => reply,
+    })
+}
+
+/// The answer as the route's answer guardrails let it through: a complete
+/// one checked now, a stream as it flows — before the cache stores either.
+fn guard_answer(route: &Arc<Route>, reply: Reply, record: &AccessRecord) -> Result<Reply, ApiError> {
+    let guardrails = &route.guardrails;
+    if !guardrails.on_response() {
+        return Ok(reply);
+    }
+    let findings = record.guardrail_findings();
+    Ok(match reply {
+        Reply::Complete(mut completed) => {
+            completed.body = guardrails.screen_answer(completed.body, findings)?;
+            Reply::Complete(completed)
+        }
+        Reply::Stream(committed) => {
+            let (head, tail) =
+                guardrails::stream::guard(guardrails.clone(), committed.head, committed.tail, findings.clone());
+            Reply::Stream(CommittedStream {
+                head,
+                tail,
+                ..committed
+            })
+        }
     })
 }
 
@@ -138,7 +191,10 @@ fn settle<T>(record: &mut AccessRecord, outcome: Result<Served<'_, T>, Failed<'_
         }
         Err(failed) => {
             record.set_attempts(failed.target, failed.attempts, failed.failures, failed.step);
-            Err(failed.error)
+            Err(ApiError::Upstream {
+                provider: failed.provider,
+                error: failed.error,
+            })
         }
     }
 }
@@ -304,7 +360,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 /// `GET /debug/targets`: every target's breaker, load and latency.
 pub async fn debug_targets(State(app): State<Arc<App>>) -> Json<Vec<crate::health::TargetSnapshot>> {
-    Json(app.deps.health.snapshot())
+    Json(app.health.snapshot())
 }
 
 /// `POST /debug/faults`: start or end a failure drill on a mock provider.
@@ -350,7 +406,7 @@ pub struct Drill {
 /// `GET /metrics`.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.cache.sync();
-    app.deps.health.publish();
+    app.health.publish();
     let content_type = [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")];
     (content_type, app.metrics.encode()).into_response()
 }

@@ -11,7 +11,6 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::{Blocked, Findings, Guardrails, Phase, Policy, settle};
-use crate::attempts::CommittedStream;
 use crate::providers::{ChunkStream, ErrorKind, ProviderError, StreamEvent};
 
 /// Bytes of text held back behind the newest chunk: longer than any
@@ -161,14 +160,14 @@ fn blocked(blocked: &Blocked) -> ProviderError {
     ProviderError::new(ErrorKind::ContentFilter, blocked.to_string())
 }
 
-/// Passes a committed stream through the route's answer policies.
-pub fn guard(guardrails: Arc<Guardrails>, stream: CommittedStream, findings: Findings) -> CommittedStream {
-    let CommittedStream {
-        head,
-        tail,
-        idle,
-        deadline,
-    } = stream;
+/// Passes a stream — the events already received and the rest — through
+/// the route's answer policies.
+pub fn guard(
+    guardrails: Arc<Guardrails>,
+    head: Vec<StreamEvent>,
+    tail: ChunkStream,
+    findings: Findings,
+) -> (Vec<StreamEvent>, ChunkStream) {
     let mut guard = StreamGuard::new(guardrails, findings);
     let mut events = Vec::with_capacity(head.len());
     let mut failed = None;
@@ -208,10 +207,5 @@ pub fn guard(guardrails: Arc<Guardrails>, stream: CommittedStream, findings: Fin
             Err(error) => yield Err(blocked(&error)),
         }
     };
-    CommittedStream {
-        head: events,
-        tail: ChunkStream(tail.boxed()),
-        idle,
-        deadline,
-    }
+    (events, ChunkStream(tail.boxed()))
 }

@@ -80,11 +80,9 @@ fn policy(name: &str, action: GuardrailAction, detect: &[Detector]) -> Guardrail
 }
 
 fn guardrails(configs: &[GuardrailConfig]) -> Arc<Guardrails> {
-    let metrics = Arc::new(crate::metrics::Metrics::new());
     let deps = Deps {
         client: crate::providers::UpstreamClient::new(&crate::providers::UpstreamSettings::default()).expect("client"),
         credentials: Arc::new(crate::credentials::CredentialStore::new(None, [])),
-        health: Arc::new(crate::health::HealthRegistry::new(metrics)),
         drills: Arc::default(),
     };
     Arc::new(Guardrails::build(configs, &deps).expect("builds"))
