@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 pub use crate::generated_key::PreviousKey;
 use crate::resources::{
     BudgetAction, BudgetPeriod, CacheScope, Detector, ErrorClass, FailMode, GuardrailAction,
-    GuardrailPattern, GuardrailPhase, MessageRole, MockFault, ModerationFailureMode, Price,
-    PromptCaching, ProviderKind, RuleMatch, Strategy,
+    GuardrailPattern, GuardrailPhase, MessageRole, MockFault, ModerationFailureMode, Price, PromptCaching,
+    ProviderKind, RuleMatch, Strategy,
 };
 
 /// One namespace's compiled configuration.

@@ -53,21 +53,44 @@ const SYSTEM: &str = "You are the support assistant of Example Corp. Answer in t
 
 fn prompt() -> ChatRequest {
     let turns = [
-        ("user", "Hi, I ordered a blue jacket last week (order 55120) and it still has not arrived. Can you check where it is?"),
-        ("assistant", "I am sorry for the wait. Your order left our warehouse on Monday and is with the carrier; it should arrive within two days."),
-        ("user", "It was supposed to arrive on Friday. Please send the tracking link to jane.doe@example.com and call me at +44 20 7946 0958 if there is a problem."),
-        ("assistant", "I have sent the tracking link to your email. Is there anything else I can help you with today?"),
-        ("user", "Yes, I also want to know whether I can return the jacket if it does not fit, and how the refund works for payments by card. I paid with my usual card and would like the money back on the same card rather than as store credit. Also, the delivery address should be my office, not my home."),
+        (
+            "user",
+            "Hi, I ordered a blue jacket last week (order 55120) and it still has not arrived. Can you check where it is?",
+        ),
+        (
+            "assistant",
+            "I am sorry for the wait. Your order left our warehouse on Monday and is with the carrier; it should arrive within two days.",
+        ),
+        (
+            "user",
+            "It was supposed to arrive on Friday. Please send the tracking link to jane.doe@example.com and call me at +44 20 7946 0958 if there is a problem.",
+        ),
+        (
+            "assistant",
+            "I have sent the tracking link to your email. Is there anything else I can help you with today?",
+        ),
+        (
+            "user",
+            "Yes, I also want to know whether I can return the jacket if it does not fit, and how the refund works for payments by card. I paid with my usual card and would like the money back on the same card rather than as store credit. Also, the delivery address should be my office, not my home.",
+        ),
     ];
     let mut messages = vec![serde_json::json!({"role": "system", "content": SYSTEM})];
-    messages.extend(turns.iter().map(|(role, content)| serde_json::json!({"role": role, "content": content})));
+    messages.extend(
+        turns
+            .iter()
+            .map(|(role, content)| serde_json::json!({"role": role, "content": content})),
+    );
     serde_json::from_value(serde_json::json!({"model": "support", "messages": messages})).expect("request")
 }
 
 fn report(what: &str, mut samples: Vec<Duration>) {
     samples.sort_unstable();
     let at = |q: f64| {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
         let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
         samples[i]
     };
@@ -122,5 +145,8 @@ fn main() {
         }
         samples.push(started.elapsed());
     }
-    report(&format!("stream, {} chunks, {} bytes", chunks.len(), answer.len()), samples);
+    report(
+        &format!("stream, {} chunks, {} bytes", chunks.len(), answer.len()),
+        samples,
+    );
 }

@@ -479,7 +479,15 @@ impl Drop for AccessRecord {
             if !findings.is_empty() {
                 let listed: Vec<String> = findings
                     .iter()
-                    .map(|f| format!("{}/{}/{}/{}", f.policy, f.kind, f.action.as_str(), f.phase.as_str()))
+                    .map(|f| {
+                        format!(
+                            "{}/{}/{}/{}",
+                            f.policy,
+                            f.kind,
+                            f.action.as_str(),
+                            f.phase.as_str()
+                        )
+                    })
                     .collect();
                 line.field("guardrails", listed.join(","));
             }

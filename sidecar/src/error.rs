@@ -149,7 +149,9 @@ impl ApiError {
             Self::UnknownPath(_) => ("invalid_request_error", "unknown_url"),
             Self::NotReady => ("server_error", "not_ready"),
             Self::Guardrail(Blocked::Finding { .. }) => ("invalid_request_error", "guardrail_blocked"),
-            Self::Guardrail(Blocked::ModerationUnavailable { .. }) => ("server_error", "guardrail_unavailable"),
+            Self::Guardrail(Blocked::ModerationUnavailable { .. }) => {
+                ("server_error", "guardrail_unavailable")
+            }
             Self::Auth(error) => match error {
                 AuthError::Missing | AuthError::Unknown | AuthError::DefaultMissing(_) => {
                     ("invalid_request_error", "invalid_api_key")

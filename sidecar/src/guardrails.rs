@@ -85,7 +85,9 @@ pub enum Blocked {
         phase: &'static str,
     },
     /// A fail-closed moderation step got no verdict.
-    #[error("guardrail policy {policy:?}: the moderation endpoint gave no verdict ({reason}) and the policy fails closed")]
+    #[error(
+        "guardrail policy {policy:?}: the moderation endpoint gave no verdict ({reason}) and the policy fails closed"
+    )]
     ModerationUnavailable {
         /// The policy.
         policy: String,
@@ -177,12 +179,15 @@ impl Guardrails {
         let policies = configs
             .iter()
             .map(|config| {
-                let mut detectors: Vec<Box<dyn Detect>> = config.detect.iter().copied().flat_map(builtin).collect();
+                let mut detectors: Vec<Box<dyn Detect>> =
+                    config.detect.iter().copied().flat_map(builtin).collect();
                 for pattern in &config.patterns {
-                    let built = detect::Pattern::new(&pattern.name, &pattern.regex).map_err(|error| BuildError::Pattern {
-                        policy: config.name.clone(),
-                        pattern: pattern.name.clone(),
-                        error,
+                    let built = detect::Pattern::new(&pattern.name, &pattern.regex).map_err(|error| {
+                        BuildError::Pattern {
+                            policy: config.name.clone(),
+                            pattern: pattern.name.clone(),
+                            error,
+                        }
                     })?;
                     detectors.push(Box::new(built));
                 }
@@ -225,7 +230,11 @@ impl Guardrails {
     ///
     /// # Errors
     /// A `block` policy found something, or fail-closed moderation got no verdict.
-    pub async fn screen_request(&self, request: &mut dyn Inspect, findings: &Findings) -> Result<(), Blocked> {
+    pub async fn screen_request(
+        &self,
+        request: &mut dyn Inspect,
+        findings: &Findings,
+    ) -> Result<(), Blocked> {
         let scanning: Vec<&Policy> = self
             .policies
             .iter()
@@ -250,7 +259,9 @@ impl Guardrails {
             outcome?;
         }
         for policy in self.policies.iter().filter(|p| p.on_request) {
-            let Some(moderator) = &policy.moderation else { continue };
+            let Some(moderator) = &policy.moderation else {
+                continue;
+            };
             let mut prompt = String::new();
             request.visit(&mut |role, text| {
                 if policy.reads(role) {
@@ -340,7 +351,9 @@ fn answer_texts(answer: &mut Value, visit: &mut dyn FnMut(&mut String)) {
         return;
     };
     for choice in choices {
-        let Some(message) = choice.get_mut("message") else { continue };
+        let Some(message) = choice.get_mut("message") else {
+            continue;
+        };
         if let Some(Value::String(text)) = message.get_mut("content") {
             visit(text);
         }

@@ -168,8 +168,12 @@ fn guard_answer(route: &Arc<Route>, reply: Reply, record: &AccessRecord) -> Resu
             Reply::Complete(completed)
         }
         Reply::Stream(committed) => {
-            let (head, tail) =
-                guardrails::stream::guard(guardrails.clone(), committed.head, committed.tail, findings.clone());
+            let (head, tail) = guardrails::stream::guard(
+                guardrails.clone(),
+                committed.head,
+                committed.tail,
+                findings.clone(),
+            );
             Reply::Stream(CommittedStream {
                 head,
                 tail,

@@ -277,10 +277,13 @@ impl Builder<'_> {
     }
 
     fn adapter(&self, alias: &str, provider: &str) -> Result<Arc<dyn Provider>, BuildError> {
-        self.adapters.get(provider).cloned().ok_or_else(|| BuildError::Provider {
-            provider: provider.to_owned(),
-            error: ProviderError::unsupported(format!("route {alias} names it but it is not configured")),
-        })
+        self.adapters
+            .get(provider)
+            .cloned()
+            .ok_or_else(|| BuildError::Provider {
+                provider: provider.to_owned(),
+                error: ProviderError::unsupported(format!("route {alias} names it but it is not configured")),
+            })
     }
 
     fn semantic_target(

@@ -7,14 +7,16 @@ use llmesh_sidecar::guardrails::injection::PromptInjection;
 
 /// The documented ceilings: no benign prompt of the 30 flagged, at most
 /// 4 in 30 attacks missed (the misses are paraphrases with no known wording).
-const MAX_FALSE_POSITIVES: usize = 0;
 const MAX_FALSE_NEGATIVES: usize = 4;
 
 #[test]
 fn the_injection_screen_meets_its_documented_rates_on_the_labelled_set() {
     let set = include_str!("data/prompt_injection.tsv");
     let (mut attacks, mut benign, mut false_negatives, mut false_positives) = (0, 0, Vec::new(), Vec::new());
-    for line in set.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in set
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let (label, prompt) = line.split_once('\t').expect("label<TAB>prompt");
         let mut found = Vec::new();
         PromptInjection.find(prompt, &mut found);
@@ -40,6 +42,9 @@ fn the_injection_screen_meets_its_documented_rates_on_the_labelled_set() {
         false_positives.len()
     );
     assert_eq!((attacks, benign), (30, 30));
-    assert!(false_positives.len() <= MAX_FALSE_POSITIVES, "flagged: {false_positives:#?}");
-    assert!(false_negatives.len() <= MAX_FALSE_NEGATIVES, "missed: {false_negatives:#?}");
+    assert!(false_positives.is_empty(), "flagged: {false_positives:#?}");
+    assert!(
+        false_negatives.len() <= MAX_FALSE_NEGATIVES,
+        "missed: {false_negatives:#?}"
+    );
 }

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use axum::{Json, Router};
 use axum::body::{Body, Bytes};
 use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::mock_server::{Behavior, MockServer, State, broken_body, last_user_text, pace, pieces, sse};
@@ -207,7 +207,10 @@ async fn moderations(
     let request: Value = serde_json::from_slice(&body).unwrap_or_default();
     let inputs: Vec<String> = match &request["input"] {
         Value::String(text) => vec![text.clone()],
-        Value::Array(items) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     };
     let results: Vec<Value> = inputs

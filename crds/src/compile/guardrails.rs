@@ -23,7 +23,10 @@ pub(super) fn compile(
         .map(|(i, policy)| {
             let field = format!("spec.guardrails[{i}]");
             if !names.insert(policy.name.as_str()) {
-                errors.push(format!("{field}.name"), format!("{:?} is used twice", policy.name));
+                errors.push(
+                    format!("{field}.name"),
+                    format!("{:?} is used twice", policy.name),
+                );
             }
             if policy.detect.is_empty()
                 && policy.patterns.is_empty()
@@ -48,13 +51,13 @@ pub(super) fn compile(
                 let field = format!("{field}.moderation");
                 if policy.action == GuardrailAction::Redact {
                     errors.push(
-                        format!("{field}"),
+                        field.as_str(),
                         "a moderation verdict has nothing to redact: use action block or flag",
                     );
                 }
                 if phase != GuardrailPhase::Request {
                     errors.push(
-                        format!("{field}"),
+                        field.as_str(),
                         "moderation runs on prompts only: set phase: request",
                     );
                 }

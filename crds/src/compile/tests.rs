@@ -1,8 +1,8 @@
 //! Table-driven tests of the compiler: manifests in, config or problems out.
 
 use super::*;
-use crate::resources::{Detector, GuardrailPhase, MessageRole, ModerationFailureMode};
 use crate::manifests::Manifests;
+use crate::resources::{Detector, GuardrailPhase, MessageRole, ModerationFailureMode};
 
 const MOCK: &str = "
 apiVersion: llmesh.io/v1alpha1
@@ -662,13 +662,21 @@ fn cache_settings_compile_with_defaults_and_off_means_absent() {
 fn guardrails_report_their_bad_fields() {
     // (case, guardrails, expected problem substrings; empty means valid)
     let cases: &[(&str, &str, &[&str])] = &[
-        ("pii redaction", "[{name: pii, action: redact, detect: [email, creditCard]}]", &[]),
+        (
+            "pii redaction",
+            "[{name: pii, action: redact, detect: [email, creditCard]}]",
+            &[],
+        ),
         (
             "moderation with a provider key",
             "[{name: mod, phase: request, action: block, moderation: {url: 'http://m/v1/moderations', provider: openai, timeout: 300ms, failureMode: open}}]",
             &[],
         ),
-        ("nothing to look for", "[{name: empty, action: flag}]", &["spec.guardrails[0]: needs something to look for"]),
+        (
+            "nothing to look for",
+            "[{name: empty, action: flag}]",
+            &["spec.guardrails[0]: needs something to look for"],
+        ),
         (
             "duplicate names",
             "[{name: a, action: flag, words: [x]}, {name: a, action: block, words: [y]}]",
@@ -679,7 +687,11 @@ fn guardrails_report_their_bad_fields() {
             "[{name: p, action: redact, patterns: [{name: ticket, regex: 'TCK-[0-9'}]}]",
             &["spec.guardrails[0].patterns[0].regex"],
         ),
-        ("empty word", "[{name: w, action: block, words: ['  ']}]", &["spec.guardrails[0].words: words must not be empty"]),
+        (
+            "empty word",
+            "[{name: w, action: block, words: ['  ']}]",
+            &["spec.guardrails[0].words: words must not be empty"],
+        ),
         (
             "moderation on answers",
             "[{name: m, action: block, moderation: {url: 'http://m/x'}}]",
@@ -707,7 +719,10 @@ fn guardrails_report_their_bad_fields() {
         let got = messages(&compiled);
         assert_eq!(got.len(), expected.len(), "{case}: {got:#?}");
         for want in *expected {
-            assert!(got.iter().any(|g| g.contains(want)), "{case}: no problem contains {want:?} in {got:#?}");
+            assert!(
+                got.iter().any(|g| g.contains(want)),
+                "{case}: no problem contains {want:?} in {got:#?}"
+            );
         }
     }
 }
@@ -734,5 +749,8 @@ fn guardrails_compile_with_defaults_and_key_references_only() {
         })
     );
     let json = serde_json::to_string(&compiled.config).expect("json");
-    assert!(!json.contains("sk-test"), "the key's value never enters the config");
+    assert!(
+        !json.contains("sk-test"),
+        "the key's value never enters the config"
+    );
 }

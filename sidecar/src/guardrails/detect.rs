@@ -67,7 +67,9 @@ pub struct Checked {
 
 impl fmt::Debug for Checked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Checked").field("kind", &self.kind).finish_non_exhaustive()
+        f.debug_struct("Checked")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -112,11 +114,16 @@ impl Pattern {
 
 impl Detect for Pattern {
     fn find(&self, text: &str, out: &mut Vec<Span>) {
-        out.extend(self.regex.find_iter(text).filter(|m| !m.is_empty()).map(|m| Span {
-            start: m.start(),
-            end: m.end(),
-            kind: self.kind.clone(),
-        }));
+        out.extend(
+            self.regex
+                .find_iter(text)
+                .filter(|m| !m.is_empty())
+                .map(|m| Span {
+                    start: m.start(),
+                    end: m.end(),
+                    kind: self.kind.clone(),
+                }),
+        );
     }
 }
 

@@ -20,7 +20,9 @@ static EMAIL: LazyLock<Regex> =
 /// An international number (`+` and 8 to 15 digits) or a North American
 /// one with separators; bare digit runs are left to the other detectors.
 static PHONE: LazyLock<Regex> = LazyLock::new(|| {
-    regex(r"(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}\b|\b\d{3}[.-]\d{3}[.-]\d{4}\b)")
+    regex(
+        r"(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}\b|\b\d{3}[.-]\d{3}[.-]\d{4}\b)",
+    )
 });
 
 static CARD: LazyLock<Regex> = LazyLock::new(|| regex(r"\b\d(?:[ -]?\d){12,18}\b"));
@@ -48,18 +50,23 @@ pub fn luhn(number: &[u32]) -> bool {
         .iter()
         .rev()
         .enumerate()
-        .map(|(i, &d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d })
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
+            } else {
+                d
+            }
+        })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn card(candidate: &str) -> bool {
     let number = digits(candidate);
-    let known_issuer = match number.as_slice() {
-        [4, ..] | [3, 4 | 7, ..] | [3, 5, ..] | [3, 0 | 6 | 8, ..] | [6, ..] => true,
-        [5, 1..=5, ..] | [2, 2..=7, ..] => true,
-        _ => false,
-    };
+    let known_issuer = matches!(
+        number.as_slice(),
+        [4 | 6, ..] | [3, 0 | 4..=8, ..] | [5, 1..=5, ..] | [2, 2..=7, ..]
+    );
     (13..=19).contains(&number.len())
         && known_issuer
         && luhn(&number)
@@ -116,7 +123,9 @@ impl Detect for Card {
                     .map(|(a, b)| (groups[a].0, groups[b].1))
                     .collect();
                 windows.sort_by_key(|&(start, end)| std::cmp::Reverse(end - start));
-                windows.into_iter().find(|&(start, end)| card(&candidate[start..end]))
+                windows
+                    .into_iter()
+                    .find(|&(start, end)| card(&candidate[start..end]))
             };
             if let Some((start, end)) = found {
                 out.push(Span {

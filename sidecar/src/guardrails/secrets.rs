@@ -17,8 +17,9 @@ static OPENAI: LazyLock<Regex> =
     LazyLock::new(|| regex(r"\bsk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,}"));
 static AWS: LazyLock<Regex> = LazyLock::new(|| regex(r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b"));
 static GCP: LazyLock<Regex> = LazyLock::new(|| regex(r"\bAIza[0-9A-Za-z_-]{35}"));
-static AZURE: LazyLock<Regex> =
-    LazyLock::new(|| regex(r"(?i)\b(?:AccountKey|SharedAccessKey|SharedAccessSignature)=[A-Za-z0-9+/%=&:._-]{20,}"));
+static AZURE: LazyLock<Regex> = LazyLock::new(|| {
+    regex(r"(?i)\b(?:AccountKey|SharedAccessKey|SharedAccessSignature)=[A-Za-z0-9+/%=&:._-]{20,}")
+});
 static GITHUB: LazyLock<Regex> =
     LazyLock::new(|| regex(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})"));
 static SLACK: LazyLock<Regex> = LazyLock::new(|| regex(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"));
