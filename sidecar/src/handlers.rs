@@ -271,6 +271,12 @@ async fn count(app: &App, headers: &HeaderMap, body: Body) -> Result<(TokenCount
     if let Some(key) = &key {
         key.allow_route(&route.alias)?;
     }
+    // An exact count sends the prompt upstream: the same guardrails apply
+    // (the count is not a request of the access log, so findings go uncounted).
+    route
+        .guardrails
+        .screen_request(&mut request, &guardrails::Findings::default())
+        .await?;
     let estimate = crate::routing::Estimate::of_chat(&request);
     let facts = crate::routing::RequestFacts {
         headers,

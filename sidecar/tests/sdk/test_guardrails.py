@@ -70,6 +70,9 @@ def test_a_prompt_injection_is_blocked_and_never_reaches_the_upstream(client, cl
     assert raised.value.body["error"]["type"] == "invalid_request_error"
     assert "prompt_injection" in raised.value.body["error"]["message"]
 
+    with pytest.raises(anthropic.BadRequestError):
+        claude.messages.count_tokens(model=GUARDED_ALIAS, messages=[{"role": "user", "content": INJECTION}])
+
     with pytest.raises(openai.BadRequestError):
         client.responses.create(model=GUARDED_ALIAS, input=INJECTION)
     assert len(gateway.calls(OPENAI)) == before, "no blocked prompt reached the upstream"
