@@ -164,6 +164,17 @@ start_pinned() {
 body='{"model":"bench","messages":[{"role":"user","content":"Say hello"}]}'
 resilient_body='{"model":"resilient","messages":[{"role":"user","content":"Say hello"}]}'
 cached_body='{"model":"cached","messages":[{"role":"user","content":"Say hello"}]}'
+# The three chat APIs against one Anthropic-style upstream: chat is translated
+# to Messages, a Messages app's request goes as it came, Responses is
+# translated both ways. Each pays the same upstream, so the ratios to the chat
+# path in the same round are what the inbound format adds.
+declare -A api_bodies=(
+    [chat]='{"model":"claude","messages":[{"role":"user","content":"Say hello"}]}'
+    [messages]='{"model":"claude","max_tokens":64,"messages":[{"role":"user","content":"Say hello"}]}'
+    [responses]='{"model":"claude","input":"Say hello"}'
+)
+declare -A api_paths=([chat]=/v1/chat/completions [messages]=/v1/messages [responses]=/v1/responses)
+apis=(chat messages responses)
 
 # Waits until a server answers the benchmark request with a chat completion.
 wait_answering() {
@@ -311,6 +322,33 @@ spec:
     mode: exact
     ttl: 1h
     scope: route
+---
+# An Anthropic-style upstream (mock-upstream's Messages API mock, which wants a key).
+apiVersion: v1
+kind: Secret
+metadata:
+  name: anthropic-key
+stringData:
+  apiKey: sk-ant-bench
+---
+apiVersion: llmesh.io/v1alpha1
+kind: ProviderSecret
+metadata:
+  name: anthropic
+spec:
+  provider: anthropic
+  baseUrl: http://127.0.0.1:$mock_port/anthropic
+  secretRef:
+    name: anthropic-key
+---
+apiVersion: llmesh.io/v1alpha1
+kind: LLMRoute
+metadata:
+  name: claude
+spec:
+  targets:
+    - provider: anthropic
+      model: claude-sonnet-4-5
 EOF
 start_pinned "$server_cpu" "$work/sidecar.log" "$sidecar_bin" --manifests "$work/manifests" \
     --listen "127.0.0.1:$sidecar_port" --admin-listen "127.0.0.1:$admin_port"
@@ -361,6 +399,12 @@ for round in $(seq "$rounds"); do
     log "latency: sidecar, cache hits (round $round/$rounds)"
     request_body=$cached_body oha_run latency "$results/latency-cached-$round.json" "${urls[sidecar]}" \
         -z "$latency_duration" -q "$rate" -c "$latency_connections" --latency-correction
+    for api in "${apis[@]}"; do
+        log "latency: sidecar, ${api_paths[$api]} to an Anthropic-style upstream (round $round/$rounds)"
+        request_body=${api_bodies[$api]} oha_run latency "$results/latency-api-$api-$round.json" \
+            "http://127.0.0.1:$sidecar_port${api_paths[$api]}" \
+            -z "$latency_duration" -q "$rate" -c "$latency_connections" --latency-correction
+    done
 done
 
 # Time inside each proxy, from packet timestamps on loopback (see

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 TARGETS = ("direct", "nginx", "sidecar")
+# The chat APIs apps call, each against the same Anthropic-style upstream.
+APIS = ("chat", "messages", "responses")
 # Design targets (docs/performance.md).
 THROUGHPUT_RATIO_MIN = 0.75
 IDLE_RSS_MAX_MIB = 20.0
@@ -68,6 +70,7 @@ def main():
     cached_latency = [oha_figures(load(raw / f"latency-cached-{r}.json")) for r in rounds]
     cached_throughput = [oha_figures(load(raw / f"throughput-cached-{r}.json")) for r in rounds]
     cached_cpu = [load(raw / f"cpu-cached-{r}.json") for r in rounds]
+    api_latency = {a: [oha_figures(load(raw / f"latency-api-{a}-{r}.json")) for r in rounds] for a in APIS}
     throughput = {t: [oha_figures(load(raw / f"throughput-{t}-{r}.json")) for r in rounds] for t in TARGETS}
     cpu = {t: [load(raw / f"cpu-{t}-{r}.json") for r in rounds] for t in TARGETS}
     stream = load(raw / "stream.json")
@@ -118,9 +121,37 @@ def main():
     # What one core can answer, from CPU per hit: when the load generator on
     # the other core runs out first, the measured rate is only a floor.
     cache_hits["one_core_capacity_rps"] = 1e6 / max(cache_hits["server_cpu_us_per_request"], 1e-9)
+    # Each inbound format against the chat path of the same round: the other
+    # tenants of the machine shift both alike.
+    inbound_apis = {
+        "latency_ms": {a: {k: median_of(api_latency[a], k) for k in ("p50_ms", "p99_ms", "p99_9_ms")} for a in APIS},
+        "ratio_to_chat": {
+            a: {
+                k: statistics.median(x[k] / c[k] for x, c in zip(api_latency[a], api_latency["chat"]))
+                for k in ("p50_ms", "p99_ms")
+            }
+            for a in APIS
+            if a != "chat"
+        },
+        "added_over_chat_ms": {
+            a: {
+                k: statistics.median(x[k] - c[k] for x, c in zip(api_latency[a], api_latency["chat"]))
+                for k in ("p50_ms", "p99_ms")
+            }
+            for a in APIS
+            if a != "chat"
+        },
+    }
     failed = sum(
         r["failed"]
-        for runs in (*latency.values(), *throughput.values(), resilient, cached_latency, cached_throughput)
+        for runs in (
+            *latency.values(),
+            *throughput.values(),
+            *api_latency.values(),
+            resilient,
+            cached_latency,
+            cached_throughput,
+        )
         for r in runs
     )
     rss_start_mib = idle_start["rss_kib"] / 1024
@@ -155,6 +186,7 @@ def main():
         "sidecar_rss_mib": {"idle_start": rss_start_mib, "idle_after_load": rss_end_mib, "peak": idle_end["hwm_kib"] / 1024},
         "mock_rss_mib_after_load": idle_end["mock_rss_kib"] / 1024,
         "cache_hits": cache_hits,
+        "inbound_apis": inbound_apis,
         "first_chunk_ms": stream,
         "in_proxy_us": in_proxy,
         "failed_requests": failed,
@@ -163,6 +195,7 @@ def main():
             "latency": latency,
             "retry_and_fallback": resilient,
             "cache_hit_latency": cached_latency,
+            "inbound_apis": api_latency,
             "throughput": throughput,
             "cache_hit_throughput": cached_throughput,
             "cpu": cpu,
@@ -212,6 +245,19 @@ def print_table(s, args):
         out.append(
             f"  sidecar/nginx: p50 {fmt_ratio(ip['ratio_sidecar_over_nginx']['total_p50_us'])}, "
             f"p99 {fmt_ratio(ip['ratio_sidecar_over_nginx']['total_p99_us'])}"
+        )
+    ia = s["inbound_apis"]
+    out += [
+        "",
+        f"Inbound APIs against an Anthropic-style upstream at {args.rate} req/s (ms; ratio to the chat path, same round)",
+        f"  {'':<22}{'p50':>9}{'p99':>9}{'p99.9':>9}{'p50 ratio':>11}{'p99 ratio':>11}",
+    ]
+    for a in APIS:
+        l = ia["latency_ms"][a]
+        r = ia["ratio_to_chat"].get(a, {"p50_ms": 1.0, "p99_ms": 1.0})
+        out.append(
+            f"  {a:<22}{l['p50_ms']:>9.3f}{l['p99_ms']:>9.3f}{l['p99_9_ms']:>9.3f}"
+            f"{fmt_ratio(r['p50_ms']):>11}{fmt_ratio(r['p99_ms']):>11}"
         )
     out += [
         "",

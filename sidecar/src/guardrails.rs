@@ -242,6 +242,7 @@ impl Guardrails {
             .collect();
         if !scanning.is_empty() {
             let mut outcome = Ok(());
+            let mut rewritten = false;
             request.visit(&mut |role, text| {
                 if outcome.is_err() {
                     return;
@@ -251,12 +252,16 @@ impl Guardrails {
                     Ok(settled) => {
                         if let Some(redacted) = settled.replacement {
                             *text = redacted;
+                            rewritten = true;
                         }
                     }
                     Err(blocked) => outcome = Err(blocked),
                 }
             });
             outcome?;
+            if rewritten {
+                request.rewritten();
+            }
         }
         for policy in self.policies.iter().filter(|p| p.on_request) {
             let Some(moderator) = &policy.moderation else {
@@ -451,6 +456,10 @@ fn floor_boundary(text: &str, at: usize) -> usize {
 pub trait Inspect: Send {
     /// Calls `visit` with each text and the role it speaks for.
     fn visit(&mut self, visit: &mut dyn FnMut(MessageRole, &mut String));
+
+    /// A text was rewritten: what the request carries of its original body
+    /// must not be sent any more.
+    fn rewritten(&mut self) {}
 }
 
 impl Inspect for ChatRequest {
@@ -476,6 +485,13 @@ impl Inspect for ChatRequest {
                 visit(MessageRole::Assistant, &mut call.function.arguments);
             }
         }
+    }
+
+    /// A Messages app's original body would go to an Anthropic target as it
+    /// came (same-family passthrough): after a redaction the translation of
+    /// the redacted request goes instead.
+    fn rewritten(&mut self) {
+        self.anthropic = None;
     }
 }
 

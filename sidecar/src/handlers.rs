@@ -66,15 +66,12 @@ pub async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, b
 
 /// `POST /v1/messages`: Anthropic's Messages API.
 pub async fn messages(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    let beta = headers
-        .get("anthropic-beta")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     serve(&app, &headers, body, Api::Messages, |bytes| {
         let request: MessagesRequest = inbound::parse_json(bytes)?;
-        let mut chat = convert::messages::to_chat(request, false)?;
-        chat.anthropic_beta = beta;
-        Ok((chat, Shape::Messages))
+        Ok((
+            convert::messages::from_app(request, &headers, false)?,
+            Shape::Messages,
+        ))
     })
     .await
 }
@@ -262,11 +259,7 @@ async fn count(app: &App, headers: &HeaderMap, body: Body) -> Result<(TokenCount
     let key = admission::caller(app, &runtime, headers)?;
     let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
     let request: MessagesRequest = inbound::parse_json(&bytes)?;
-    let mut request = convert::messages::to_chat(request, true)?;
-    request.anthropic_beta = headers
-        .get("anthropic-beta")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let mut request = convert::messages::from_app(request, headers, true)?;
     let route = admission::resolve(app, &runtime, &request.model)?;
     if let Some(key) = &key {
         key.allow_route(&route.alias)?;

@@ -504,3 +504,44 @@ async fn guardrails_redact_block_and_clean_answers() {
     let metrics = sidecar.get("/metrics").await.text().await.expect("metrics");
     assert!(metrics.contains(r#"llmesh_guardrail_findings_total{action="flag",kind="ticket",phase="request",policy="tickets",route="support"} 1"#), "{metrics}");
 }
+
+#[tokio::test]
+async fn an_anthropic_route_receives_a_messages_apps_request_as_sent() {
+    let anthropic = llmesh_test_support::anthropic::start().await;
+    let manifests =
+        example("anthropic-passthrough").replace("http://127.0.0.1:8089/anthropic", &anthropic.url());
+    let sidecar = Sidecar::start(&manifests).await;
+    let system = json!([{"type": "text", "text": "You plan trips.", "cache_control": {"type": "ephemeral"}}]);
+    let messages = json!([
+        {"role": "user", "content": "Plan a day out"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "They want a city.", "signature": "EqQBCkgIARAB"},
+            {"type": "text", "text": "Where?"}]},
+        {"role": "user", "content": "Lisbon"}
+    ]);
+    let answer = sidecar
+        .post_with(
+            "/v1/messages",
+            &json!({"model": "claude", "max_tokens": 256, "system": system, "messages": messages}),
+            &[
+                ("anthropic-version", "2023-06-01"),
+                ("anthropic-beta", "interleaved-thinking-2025-05-14"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.expect("json");
+    assert_eq!(answer["content"][0]["text"], "Hello from anthropic: Lisbon");
+
+    let calls = anthropic.calls();
+    let call = calls.last().expect("Anthropic was called");
+    let sent: Value = serde_json::from_slice(&call.body).expect("json");
+    assert_eq!(sent["model"], "claude-sonnet-4-5");
+    assert_eq!(sent["system"], system);
+    assert_eq!(sent["messages"], messages);
+    assert_eq!(
+        call.header("anthropic-beta"),
+        Some("interleaved-thinking-2025-05-14")
+    );
+    assert_eq!(call.header("x-api-key"), Some("sk-ant-local-mock"));
+}

@@ -1,9 +1,12 @@
 //! `POST /v1/chat/completions`: request, response and stream chunk.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::Usage;
+use super::messages::AnthropicOrigin;
 
 /// A chat completion request as apps send it.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -63,10 +66,11 @@ pub struct ChatRequest {
     /// Fields llmesh does not interpret, passed to OpenAI-style upstreams.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
-    /// The `anthropic-beta` header of a Messages app, passed on to Anthropic
-    /// targets only; not part of the body, the cache key, or any other wire format.
+    /// What a Messages app sent that only an Anthropic target can use: its
+    /// request as it came and its `anthropic-version`/`anthropic-beta`
+    /// headers. Not part of the body, the cache key, or any other wire format.
     #[serde(skip)]
-    pub anthropic_beta: Option<String>,
+    pub anthropic: Option<Arc<AnthropicOrigin>>,
 }
 
 impl ChatRequest {

@@ -50,6 +50,20 @@ pub struct MessagesRequest {
     pub extra: Map<String, Value>,
 }
 
+/// A Messages request as the app sent it, kept beside its translation so
+/// that an Anthropic target receives it whole (same-family passthrough):
+/// prompt-cache breakpoints, thinking blocks with their signatures and
+/// fields llmesh does not model survive.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnthropicOrigin {
+    /// The request.
+    pub request: MessagesRequest,
+    /// The app's `anthropic-version` header.
+    pub version: Option<String>,
+    /// The app's `anthropic-beta` header.
+    pub beta: Option<String>,
+}
+
 /// Who speaks a message.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -156,6 +170,17 @@ impl Block {
         Self::Text {
             text: text.into(),
             cache_control: None,
+        }
+    }
+
+    /// The block's prompt-cache breakpoint, if it is one.
+    pub fn cache_control(&self) -> Option<&Value> {
+        match self {
+            Self::Text { cache_control, .. }
+            | Self::Image { cache_control, .. }
+            | Self::ToolUse { cache_control, .. }
+            | Self::ToolResult { cache_control, .. } => cache_control.as_ref(),
+            Self::Thinking { .. } | Self::RedactedThinking { .. } => None,
         }
     }
 }

@@ -234,6 +234,28 @@ pub struct Response {
     pub text: TextConfig,
     /// The request's metadata.
     pub metadata: Map<String, Value>,
+    /// The request's output limit.
+    pub max_output_tokens: Option<u64>,
+    /// The request's sampling temperature.
+    pub temperature: f64,
+    /// The request's nucleus sampling.
+    pub top_p: f64,
+    /// The request's reasoning settings.
+    pub reasoning: ReasoningEcho,
+    /// Always `disabled`: a request too long for the model fails.
+    pub truncation: &'static str,
+    /// The request's end-user id.
+    pub user: Option<String>,
+}
+
+/// `reasoning` of the response object: both fields always present, as
+/// OpenAI writes them.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ReasoningEcho {
+    /// The effort asked for.
+    pub effort: Option<String>,
+    /// Summary settings.
+    pub summary: Option<Value>,
 }
 
 /// `incomplete_details`.

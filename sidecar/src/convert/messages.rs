@@ -2,8 +2,13 @@
 //!
 //! Tool results travel inside Anthropic's user turns and before the rest of
 //! the turn, so each becomes an OpenAI `tool` message placed before the
-//! user's text. Thinking blocks have no chat equivalent and are dropped.
+//! user's text. Thinking blocks have no chat equivalent and are dropped from
+//! the translation; an Anthropic target gets the request as sent
+//! ([`from_app`]).
 
+use std::sync::Arc;
+
+use http::HeaderMap;
 use serde_json::{Map, Value};
 
 use crate::api::chat::{
@@ -11,9 +16,32 @@ use crate::api::chat::{
     StreamOptions, ToolCall,
 };
 use crate::api::messages::{
-    Block, ImageSource, MessagesRequest, MessagesResponse, Role, Tool, ToolChoice, Usage as WireUsage,
+    AnthropicOrigin, Block, ImageSource, MessagesRequest, MessagesResponse, Role, Tool, ToolChoice,
+    Usage as WireUsage,
 };
 use crate::error::ApiError;
+
+/// The internal request for a Messages app's request: the translation,
+/// carrying the request as sent and its `anthropic-version` and
+/// `anthropic-beta` headers, which an Anthropic target receives instead.
+///
+/// # Errors
+/// As [`to_chat`].
+pub fn from_app(
+    request: MessagesRequest,
+    headers: &HeaderMap,
+    counting: bool,
+) -> Result<ChatRequest, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let origin = AnthropicOrigin {
+        request: request.clone(),
+        version: header("anthropic-version"),
+        beta: header("anthropic-beta"),
+    };
+    let mut chat = to_chat(request, counting)?;
+    chat.anthropic = Some(Arc::new(origin));
+    Ok(chat)
+}
 
 /// The internal request for a Messages request.
 ///

@@ -10,8 +10,8 @@ use crate::api::chat::{
     JsonSchemaFormat, ResponseFormat, StreamOptions, ToolCall,
 };
 use crate::api::responses::{
-    IncompleteDetails, Input, Item, ItemContent, OutputItem, OutputText, Part, Response, ResponsesRequest,
-    TextConfig, Usage,
+    IncompleteDetails, Input, Item, ItemContent, OutputItem, OutputText, Part, Reasoning, ReasoningEcho,
+    Response, ResponsesRequest, TextConfig, Usage,
 };
 use crate::error::ApiError;
 use crate::providers::unix_now;
@@ -25,6 +25,11 @@ pub struct Echo {
     parallel_tool_calls: Option<bool>,
     text: Option<TextConfig>,
     metadata: Map<String, Value>,
+    max_output_tokens: Option<u64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    reasoning: Option<Reasoning>,
+    user: Option<String>,
 }
 
 /// The internal request for a Responses request, and what its answer echoes.
@@ -101,6 +106,11 @@ pub fn to_chat(request: ResponsesRequest) -> Result<(ChatRequest, Echo), ApiErro
         parallel_tool_calls: request.parallel_tool_calls,
         text: request.text,
         metadata: request.metadata.unwrap_or_default(),
+        max_output_tokens: request.max_output_tokens,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        reasoning: request.reasoning,
+        user: request.user.clone(),
     };
     let chat = ChatRequest {
         model: request.model,
@@ -279,6 +289,16 @@ impl Echo {
                 }),
             }),
             metadata: self.metadata.clone(),
+            max_output_tokens: self.max_output_tokens,
+            // OpenAI's defaults, which the target applied when the request left them out.
+            temperature: self.temperature.unwrap_or(1.0),
+            top_p: self.top_p.unwrap_or(1.0),
+            reasoning: ReasoningEcho {
+                effort: self.reasoning.as_ref().and_then(|r| r.effort.clone()),
+                summary: self.reasoning.as_ref().and_then(|r| r.summary.clone()),
+            },
+            truncation: "disabled",
+            user: self.user.clone(),
         }
     }
 }

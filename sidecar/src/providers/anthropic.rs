@@ -1,6 +1,8 @@
 //! Anthropic's Messages API (`POST /v1/messages`), behind the OpenAI shape.
 //!
-//! The request is translated (`request`), the answer translated back
+//! A Messages app's request is sent as it came (same-family passthrough:
+//! `cache_control`, thinking signatures, betas and its `anthropic-version`
+//! survive); any other is translated (`request`). The answer is translated back
 //! (`response`), and a stream translated event by event (`stream`).
 //! `response_format` JSON has no Anthropic equivalent and is emulated with a
 //! forced tool call whose input is the answer (see `request`).
@@ -24,6 +26,7 @@ use super::openai::{snippet, static_headers};
 use super::upstream::{Answer, UpstreamClient, UpstreamResponse};
 use super::{ChatReply, ChunkStream, Deps, ErrorKind, Provider, ProviderError, sse};
 use crate::api::chat::ChatRequest;
+use crate::api::messages::MessagesRequest;
 use crate::credentials::CredentialStore;
 
 const PUBLIC_BASE_URL: &str = "https://api.anthropic.com";
@@ -38,6 +41,8 @@ pub struct Anthropic {
     url: String,
     count_url: String,
     headers: HeaderMap,
+    /// The ProviderSecret sets `anthropic-version`: an app's own does not replace it.
+    version_pinned: bool,
     api_key: Option<CredentialRef>,
     client: UpstreamClient,
     credentials: Arc<CredentialStore>,
@@ -58,7 +63,8 @@ impl Anthropic {
             .unwrap_or(PUBLIC_BASE_URL)
             .trim_end_matches('/');
         let mut headers = static_headers(&config.headers)?;
-        if !headers.contains_key("anthropic-version") {
+        let version_pinned = headers.contains_key("anthropic-version");
+        if !version_pinned {
             headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
         }
         let api_key = match &config.credentials {
@@ -70,6 +76,7 @@ impl Anthropic {
             url: format!("{base}/v1/messages"),
             count_url: format!("{base}/v1/messages/count_tokens"),
             headers,
+            version_pinned,
             api_key,
             client: deps.client.clone(),
             credentials: deps.credentials.clone(),
@@ -83,14 +90,23 @@ impl Anthropic {
         request: &ChatRequest,
         body: Vec<u8>,
     ) -> Result<UpstreamResponse, ProviderError> {
-        let mut builder = self.client.post(url).headers(self.headers.clone());
-        // The betas a Messages app asked for; a ProviderSecret's own header wins.
-        if let Some(beta) = request.anthropic_beta.as_deref()
-            && !self.headers.contains_key("anthropic-beta")
-            && let Ok(value) = HeaderValue::from_str(beta)
-        {
-            builder = builder.header("anthropic-beta", value);
+        let mut headers = self.headers.clone();
+        // A Messages app's version and betas; a ProviderSecret's own headers win.
+        if let Some(origin) = request.anthropic.as_deref() {
+            if let Some(version) = origin.version.as_deref()
+                && !self.version_pinned
+                && let Ok(value) = HeaderValue::from_str(version)
+            {
+                headers.insert("anthropic-version", value);
+            }
+            if let Some(beta) = origin.beta.as_deref()
+                && !self.headers.contains_key("anthropic-beta")
+                && let Ok(value) = HeaderValue::from_str(beta)
+            {
+                headers.insert("anthropic-beta", value);
+            }
         }
+        let mut builder = self.client.post(url).headers(headers);
         if let Some(reference) = &self.api_key {
             let mut key =
                 HeaderValue::from_str(self.credentials.resolve(reference)?.expose()).map_err(|_| {
@@ -124,7 +140,7 @@ impl Provider for Anthropic {
     }
 
     async fn chat(&self, request: &ChatRequest, model: &str) -> Result<ChatReply, ProviderError> {
-        let mut outbound = request::translate(request, model)?;
+        let mut outbound = outbound(request, model)?;
         if let Some(min_tokens) = self.cache_prefix_from_tokens {
             request::mark_stable_prefix(&mut outbound, min_tokens);
         }
@@ -144,7 +160,7 @@ impl Provider for Anthropic {
     }
 
     async fn count_tokens(&self, request: &ChatRequest, model: &str) -> Result<u64, ProviderError> {
-        let body = request::count_tokens_body(request, model)?;
+        let body = request::count_tokens_body(&outbound(request, model)?)?;
         let response = self.post(&self.count_url, request, body).await?;
         let body = UpstreamClient::body(response).await?;
         #[derive(Deserialize)]
@@ -154,6 +170,15 @@ impl Provider for Anthropic {
         serde_json::from_slice::<Count>(&body)
             .map(|count| count.input_tokens)
             .map_err(|e| ProviderError::invalid_response(format!("not a token count: {e}")))
+    }
+}
+
+/// The Messages request for `model`: a Messages app's own request as it
+/// came (same-family passthrough), or the translation of the chat request.
+fn outbound(request: &ChatRequest, model: &str) -> Result<MessagesRequest, ProviderError> {
+    match request.anthropic.as_deref() {
+        Some(origin) => Ok(request::passthrough(&origin.request, request, model)),
+        None => request::translate(request, model),
     }
 }
 

@@ -196,3 +196,56 @@ def test_anthropic_beta_reaches_anthropic_targets_only(claude, gateway):
     anthropic_call = gateway.calls(PROVIDERS["anthropic"])[-1]
     assert anthropic_call["headers"].get("anthropic-beta") == beta["anthropic-beta"]
     assert "anthropic-beta" not in gateway.calls(PROVIDERS["openai"])[-1]["headers"]
+
+
+def test_an_anthropic_target_receives_the_apps_request_as_sent(claude, gateway):
+    # Same-family passthrough: what chat does not model (prompt-cache
+    # breakpoints, a signed thinking block, service_tier) reaches Anthropic.
+    system = [{"type": "text", "text": "You plan trips.", "cache_control": {"type": "ephemeral"}}]
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "Plan a day out", "cache_control": {"type": "ephemeral"}}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "They want a city.", "signature": "EqQBCkgIARABGAIiQL"},
+                {"type": "text", "text": "Where?"},
+            ],
+        },
+        {"role": "user", "content": "Lisbon"},
+    ]
+    version = "2023-06-01"
+    raw = claude.messages.with_raw_response.create(
+        model=route_alias(PROVIDERS["anthropic"]),
+        max_tokens=64,
+        system=system,
+        messages=messages,
+        extra_body={"service_tier": "auto"},
+        extra_headers={"anthropic-version": version, "anthropic-beta": "interleaved-thinking-2025-05-14"},
+    )
+    assert raw.parse().content[0].text == "Hello from anthropic: Lisbon"
+    call = gateway.calls(PROVIDERS["anthropic"])[-1]
+    assert call["body"]["model"] == PROVIDERS["anthropic"].model
+    assert call["body"]["system"] == system
+    assert call["body"]["messages"] == messages
+    assert call["body"]["service_tier"] == "auto"
+    assert call["headers"]["anthropic-version"] == version
+    assert call["headers"]["anthropic-beta"] == "interleaved-thinking-2025-05-14"
+    assert call["headers"]["x-api-key"] == PROVIDERS["anthropic"].secret["apiKey"]
+
+
+def test_a_stream_to_an_anthropic_target_sends_the_apps_request_as_sent(claude, gateway):
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Stream me", "cache_control": {"type": "ephemeral"}}]}]
+    with claude.messages.stream(model=route_alias(PROVIDERS["anthropic"]), max_tokens=64, messages=messages) as stream:
+        text = stream.get_final_text()
+    assert text == "Hello from anthropic: Stream me"
+    call = gateway.calls(PROVIDERS["anthropic"])[-1]
+    assert call["body"]["messages"] == messages
+    assert call["body"]["stream"] is True
+
+
+def test_other_families_get_the_translation_not_anthropics_fields(claude, gateway):
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]}]
+    claude.messages.create(model=route_alias(PROVIDERS["openai"]), max_tokens=64, messages=messages)
+    body = gateway.calls(PROVIDERS["openai"])[-1]["body"]
+    assert body["messages"] == [{"role": "user", "content": "Hi"}]
+    assert "cache_control" not in json.dumps(body)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import anthropic
 import openai
 import pytest
 
@@ -53,10 +54,12 @@ MANIFESTS = [
     *_key("downgraded", "sk-downgraded", budget="tiny-downgrade"),
     *_key("alerted", "sk-alerted", budget="tiny-alert"),
     *_key("agent", "sk-agent", budget="agents"),
+    *_key("blocked-sdk", "sk-blocked-sdk", budget="tiny-sdk"),
     _doc("Budget", "tiny", spec={"limitUsd": 0.0001, "period": "monthly", "timeZone": "America/New_York"}),
     _doc("Budget", "tiny-downgrade", spec={"limitUsd": 0.0001, "action": "downgrade", "downgradeTo": "table"}),
     _doc("Budget", "tiny-alert", spec={"limitUsd": 0.0001, "action": "alert"}),
     _doc("Budget", "agents", spec={"limitUsd": 100, "maxTokensPerSession": 40}),
+    _doc("Budget", "tiny-sdk", spec={"limitUsd": 0.0001, "period": "monthly"}),
 ]
 
 
@@ -164,6 +167,39 @@ def test_an_exhausted_budget_blocks_downgrades_or_alerts(keyed_url):
     assert "budget tiny" in raised.value.message
     assert ask(keyed_url, "sk-downgraded", "own").headers["x-llmesh-route"] == "table"
     assert ask(keyed_url, "sk-alerted", "own").headers["x-llmesh-route"] == "own"
+
+
+def test_a_budget_block_reaches_each_sdk_in_its_own_error_shape(keyed_url):
+    # One answer at the route's own price spends far past the limit.
+    ask(keyed_url, "sk-blocked-sdk", "own")
+    claude = anthropic.Anthropic(
+        base_url=keyed_url.removesuffix("/v1"),
+        api_key="sk-blocked-sdk",
+        max_retries=0,
+        timeout=CLIENT_TIMEOUT_SECONDS,
+    )
+    with pytest.raises(anthropic.RateLimitError) as raised:
+        claude.messages.create(model="own", max_tokens=16, messages=PROMPT)
+    assert raised.value.body["type"] == "error"
+    assert raised.value.body["error"]["type"] == "rate_limit_error"
+    assert "budget tiny-sdk is exhausted" in raised.value.body["error"]["message"]
+    assert int(raised.value.response.headers["retry-after"]) >= 1
+    # A stream is refused the same way, before its first event.
+    with pytest.raises(anthropic.RateLimitError):
+        with claude.messages.stream(model="own", max_tokens=16, messages=PROMPT) as stream:
+            for _ in stream:
+                pass
+    responses = client(keyed_url, "sk-blocked-sdk").responses
+    with pytest.raises(openai.RateLimitError) as raised:
+        responses.create(model="own", input="What does this cost?")
+    assert raised.value.code == "budget_exceeded"
+    assert raised.value.body["type"] == "budget_error"
+    assert "budget tiny-sdk" in raised.value.message
+    with pytest.raises(openai.RateLimitError) as raised:
+        with responses.stream(model="own", input="What does this cost?") as stream:
+            for _ in stream:
+                pass
+    assert raised.value.code == "budget_exceeded"
 
 
 def test_a_session_ceiling_stops_an_agent_loop(keyed_url):

@@ -3,12 +3,15 @@
 //! Anthropic keeps instructions in a top-level `system`, wants strictly
 //! alternating user/assistant turns made of typed blocks, returns tool
 //! results inside user turns, and requires an output limit. What it cannot
-//! honour is refused by name rather than silently dropped.
+//! honour is refused by name rather than silently dropped. The request is
+//! built in the Messages wire types of `api::messages`, the ones apps' requests
+//! are read into, so a Messages app's own request can be sent as it came
+//! (same-family passthrough) through the same code.
 
-use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::api::chat::{ChatRequest, Content, ContentPart, ImageUrl, Message, ResponseFormat, Role, Tool};
+use crate::api::messages::{self, Block, ImageSource, MessagesRequest, Metadata, ToolChoice};
 use crate::providers::{ErrorKind, ProviderError};
 
 /// Output limit when the app sets none (Anthropic requires one). 4096 is the
@@ -23,118 +26,6 @@ pub(super) const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// tool and its input becomes the message content.
 pub(super) const JSON_RESPONSE_TOOL: &str = "json_response";
 
-/// A Messages API request body.
-#[derive(Debug, Serialize, PartialEq)]
-pub(super) struct MessagesRequest<'a> {
-    model: &'a str,
-    max_tokens: u64,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    system: Vec<Block>,
-    messages: Vec<Turn>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<f64>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    stop_sequences: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    tools: Vec<ToolSpec>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_choice: Option<ToolChoice>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<Metadata>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    stream: bool,
-}
-
-/// One turn of the conversation.
-#[derive(Debug, Serialize, PartialEq)]
-struct Turn {
-    role: Speaker,
-    content: Vec<Block>,
-}
-
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum Speaker {
-    User,
-    Assistant,
-}
-
-/// A content block.
-#[derive(Debug, Serialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Block {
-    Text {
-        text: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        cache_control: Option<CacheControl>,
-    },
-    Image {
-        source: ImageSource,
-    },
-    ToolUse {
-        id: String,
-        name: String,
-        input: Value,
-    },
-    ToolResult {
-        tool_use_id: String,
-        #[serde(skip_serializing_if = "Vec::is_empty")]
-        content: Vec<Block>,
-    },
-}
-
-#[derive(Debug, Serialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ImageSource {
-    Base64 { media_type: String, data: String },
-    Url { url: String },
-}
-
-#[derive(Debug, Serialize, PartialEq)]
-struct ToolSpec {
-    name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<String>,
-    input_schema: Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cache_control: Option<CacheControl>,
-}
-
-/// A prompt-cache breakpoint: Anthropic caches the prompt up to and
-/// including the block that carries it.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum CacheControl {
-    /// The default five-minute cache.
-    Ephemeral,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ToolChoice {
-    Auto {
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        disable_parallel_tool_use: bool,
-    },
-    Any {
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        disable_parallel_tool_use: bool,
-    },
-    Tool {
-        name: String,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        disable_parallel_tool_use: bool,
-    },
-    None,
-}
-
-#[derive(Debug, Serialize, PartialEq)]
-struct Metadata {
-    user_id: String,
-}
-
 /// Whether the app asked for a JSON answer, which is emulated with
 /// [`JSON_RESPONSE_TOOL`].
 pub(super) fn wants_json(request: &ChatRequest) -> bool {
@@ -146,22 +37,19 @@ pub(super) fn wants_json(request: &ChatRequest) -> bool {
 /// # Errors
 /// `Unsupported` for a parameter Anthropic cannot honour, `BadRequest` for a
 /// request that cannot be expressed (tool arguments that are not JSON).
-pub(super) fn translate<'a>(
-    request: &'a ChatRequest,
-    model: &'a str,
-) -> Result<MessagesRequest<'a>, ProviderError> {
+pub(super) fn translate(request: &ChatRequest, model: &str) -> Result<MessagesRequest, ProviderError> {
     refuse_unsupported(request)?;
     let mut system = Vec::new();
-    let mut turns: Vec<Turn> = Vec::new();
+    let mut turns: Vec<messages::Message> = Vec::new();
     for message in &request.messages {
         let (speaker, blocks) = match message.role {
             Role::System | Role::Developer => {
                 system.extend(instruction_blocks(message)?);
                 continue;
             }
-            Role::User => (Speaker::User, user_blocks(message)?),
-            Role::Assistant => (Speaker::Assistant, assistant_blocks(message)?),
-            Role::Tool => (Speaker::User, vec![tool_result(message)?]),
+            Role::User => (messages::Role::User, user_blocks(message)?),
+            Role::Assistant => (messages::Role::Assistant, assistant_blocks(message)?),
+            Role::Tool => (messages::Role::User, vec![tool_result(message)?]),
         };
         push_turn(&mut turns, speaker, blocks);
     }
@@ -171,90 +59,137 @@ pub(super) fn translate<'a>(
         ));
     }
     let (tools, tool_choice) = tools_and_choice(request)?;
+    let stop_sequences = request.stop_sequences();
     Ok(MessagesRequest {
-        model,
-        max_tokens: request.max_output_tokens().unwrap_or(DEFAULT_MAX_TOKENS),
-        system,
+        model: model.to_owned(),
+        max_tokens: Some(request.max_output_tokens().unwrap_or(DEFAULT_MAX_TOKENS)),
+        system: (!system.is_empty()).then_some(messages::Content::Blocks(system)),
         messages: turns,
         temperature: request.temperature,
         top_p: request.top_p,
-        stop_sequences: request.stop_sequences(),
-        tools,
+        stop_sequences: (!stop_sequences.is_empty()).then_some(stop_sequences),
+        tools: (!tools.is_empty()).then_some(tools),
         tool_choice,
-        metadata: request.user.clone().map(|user_id| Metadata { user_id }),
-        stream: request.is_stream(),
+        metadata: request.user.clone().map(|user_id| Metadata {
+            user_id: Some(user_id),
+        }),
+        stream: request.is_stream().then_some(true),
+        ..MessagesRequest::default()
     })
 }
 
-/// The `count_tokens` body for `request`: the Messages request without
-/// the fields that endpoint refuses (output limit, sampling, streaming).
+/// The request a Messages app sent, for `model`: every field as the app
+/// wrote it (`cache_control`, thinking blocks and their signatures, fields
+/// llmesh does not model), with only the model and the stream flag set.
+pub(super) fn passthrough(origin: &MessagesRequest, request: &ChatRequest, model: &str) -> MessagesRequest {
+    let mut outbound = origin.clone();
+    model.clone_into(&mut outbound.model);
+    outbound.stream = request.is_stream().then_some(true);
+    outbound
+}
+
+/// The `count_tokens` body for a Messages request: only the fields that
+/// endpoint takes (it refuses output limits, sampling and streaming).
 ///
 /// # Errors
-/// As [`translate`].
-pub(super) fn count_tokens_body(request: &ChatRequest, model: &str) -> Result<Vec<u8>, ProviderError> {
-    let outbound = translate(request, model)?;
-    let mut value = serde_json::to_value(&outbound)
+/// The request cannot be encoded.
+pub(super) fn count_tokens_body(outbound: &MessagesRequest) -> Result<Vec<u8>, ProviderError> {
+    let mut value = serde_json::to_value(outbound)
         .map_err(|e| ProviderError::new(ErrorKind::BadRequest, format!("cannot encode request: {e}")))?;
     if let Some(fields) = value.as_object_mut() {
-        for refused in [
-            "max_tokens",
-            "temperature",
-            "top_p",
-            "stop_sequences",
-            "metadata",
-            "stream",
-        ] {
-            fields.remove(refused);
-        }
+        fields.retain(|name, _| COUNTED_FIELDS.contains(&name.as_str()));
     }
     serde_json::to_vec(&value)
         .map_err(|e| ProviderError::new(ErrorKind::BadRequest, format!("cannot encode request: {e}")))
 }
+
+/// The fields Anthropic's `count_tokens` accepts.
+const COUNTED_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "mcp_servers",
+];
 
 /// Marks the stable prefix of a request — tools, then the system prompt, the
 /// part repeated verbatim across calls — as a prompt-cache breakpoint when
 /// it is at least `min_tokens` long (estimated at four characters a token,
 /// as routing estimates). Shorter prefixes are left alone: Anthropic does
 /// not cache them, and a cache write costs more than plain input.
-pub(super) fn mark_stable_prefix(request: &mut MessagesRequest<'_>, min_tokens: u64) {
-    let system_chars: usize = request
-        .system
-        .iter()
-        .map(|block| match block {
-            Block::Text { text, .. } => text.len(),
-            _ => 0,
-        })
-        .sum();
+/// A request that already carries a breakpoint (an Anthropic app placed its
+/// own) is left as it is: the app knows its prefix, and Anthropic refuses
+/// more than four breakpoints.
+pub(super) fn mark_stable_prefix(request: &mut MessagesRequest, min_tokens: u64) {
+    if has_breakpoint(request) {
+        return;
+    }
+    let system_chars: usize = match &request.system {
+        None => 0,
+        Some(messages::Content::Text(text)) => text.len(),
+        Some(messages::Content::Blocks(blocks)) => blocks
+            .iter()
+            .map(|block| match block {
+                Block::Text { text, .. } => text.len(),
+                _ => 0,
+            })
+            .sum(),
+    };
     let tool_chars: usize = request
         .tools
         .iter()
+        .flatten()
         .map(|tool| serde_json::to_string(tool).map_or(0, |json| json.len()))
         .sum();
     let estimated_tokens = u64::try_from((system_chars + tool_chars) / 4).unwrap_or(u64::MAX);
     if estimated_tokens < min_tokens {
         return;
     }
+    let ephemeral = || Some(json!({"type": "ephemeral"}));
     // The breakpoint goes on the last block of the prefix; everything before it is cached too.
-    if let Some(Block::Text { cache_control, .. }) = request.system.last_mut() {
-        *cache_control = Some(CacheControl::Ephemeral);
-    } else if let Some(tool) = request.tools.last_mut() {
-        tool.cache_control = Some(CacheControl::Ephemeral);
+    if let Some(system) = request.system.take() {
+        let mut blocks = system.into_blocks();
+        if let Some(Block::Text { cache_control, .. }) = blocks.last_mut() {
+            *cache_control = ephemeral();
+            request.system = Some(messages::Content::Blocks(blocks));
+            return;
+        }
+        request.system = Some(messages::Content::Blocks(blocks));
     }
+    if let Some(tool) = request.tools.iter_mut().flatten().last() {
+        tool.cache_control = ephemeral();
+    }
+}
+
+/// Whether any block or tool of `request` is a prompt-cache breakpoint.
+fn has_breakpoint(request: &MessagesRequest) -> bool {
+    let marked = |content: &messages::Content| match content {
+        messages::Content::Text(_) => false,
+        messages::Content::Blocks(blocks) => blocks.iter().any(|b| b.cache_control().is_some()),
+    };
+    request.system.as_ref().is_some_and(marked)
+        || request.tools.iter().flatten().any(|t| t.cache_control.is_some())
+        || request.messages.iter().any(|m| marked(&m.content))
 }
 
 /// Anthropic rejects two turns in a row from the same side, so consecutive
 /// messages of one side (several tool results, a tool result then the user's
 /// next question) become one turn. Empty messages are dropped: Anthropic
 /// rejects empty content.
-fn push_turn(turns: &mut Vec<Turn>, speaker: Speaker, blocks: Vec<Block>) {
+fn push_turn(turns: &mut Vec<messages::Message>, speaker: messages::Role, blocks: Vec<Block>) {
     if blocks.is_empty() {
         return;
     }
     match turns.last_mut() {
-        Some(last) if last.role == speaker => last.content.extend(blocks),
-        _ => turns.push(Turn {
+        Some(messages::Message {
+            role,
+            content: messages::Content::Blocks(last),
+        }) if *role == speaker => last.extend(blocks),
+        _ => turns.push(messages::Message {
             role: speaker,
-            content: blocks,
+            content: messages::Content::Blocks(blocks),
         }),
     }
 }
@@ -325,6 +260,7 @@ fn assistant_blocks(message: &Message) -> Result<Vec<Block>, ProviderError> {
             id: call.id.clone(),
             name: call.function.name.clone(),
             input: tool_arguments(&call.id, &call.function.arguments)?,
+            cache_control: None,
         });
     }
     Ok(blocks)
@@ -356,7 +292,12 @@ fn tool_result(message: &Message) -> Result<Block, ProviderError> {
         "text" => Ok(text_block(part.text.as_deref())),
         other => Err(unsupported_part(other, "a tool message")),
     })?;
-    Ok(Block::ToolResult { tool_use_id, content })
+    Ok(Block::ToolResult {
+        tool_use_id,
+        content: (!content.is_empty()).then_some(messages::Content::Blocks(content)),
+        is_error: None,
+        cache_control: None,
+    })
 }
 
 /// The blocks of a message's content, each part translated by `part_block`.
@@ -379,10 +320,7 @@ fn content_blocks(
 
 /// A text block, or nothing for empty text (Anthropic rejects empty text blocks).
 fn text_block(text: Option<&str>) -> Option<Block> {
-    text.filter(|t| !t.is_empty()).map(|t| Block::Text {
-        text: t.to_owned(),
-        cache_control: None,
-    })
+    text.filter(|t| !t.is_empty()).map(Block::text)
 }
 
 fn image_block(image: &ImageUrl) -> Result<Block, ProviderError> {
@@ -400,7 +338,10 @@ fn image_block(image: &ImageUrl) -> Result<Block, ProviderError> {
             "an image must be an http(s) URL or a base64 data: URL",
         ));
     };
-    Ok(Block::Image { source })
+    Ok(Block::Image {
+        source,
+        cache_control: None,
+    })
 }
 
 /// The app's `tool_choice`, read.
@@ -431,7 +372,9 @@ fn app_choice(value: Option<&Value>) -> Result<Option<AppChoice>, ProviderError>
     Ok(Some(choice))
 }
 
-fn tools_and_choice(request: &ChatRequest) -> Result<(Vec<ToolSpec>, Option<ToolChoice>), ProviderError> {
+fn tools_and_choice(
+    request: &ChatRequest,
+) -> Result<(Vec<messages::Tool>, Option<ToolChoice>), ProviderError> {
     let mut tools = request
         .tools
         .iter()
@@ -468,9 +411,9 @@ fn tools_and_choice(request: &ChatRequest) -> Result<(Vec<ToolSpec>, Option<Tool
         // Without tools a tool_choice means nothing, and Anthropic rejects it.
         return Ok((tools, None));
     }
-    let disable_parallel_tool_use = request.parallel_tool_calls == Some(false);
+    let disable_parallel_tool_use = (request.parallel_tool_calls == Some(false)).then_some(true);
     let choice = match choice {
-        None if !disable_parallel_tool_use => None,
+        None if disable_parallel_tool_use.is_none() => None,
         None | Some(AppChoice::Auto) => Some(ToolChoice::Auto {
             disable_parallel_tool_use,
         }),
@@ -486,14 +429,15 @@ fn tools_and_choice(request: &ChatRequest) -> Result<(Vec<ToolSpec>, Option<Tool
     Ok((tools, choice))
 }
 
-fn tool_spec(tool: &Tool) -> Result<ToolSpec, ProviderError> {
+fn tool_spec(tool: &Tool) -> Result<messages::Tool, ProviderError> {
     if tool.kind != "function" {
         return Err(ProviderError::unsupported(format!(
             "tools of type {:?} are not supported for Anthropic",
             tool.kind
         )));
     }
-    Ok(ToolSpec {
+    Ok(messages::Tool {
+        kind: None,
         name: tool.function.name.clone(),
         description: tool.function.description.clone(),
         // Anthropic requires a schema; a function without parameters takes none.
@@ -506,9 +450,10 @@ fn tool_spec(tool: &Tool) -> Result<ToolSpec, ProviderError> {
     })
 }
 
-fn json_response_tool(format: &ResponseFormat) -> Result<ToolSpec, ProviderError> {
+fn json_response_tool(format: &ResponseFormat) -> Result<messages::Tool, ProviderError> {
     match (format.kind.as_str(), &format.json_schema) {
-        ("json_object", _) => Ok(ToolSpec {
+        ("json_object", _) => Ok(messages::Tool {
+            kind: None,
             name: JSON_RESPONSE_TOOL.to_owned(),
             description: Some("Give your answer as a JSON object: the input of this tool.".to_owned()),
             input_schema: json!({"type": "object"}),
@@ -523,7 +468,8 @@ fn json_response_tool(format: &ResponseFormat) -> Result<ToolSpec, ProviderError
                 description.push(' ');
                 description.push_str(about);
             }
-            Ok(ToolSpec {
+            Ok(messages::Tool {
+                kind: None,
                 name: JSON_RESPONSE_TOOL.to_owned(),
                 description: Some(description),
                 input_schema: schema.schema.clone().unwrap_or_else(|| json!({"type": "object"})),
@@ -599,6 +545,45 @@ mod tests {
             assert_eq!((system_marked, tool_marked), (on_system, on_tool), "{system:?}");
             assert!(json["messages"].to_string().find("cache_control").is_none());
         }
+    }
+
+    #[test]
+    fn a_messages_apps_request_goes_as_sent_and_keeps_its_own_breakpoints() {
+        let long = "Follow the house style. ".repeat(40);
+        let origin: MessagesRequest = serde_json::from_value(json!({
+            "model": "alias", "max_tokens": 64, "service_tier": "auto",
+            "system": long,
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Plan", "cache_control": {"type": "ephemeral"}}]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "A city?", "signature": "sig-1"},
+                    {"type": "text", "text": "Where?"}
+                ]},
+                {"role": "user", "content": "Lisbon"}
+            ]
+        }))
+        .expect("a Messages request");
+        let chat = request(
+            json!({"model": "alias", "messages": [{"role": "user", "content": "Lisbon"}], "stream": true}),
+        );
+        let mut outbound = passthrough(&origin, &chat, "claude-test");
+        mark_stable_prefix(&mut outbound, 100);
+        let sent = serde_json::to_value(&outbound).expect("serializes");
+        let mut expected = serde_json::to_value(&origin).expect("serializes");
+        expected["model"] = json!("claude-test");
+        expected["stream"] = json!(true);
+        // The app placed a breakpoint: its long system prompt is not marked as well.
+        assert_eq!(sent, expected);
+
+        let unmarked: MessagesRequest = serde_json::from_value(json!({
+            "model": "alias", "max_tokens": 64, "system": long, "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .expect("a Messages request");
+        let mut outbound = passthrough(&unmarked, &chat, "claude-test");
+        mark_stable_prefix(&mut outbound, 100);
+        let sent = serde_json::to_value(&outbound).expect("serializes");
+        assert_eq!(sent["system"][0]["cache_control"], json!({"type": "ephemeral"}));
+        assert_eq!(sent["system"][0]["text"], long.as_str());
     }
 
     #[test]
