@@ -652,6 +652,8 @@ fn compile_route(
             .unwrap_or(defaults.cooldown_ms),
     };
 
+    let guardrails = guardrails::compile(&spec.guardrails, scope, &mut errors);
+
     if !errors.0.is_empty() {
         return Err(errors.0);
     }
@@ -666,6 +668,7 @@ fn compile_route(
         circuit_breaker,
         log_content: spec.log_content.unwrap_or(false),
         cache,
+        guardrails,
     })
 }
 
@@ -1013,6 +1016,9 @@ fn compile_key(key: &VirtualKey, scope: &KeyScope<'_>) -> Result<KeyConfig, Vec<
         disabled: spec.disabled,
     })
 }
+
+#[path = "compile/guardrails.rs"]
+mod guardrails;
 
 #[cfg(test)]
 #[path = "compile/tests.rs"]

@@ -17,6 +17,7 @@ use crate::api::{Api, Usage};
 use crate::attempts::AttemptFailure;
 use crate::auth::Key;
 use crate::cache::{CacheStatus, Entry};
+use crate::guardrails::Findings;
 use crate::metrics::Metrics;
 use crate::pricing;
 use crate::redact::Redact;
@@ -83,6 +84,7 @@ pub struct AccessRecord {
     rate_limit_headers: HeaderMap,
     settlements: Vec<Box<dyn Settle>>,
     content: Option<Content>,
+    findings: Findings,
 }
 
 /// Prompt and answer text, for routes that log it.
@@ -122,6 +124,7 @@ impl AccessRecord {
             rate_limit_headers: HeaderMap::new(),
             settlements: Vec::new(),
             content: None,
+            findings: Findings::default(),
         }
     }
 
@@ -163,6 +166,11 @@ impl AccessRecord {
     /// Notes the key's `x-ratelimit-*` headers, sent with the answer.
     pub fn set_rate_limit_headers(&mut self, headers: HeaderMap) {
         self.rate_limit_headers = headers;
+    }
+
+    /// Where guardrails note this request's findings (logged and counted at the end).
+    pub fn guardrail_findings(&self) -> &Findings {
+        &self.findings
     }
 
     /// Logs this request's prompt and answer (the route opted in), through `redactor`.
@@ -352,6 +360,19 @@ impl Drop for AccessRecord {
                 .with_label_values(&[route, &self.step.to_string()])
                 .inc();
         }
+        let findings = self.findings.take();
+        for finding in &findings {
+            self.metrics
+                .guardrail_findings
+                .with_label_values(&[
+                    route,
+                    &finding.policy,
+                    finding.kind.as_str(),
+                    finding.action.as_str(),
+                    finding.phase.as_str(),
+                ])
+                .inc();
+        }
         let cost = self.cost();
         for charge in &self.settlements {
             charge.settle(&self.usage, cost);
@@ -454,6 +475,21 @@ impl Drop for AccessRecord {
             line.field("latency_ms", millis(elapsed));
             if let Some(first) = self.first_chunk {
                 line.field("ttft_ms", millis(first));
+            }
+            if !findings.is_empty() {
+                let listed: Vec<String> = findings
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{}/{}/{}/{}",
+                            f.policy,
+                            f.kind,
+                            f.action.as_str(),
+                            f.phase.as_str()
+                        )
+                    })
+                    .collect();
+                line.field("guardrails", listed.join(","));
             }
             // Only on routes with `logContent`, after the redaction hook.
             if let Some((prompt, answer)) = &content {

@@ -115,6 +115,7 @@ fn route(
         log_content: false,
         cache: None,
         semantic: None,
+        guardrails: Arc::default(),
     }
 }
 

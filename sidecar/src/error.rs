@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::auth::AuthError;
 use crate::budget::BudgetError;
 use crate::cache::InvalidDirective;
+use crate::guardrails::Blocked;
 use crate::limits::RateLimited;
 use crate::providers::{ErrorKind, ProviderError};
 use crate::routing::RouteError;
@@ -68,6 +69,9 @@ pub enum ApiError {
     /// A budget refuses the request.
     #[error(transparent)]
     Budget(#[from] BudgetError),
+    /// A guardrail refused the request or the answer.
+    #[error(transparent)]
+    Guardrail(#[from] crate::guardrails::Blocked),
     /// Every attempt failed; this is the last failure.
     #[error("provider {provider}: {error}")]
     Upstream {
@@ -110,6 +114,8 @@ impl ApiError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Route(_) | Self::RouteNotForPod { .. } | Self::UnknownPath(_) => StatusCode::NOT_FOUND,
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Guardrail(Blocked::Finding { .. }) => StatusCode::BAD_REQUEST,
+            Self::Guardrail(Blocked::ModerationUnavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Auth(error) if error.is_forbidden() => StatusCode::FORBIDDEN,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -142,6 +148,10 @@ impl ApiError {
             Self::Route(_) | Self::RouteNotForPod { .. } => ("invalid_request_error", "model_not_found"),
             Self::UnknownPath(_) => ("invalid_request_error", "unknown_url"),
             Self::NotReady => ("server_error", "not_ready"),
+            Self::Guardrail(Blocked::Finding { .. }) => ("invalid_request_error", "guardrail_blocked"),
+            Self::Guardrail(Blocked::ModerationUnavailable { .. }) => {
+                ("server_error", "guardrail_unavailable")
+            }
             Self::Auth(error) => match error {
                 AuthError::Missing | AuthError::Unknown | AuthError::DefaultMissing(_) => {
                     ("invalid_request_error", "invalid_api_key")

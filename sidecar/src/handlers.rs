@@ -21,12 +21,14 @@ use crate::api::messages::{MessagesRequest, ModelInfo, TokenCount};
 use crate::api::responses::ResponsesRequest;
 use crate::api::{Api, Model, ModelList, messages};
 use crate::app::App;
-use crate::attempts::{self, Failed, Reply, Served};
+use crate::attempts::{self, CommittedStream, Failed, Reply, Served};
 use crate::cache::{self, ResponseCache};
 use crate::convert;
 use crate::error::ApiError;
+use crate::guardrails;
 use crate::inbound;
 use crate::respond::{self, Shape};
+use crate::routing::Route;
 
 /// The API apps call (port 4000, loopback): OpenAI's and Anthropic's.
 pub fn api_router(app: Arc<App>) -> Router {
@@ -142,9 +144,39 @@ async fn serve_chat(
         .ok()
         .map(|served| cache::Origin::of(served.target));
     let reply = settle(record, outcome)?;
+    let reply = guard_answer(route, reply, record)?;
     Ok(match (cache_plan, origin) {
         (Some(plan), Some(origin)) => app.cache.fill(plan, origin, reply),
         _ => reply,
+    })
+}
+
+/// The answer as the route's answer guardrails let it through: a complete
+/// one checked now, a stream as it flows — before the cache stores either.
+fn guard_answer(route: &Arc<Route>, reply: Reply, record: &AccessRecord) -> Result<Reply, ApiError> {
+    let guardrails = &route.guardrails;
+    if !guardrails.on_response() {
+        return Ok(reply);
+    }
+    let findings = record.guardrail_findings();
+    Ok(match reply {
+        Reply::Complete(mut completed) => {
+            completed.body = guardrails.screen_answer(completed.body, findings)?;
+            Reply::Complete(completed)
+        }
+        Reply::Stream(committed) => {
+            let (head, tail) = guardrails::stream::guard(
+                guardrails.clone(),
+                committed.head,
+                committed.tail,
+                findings.clone(),
+            );
+            Reply::Stream(CommittedStream {
+                head,
+                tail,
+                ..committed
+            })
+        }
     })
 }
 
@@ -227,11 +259,17 @@ async fn count(app: &App, headers: &HeaderMap, body: Body) -> Result<(TokenCount
     let key = admission::caller(app, &runtime, headers)?;
     let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
     let request: MessagesRequest = inbound::parse_json(&bytes)?;
-    let request = convert::messages::from_app(request, headers, true)?;
+    let mut request = convert::messages::from_app(request, headers, true)?;
     let route = admission::resolve(app, &runtime, &request.model)?;
     if let Some(key) = &key {
         key.allow_route(&route.alias)?;
     }
+    // An exact count sends the prompt upstream: the same guardrails apply
+    // (the count is not a request of the access log, so findings go uncounted).
+    route
+        .guardrails
+        .screen_request(&mut request, &guardrails::Findings::default())
+        .await?;
     let estimate = crate::routing::Estimate::of_chat(&request);
     let facts = crate::routing::RequestFacts {
         headers,

@@ -19,6 +19,7 @@ pub mod convert;
 pub mod credentials;
 pub mod drills;
 pub mod error;
+pub mod guardrails;
 pub mod handlers;
 pub mod health;
 pub mod inbound;

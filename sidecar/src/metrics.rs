@@ -93,6 +93,8 @@ pub struct Metrics {
     pub cache_saved_usd: CounterVec,
     /// Failed operations on the shared (Redis) cache tier, by operation.
     pub cache_shared_errors: IntCounterVec,
+    /// Guardrail findings by route, policy, kind, action and phase.
+    pub guardrail_findings: IntCounterVec,
 }
 
 /// The pod's owner, as the webhook passes it.
@@ -342,6 +344,12 @@ impl Metrics {
             "Requests on caching routes, by route and result (hit, miss, bypass, refresh).",
             &["route", "result"],
         );
+        let guardrail_findings = counter(
+            &registry,
+            "llmesh_guardrail_findings_total",
+            "Guardrail findings, by route, policy, kind (email, credit_card, prompt_injection, ...), action (block, redact, flag) and phase (request, response).",
+            &["route", "policy", "kind", "action", "phase"],
+        );
         let cache_evictions = counter(
             &registry,
             "llmesh_cache_evictions_total",
@@ -405,6 +413,7 @@ impl Metrics {
             cache_saved_tokens,
             cache_saved_usd,
             cache_shared_errors,
+            guardrail_findings,
         }
     }
 

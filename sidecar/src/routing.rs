@@ -93,6 +93,8 @@ pub struct Route {
     pub cache: Option<CacheConfig>,
     /// The embeddings model of a semantic cache.
     pub semantic: Option<Arc<SemanticTarget>>,
+    /// Checks on prompts and answers.
+    pub guardrails: Arc<crate::guardrails::Guardrails>,
 }
 
 /// Targets that are alternatives to each other, with their selection state.
@@ -240,10 +242,23 @@ pub fn tighter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 
 /// Why a configuration could not be made live.
 #[derive(Debug, thiserror::Error)]
-#[error("provider {provider}: {error}")]
-pub struct BuildError {
-    provider: String,
-    error: ProviderError,
+pub enum BuildError {
+    /// A provider adapter could not be built.
+    #[error("provider {provider}: {error}")]
+    Provider {
+        /// The `ProviderSecret`.
+        provider: String,
+        /// Why.
+        error: ProviderError,
+    },
+    /// A route's guardrails could not be built.
+    #[error("route {alias}: {error}")]
+    Guardrails {
+        /// The route.
+        alias: String,
+        /// Why.
+        error: crate::guardrails::BuildError,
+    },
 }
 
 /// Builds targets against already-built adapters.
@@ -262,10 +277,13 @@ impl Builder<'_> {
     }
 
     fn adapter(&self, alias: &str, provider: &str) -> Result<Arc<dyn Provider>, BuildError> {
-        self.adapters.get(provider).cloned().ok_or_else(|| BuildError {
-            provider: provider.to_owned(),
-            error: ProviderError::unsupported(format!("route {alias} names it but it is not configured")),
-        })
+        self.adapters
+            .get(provider)
+            .cloned()
+            .ok_or_else(|| BuildError::Provider {
+                provider: provider.to_owned(),
+                error: ProviderError::unsupported(format!("route {alias} names it but it is not configured")),
+            })
     }
 
     fn semantic_target(
@@ -314,7 +332,7 @@ impl Runtime {
             health,
         };
         for (name, provider) in &config.providers {
-            let adapter = providers::build(name, provider, deps).map_err(|error| BuildError {
+            let adapter = providers::build(name, provider, deps).map_err(|error| BuildError::Provider {
                 provider: name.clone(),
                 error,
             })?;
@@ -367,6 +385,14 @@ impl Runtime {
                     .and_then(|c| c.semantic.as_ref())
                     .map(|semantic| builder.semantic_target(alias, semantic))
                     .transpose()?,
+                guardrails: Arc::new(
+                    crate::guardrails::Guardrails::build(&route.guardrails, deps).map_err(|error| {
+                        BuildError::Guardrails {
+                            alias: alias.clone(),
+                            error,
+                        }
+                    })?,
+                ),
             };
             routes.insert(alias.clone(), Arc::new(live));
         }

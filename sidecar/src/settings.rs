@@ -267,7 +267,7 @@ impl Settings {
             cache_max_bytes: parsed(env, CACHE_MAX_BYTES, 32 * 1024 * 1024)?,
             log_filter: env.get(LOG).unwrap_or_else(|| "info".to_owned()),
             log_format,
-            redactor: Arc::new(MaskSecrets),
+            redactor: Arc::new(MaskSecrets::default()),
         })
     }
 }

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::mock_server::{Behavior, MockServer, State, broken_body, last_user_text, pace, pieces, sse};
@@ -31,6 +31,7 @@ pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/moderations", post(moderations))
         .route("/openai/deployments/{deployment}/chat/completions", post(chat))
         .route("/openai/deployments/{deployment}/embeddings", post(embeddings))
         .with_state(state)
@@ -186,6 +187,41 @@ async fn chat(
     sse_response(Body::from_stream(futures::stream::iter(
         frames.into_iter().map(Ok::<Bytes, std::io::Error>),
     )))
+}
+
+/// Text the moderation mock flags, so tests can ask for a flagged verdict.
+pub const MODERATION_FLAG: &str = "FLAG-ME";
+
+/// OpenAI's `/v1/moderations`: flags an input containing [`MODERATION_FLAG`];
+/// scripted behaviors (`hang`, `{"status": 500}`) apply as to chat calls.
+async fn moderations(
+    AxumState(state): AxumState<Arc<State>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let behavior = pace(state.record(uri.to_string(), headers, body.clone())).await;
+    if let Some(response) = failure(&behavior) {
+        return response;
+    }
+    let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let inputs: Vec<String> = match &request["input"] {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let results: Vec<Value> = inputs
+        .iter()
+        .map(|input| {
+            let flagged = input.contains(MODERATION_FLAG);
+            json!({"flagged": flagged, "categories": {"harassment": flagged}, "category_scores": {"harassment": if flagged { 0.97 } else { 0.01 }}})
+        })
+        .collect();
+    let model = request["model"].as_str().unwrap_or("omni-moderation-latest");
+    Json(json!({"id": "modr-mock", "model": model, "results": results})).into_response()
 }
 
 /// An SSE response with the headers providers send.

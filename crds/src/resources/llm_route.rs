@@ -72,6 +72,10 @@ pub struct LLMRouteSpec {
     /// after the sidecar's redaction hook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_content: Option<bool>,
+    /// Checks on prompts and answers, in order (at most 32).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub guardrails: Vec<super::Guardrail>,
 }
 
 /// What the operator reports about a route.
