@@ -23,6 +23,10 @@ use crate::state::LocalState;
 pub struct Limits {
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// How long a client may take to send its body.
+    pub body_read_timeout: std::time::Duration,
+    /// Requests served at once; past it, 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
     /// Whether `POST /debug/faults` may inject faults.
     pub drills_enabled: bool,
     /// The `VirtualKey` requests without an llmesh key are made with.
@@ -111,12 +115,18 @@ pub fn api_router(app: Arc<App>) -> Router {
         chat_completions, count_tokens, embeddings, healthz, messages, models, readyz, responses,
         unknown_path,
     };
+    let cap = crate::edge::RequestCap::new(app.settings.max_concurrent_requests);
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/responses", post(responses))
         .route("/v1/embeddings", post(embeddings))
+        // Only the calls that reach providers count; probes and listings stay cheap and always answer.
+        .route_layer(axum::middleware::from_fn_with_state(
+            cap,
+            crate::edge::limit_concurrency,
+        ))
         .route("/v1/models", get(models))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

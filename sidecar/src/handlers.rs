@@ -198,7 +198,7 @@ pub async fn count_tokens(State(app): State<Arc<App>>, headers: HeaderMap, body:
 async fn count(app: &App, headers: &HeaderMap, body: Body) -> Result<(TokenCount, &'static str), ApiError> {
     let runtime = app.runtime()?;
     let key = admission::caller(app, &runtime, headers)?;
-    let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
+    let bytes = inbound::read_body(body, app.settings.max_body_bytes, app.settings.body_read_timeout).await?;
     let request: MessagesRequest = inbound::parse_json(&bytes)?;
     let mut request = convert::messages::to_chat(request, true)?;
     request.anthropic_beta = headers
