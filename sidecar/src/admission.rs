@@ -131,6 +131,7 @@ pub async fn admit<R: Admissible>(
     let asked_timeouts = inbound::timeout_overrides(headers)?;
     record.set_stream(request.is_stream());
     let estimate = request.estimate();
+    record.set_estimate(&estimate);
     let route = resolve(app, &runtime, request.model())?;
     record.set_route(&route);
     if let Some(key) = &key {

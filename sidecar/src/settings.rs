@@ -32,6 +32,8 @@ pub const BODY_READ_TIMEOUT_MS: &str = "LLMESH_BODY_READ_TIMEOUT_MS";
 pub const MAX_CONNECTIONS: &str = "LLMESH_MAX_CONNECTIONS";
 /// Requests served at once; past it, 503 with `Retry-After`.
 pub const MAX_CONCURRENT_REQUESTS: &str = "LLMESH_MAX_CONCURRENT_REQUESTS";
+/// Largest complete answer read from an upstream, in bytes.
+pub const MAX_ANSWER_BYTES: &str = "LLMESH_MAX_ANSWER_BYTES";
 /// Upstream connect timeout, in milliseconds.
 pub const CONNECT_TIMEOUT_MS: &str = "LLMESH_CONNECT_TIMEOUT_MS";
 /// Upper bound for one upstream request when its route sets none, in milliseconds.
@@ -246,6 +248,7 @@ impl Settings {
                 connect_timeout: millis(env, CONNECT_TIMEOUT_MS, defaults.connect_timeout)?,
                 request_timeout: millis(env, UPSTREAM_TIMEOUT_MS, defaults.request_timeout)?,
                 pool_idle_timeout: defaults.pool_idle_timeout,
+                max_answer_bytes: parsed(env, MAX_ANSWER_BYTES, defaults.max_answer_bytes)?,
             },
             // Below Kubernetes' default 30 s termination grace period.
             drain_timeout: millis(env, DRAIN_TIMEOUT_MS, Duration::from_secs(25))?,
