@@ -119,7 +119,11 @@ impl UpstreamClient {
                 proxies: proxies.clone(),
             });
         Ok(Self {
-            pool: Arc::new(Pool::new(connector, settings.pool_idle_timeout)),
+            pool: Arc::new(Pool::new(
+                connector,
+                settings.connect_timeout,
+                settings.pool_idle_timeout,
+            )),
             proxies,
             request_timeout: settings.request_timeout,
             max_answer_bytes: settings.max_answer_bytes,

@@ -38,6 +38,9 @@ type Body = Full<Bytes>;
 /// The connections of one sidecar, by destination.
 pub(super) struct Pool {
     connector: Connector,
+    /// For the whole connection set-up: TCP, proxy CONNECT and the TLS
+    /// handshake (the TCP connector's own timeout covers only the first).
+    connect_timeout: Duration,
     idle_timeout: Duration,
     /// A handful of upstreams per sidecar: a list beats hashing the key.
     hosts: Mutex<Vec<Host>>,
@@ -138,9 +141,10 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Pool {
-    pub(super) fn new(connector: Connector, idle_timeout: Duration) -> Self {
+    pub(super) fn new(connector: Connector, connect_timeout: Duration, idle_timeout: Duration) -> Self {
         Self {
             connector,
+            connect_timeout,
             idle_timeout,
             hosts: Mutex::new(Vec::new()),
             reaper: std::sync::Once::new(),
@@ -292,7 +296,15 @@ impl Pool {
     /// Connects (TCP, proxy, TLS with ALPN), shakes hands in the protocol
     /// the upstream chose and starts the connection's task.
     async fn open(&self, destination: &Destination) -> Result<Checkout, BoxError> {
-        let io = self.connector.clone().oneshot(destination.uri()?).await?;
+        let connecting = self.connector.clone().oneshot(destination.uri()?);
+        let io = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| {
+                format!(
+                    "no connection within {:?} (TCP, proxy and TLS)",
+                    self.connect_timeout
+                )
+            })??;
         let connected = io.connected();
         let via_proxy = connected.is_proxied();
         if connected.is_negotiated_h2() {
