@@ -138,9 +138,10 @@ pub fn api_router(app: Arc<App>) -> Router {
 pub fn admin_router(app: Arc<App>) -> Router {
     use crate::handlers::{debug_faults, debug_targets, healthz, metrics, readyz};
     Router::new()
-        .route("/metrics", get(metrics))
         .route("/debug/targets", get(debug_targets))
         .route("/debug/faults", post(debug_faults))
+        .route_layer(axum::middleware::from_fn(crate::edge::pod_local_only))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(app)

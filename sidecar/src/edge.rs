@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
+use axum::response::IntoResponse;
 use axum::response::Response;
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
@@ -18,6 +21,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
+use tower::ServiceExt;
 
 use crate::api::Api;
 use crate::error::ApiError;
@@ -66,8 +70,8 @@ pub fn serve(
                 accepted = listener.accept() => accepted,
                 _ = signal.wait_for(|stop| *stop) => break,
             };
-            let stream = match stream {
-                Ok((stream, _)) => stream,
+            let (stream, peer) = match stream {
+                Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "cannot accept a connection");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -80,7 +84,13 @@ pub fn serve(
                 tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
             }
             let builder = builder.clone();
-            let service = TowerToHyperService::new(router.clone());
+            // Who is calling: the debug endpoints answer only from inside the pod.
+            let service = TowerToHyperService::new(router.clone().map_request(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request
+                },
+            ));
             let mut stop = signal.clone();
             tokio::spawn(async move {
                 let _open = permit;
@@ -175,4 +185,18 @@ impl hyper::body::Body for Holding {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// Middleware: answers only callers inside the pod (loopback: the app's
+/// containers, `kubectl port-forward`, `kubectl exec`). The admin port is
+/// open to the cluster for metrics and probes; what the debug endpoints
+/// show or change is not for other pods.
+pub async fn pod_local_only(request: Request, next: Next) -> Response {
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    if peer.is_some_and(|peer| peer.ip().to_canonical().is_loopback()) {
+        return next.run(request).await;
+    }
+    let message =
+        "the debug endpoints answer only from inside the pod: use kubectl port-forward or kubectl exec";
+    (http::StatusCode::FORBIDDEN, message).into_response()
 }
