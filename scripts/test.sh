@@ -19,7 +19,7 @@ SDK_TESTS=sidecar/tests/sdk
 # apart from the SDK tests' and reinstalled only when its pins change.
 CHART_VENV=.venv-chart
 CHART_TESTS=charts/tests
-TOTAL_STEPS=16
+TOTAL_STEPS=17
 # Cargo tools, pinned: a new release can change what passes.
 CARGO_DENY_VERSION=0.20.2
 CARGO_FUZZ_VERSION=0.13.2
@@ -140,6 +140,11 @@ cargo test --workspace
 
 step "build the binaries the SDK, chart and image tests run"
 cargo build -p llmesh-sidecar -p llmesh-operator -p llmesh-test-support --bins
+
+step "short soak: 20 s of mixed traffic and reloads through one sidecar (bench/soak.py)"
+# The 10-minute run is a benchmark (docs/performance.md); this one checks
+# that memory, fds and sockets stay flat and every answer is as expected.
+python3 bench/soak.py --seconds 20 --rate 40 --quiet 4 --binary target/debug/llmesh-sidecar
 
 step "Python venv for the SDK tests"
 if [[ ! -x "$VENV/bin/python" ]]; then
