@@ -33,6 +33,7 @@ pub mod reload;
 pub mod respond;
 pub mod routing;
 pub mod settings;
+pub mod settle;
 pub mod state;
 pub mod sync;
 
@@ -43,7 +44,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::app::{App, Limits};
+use crate::app::{App, Limits, LocalState};
 use crate::budget::SystemClock;
 use crate::cache::ResponseCache;
 use crate::credentials::CredentialStore;
@@ -52,7 +53,6 @@ use crate::metrics::Metrics;
 use crate::providers::{Deps, UpstreamClient};
 use crate::reload::{Reloader, WatchGuard};
 use crate::settings::Settings;
-use crate::state::LocalState;
 use crate::sync::SyncClient;
 
 /// Why the gateway could not start.
@@ -116,7 +116,6 @@ impl Gateway {
         let deps = Deps {
             client,
             credentials,
-            health,
             drills: Arc::default(),
         };
         let limits = Limits {
@@ -136,7 +135,7 @@ impl Gateway {
         )?;
         let state = Arc::new(state);
         let cache = Arc::new(ResponseCache::new(settings.cache_max_bytes, metrics.clone()));
-        let app = Arc::new(App::new(limits, metrics, deps, cache, &state));
+        let app = Arc::new(App::new(limits, metrics, deps, health, cache, &state));
 
         let reloader = Arc::new(Reloader::new(app.clone(), settings.source.clone()));
         let first = reloader.clone();
@@ -163,13 +162,13 @@ impl Gateway {
         let mut servers = vec![
             edge::serve(
                 api,
-                app::api_router(app.clone()),
+                handlers::api_router(app.clone()),
                 settings.connections,
                 signal.clone(),
             ),
             edge::serve(
                 admin,
-                app::admin_router(app.clone()),
+                handlers::admin_router(app.clone()),
                 settings.connections,
                 signal.clone(),
             ),
