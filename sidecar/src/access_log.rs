@@ -21,7 +21,7 @@ use crate::guardrails::Findings;
 use crate::metrics::Metrics;
 use crate::pricing;
 use crate::redact::Redact;
-use crate::routing::{Route, Target};
+use crate::routing::{Estimate, Route, Target};
 use crate::settle::Settle;
 
 /// `x-llmesh-request-id`.
@@ -85,6 +85,10 @@ pub struct AccessRecord {
     settlements: Vec<Box<dyn Settle>>,
     content: Option<Content>,
     findings: Findings,
+    /// The request's input tokens as estimated at admission.
+    estimated_prompt_tokens: u64,
+    /// Answer chunks sent: the output-token estimate of a stream cut short.
+    chunks: u64,
 }
 
 /// Prompt and answer text, for routes that log it.
@@ -123,6 +127,8 @@ impl AccessRecord {
             saved: None,
             rate_limit_headers: HeaderMap::new(),
             settlements: Vec::new(),
+            estimated_prompt_tokens: 0,
+            chunks: 0,
             content: None,
             findings: Findings::default(),
         }
@@ -228,9 +234,28 @@ impl AccessRecord {
         self.error = error;
     }
 
-    /// Notes the first chunk of a stream going out.
-    pub fn first_chunk_sent(&mut self) {
+    /// Notes a chunk of a stream going out.
+    pub fn chunk_sent(&mut self) {
+        self.chunks += 1;
         self.first_chunk.get_or_insert_with(|| self.started.elapsed());
+    }
+
+    /// Notes the input tokens estimated at admission.
+    pub fn set_estimate(&mut self, estimate: &Estimate) {
+        self.estimated_prompt_tokens = estimate.prompt_tokens;
+    }
+
+    /// What the provider billed, as far as is known: its reported usage; for
+    /// a request the app abandoned once a provider had it (none reported),
+    /// the estimated input and one token per chunk already streamed.
+    fn billed(&self) -> Usage {
+        let reported = self.usage.prompt_tokens > 0 || self.usage.completion_tokens > 0;
+        let served_from_cache = matches!(self.cache, Some(CacheStatus::Hit | CacheStatus::SemanticHit));
+        let abandoned = self.ending == Ending::Open && !served_from_cache;
+        if reported || !abandoned || self.estimated_prompt_tokens == 0 {
+            return self.usage.clone();
+        }
+        Usage::new(self.estimated_prompt_tokens, self.chunks, 0, 0, 0)
     }
 
     /// Notes token usage.
@@ -317,6 +342,7 @@ impl AccessRecord {
 
 impl Drop for AccessRecord {
     fn drop(&mut self) {
+        self.usage = self.billed();
         let elapsed = self.started.elapsed();
         let outcome = match self.ending {
             Ending::Open => "client-closed",

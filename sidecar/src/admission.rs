@@ -128,11 +128,12 @@ pub async fn admit<R: Admissible>(
     if let Some(key) = &key {
         record.set_key(key);
     }
-    let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
+    let bytes = inbound::read_body(body, app.settings.max_body_bytes, app.settings.body_read_timeout).await?;
     let mut request = parse(&bytes)?;
     let asked_timeouts = inbound::timeout_overrides(headers)?;
     record.set_stream(request.is_stream());
     let estimate = request.estimate();
+    record.set_estimate(&estimate);
     let route = resolve(app, &runtime, request.model())?;
     record.set_route(&route);
     if let Some(key) = &key {

@@ -23,6 +23,10 @@ use crate::state::{self, StateError};
 pub struct Limits {
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// How long a client may take to send its body.
+    pub body_read_timeout: std::time::Duration,
+    /// Requests served at once; past it, 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
     /// Whether `POST /debug/faults` may inject faults.
     pub drills_enabled: bool,
     /// The `VirtualKey` requests without an llmesh key are made with.

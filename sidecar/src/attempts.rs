@@ -114,6 +114,16 @@ pub async fn chat<'r>(
             ChatReply::Complete(completed) => Ok(Reply::Complete(completed)),
             ChatReply::Stream(stream) => {
                 let (head, tail) = within(limit, first_chunk(stream)).await?;
+                // The target stays busy (for `least-busy`) until the stream
+                // ends or the app hangs up, not only until its first chunk.
+                let busy = target.health.start();
+                let tail = ChunkStream(
+                    tail.0
+                        .inspect(move |_| {
+                            let _ = &busy;
+                        })
+                        .boxed(),
+                );
                 Ok(Reply::Stream(CommittedStream {
                     head,
                     tail,

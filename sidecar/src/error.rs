@@ -30,6 +30,15 @@ pub enum ApiError {
         /// Why.
         reason: String,
     },
+    /// The client did not send its whole body in time.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
+    /// The sidecar is serving as many requests as it may at once.
+    #[error("this gateway is serving its limit of {limit} concurrent requests; retry shortly")]
+    Overloaded {
+        /// The cap.
+        limit: usize,
+    },
     /// The body exceeds the configured limit.
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge {
@@ -82,6 +91,10 @@ pub enum ApiError {
     },
 }
 
+/// How long an app refused by the concurrency cap is told to wait: a
+/// second is many requests' worth of slots coming free.
+const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 impl From<InvalidDirective> for ApiError {
     fn from(error: InvalidDirective) -> Self {
         Self::InvalidHeader {
@@ -112,6 +125,8 @@ impl ApiError {
         match self {
             Self::InvalidBody(_) | Self::InvalidHeader { .. } | Self::Stateless(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Route(_) | Self::RouteNotForPod { .. } | Self::UnknownPath(_) => StatusCode::NOT_FOUND,
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::Guardrail(Blocked::Finding { .. }) => StatusCode::BAD_REQUEST,
@@ -145,6 +160,8 @@ impl ApiError {
             Self::InvalidHeader { .. } => ("invalid_request_error", "invalid_header"),
             Self::Stateless(_) => ("invalid_request_error", "stateless_gateway"),
             Self::BodyTooLarge { .. } => ("invalid_request_error", "request_too_large"),
+            Self::BodyTimeout(_) => ("invalid_request_error", "request_timeout"),
+            Self::Overloaded { .. } => ("server_error", "overloaded"),
             Self::Route(_) | Self::RouteNotForPod { .. } => ("invalid_request_error", "model_not_found"),
             Self::UnknownPath(_) => ("invalid_request_error", "unknown_url"),
             Self::NotReady => ("server_error", "not_ready"),
@@ -217,6 +234,9 @@ impl ApiError {
             let overloaded = StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return (overloaded, "overloaded_error");
         }
+        if let Self::Overloaded { .. } = self {
+            return (self.status(), "overloaded_error");
+        }
         let status = self.status();
         let kind = match status.as_u16() {
             400 => "invalid_request_error",
@@ -279,6 +299,7 @@ impl ApiError {
                 Some(error.retry_after.unwrap_or(Duration::from_secs(1)))
             }
             Self::RateLimited(limited) => Some(limited.retry_after),
+            Self::Overloaded { .. } => Some(OVERLOADED_RETRY_AFTER),
             Self::Budget(error) => error.retry_after_secs().map(Duration::from_secs),
             _ => None,
         }

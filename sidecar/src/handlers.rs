@@ -32,12 +32,18 @@ use crate::routing::Route;
 
 /// The API apps call (port 4000, loopback): OpenAI's and Anthropic's.
 pub fn api_router(app: Arc<App>) -> Router {
+    let cap = crate::edge::RequestCap::new(app.settings.max_concurrent_requests);
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/responses", post(responses))
         .route("/v1/embeddings", post(embeddings))
+        // Only the calls that reach providers count; probes and listings stay cheap and always answer.
+        .route_layer(axum::middleware::from_fn_with_state(
+            cap,
+            crate::edge::limit_concurrency,
+        ))
         .route("/v1/models", get(models))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -48,9 +54,10 @@ pub fn api_router(app: Arc<App>) -> Router {
 /// Metrics and probes (port 9464, pod IP).
 pub fn admin_router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
         .route("/debug/targets", get(debug_targets))
         .route("/debug/faults", post(debug_faults))
+        .route_layer(axum::middleware::from_fn(crate::edge::pod_local_only))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(app)
@@ -257,7 +264,7 @@ pub async fn count_tokens(State(app): State<Arc<App>>, headers: HeaderMap, body:
 async fn count(app: &App, headers: &HeaderMap, body: Body) -> Result<(TokenCount, &'static str), ApiError> {
     let runtime = app.runtime()?;
     let key = admission::caller(app, &runtime, headers)?;
-    let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
+    let bytes = inbound::read_body(body, app.settings.max_body_bytes, app.settings.body_read_timeout).await?;
     let request: MessagesRequest = inbound::parse_json(&bytes)?;
     let mut request = convert::messages::from_app(request, headers, true)?;
     let route = admission::resolve(app, &runtime, &request.model)?;

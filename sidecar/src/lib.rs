@@ -18,6 +18,7 @@ pub mod cache;
 pub mod convert;
 pub mod credentials;
 pub mod drills;
+pub mod edge;
 pub mod error;
 pub mod guardrails;
 pub mod handlers;
@@ -40,7 +41,6 @@ pub mod sync;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -121,6 +121,8 @@ impl Gateway {
         };
         let limits = Limits {
             max_body_bytes: settings.max_body_bytes,
+            body_read_timeout: settings.body_read_timeout,
+            max_concurrent_requests: settings.max_concurrent_requests,
             drills_enabled: settings.drills_enabled,
             default_key: settings.default_key.clone(),
             redactor: settings.redactor.clone(),
@@ -159,8 +161,18 @@ impl Gateway {
 
         let (shutdown, signal) = watch::channel(false);
         let mut servers = vec![
-            serve(api, handlers::api_router(app.clone()), signal.clone()),
-            serve(admin, handlers::admin_router(app.clone()), signal.clone()),
+            edge::serve(
+                api,
+                handlers::api_router(app.clone()),
+                settings.connections,
+                signal.clone(),
+            ),
+            edge::serve(
+                admin,
+                handlers::admin_router(app.clone()),
+                settings.connections,
+                signal.clone(),
+            ),
             flush_state(state.clone(), signal.clone()),
         ];
         // After the mounted configuration is in force: the operator only
@@ -246,24 +258,6 @@ fn flush_state(state: Arc<LocalState>, mut signal: watch::Receiver<bool>) -> Joi
             if stopping {
                 break;
             }
-        }
-    })
-}
-
-fn serve(listener: TcpListener, router: axum::Router, mut signal: watch::Receiver<bool>) -> JoinHandle<()> {
-    // Stream chunks are small writes: with Nagle's algorithm on, each one
-    // waits for the client's delayed ACK of the one before (about 40 ms).
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
-        }
-    });
-    tokio::spawn(async move {
-        let stop = async move {
-            let _ = signal.wait_for(|stop| *stop).await;
-        };
-        if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
-            tracing::error!(%error, "server stopped");
         }
     })
 }

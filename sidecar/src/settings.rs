@@ -15,6 +15,7 @@ pub use llmesh_crds::injection::{
 };
 use llmesh_crds::injection::{ADMIN_PORT, API_PORT, SECRETS_MOUNT_DIR, parse_route_list};
 
+use crate::edge::ConnectionLimits;
 use crate::metrics::Workload;
 use crate::providers::UpstreamSettings;
 use crate::redact::{MaskSecrets, Redact};
@@ -23,6 +24,16 @@ use crate::redact::{MaskSecrets, Redact};
 pub const MANIFESTS_DIR: &str = "LLMESH_MANIFESTS";
 /// Largest accepted request body, in bytes.
 pub const MAX_BODY_BYTES: &str = "LLMESH_MAX_BODY_BYTES";
+/// How long a client may take to send a request's headers, in milliseconds.
+pub const HEADER_READ_TIMEOUT_MS: &str = "LLMESH_HEADER_READ_TIMEOUT_MS";
+/// How long a client may take to send a request's body, in milliseconds.
+pub const BODY_READ_TIMEOUT_MS: &str = "LLMESH_BODY_READ_TIMEOUT_MS";
+/// Connections open at once per port; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: &str = "LLMESH_MAX_CONNECTIONS";
+/// Requests served at once; past it, 503 with `Retry-After`.
+pub const MAX_CONCURRENT_REQUESTS: &str = "LLMESH_MAX_CONCURRENT_REQUESTS";
+/// Largest complete answer read from an upstream, in bytes.
+pub const MAX_ANSWER_BYTES: &str = "LLMESH_MAX_ANSWER_BYTES";
 /// Upstream connect timeout, in milliseconds.
 pub const CONNECT_TIMEOUT_MS: &str = "LLMESH_CONNECT_TIMEOUT_MS";
 /// Upper bound for one upstream request when its route sets none, in milliseconds.
@@ -107,6 +118,12 @@ pub struct Settings {
     pub secrets_dir: Option<PathBuf>,
     /// Body size limit.
     pub max_body_bytes: usize,
+    /// Body read limit.
+    pub body_read_timeout: Duration,
+    /// Connection cap and header read timeout, per port.
+    pub connections: ConnectionLimits,
+    /// Requests served at once.
+    pub max_concurrent_requests: usize,
     /// Outbound client settings.
     pub upstream: UpstreamSettings,
     /// Shutdown grace period.
@@ -222,11 +239,21 @@ impl Settings {
             secrets_dir,
             // Large enough for a few base64 images in one request.
             max_body_bytes: parsed(env, MAX_BODY_BYTES, 20 * 1024 * 1024)?,
+            // Generous for a 20 MiB body from a local app; a stalled client is cut off.
+            body_read_timeout: millis(env, BODY_READ_TIMEOUT_MS, Duration::from_secs(30))?,
+            connections: ConnectionLimits {
+                // Above the concurrency cap: refused requests still get their 503.
+                max_connections: parsed(env, MAX_CONNECTIONS, 16_384)?,
+                header_read_timeout: millis(env, HEADER_READ_TIMEOUT_MS, Duration::from_secs(10))?,
+            },
+            // 10,000 slow streams measured within a sidecar's memory (docs/performance.md).
+            max_concurrent_requests: parsed(env, MAX_CONCURRENT_REQUESTS, 10_000)?,
             upstream: UpstreamSettings {
                 connect_timeout: millis(env, CONNECT_TIMEOUT_MS, defaults.connect_timeout)?,
                 request_timeout: millis(env, UPSTREAM_TIMEOUT_MS, defaults.request_timeout)?,
                 pool_idle_timeout: defaults.pool_idle_timeout,
                 extra_roots_pem: None,
+                max_answer_bytes: parsed(env, MAX_ANSWER_BYTES, defaults.max_answer_bytes)?,
             },
             // Below Kubernetes' default 30 s termination grace period.
             drain_timeout: millis(env, DRAIN_TIMEOUT_MS, Duration::from_secs(25))?,

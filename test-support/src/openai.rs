@@ -12,7 +12,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::mock_server::{Behavior, MockServer, State, broken_body, last_user_text, pace, pieces, sse};
+use crate::mock_server::{
+    Behavior, MockServer, State, broken_body, endless_body, last_user_text, pace, pieces, silent_body, sse,
+};
 
 /// What the mock answers: `Hello from openai: <last user message>`.
 pub fn reply_text(request: &Value) -> String {
@@ -125,8 +127,35 @@ async fn chat(
         "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}
     });
     let finish = if tool_call.is_some() { "tool_calls" } else { "stop" };
+    let stream = request["stream"].as_bool() == Some(true);
+    match behavior {
+        Behavior::HeadersThenSilence => {
+            return (
+                [(
+                    "content-type",
+                    if stream {
+                        "text/event-stream"
+                    } else {
+                        "application/json"
+                    },
+                )],
+                silent_body(state),
+            )
+                .into_response();
+        }
+        Behavior::Endless if !stream => {
+            let head = Bytes::from_static(b"{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"");
+            let body = endless_body(state, head, Bytes::from_static(b"more and more "));
+            return ([("content-type", "application/json")], body).into_response();
+        }
+        _ => {}
+    }
+    let text = match behavior {
+        Behavior::OversizedBodyBytes(bytes) => "x".repeat(bytes),
+        _ => text,
+    };
 
-    if request["stream"].as_bool() != Some(true) {
+    if !stream {
         let message = match &tool_call {
             Some(call) => {
                 json!({"role": "assistant", "content": null, "tool_calls": [call], "refusal": null})
@@ -172,9 +201,21 @@ async fn chat(
                 .map(|p| chunk(json!({"content": p}), None)),
         ),
     }
-    if let Behavior::CutStream(after) = behavior {
-        frames.truncate(after + 1);
-        return sse_response(broken_body(frames));
+    match behavior {
+        Behavior::CutStream(after) => {
+            frames.truncate(after + 1);
+            return sse_response(broken_body(frames));
+        }
+        Behavior::Endless => {
+            let piece = frames.get(1).cloned().unwrap_or_default();
+            return sse_response(endless_body(state, frames.swap_remove(0), piece));
+        }
+        Behavior::InvalidUtf8 => {
+            let mut invalid = b"data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"".to_vec();
+            invalid.extend_from_slice(b"\xff\xfe\xfd\"}}]}\n\n");
+            frames.insert(1, Bytes::from(invalid));
+        }
+        _ => {}
     }
     frames.push(chunk(json!({}), Some(finish)));
     if request["stream_options"]["include_usage"].as_bool() == Some(true) {
