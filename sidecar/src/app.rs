@@ -17,6 +17,7 @@ use crate::providers::Deps;
 use crate::redact::Redact;
 use crate::routing::Runtime;
 use crate::state::LocalState;
+use crate::telemetry::Tracer;
 
 /// Request-independent settings the handlers read.
 #[derive(Clone, Debug)]
@@ -66,6 +67,8 @@ pub struct App {
     pub rate_limits: Arc<RateLimiter>,
     /// Budget spend; survives reloads (and restarts, with a state file).
     pub budgets: Arc<Budgets>,
+    /// Starts request traces, when an OTLP endpoint is configured.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 impl App {
@@ -76,6 +79,7 @@ impl App {
         deps: Deps,
         cache: Arc<ResponseCache>,
         state: &LocalState,
+        tracer: Option<Arc<Tracer>>,
     ) -> Self {
         Self {
             runtime: ArcSwapOption::empty(),
@@ -85,6 +89,7 @@ impl App {
             cache,
             rate_limits: state.rate_limits.clone(),
             budgets: state.budgets.clone(),
+            tracer,
         }
     }
 

@@ -26,6 +26,7 @@ use crate::convert;
 use crate::error::ApiError;
 use crate::inbound;
 use crate::respond::{self, Shape};
+use crate::telemetry::{self, RequestTrace};
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
@@ -70,13 +71,14 @@ async fn serve(
     parse: impl FnOnce(&[u8]) -> Result<(ChatRequest, Shape), ApiError>,
 ) -> Response {
     let mut record = AccessRecord::start(app.metrics.clone(), api);
+    let trace = start_trace(app, headers, api, &mut record);
     let mut shape = Shape::OpenAi;
-    let outcome = serve_chat(app, headers, body, &mut record, |bytes| {
+    let serving = serve_chat(app, headers, body, &mut record, |bytes| {
         let (request, wanted) = parse(bytes)?;
         shape = wanted;
         Ok(request)
-    })
-    .await;
+    });
+    let outcome = telemetry::scoped(trace.as_ref(), serving).await;
     match outcome {
         Ok(Reply::Complete(completed)) => respond::complete(completed, record, &shape),
         Ok(Reply::Stream(stream)) => respond::stream(stream, record, shape),
@@ -124,6 +126,13 @@ async fn serve_chat(
     })
 }
 
+/// Starts the request's trace, joining the app's, when tracing is on.
+fn start_trace(app: &App, headers: &HeaderMap, api: Api, record: &mut AccessRecord) -> Option<RequestTrace> {
+    let trace = app.tracer.as_ref()?.request(headers, api.operation());
+    record.set_trace(trace.clone());
+    Some(trace)
+}
+
 /// Notes who answered (or failed last) and hands on the answer.
 fn settle<T>(record: &mut AccessRecord, outcome: Result<Served<'_, T>, Failed<'_>>) -> Result<T, ApiError> {
     match outcome {
@@ -144,7 +153,9 @@ fn settle<T>(record: &mut AccessRecord, outcome: Result<Served<'_, T>, Failed<'_
 /// `POST /v1/embeddings`.
 pub async fn embeddings(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     let mut record = AccessRecord::start(app.metrics.clone(), Api::Embeddings);
-    match serve_embeddings(&app, &headers, body, &mut record).await {
+    let trace = start_trace(&app, &headers, Api::Embeddings, &mut record);
+    let serving = serve_embeddings(&app, &headers, body, &mut record);
+    match telemetry::scoped(trace.as_ref(), serving).await {
         Ok(completed) => respond::complete(completed, record, &Shape::OpenAi),
         Err(error) => respond::error(error, record, Api::Embeddings),
     }

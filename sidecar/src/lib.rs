@@ -34,6 +34,7 @@ pub mod routing;
 pub mod settings;
 pub mod state;
 pub mod sync;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -134,7 +135,11 @@ impl Gateway {
         )?;
         let state = Arc::new(state);
         let cache = Arc::new(ResponseCache::new(settings.cache_max_bytes, metrics.clone()));
-        let app = Arc::new(App::new(limits, metrics, deps, cache, &state));
+        let tracer = settings
+            .traces
+            .as_ref()
+            .map(|traces| telemetry::Tracer::start(traces, collector(&deps.client, traces), metrics.clone()));
+        let app = Arc::new(App::new(limits, metrics, deps, cache, &state, tracer));
 
         let reloader = Arc::new(Reloader::new(app.clone(), settings.source.clone()));
         let first = reloader.clone();
@@ -229,6 +234,41 @@ const STATE_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 
 /// Writes the state file in batches until shutdown, then once more (after
 /// the servers' in-flight requests, which share the signal, had their turn).
+/// Posts span batches to the collector with the upstream client (its proxy
+/// settings apply), each export with the collector's headers.
+fn collector(client: &UpstreamClient, traces: &telemetry::TraceSettings) -> telemetry::export::Post {
+    let client = client.clone();
+    let endpoint = traces.endpoint.clone();
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &traces.headers {
+        match (http::HeaderName::try_from(name.as_str()), http::HeaderValue::try_from(value.as_str())) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+            }
+            // The value may be a credential: name the header only.
+            _ => tracing::warn!(header = %name, "an OTLP export header is not valid HTTP; left out"),
+        }
+    }
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-protobuf"),
+    );
+    Arc::new(move |body| {
+        let client = client.clone();
+        let request = client.post(endpoint.as_str()).headers(headers.clone()).body(body);
+        Box::pin(async move {
+            match client.send(request).await {
+                Ok(providers::Answer::Success(response)) => {
+                    UpstreamClient::body(response).await.map_err(|e| e.to_string())?;
+                    Ok(())
+                }
+                Ok(providers::Answer::Failure { status, .. }) => Err(format!("the collector answered {status}")),
+                Err(error) => Err(error.to_string()),
+            }
+        })
+    })
+}
+
 fn flush_state(state: Arc<LocalState>, mut signal: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(STATE_FLUSH_INTERVAL);

@@ -6,7 +6,7 @@
 //! come from configuration, never from request content.
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -93,6 +93,10 @@ pub struct Metrics {
     pub cache_saved_usd: CounterVec,
     /// Failed operations on the shared (Redis) cache tier, by operation.
     pub cache_shared_errors: IntCounterVec,
+    /// Spans the trace collector accepted.
+    pub trace_spans_exported: IntCounter,
+    /// Spans dropped, by reason (`queue-full`, `export-failed`).
+    pub trace_spans_dropped: IntCounterVec,
 }
 
 /// The pod's owner, as the webhook passes it.
@@ -374,6 +378,16 @@ impl Metrics {
             "Failed or timed-out operations on the shared Redis cache, by operation (get, set, connect).",
             &["operation"],
         );
+        let exported_name = "llmesh_trace_spans_exported_total";
+        let trace_spans_exported = IntCounter::new(exported_name, "Spans the OTLP trace collector accepted.")
+            .unwrap_or_else(|e| panic!("metric {exported_name}: {e}"));
+        let trace_spans_exported = register(&registry, exported_name, trace_spans_exported);
+        let trace_spans_dropped = counter(
+            &registry,
+            "llmesh_trace_spans_dropped_total",
+            "Spans dropped, by reason (queue-full, export-failed).",
+            &["reason"],
+        );
         Self {
             registry,
             requests,
@@ -405,6 +419,8 @@ impl Metrics {
             cache_saved_tokens,
             cache_saved_usd,
             cache_shared_errors,
+            trace_spans_exported,
+            trace_spans_dropped,
         }
     }
 

@@ -18,6 +18,7 @@ use llmesh_crds::injection::{ADMIN_PORT, API_PORT, SECRETS_MOUNT_DIR, parse_rout
 use crate::metrics::Workload;
 use crate::providers::UpstreamSettings;
 use crate::redact::{MaskSecrets, Redact};
+use crate::telemetry::TraceSettings;
 
 /// Directory of YAML manifests (standalone mode).
 pub const MANIFESTS_DIR: &str = "LLMESH_MANIFESTS";
@@ -117,6 +118,8 @@ pub struct Settings {
     pub default_key: Option<String>,
     /// The route aliases the pod's apps may call (`None`: every route).
     pub pod_routes: Option<BTreeSet<String>>,
+    /// Where spans are exported (`None`: no tracing).
+    pub traces: Option<TraceSettings>,
     /// Where budget spend and rate-limit buckets are kept.
     pub state_file: Option<PathBuf>,
     /// The operator's sync channel (`None`: this sidecar enforces its own
@@ -235,6 +238,11 @@ impl Settings {
                     reason,
                 })?),
             },
+            traces: TraceSettings::from_env(|name| env.get(name)).map_err(|e| SettingsError::Invalid {
+                name: e.name,
+                value: e.value,
+                reason: e.reason,
+            })?,
             state_file: env.get(STATE_FILE).filter(|f| !f.is_empty()).map(PathBuf::from),
             sync: match env.get(SYNC_URL).filter(|u| !u.trim().is_empty()) {
                 None => None,
