@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::pricing;
 use crate::redact::Redact;
 use crate::routing::{Route, Target};
+use crate::eval::{self, Sink};
 use crate::telemetry::{Attribute, Event, RequestTrace, Value};
 
 /// `x-llmesh-request-id`.
@@ -95,14 +96,18 @@ pub struct AccessRecord {
     trace: Option<RequestTrace>,
     /// Finish reasons of the answer, read only when something records them.
     finish_reasons: Vec<String>,
+    /// Where the request goes when it is sampled for eval.
+    eval: Option<Arc<Sink>>,
 }
 
-/// Prompt and answer text, for routes that log it.
+/// Prompt and answer text, for routes that log it or requests sampled for eval.
 #[derive(Debug)]
 struct Content {
     redactor: Arc<dyn Redact>,
     prompt: String,
     answer: String,
+    /// The route logs content (access log and span events).
+    logged: bool,
 }
 
 impl AccessRecord {
@@ -136,6 +141,7 @@ impl AccessRecord {
             content: None,
             trace: None,
             finish_reasons: Vec::new(),
+            eval: None,
         }
     }
 
@@ -185,7 +191,37 @@ impl AccessRecord {
             redactor,
             prompt,
             answer: String::new(),
+            logged: true,
         });
+    }
+
+    /// Writes this request to the eval sink when it is over, with its
+    /// prompt and answer through `redactor`.
+    pub fn sample_for_eval(&mut self, sink: Arc<Sink>, redactor: Arc<dyn Redact>, prompt: Option<String>) {
+        self.eval = Some(sink);
+        if self.content.is_none() {
+            self.content = Some(Content {
+                redactor,
+                prompt: prompt.unwrap_or_default(),
+                answer: String::new(),
+                logged: false,
+            });
+        }
+    }
+
+    /// The API the app called.
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
+    /// The request id (`x-llmesh-request-id`).
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The trace id, when the request is traced.
+    pub fn trace_id(&self) -> Option<String> {
+        self.trace.as_ref().map(RequestTrace::trace_id)
     }
 
     /// Notes the request's trace; its span ends with the record.
@@ -445,12 +481,38 @@ impl Drop for AccessRecord {
                 .with_label_values(&[route])
                 .inc_by(*usd);
         }
-        let content = self
+        let redacted = self
             .content
             .as_ref()
             .map(|c| (c.redactor.redact(&c.prompt), c.redactor.redact(&c.answer)));
+        let trace_id = self.trace.as_ref().map(RequestTrace::trace_id).unwrap_or_default();
+        let logged = self.content.as_ref().is_some_and(|c| c.logged);
+        let content = redacted.as_ref().filter(|_| logged);
         if let Some(trace) = self.trace.take() {
-            self.end_span(&trace, error_label, cost, content.as_ref());
+            self.end_span(&trace, error_label, cost, content);
+        }
+        if let Some(sink) = self.eval.take() {
+            let (prompt, answer) = redacted.clone().unwrap_or_default();
+            sink.submit(&eval::Record {
+                timestamp: jiff::Timestamp::now().to_string(),
+                kind: eval::Kind::Primary,
+                request_id: self.request_id.clone(),
+                trace_id,
+                route: route.to_owned(),
+                api: self.api.as_str(),
+                provider: self.provider_name.clone().unwrap_or_default(),
+                provider_kind: self.provider_kind,
+                model: model.to_owned(),
+                status: self.status,
+                error: error_label,
+                finish_reasons: self.finish_reasons.clone(),
+                input_tokens: self.usage.prompt_tokens,
+                output_tokens: self.usage.completion_tokens,
+                cost_usd: cost,
+                latency_ms: millis(elapsed),
+                prompt,
+                answer,
+            });
         }
         if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
             let mut line = JsonLine::new();
@@ -486,7 +548,7 @@ impl Drop for AccessRecord {
                 line.field("ttft_ms", millis(first));
             }
             // Only on routes with `logContent`, after the redaction hook.
-            if let Some((prompt, answer)) = &content {
+            if let Some((prompt, answer)) = content {
                 line.field("prompt", prompt);
                 line.field("answer", answer);
             }

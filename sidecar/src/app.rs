@@ -17,6 +17,7 @@ use crate::providers::Deps;
 use crate::redact::Redact;
 use crate::routing::Runtime;
 use crate::state::LocalState;
+use crate::eval::Sink;
 use crate::telemetry::Tracer;
 
 /// Request-independent settings the handlers read.
@@ -69,6 +70,8 @@ pub struct App {
     pub budgets: Arc<Budgets>,
     /// Starts request traces, when an OTLP endpoint is configured.
     pub tracer: Option<Arc<Tracer>>,
+    /// Where sampled requests and shadow answers go, when a sink is configured.
+    pub eval: Option<Arc<Sink>>,
 }
 
 impl App {
@@ -80,6 +83,7 @@ impl App {
         cache: Arc<ResponseCache>,
         state: &LocalState,
         tracer: Option<Arc<Tracer>>,
+        eval: Option<Arc<Sink>>,
     ) -> Self {
         Self {
             runtime: ArcSwapOption::empty(),
@@ -90,6 +94,7 @@ impl App {
             rate_limits: state.rate_limits.clone(),
             budgets: state.budgets.clone(),
             tracer,
+            eval,
         }
     }
 

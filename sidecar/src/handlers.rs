@@ -26,6 +26,7 @@ use crate::convert;
 use crate::error::ApiError;
 use crate::inbound;
 use crate::respond::{self, Shape};
+use crate::shadow;
 use crate::telemetry::{self, RequestTrace};
 
 /// `POST /v1/chat/completions`.
@@ -100,7 +101,7 @@ async fn serve_chat(
         route,
         request,
         timeouts,
-        ..
+        estimate,
     } = &admitted;
     let facts = admitted.facts(headers);
 
@@ -120,6 +121,14 @@ async fn serve_chat(
         .ok()
         .map(|served| cache::Origin::of(served.target));
     let reply = settle(record, outcome)?;
+    let primary = shadow::Primary {
+        route,
+        key: key.as_deref(),
+        request,
+        estimate,
+        record,
+    };
+    shadow::dispatch(app, &primary);
     Ok(match (cache_plan, origin) {
         (Some(plan), Some(origin)) => app.cache.fill(plan, origin, reply),
         _ => reply,

@@ -19,6 +19,7 @@ pub mod convert;
 pub mod credentials;
 pub mod drills;
 pub mod error;
+pub mod eval;
 pub mod handlers;
 pub mod health;
 pub mod inbound;
@@ -32,6 +33,7 @@ pub mod reload;
 pub mod respond;
 pub mod routing;
 pub mod settings;
+pub mod shadow;
 pub mod state;
 pub mod sync;
 pub mod telemetry;
@@ -138,8 +140,17 @@ impl Gateway {
         let tracer = settings
             .traces
             .as_ref()
-            .map(|traces| telemetry::Tracer::start(traces, collector(&deps.client, traces), metrics.clone()));
-        let app = Arc::new(App::new(limits, metrics, deps, cache, &state, tracer));
+            .map(|traces| {
+                let post = poster(&deps.client, &traces.endpoint, &traces.headers, "application/x-protobuf");
+                telemetry::Tracer::start(traces, post, metrics.clone())
+            });
+        let eval_post = settings
+            .eval
+            .url
+            .as_ref()
+            .map(|url| poster(&deps.client, url, &[], "application/x-ndjson"));
+        let eval = eval::Sink::start(&settings.eval, eval_post, &metrics);
+        let app = Arc::new(App::new(limits, metrics, deps, cache, &state, tracer, eval));
 
         let reloader = Arc::new(Reloader::new(app.clone(), settings.source.clone()));
         let first = reloader.clone();
@@ -234,25 +245,27 @@ const STATE_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 
 /// Writes the state file in batches until shutdown, then once more (after
 /// the servers' in-flight requests, which share the signal, had their turn).
-/// Posts span batches to the collector with the upstream client (its proxy
-/// settings apply), each export with the collector's headers.
-fn collector(client: &UpstreamClient, traces: &telemetry::TraceSettings) -> telemetry::export::Post {
+/// Posts batches (spans, eval records) to `url` with the upstream client
+/// (its proxy settings apply), each with `headers`.
+fn poster(
+    client: &UpstreamClient,
+    url: &str,
+    extra_headers: &[(String, String)],
+    content_type: &'static str,
+) -> Arc<dyn Fn(Vec<u8>) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync> {
     let client = client.clone();
-    let endpoint = traces.endpoint.clone();
+    let endpoint = url.to_owned();
     let mut headers = http::HeaderMap::new();
-    for (name, value) in &traces.headers {
+    for (name, value) in extra_headers {
         match (http::HeaderName::try_from(name.as_str()), http::HeaderValue::try_from(value.as_str())) {
             (Ok(name), Ok(value)) => {
                 headers.append(name, value);
             }
             // The value may be a credential: name the header only.
-            _ => tracing::warn!(header = %name, "an OTLP export header is not valid HTTP; left out"),
+            _ => tracing::warn!(header = %name, "an export header is not valid HTTP; left out"),
         }
     }
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/x-protobuf"),
-    );
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     Arc::new(move |body| {
         let client = client.clone();
         let request = client.post(endpoint.as_str()).headers(headers.clone()).body(body);
@@ -262,7 +275,7 @@ fn collector(client: &UpstreamClient, traces: &telemetry::TraceSettings) -> tele
                     UpstreamClient::body(response).await.map_err(|e| e.to_string())?;
                     Ok(())
                 }
-                Ok(providers::Answer::Failure { status, .. }) => Err(format!("the collector answered {status}")),
+                Ok(providers::Answer::Failure { status, .. }) => Err(format!("it answered {status}")),
                 Err(error) => Err(error.to_string()),
             }
         })

@@ -97,6 +97,14 @@ pub struct Metrics {
     pub trace_spans_exported: IntCounter,
     /// Spans dropped, by reason (`queue-full`, `export-failed`).
     pub trace_spans_dropped: IntCounterVec,
+    /// Eval records written, by sink (`file`, `http`).
+    pub eval_records_written: IntCounterVec,
+    /// Eval records dropped, by sink and reason (`queue-full`, `write-failed`).
+    pub eval_records_dropped: IntCounterVec,
+    /// Shadow requests, by route and result (`ok`, `error`).
+    pub shadow_requests: IntCounterVec,
+    /// USD the shadow answers cost, by route, provider and model.
+    pub shadow_cost_usd: CounterVec,
 }
 
 /// The pod's owner, as the webhook passes it.
@@ -388,6 +396,30 @@ impl Metrics {
             "Spans dropped, by reason (queue-full, export-failed).",
             &["reason"],
         );
+        let eval_records_written = counter(
+            &registry,
+            "llmesh_eval_records_written_total",
+            "Eval records written, by sink (file, http).",
+            &["sink"],
+        );
+        let eval_records_dropped = counter(
+            &registry,
+            "llmesh_eval_records_dropped_total",
+            "Eval records dropped, by sink and reason (queue-full, write-failed).",
+            &["sink", "reason"],
+        );
+        let shadow_requests = counter(
+            &registry,
+            "llmesh_shadow_requests_total",
+            "Requests copied to a route's shadow candidate, by route and result (ok, error).",
+            &["route", "result"],
+        );
+        let shadow_cost_usd = float_counter(
+            &registry,
+            "llmesh_shadow_cost_usd_total",
+            "USD the shadow candidates' answers cost, by route, provider and model.",
+            &["route", "provider", "model"],
+        );
         Self {
             registry,
             requests,
@@ -421,6 +453,10 @@ impl Metrics {
             cache_shared_errors,
             trace_spans_exported,
             trace_spans_dropped,
+            eval_records_written,
+            eval_records_dropped,
+            shadow_requests,
+            shadow_cost_usd,
         }
     }
 
