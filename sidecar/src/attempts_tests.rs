@@ -115,6 +115,8 @@ fn route(
         log_content: false,
         cache: None,
         semantic: None,
+        eval: None,
+        mirror: None,
     }
 }
 

@@ -112,7 +112,7 @@ fn invalid_resources_are_reported_with_their_field() {
             &[
                 "spec.evalSampling.percent: must be from 0 to 100",
                 "spec.mirror.percent: must be from 0 to 100",
-                "spec.mirror.target.provider: ProviderSecret \"nope\" does not exist",
+                "spec.mirror.target.provider: ProviderSecret nope does not exist",
             ],
         ),
         (
