@@ -12,8 +12,9 @@ use kube::ResourceExt;
 use crate::config::PreviousKey;
 use crate::config::{
     AzureConfig, BreakerConfig, BudgetConfig, CacheConfig, CredentialRef, Credentials, EvalSamplingConfig,
-    FallbackConfig, KeyConfig, MirrorConfig, MockConfig, ProviderConfig, RetriesConfig, RouteConfig, RuleConfig, SemanticCacheConfig,
-    SharedCacheConfig, SidecarConfig, TargetConfig, TimeoutsConfig, key_hash,
+    FallbackConfig, KeyConfig, MirrorConfig, MockConfig, ProviderConfig, RetriesConfig, RouteConfig,
+    RuleConfig, SemanticCacheConfig, SharedCacheConfig, SidecarConfig, TargetConfig, TimeoutsConfig,
+    key_hash,
 };
 use crate::resources::{
     Budget, BudgetAction, CacheMode, CacheSettings, ErrorClass, Fallback, LLMRoute, ProviderKind,

@@ -30,6 +30,7 @@ fn injector() -> Injector {
             native_sidecar: true,
             operator_namespace: "llmesh-system".to_owned(),
             resources: Resources::default(),
+            otel_endpoint: None,
         }),
         namespaces: Arc::new(HashMap::from([("team-a".to_owned(), namespace)])),
         metrics: None,

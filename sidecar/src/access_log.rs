@@ -17,11 +17,11 @@ use crate::api::{Api, Usage};
 use crate::attempts::AttemptFailure;
 use crate::auth::Key;
 use crate::cache::{CacheStatus, Entry};
+use crate::eval::{self, Sink};
 use crate::metrics::Metrics;
 use crate::pricing;
 use crate::redact::Redact;
 use crate::routing::{Route, Target};
-use crate::eval::{self, Sink};
 use crate::telemetry::{Attribute, Event, RequestTrace, Value};
 
 /// `x-llmesh-request-id`.
@@ -485,7 +485,11 @@ impl Drop for AccessRecord {
             .content
             .as_ref()
             .map(|c| (c.redactor.redact(&c.prompt), c.redactor.redact(&c.answer)));
-        let trace_id = self.trace.as_ref().map(RequestTrace::trace_id).unwrap_or_default();
+        let trace_id = self
+            .trace
+            .as_ref()
+            .map(RequestTrace::trace_id)
+            .unwrap_or_default();
         let logged = self.content.as_ref().is_some_and(|c| c.logged);
         let content = redacted.as_ref().filter(|_| logged);
         if let Some(trace) = self.trace.take() {
@@ -562,7 +566,13 @@ impl AccessRecord {
     /// Ends the request's span with the GenAI semantic-convention attributes
     /// and llmesh's own; the (redacted) prompt and answer as events only
     /// where the route logs content.
-    fn end_span(&self, trace: &RequestTrace, error: &str, cost: Option<f64>, content: Option<&(String, String)>) {
+    fn end_span(
+        &self,
+        trace: &RequestTrace,
+        error: &str,
+        cost: Option<f64>,
+        content: Option<&(String, String)>,
+    ) {
         if !trace.sampled() {
             return;
         }
@@ -586,7 +596,10 @@ impl AccessRecord {
         }
         if self.usage.prompt_tokens > 0 || self.usage.completion_tokens > 0 {
             attributes.push(("gen_ai.usage.input_tokens", Value::from(self.usage.prompt_tokens)));
-            attributes.push(("gen_ai.usage.output_tokens", Value::from(self.usage.completion_tokens)));
+            attributes.push((
+                "gen_ai.usage.output_tokens",
+                Value::from(self.usage.completion_tokens),
+            ));
         }
         if !self.finish_reasons.is_empty() {
             let reasons = self.finish_reasons.clone();

@@ -145,7 +145,10 @@ pub async fn admit<R: Admissible>(
     }
     // A mirrored request is recorded too, so its shadow answer has a pair.
     let sampled = route.eval.as_ref().is_some_and(|s| s.admits(record.request_id()))
-        || route.mirror.as_ref().is_some_and(|m| m.copies(record.request_id()));
+        || route
+            .mirror
+            .as_ref()
+            .is_some_and(|m| m.copies(record.request_id()));
     if sampled && let Some(sink) = &app.eval {
         record.sample_for_eval(sink.clone(), app.settings.redactor.clone(), request.prompt());
     }

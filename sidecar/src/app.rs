@@ -11,13 +11,13 @@ use axum::routing::{get, post};
 use crate::budget::Budgets;
 use crate::cache::ResponseCache;
 use crate::error::ApiError;
+use crate::eval::Sink;
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::providers::Deps;
 use crate::redact::Redact;
 use crate::routing::Runtime;
 use crate::state::LocalState;
-use crate::eval::Sink;
 use crate::telemetry::Tracer;
 
 /// Request-independent settings the handlers read.

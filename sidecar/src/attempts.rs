@@ -24,8 +24,8 @@ use crate::api::chat::ChatRequest;
 use crate::api::embeddings::EmbeddingsRequest;
 use crate::error::ApiError;
 use crate::providers::{ChatReply, ChunkStream, Completed, ErrorKind, ProviderError, StreamEvent};
-use crate::telemetry::{AttemptSpan, Value};
 use crate::routing::{Estimate, FallbackTo, RequestFacts, Route, Runtime, Target, Timeouts, tighter};
+use crate::telemetry::{AttemptSpan, Value};
 
 /// A successful answer and who gave it.
 #[derive(Debug)]

@@ -52,7 +52,9 @@ impl Sampling {
     }
 
     fn take(&self, now_seconds: i64) -> bool {
-        let Some(cap) = self.max_per_minute else { return true };
+        let Some(cap) = self.max_per_minute else {
+            return true;
+        };
         let minute = u64::try_from(now_seconds / 60).unwrap_or_default();
         let mut window = self.window.lock();
         if window.0 != minute {
@@ -131,7 +133,11 @@ mod tests {
         assert!((1800..2200).contains(&sampled), "{sampled} of 20000 at 10%");
         assert!(ids.iter().all(|id| in_share(id, 10.0) == in_share(id, 10.0)));
         // A larger share keeps every request a smaller one sampled.
-        assert!(ids.iter().filter(|id| in_share(id, 10.0)).all(|id| in_share(id, 25.0)));
+        assert!(
+            ids.iter()
+                .filter(|id| in_share(id, 10.0))
+                .all(|id| in_share(id, 25.0))
+        );
         assert!(ids.iter().all(|id| in_share(id, 100.0) && !in_share(id, 0.0)));
     }
 

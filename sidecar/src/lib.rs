@@ -137,13 +137,15 @@ impl Gateway {
         )?;
         let state = Arc::new(state);
         let cache = Arc::new(ResponseCache::new(settings.cache_max_bytes, metrics.clone()));
-        let tracer = settings
-            .traces
-            .as_ref()
-            .map(|traces| {
-                let post = poster(&deps.client, &traces.endpoint, &traces.headers, "application/x-protobuf");
-                telemetry::Tracer::start(traces, post, metrics.clone())
-            });
+        let tracer = settings.traces.as_ref().map(|traces| {
+            let post = poster(
+                &deps.client,
+                &traces.endpoint,
+                &traces.headers,
+                "application/x-protobuf",
+            );
+            telemetry::Tracer::start(traces, post, metrics.clone())
+        });
         let eval_post = settings
             .eval
             .url
@@ -252,12 +254,15 @@ fn poster(
     url: &str,
     extra_headers: &[(String, String)],
     content_type: &'static str,
-) -> Arc<dyn Fn(Vec<u8>) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync> {
+) -> telemetry::export::Post {
     let client = client.clone();
     let endpoint = url.to_owned();
     let mut headers = http::HeaderMap::new();
     for (name, value) in extra_headers {
-        match (http::HeaderName::try_from(name.as_str()), http::HeaderValue::try_from(value.as_str())) {
+        match (
+            http::HeaderName::try_from(name.as_str()),
+            http::HeaderValue::try_from(value.as_str()),
+        ) {
             (Ok(name), Ok(value)) => {
                 headers.append(name, value);
             }
@@ -265,7 +270,10 @@ fn poster(
             _ => tracing::warn!(header = %name, "an export header is not valid HTTP; left out"),
         }
     }
-    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     Arc::new(move |body| {
         let client = client.clone();
         let request = client.post(endpoint.as_str()).headers(headers.clone()).body(body);

@@ -15,10 +15,10 @@ pub use llmesh_crds::injection::{
 };
 use llmesh_crds::injection::{ADMIN_PORT, API_PORT, SECRETS_MOUNT_DIR, parse_route_list};
 
+use crate::eval::SinkSettings;
 use crate::metrics::Workload;
 use crate::providers::UpstreamSettings;
 use crate::redact::{MaskSecrets, Redact};
-use crate::eval::SinkSettings;
 use crate::telemetry::TraceSettings;
 
 /// Directory of YAML manifests (standalone mode).

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use crate::access_log::{AccessRecord, Settle};
 use crate::admission::Admissible;
-use crate::api::{Api, Usage};
 use crate::api::chat::ChatRequest;
+use crate::api::{Api, Usage};
 use crate::app::App;
 use crate::auth::Key;
 use crate::budget::{Admitted, Charge};
@@ -53,7 +53,11 @@ pub fn dispatch(app: &App, primary: &Primary<'_>) {
     if mirror.targets.targets.is_empty() {
         return;
     }
-    let charge = match primary.key.and_then(|k| k.config.budget.as_ref()).filter(|_| mirror.count_budget) {
+    let charge = match primary
+        .key
+        .and_then(|k| k.config.budget.as_ref())
+        .filter(|_| mirror.count_budget)
+    {
         None => None,
         Some(name) => {
             let runtime = app.runtime().ok();
@@ -131,12 +135,20 @@ impl Answer {
 impl Job {
     async fn run(self) {
         let Some(mirror) = &self.route.mirror else { return };
-        let Some(target) = mirror.targets.targets.first() else { return };
+        let Some(target) = mirror.targets.targets.first() else {
+            return;
+        };
         let started = Instant::now();
         let limit = target.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let outcome = tokio::time::timeout(limit, ask(target.provider.as_ref(), &target.model, &self.request))
-            .await
-            .unwrap_or_else(|_| Err(ProviderError::new(ErrorKind::Timeout, "the shadow target did not answer in time")));
+        let outcome =
+            tokio::time::timeout(limit, ask(target.provider.as_ref(), &target.model, &self.request))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProviderError::new(
+                        ErrorKind::Timeout,
+                        "the shadow target did not answer in time",
+                    ))
+                });
         let latency = started.elapsed();
         let (answer, error) = match outcome {
             Ok(answer) => (answer, ""),
@@ -151,7 +163,11 @@ impl Job {
             .as_ref()
             .filter(|_| used)
             .map(|price| pricing::cost(price, &answer.usage));
-        count(&self.metrics, &self.route.alias, if error.is_empty() { "ok" } else { "error" });
+        count(
+            &self.metrics,
+            &self.route.alias,
+            if error.is_empty() { "ok" } else { "error" },
+        );
         if let Some(cost) = cost {
             self.metrics
                 .shadow_cost_usd

@@ -162,7 +162,11 @@ impl Sampler {
         }
         let mut low = [0; 8];
         low.copy_from_slice(&trace_id[8..]);
-        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
         let bound = (self.ratio.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
         self.ratio >= 1.0 || u64::from_be_bytes(low) < bound
     }
@@ -252,7 +256,11 @@ impl TraceSettings {
             delay: millis(SCHEDULE_DELAY, 5000)?,
             timeout,
         };
-        let headers_name = if get(TRACES_HEADERS).is_some() { TRACES_HEADERS } else { HEADERS };
+        let headers_name = if get(TRACES_HEADERS).is_some() {
+            TRACES_HEADERS
+        } else {
+            HEADERS
+        };
         let headers = pairs(get(headers_name).as_deref().unwrap_or_default());
         let mut resource = pairs(get(RESOURCE_ATTRIBUTES).as_deref().unwrap_or_default());
         let service = get(SERVICE_NAME).unwrap_or_else(|| "llmesh-sidecar".to_owned());
@@ -410,9 +418,14 @@ impl RequestTrace {
         self.0.context.sampled
     }
 
-
     /// Ends the request span; `name_suffix` completes `{operation} …`.
-    pub fn end(&self, name_suffix: &str, attributes: Vec<Attribute>, events: Vec<Event>, error: Option<String>) {
+    pub fn end(
+        &self,
+        name_suffix: &str,
+        attributes: Vec<Attribute>,
+        events: Vec<Event>,
+        error: Option<String>,
+    ) {
         let trace = &self.0;
         if !trace.context.sampled {
             return;
@@ -528,7 +541,10 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Option<TraceSettings>, InvalidVariable> {
-        let env: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         TraceSettings::from_env(|name| env.get(name).cloned())
     }
 
@@ -538,7 +554,10 @@ mod tests {
         let on = [(ENDPOINT, "http://collector:4318/")];
         assert!(settings(&on).expect("valid").is_some());
         assert_eq!(settings(&[on[0], (SDK_DISABLED, "true")]).expect("valid"), None);
-        assert_eq!(settings(&[on[0], (TRACES_EXPORTER, "none")]).expect("valid"), None);
+        assert_eq!(
+            settings(&[on[0], (TRACES_EXPORTER, "none")]).expect("valid"),
+            None
+        );
     }
 
     #[test]
@@ -547,7 +566,10 @@ mod tests {
             (ENDPOINT, "http://collector:4318/"),
             (HEADERS, "x-api-key=a%20b, tenant=t1"),
             (SERVICE_NAME, "checkout"),
-            (RESOURCE_ATTRIBUTES, "service.name=ignored,k8s.namespace.name=shop"),
+            (
+                RESOURCE_ATTRIBUTES,
+                "service.name=ignored,k8s.namespace.name=shop",
+            ),
             (SAMPLER, "parentbased_traceidratio"),
             (SAMPLER_ARG, "0.25"),
             (SCHEDULE_DELAY, "100"),
@@ -557,7 +579,10 @@ mod tests {
         assert_eq!(read.endpoint, "http://collector:4318/v1/traces");
         assert_eq!(
             read.headers,
-            [("x-api-key".to_owned(), "a b".to_owned()), ("tenant".to_owned(), "t1".to_owned())]
+            [
+                ("x-api-key".to_owned(), "a b".to_owned()),
+                ("tenant".to_owned(), "t1".to_owned())
+            ]
         );
         assert_eq!(
             read.resource,
@@ -566,7 +591,13 @@ mod tests {
                 ("k8s.namespace.name".to_owned(), "shop".to_owned())
             ]
         );
-        assert_eq!(read.sampler, Sampler { parent_based: true, ratio: 0.25 });
+        assert_eq!(
+            read.sampler,
+            Sampler {
+                parent_based: true,
+                ratio: 0.25
+            }
+        );
         assert_eq!(read.batching.delay, Duration::from_millis(100));
         let traces_url = settings(&[(ENDPOINT, "http://a"), (TRACES_ENDPOINT, "http://b/x")]);
         assert_eq!(traces_url.expect("valid").expect("on").endpoint, "http://b/x");
@@ -589,13 +620,24 @@ mod tests {
 
     #[test]
     fn the_ratio_sampler_follows_the_parent_or_the_trace_id() {
-        let half = Sampler { parent_based: true, ratio: 0.5 };
-        let mut unsampled_parent = context::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").expect("valid");
+        let half = Sampler {
+            parent_based: true,
+            ratio: 0.5,
+        };
+        let mut unsampled_parent =
+            context::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+                .expect("valid");
         assert!(!half.sampled(&unsampled_parent.trace_id, Some(&unsampled_parent)));
         unsampled_parent.sampled = true;
         assert!(half.sampled(&unsampled_parent.trace_id, Some(&unsampled_parent)));
         let kept = (0..4000).filter(|_| half.sampled(&new_trace_id(), None)).count();
         assert!((1700..2300).contains(&kept), "{kept} of 4000");
-        assert!(!Sampler { parent_based: false, ratio: 0.0 }.sampled(&[0xff; 16], None));
+        assert!(
+            !Sampler {
+                parent_based: false,
+                ratio: 0.0
+            }
+            .sampled(&[0xff; 16], None)
+        );
     }
 }

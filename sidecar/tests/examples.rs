@@ -461,7 +461,12 @@ async fn the_eval_example_pairs_a_slow_shadow_with_the_answer_the_app_got_at_onc
             started.elapsed() < std::time::Duration::from_millis(700),
             "the app does not wait for the 800 ms candidate"
         );
-        ids.push(response.headers()["x-llmesh-request-id"].to_str().expect("ascii").to_owned());
+        ids.push(
+            response.headers()["x-llmesh-request-id"]
+                .to_str()
+                .expect("ascii")
+                .to_owned(),
+        );
     }
 
     let records = |file: &Path| -> Vec<Value> {
@@ -477,13 +482,26 @@ async fn the_eval_example_pairs_a_slow_shadow_with_the_answer_the_app_got_at_onc
     }
     let records = records(&file);
     for id in &ids {
-        let pair: Vec<&Value> = records.iter().filter(|r| r["request_id"] == id.as_str()).collect();
+        let pair: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["request_id"] == id.as_str())
+            .collect();
         let kinds: Vec<&str> = pair.iter().filter_map(|r| r["kind"].as_str()).collect();
         assert_eq!(kinds.len(), 2, "{records:?}");
-        assert!(kinds.contains(&"primary") && kinds.contains(&"shadow"), "{kinds:?}");
+        assert!(
+            kinds.contains(&"primary") && kinds.contains(&"shadow"),
+            "{kinds:?}"
+        );
         for record in &pair {
-            let expected = if record["kind"] == "primary" { ("current", "mock-large") } else { ("candidate", "mock-small") };
-            assert_eq!((record["provider"].as_str(), record["model"].as_str()), (Some(expected.0), Some(expected.1)));
+            let expected = if record["kind"] == "primary" {
+                ("current", "mock-large")
+            } else {
+                ("candidate", "mock-small")
+            };
+            assert_eq!(
+                (record["provider"].as_str(), record["model"].as_str()),
+                (Some(expected.0), Some(expected.1))
+            );
             assert!(record["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{record}");
             assert_eq!(record["prompt"], "What is llmesh?");
         }

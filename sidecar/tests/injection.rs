@@ -98,6 +98,7 @@ fn injected_pod(cluster: &Cluster) -> Pod {
         native_sidecar: true,
         operator_namespace: "llmesh-system".to_owned(),
         resources: Resources::default(),
+        otel_endpoint: None,
     };
     let Mutation::Inject { patch, warnings } = mutate(&pod, &namespace, &settings) else {
         panic!("the pod asks for the sidecar");

@@ -393,6 +393,7 @@ mod tests {
             native_sidecar: true,
             operator_namespace: "llmesh-system".to_owned(),
             resources: super::super::mutate::Resources::default(),
+            otel_endpoint: None,
         }
     }
 

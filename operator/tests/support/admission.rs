@@ -29,6 +29,7 @@ pub fn settings(native: bool) -> InjectionSettings {
         native_sidecar: native,
         operator_namespace: OPERATOR_NAMESPACE.to_owned(),
         resources: Resources::default(),
+        otel_endpoint: None,
     }
 }
 

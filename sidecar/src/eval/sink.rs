@@ -8,15 +8,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Record;
 use crate::metrics::Metrics;
-
-/// Posts one batch of JSON lines; an error says why it was not taken.
-pub type Post = Arc<dyn Fn(Vec<u8>) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+pub use crate::telemetry::export::Post;
 
 /// The pod's eval sink settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,7 +63,12 @@ impl Sink {
         }
         if let Some(post) = post {
             let (queue, records) = mpsc::channel(settings.queue.max(1));
-            tokio::spawn(post_batches(records, settings.batch.max(1), post, metrics.clone()));
+            tokio::spawn(post_batches(
+                records,
+                settings.batch.max(1),
+                post,
+                metrics.clone(),
+            ));
             outlets.push(("http", queue));
         }
         (!outlets.is_empty()).then(|| {
@@ -171,7 +173,12 @@ const BATCH_DELAY: Duration = Duration::from_secs(1);
 /// Posts records in batches; a failed batch is retried with backoff until
 /// the endpoint takes it, while new records queue (and drop when the queue
 /// is full), so a sink that is down loses at most what its queue cannot hold.
-async fn post_batches(mut records: mpsc::Receiver<Arc<str>>, max_batch: usize, post: Post, metrics: Arc<Metrics>) {
+async fn post_batches(
+    mut records: mpsc::Receiver<Arc<str>>,
+    max_batch: usize,
+    post: Post,
+    metrics: Arc<Metrics>,
+) {
     while let Some(first) = records.recv().await {
         let mut batch = vec![first];
         let due = Instant::now() + BATCH_DELAY;
@@ -221,7 +228,12 @@ mod tests {
         };
         let (queue, records) = mpsc::channel(100);
         for i in 0..20 {
-            queue.try_send(Arc::from(format!("{{\"n\":{i:03},\"pad\":\"{}\"}}", "x".repeat(20)))).expect("room");
+            queue
+                .try_send(Arc::from(format!(
+                    "{{\"n\":{i:03},\"pad\":\"{}\"}}",
+                    "x".repeat(20)
+                )))
+                .expect("room");
         }
         drop(queue);
         let metrics = Metrics::new();
@@ -233,6 +245,9 @@ mod tests {
         }
         assert!(!dir.path().join("eval.jsonl.3").exists());
         assert!(read("eval.jsonl").ends_with("\"n\":019,\"pad\":\"xxxxxxxxxxxxxxxxxxxx\"}\n"));
-        assert_eq!(metrics.eval_records_written.with_label_values(&["file"]).get(), 20);
+        assert_eq!(
+            metrics.eval_records_written.with_label_values(&["file"]).get(),
+            20
+        );
     }
 }

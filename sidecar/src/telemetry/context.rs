@@ -169,6 +169,9 @@ mod tests {
         let context = SpanContext::from_headers(&headers).expect("valid");
         assert_eq!(context.trace_state, "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
         headers.insert(TRACESTATE, "a=".repeat(5000).parse().expect("header"));
-        assert_eq!(SpanContext::from_headers(&headers).expect("valid").trace_state, "");
+        assert_eq!(
+            SpanContext::from_headers(&headers).expect("valid").trace_state,
+            ""
+        );
     }
 }

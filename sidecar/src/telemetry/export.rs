@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use super::{Attribute, SpanData, otlp};
 use crate::metrics::Metrics;
 
-/// Posts one encoded `ExportTraceServiceRequest`; an error says why it was not taken.
+/// Posts one batch (an encoded `ExportTraceServiceRequest`, a set of eval
+/// records); an error says why it was not taken.
 pub type Post = Arc<dyn Fn(Vec<u8>) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// How spans are batched (the `OTEL_BSP_*` variables).
