@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::pricing;
 use crate::redact::Redact;
 use crate::routing::{Route, Target};
+use crate::settle::Settle;
 use crate::telemetry::{Attribute, Event, RequestTrace, Value};
 
 /// `x-llmesh-request-id`.
@@ -42,14 +43,6 @@ pub const COST_USD: HeaderName = HeaderName::from_static("x-llmesh-cost-usd");
 pub const FALLBACK: HeaderName = HeaderName::from_static("x-llmesh-fallback");
 /// `x-llmesh-cache`: `hit`, `semantic-hit`, `miss`, `bypass` or `refresh`, on caching routes.
 pub const CACHE: HeaderName = HeaderName::from_static(crate::cache::CACHE_HEADER);
-
-/// Something charged at admission (a rate-limit reservation, budget spend)
-/// and settled with the actual usage and cost when the request is over —
-/// for a stream, when its last chunk is out or the app hung up.
-pub trait Settle: Send + Sync + std::fmt::Debug {
-    /// Accounts the request's actual usage and its cost, if priced.
-    fn settle(&self, usage: &Usage, cost: Option<f64>);
-}
 
 /// How a request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

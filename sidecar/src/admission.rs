@@ -181,7 +181,7 @@ pub fn caller(app: &App, runtime: &Runtime, headers: &HeaderMap) -> Result<Optio
 /// No such route, or not one of this pod's.
 pub fn resolve(app: &App, runtime: &Runtime, alias: &str) -> Result<Arc<Route>, ApiError> {
     app.settings.allow_route(alias)?;
-    runtime.route(alias)
+    Ok(runtime.route(alias)?)
 }
 
 /// Checks the key's budget: token ceilings, then spend. Returns the route to

@@ -1,23 +1,23 @@
-//! The application: shared state and the two routers (API on loopback,
-//! admin on the pod IP).
+//! The application: the state every request shares, and the part of it
+//! that outlives the process.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use axum::Router;
-use axum::routing::{get, post};
 
-use crate::budget::Budgets;
+use crate::budget::{Budgets, Clock};
 use crate::cache::ResponseCache;
 use crate::error::ApiError;
 use crate::eval::Sink;
+use crate::health::HealthRegistry;
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::providers::Deps;
 use crate::redact::Redact;
 use crate::routing::Runtime;
-use crate::state::LocalState;
+use crate::state::{self, StateError};
 use crate::telemetry::Tracer;
 
 /// Request-independent settings the handlers read.
@@ -62,6 +62,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// What provider adapters are built with.
     pub deps: Deps,
+    /// Target health; survives reloads.
+    pub health: Arc<HealthRegistry>,
     /// Stored answers, kept across configuration reloads.
     pub cache: Arc<ResponseCache>,
     /// Every key's rate-limit state; survives reloads.
@@ -74,27 +76,37 @@ pub struct App {
     pub eval: Option<Arc<Sink>>,
 }
 
+/// Where requests are reported besides metrics and the access log.
+#[derive(Debug, Default)]
+pub struct Reporting {
+    /// Traces, when an OTLP endpoint is configured.
+    pub tracer: Option<Arc<Tracer>>,
+    /// The eval sink, when one is configured.
+    pub eval: Option<Arc<Sink>>,
+}
+
 impl App {
     /// An app with no configuration yet (not ready).
     pub fn new(
         settings: Limits,
         metrics: Arc<Metrics>,
         deps: Deps,
+        health: Arc<HealthRegistry>,
         cache: Arc<ResponseCache>,
         state: &LocalState,
-        tracer: Option<Arc<Tracer>>,
-        eval: Option<Arc<Sink>>,
+        reporting: Reporting,
     ) -> Self {
         Self {
             runtime: ArcSwapOption::empty(),
             settings,
             metrics,
             deps,
+            health,
             cache,
             rate_limits: state.rate_limits.clone(),
             budgets: state.budgets.clone(),
-            tracer,
-            eval,
+            tracer: reporting.tracer,
+            eval: reporting.eval,
         }
     }
 
@@ -109,39 +121,73 @@ impl App {
     /// Puts a new configuration in force; requests already running finish on the old one.
     pub fn install(&self, runtime: Runtime) {
         self.metrics.set_config_version(&runtime.version);
-        self.deps.health.configure(&runtime.target_keys());
+        self.health.configure(&runtime.target_keys());
         self.budgets.publish_all(&runtime.budgets);
         self.runtime.store(Some(Arc::new(runtime)));
     }
 }
 
-/// The API apps call (port 4000, loopback): OpenAI's and Anthropic's.
-pub fn api_router(app: Arc<App>) -> Router {
-    use crate::handlers::{
-        chat_completions, count_tokens, embeddings, healthz, messages, models, readyz, responses,
-        unknown_path,
-    };
-    Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/messages", post(messages))
-        .route("/v1/messages/count_tokens", post(count_tokens))
-        .route("/v1/responses", post(responses))
-        .route("/v1/embeddings", post(embeddings))
-        .route("/v1/models", get(models))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(unknown_path)
-        .with_state(app)
+/// The parts of the sidecar the state file restores, and the file.
+#[derive(Debug)]
+pub struct LocalState {
+    file: Option<PathBuf>,
+    clock: Arc<dyn Clock>,
+    /// Budget spend and session tokens.
+    pub budgets: Arc<Budgets>,
+    /// Every key's rate-limit buckets.
+    pub rate_limits: Arc<RateLimiter>,
 }
 
-/// Metrics and probes (port 9464, pod IP).
-pub fn admin_router(app: Arc<App>) -> Router {
-    use crate::handlers::{debug_faults, debug_targets, healthz, metrics, readyz};
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/debug/targets", get(debug_targets))
-        .route("/debug/faults", post(debug_faults))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(app)
+impl LocalState {
+    /// State carrying on from `file` (none, or no file yet: from zero).
+    ///
+    /// # Errors
+    /// The file exists but cannot be read or is corrupt. It is left as it
+    /// is for a person to look at; nothing is zeroed.
+    pub fn open(
+        file: Option<PathBuf>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        sync: bool,
+    ) -> Result<Self, StateError> {
+        let saved = match &file {
+            Some(path) => state::file::load(path)?,
+            None => state::file::Saved::default(),
+        };
+        let rate_limits = RateLimiter::restore(saved.rate_limits, clock.now());
+        let budgets = Budgets::new(clock.clone(), metrics, (saved.budgets, saved.sessions));
+        if sync {
+            budgets.enable_sync(saved.sync);
+        }
+        Ok(Self {
+            file,
+            clock,
+            budgets: Arc::new(budgets),
+            rate_limits: Arc::new(rate_limits),
+        })
+    }
+
+    /// Writes the file if anything changed since the last write.
+    ///
+    /// # Errors
+    /// The file cannot be written; the next flush tries again.
+    pub fn flush(&self) -> Result<(), StateError> {
+        let Some(path) = &self.file else { return Ok(()) };
+        let budgets_changed = self.budgets.take_changed();
+        let limits_changed = self.rate_limits.take_changed();
+        if !(budgets_changed || limits_changed) {
+            return Ok(());
+        }
+        let (budgets, sessions) = self.budgets.recorded();
+        let saved = state::file::Saved {
+            budgets,
+            sessions,
+            rate_limits: self.rate_limits.saved(self.clock.now()),
+            sync: self.budgets.saved_sync(),
+        };
+        state::file::save(path, &saved).inspect_err(|_| {
+            self.budgets.mark_changed();
+            self.rate_limits.mark_changed();
+        })
+    }
 }

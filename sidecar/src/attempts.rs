@@ -22,7 +22,6 @@ use tokio::time::Instant;
 
 use crate::api::chat::ChatRequest;
 use crate::api::embeddings::EmbeddingsRequest;
-use crate::error::ApiError;
 use crate::providers::{ChatReply, ChunkStream, Completed, ErrorKind, ProviderError, StreamEvent};
 use crate::routing::{Estimate, FallbackTo, RequestFacts, Route, Runtime, Target, Timeouts, tighter};
 use crate::telemetry::{AttemptSpan, Value};
@@ -56,8 +55,11 @@ pub struct Failed<'r> {
     pub failures: Vec<AttemptFailure>,
     /// The last step reached.
     pub step: usize,
+    /// The `ProviderSecret` that failed last (the route's alias when no
+    /// attempt could be made).
+    pub provider: String,
     /// The failure the app sees.
-    pub error: ApiError,
+    pub error: ProviderError,
 }
 
 /// One failed attempt, kept for accounting.
@@ -353,7 +355,8 @@ where
         attempts,
         failures,
         step: reached,
-        error: ApiError::Upstream { provider, error },
+        provider,
+        error,
     })
 }
 

@@ -222,7 +222,7 @@ async fn request_errors_are_neither_retried_nor_failed_over() {
     let failed = serve(&NO_ROUTES, &route)
         .await
         .expect_err("the request is at fault");
-    assert_eq!(failed.error.status().as_u16(), 400);
+    assert_eq!(failed.error.kind, ErrorKind::BadRequest);
     assert_eq!((bad.calls(), other.calls()), (1, 0));
 }
 
@@ -249,7 +249,7 @@ async fn a_fallback_step_is_entered_only_for_the_classes_it_names() {
     let failed = serve(&NO_ROUTES, &route)
         .await
         .expect_err("chain stops at the first non-matching step");
-    assert_eq!(failed.error.status().as_u16(), 429);
+    assert_eq!(failed.error.kind, ErrorKind::RateLimit);
     assert_eq!((for_timeouts.calls(), for_rate_limits.calls()), (0, 0));
 }
 
@@ -330,7 +330,7 @@ async fn the_total_limit_stops_further_attempts() {
     let failed = chat(&NO_ROUTES, &route, &ChatRequest::default(), &facts, timeouts)
         .await
         .expect_err("no time for a third wait");
-    assert_eq!(failed.error.status().as_u16(), 429);
+    assert_eq!(failed.error.kind, ErrorKind::RateLimit);
     assert_eq!(slow.calls(), 2);
 }
 
@@ -386,7 +386,7 @@ async fn targets_whose_window_is_too_small_are_skipped_before_any_call() {
     )
     .await
     .expect_err("nothing fits");
-    assert_eq!(failed.error.status().as_u16(), 400);
+    assert_eq!(failed.error.kind, ErrorKind::ContextWindowExceeded);
     assert!(
         failed.error.to_string().contains("about 500000 tokens"),
         "{}",

@@ -22,11 +22,11 @@ use llmesh_crds::sync::{Ack, BudgetDelta, BudgetTotal, Report};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::access_log::Settle;
 use crate::api::Usage;
 use crate::metrics::Metrics;
 use crate::pricing;
 use crate::routing::{Estimate, Route};
+use crate::settle::Settle;
 use crate::state::file::{SavedSync, Spend};
 
 /// The header that names an agent session for the per-session ceiling.

@@ -26,17 +26,15 @@ use llmesh_crds::config::{CacheConfig, SharedCacheConfig};
 use llmesh_crds::resources::CacheScope;
 use parking_lot::Mutex;
 
-pub use directives::{CACHE_HEADER, CACHE_TTL_HEADER, Directives};
+pub use directives::{CACHE_HEADER, CACHE_TTL_HEADER, Directives, InvalidDirective};
 pub use entry::{Entry, Origin};
 pub use key::{CacheKey, Partition};
-pub use semantic::SemanticTarget;
 
 use crate::api::chat::{ChatRequest, Role};
 use crate::attempts::{CommittedStream, Reply};
-use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::providers::ChunkStream;
-use crate::routing::{RequestFacts, Route};
+use crate::routing::{RequestFacts, Route, SemanticTarget};
 use assemble::Assembler;
 use semantic::SemanticIndex;
 use shared::SharedTier;
@@ -107,7 +105,7 @@ impl Plan {
         headers: &HeaderMap,
         facts: &RequestFacts<'_>,
         request: &ChatRequest,
-    ) -> Result<Option<Self>, ApiError> {
+    ) -> Result<Option<Self>, InvalidDirective> {
         let Some(config) = &route.cache else {
             return Ok(None);
         };

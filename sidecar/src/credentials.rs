@@ -13,7 +13,19 @@ use std::time::{Duration, Instant, SystemTime};
 use llmesh_crds::config::CredentialRef;
 use parking_lot::{Mutex, RwLock};
 
-use crate::providers::{ErrorKind, ProviderError};
+/// No source holds a credential the configuration names.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "credential {secret}/{key} is not available to the sidecar (no mounted file, no {variable} variable)"
+)]
+pub struct MissingCredential {
+    /// The Secret.
+    pub secret: String,
+    /// Its key.
+    pub key: String,
+    /// The environment variable that would hold it.
+    pub variable: String,
+}
 
 /// How often a mounted file is checked for a new value. The kubelet itself
 /// refreshes Secret volumes only every minute or so; a second is plenty.
@@ -83,7 +95,7 @@ impl CredentialStore {
     ///
     /// # Errors
     /// No source holds it: the sidecar's mounts or env do not match the config.
-    pub fn resolve(&self, reference: &CredentialRef) -> Result<SecretString, ProviderError> {
+    pub fn resolve(&self, reference: &CredentialRef) -> Result<SecretString, MissingCredential> {
         if let Some(value) = self.manifests.read().get(reference) {
             return Ok(value.clone());
         }
@@ -93,15 +105,11 @@ impl CredentialStore {
         if let Some(value) = self.env.get(&env_name(reference)) {
             return Ok(value.clone());
         }
-        Err(ProviderError::new(
-            ErrorKind::Rejected,
-            format!(
-                "credential {}/{} is not available to the sidecar (no mounted file, no {} variable)",
-                reference.secret,
-                reference.key,
-                env_name(reference)
-            ),
-        ))
+        Err(MissingCredential {
+            secret: reference.secret.clone(),
+            key: reference.key.clone(),
+            variable: env_name(reference),
+        })
     }
 
     /// Whether an `LLMESH_SECRET_*` variable provides this credential.
@@ -214,10 +222,7 @@ mod tests {
     fn a_missing_credential_names_where_it_was_looked_for() {
         let store = CredentialStore::new(None, []);
         let error = store.resolve(&reference()).expect_err("missing");
-        assert!(
-            error.message.contains("LLMESH_SECRET_OPENAI_KEY_APIKEY"),
-            "{}",
-            error.message
-        );
+        let message = error.to_string();
+        assert!(message.contains("LLMESH_SECRET_OPENAI_KEY_APIKEY"), "{message}");
     }
 }

@@ -10,8 +10,10 @@ use serde::Serialize;
 
 use crate::auth::AuthError;
 use crate::budget::BudgetError;
+use crate::cache::InvalidDirective;
 use crate::limits::RateLimited;
 use crate::providers::{ErrorKind, ProviderError};
+use crate::routing::RouteError;
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +35,9 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
-    /// The `model` names no route.
-    #[error("model {0:?} is not a route of this gateway; GET /v1/models lists them")]
-    UnknownRoute(String),
+    /// The `model` names no route, or one that is not in force.
+    #[error(transparent)]
+    Route(#[from] RouteError),
     /// The route is not among those the pod's `llmesh.io/routes` names.
     #[error("route {alias:?} is not one of this pod's routes ({allowed}; pod annotation llmesh.io/routes)")]
     RouteNotForPod {
@@ -43,14 +45,6 @@ pub enum ApiError {
         alias: String,
         /// The pod's routes.
         allowed: String,
-    },
-    /// The route exists as a resource but is invalid, so it is not served.
-    #[error("route {alias:?} is not in force: {reason}")]
-    RouteNotInForce {
-        /// The alias.
-        alias: String,
-        /// The resource's problems.
-        reason: String,
     },
     /// No endpoint at this path.
     #[error(
@@ -84,6 +78,15 @@ pub enum ApiError {
     },
 }
 
+impl From<InvalidDirective> for ApiError {
+    fn from(error: InvalidDirective) -> Self {
+        Self::InvalidHeader {
+            name: error.name,
+            reason: error.reason,
+        }
+    }
+}
+
 /// OpenAI's error body.
 #[derive(Debug, Serialize)]
 struct ErrorBody<'a> {
@@ -105,10 +108,7 @@ impl ApiError {
         match self {
             Self::InvalidBody(_) | Self::InvalidHeader { .. } | Self::Stateless(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnknownRoute(_)
-            | Self::RouteNotForPod { .. }
-            | Self::RouteNotInForce { .. }
-            | Self::UnknownPath(_) => StatusCode::NOT_FOUND,
+            Self::Route(_) | Self::RouteNotForPod { .. } | Self::UnknownPath(_) => StatusCode::NOT_FOUND,
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::Auth(error) if error.is_forbidden() => StatusCode::FORBIDDEN,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
@@ -139,9 +139,7 @@ impl ApiError {
             Self::InvalidHeader { .. } => ("invalid_request_error", "invalid_header"),
             Self::Stateless(_) => ("invalid_request_error", "stateless_gateway"),
             Self::BodyTooLarge { .. } => ("invalid_request_error", "request_too_large"),
-            Self::UnknownRoute(_) | Self::RouteNotForPod { .. } | Self::RouteNotInForce { .. } => {
-                ("invalid_request_error", "model_not_found")
-            }
+            Self::Route(_) | Self::RouteNotForPod { .. } => ("invalid_request_error", "model_not_found"),
             Self::UnknownPath(_) => ("invalid_request_error", "unknown_url"),
             Self::NotReady => ("server_error", "not_ready"),
             Self::Auth(error) => match error {
@@ -186,11 +184,7 @@ impl ApiError {
     /// The error as OpenAI's JSON body, also used for SSE error events.
     pub fn body(&self) -> Bytes {
         let (kind, code) = self.type_and_code();
-        let param = matches!(
-            self,
-            Self::UnknownRoute(_) | Self::RouteNotForPod { .. } | Self::RouteNotInForce { .. }
-        )
-        .then_some("model");
+        let param = matches!(self, Self::Route(_) | Self::RouteNotForPod { .. }).then_some("model");
         let body = ErrorBody {
             error: ErrorFields {
                 message: self.to_string(),
@@ -310,7 +304,7 @@ mod tests {
         let cases = [
             (ApiError::InvalidBody("x".into()), 400),
             (ApiError::BodyTooLarge { limit: 1 }, 413),
-            (ApiError::UnknownRoute("x".into()), 404),
+            (ApiError::Route(RouteError::Unknown("x".into())), 404),
             (ApiError::Auth(AuthError::Missing), 401),
             (ApiError::Auth(AuthError::Disabled("k".into())), 401),
             (

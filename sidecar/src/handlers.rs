@@ -6,10 +6,11 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 
 use crate::access_log::AccessRecord;
@@ -28,6 +29,32 @@ use crate::inbound;
 use crate::respond::{self, Shape};
 use crate::shadow;
 use crate::telemetry::{self, RequestTrace};
+
+/// The API apps call (port 4000, loopback): OpenAI's and Anthropic's.
+pub fn api_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/responses", post(responses))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(unknown_path)
+        .with_state(app)
+}
+
+/// Metrics and probes (port 9464, pod IP).
+pub fn admin_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/debug/targets", get(debug_targets))
+        .route("/debug/faults", post(debug_faults))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(app)
+}
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
@@ -154,7 +181,10 @@ fn settle<T>(record: &mut AccessRecord, outcome: Result<Served<'_, T>, Failed<'_
         }
         Err(failed) => {
             record.set_attempts(failed.target, failed.attempts, failed.failures, failed.step);
-            Err(failed.error)
+            Err(ApiError::Upstream {
+                provider: failed.provider,
+                error: failed.error,
+            })
         }
     }
 }
@@ -322,7 +352,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 /// `GET /debug/targets`: every target's breaker, load and latency.
 pub async fn debug_targets(State(app): State<Arc<App>>) -> Json<Vec<crate::health::TargetSnapshot>> {
-    Json(app.deps.health.snapshot())
+    Json(app.health.snapshot())
 }
 
 /// `POST /debug/faults`: start or end a failure drill on a mock provider.
@@ -368,7 +398,7 @@ pub struct Drill {
 /// `GET /metrics`.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.cache.sync();
-    app.deps.health.publish();
+    app.health.publish();
     let content_type = [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")];
     (content_type, app.metrics.encode()).into_response()
 }

@@ -33,6 +33,7 @@ pub mod reload;
 pub mod respond;
 pub mod routing;
 pub mod settings;
+pub mod settle;
 pub mod shadow;
 pub mod state;
 pub mod sync;
@@ -46,7 +47,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::app::{App, Limits};
+use crate::app::{App, Limits, LocalState};
 use crate::budget::SystemClock;
 use crate::cache::ResponseCache;
 use crate::credentials::CredentialStore;
@@ -55,7 +56,6 @@ use crate::metrics::Metrics;
 use crate::providers::{Deps, UpstreamClient};
 use crate::reload::{Reloader, WatchGuard};
 use crate::settings::Settings;
-use crate::state::LocalState;
 use crate::sync::SyncClient;
 
 /// Why the gateway could not start.
@@ -119,7 +119,6 @@ impl Gateway {
         let deps = Deps {
             client,
             credentials,
-            health,
             drills: Arc::default(),
         };
         let limits = Limits {
@@ -152,7 +151,15 @@ impl Gateway {
             .as_ref()
             .map(|url| poster(&deps.client, url, &[], "application/x-ndjson"));
         let eval = eval::Sink::start(&settings.eval, eval_post, &metrics);
-        let app = Arc::new(App::new(limits, metrics, deps, cache, &state, tracer, eval));
+        let app = Arc::new(App::new(
+            limits,
+            metrics,
+            deps,
+            health,
+            cache,
+            &state,
+            app::Reporting { tracer, eval },
+        ));
 
         let reloader = Arc::new(Reloader::new(app.clone(), settings.source.clone()));
         let first = reloader.clone();
@@ -177,8 +184,8 @@ impl Gateway {
 
         let (shutdown, signal) = watch::channel(false);
         let mut servers = vec![
-            serve(api, app::api_router(app.clone()), signal.clone()),
-            serve(admin, app::admin_router(app.clone()), signal.clone()),
+            serve(api, handlers::api_router(app.clone()), signal.clone()),
+            serve(admin, handlers::admin_router(app.clone()), signal.clone()),
             flush_state(state.clone(), signal.clone()),
         ];
         // After the mounted configuration is in force: the operator only

@@ -19,9 +19,9 @@ use jiff::Timestamp;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::access_log::Settle;
 use crate::api::Usage;
 use crate::auth::Key;
+use crate::settle::Settle;
 use crate::state::file::{SavedBucket, SavedLimits};
 
 /// The one minute both limits are per.

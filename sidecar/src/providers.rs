@@ -32,7 +32,6 @@ use crate::api::chat::ChatRequest;
 use crate::api::embeddings::EmbeddingsRequest;
 use crate::credentials::CredentialStore;
 use crate::drills::Drills;
-use crate::health::HealthRegistry;
 
 /// One upstream API.
 #[async_trait::async_trait]
@@ -110,15 +109,13 @@ impl std::fmt::Debug for ChunkStream {
     }
 }
 
-/// What adapters and routes share across reloads.
+/// What adapters share across reloads.
 #[derive(Clone, Debug)]
 pub struct Deps {
     /// Outbound HTTP.
     pub client: UpstreamClient,
     /// Provider credentials.
     pub credentials: Arc<CredentialStore>,
-    /// Target health.
-    pub health: Arc<HealthRegistry>,
     /// Runtime fault overrides for mock providers.
     pub drills: Arc<Drills>,
 }

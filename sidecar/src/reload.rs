@@ -307,7 +307,7 @@ impl Reloader {
     }
 
     fn install(&self, applied: Applied) -> Outcome {
-        match Runtime::build(&applied.config, &self.app.deps) {
+        match Runtime::build(&applied.config, &self.app.deps, &self.app.health) {
             Ok(runtime) => {
                 let version = runtime.version.clone();
                 self.app

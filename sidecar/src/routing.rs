@@ -24,11 +24,31 @@ pub use estimate::Estimate;
 pub use rules::RequestFacts;
 pub use strategy::Selector;
 
-use crate::cache::SemanticTarget;
-use crate::error::ApiError;
+use crate::api::embeddings::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
 use crate::eval::Sampling;
 use crate::health::{HealthRegistry, TargetKey, TargetState};
-use crate::providers::{self, Deps, Provider, ProviderError};
+use crate::providers::{self, Deps, ErrorKind, Provider, ProviderError};
+
+/// How long embedding a question may take before the request goes on
+/// without semantic matching: embeddings answer in tens of milliseconds,
+/// and a slow one should not cost more than a fraction of a generation.
+const EMBED_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the `model` an app sent cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The `model` names no route.
+    #[error("model {0:?} is not a route of this gateway; GET /v1/models lists them")]
+    Unknown(String),
+    /// The route exists as a resource but is invalid, so it is not served.
+    #[error("route {alias:?} is not in force: {reason}")]
+    NotInForce {
+        /// The alias.
+        alias: String,
+        /// The resource's problems.
+        reason: String,
+    },
+}
 
 /// One live configuration.
 #[derive(Debug, Default)]
@@ -157,6 +177,48 @@ pub struct Target {
     pub health: Arc<TargetState>,
 }
 
+/// The embeddings model of a semantic route, and its threshold.
+#[derive(Debug)]
+pub struct SemanticTarget {
+    /// The `ProviderSecret`.
+    pub provider_name: String,
+    /// Its adapter.
+    pub provider: Arc<dyn Provider>,
+    /// The embeddings model.
+    pub model: String,
+    /// The least cosine similarity served as a hit.
+    pub threshold: f64,
+}
+
+impl SemanticTarget {
+    /// The embedding of `text`.
+    ///
+    /// # Errors
+    /// The provider failed, took too long or answered without a vector.
+    pub async fn embed(&self, text: &str) -> Result<Vec<f32>, ProviderError> {
+        let request = EmbeddingsRequest {
+            model: self.model.clone(),
+            input: EmbeddingInput::One(text.to_owned()),
+            encoding_format: None,
+            dimensions: None,
+            user: None,
+            extra: serde_json::Map::new(),
+        };
+        let completed = tokio::time::timeout(EMBED_TIMEOUT, self.provider.embeddings(&request, &self.model))
+            .await
+            .map_err(|_| ProviderError::new(ErrorKind::Timeout, "embedding took too long"))??;
+        let response: EmbeddingsResponse = serde_json::from_slice(&completed.body)
+            .map_err(|e| ProviderError::invalid_response(format!("embeddings answer: {e}")))?;
+        response
+            .data
+            .into_iter()
+            .next()
+            .map(|d| d.embedding)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ProviderError::invalid_response("embeddings answer has no vector"))
+    }
+}
+
 /// A route's time limits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Timeouts {
@@ -269,10 +331,10 @@ impl Runtime {
     ///
     /// # Errors
     /// A provider cannot be built, or a route names a provider the config lacks.
-    pub fn build(config: &SidecarConfig, deps: &Deps) -> Result<Self, BuildError> {
+    pub fn build(config: &SidecarConfig, deps: &Deps, health: &HealthRegistry) -> Result<Self, BuildError> {
         let mut builder = Builder {
             adapters: BTreeMap::new(),
-            health: &deps.health,
+            health,
         };
         for (name, provider) in &config.providers {
             let adapter = providers::build(name, provider, deps).map_err(|error| BuildError {
@@ -386,17 +448,17 @@ impl Runtime {
     /// The route an app named.
     ///
     /// # Errors
-    /// [`ApiError::UnknownRoute`], or [`ApiError::RouteNotInForce`] with the reason.
-    pub fn route(&self, alias: &str) -> Result<Arc<Route>, ApiError> {
+    /// [`RouteError::Unknown`], or [`RouteError::NotInForce`] with the reason.
+    pub fn route(&self, alias: &str) -> Result<Arc<Route>, RouteError> {
         self.routes
             .get(alias)
             .cloned()
             .ok_or_else(|| match self.rejected.get(alias) {
-                Some(reason) => ApiError::RouteNotInForce {
+                Some(reason) => RouteError::NotInForce {
                     alias: alias.to_owned(),
                     reason: reason.clone(),
                 },
-                None => ApiError::UnknownRoute(alias.to_owned()),
+                None => RouteError::Unknown(alias.to_owned()),
             })
     }
 

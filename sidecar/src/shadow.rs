@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use crate::access_log::{AccessRecord, Settle};
+use crate::access_log::AccessRecord;
 use crate::admission::Admissible;
 use crate::api::chat::ChatRequest;
 use crate::api::{Api, Usage};
@@ -23,6 +23,7 @@ use crate::pricing;
 use crate::providers::{ChatReply, ErrorKind, ProviderError, StreamEvent};
 use crate::redact::Redact;
 use crate::routing::{Estimate, Route};
+use crate::settle::Settle;
 
 /// The longest a shadow request may take when its target sets no timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);

@@ -7,12 +7,20 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::error::ApiError;
-
 /// `x-llmesh-cache`: `bypass` on a request; the cache's verdict on a response.
 pub const CACHE_HEADER: &str = "x-llmesh-cache";
 /// `x-llmesh-cache-ttl`: how long this request's answer may be served (`30s`, `10m`).
 pub const CACHE_TTL_HEADER: &str = "x-llmesh-cache-ttl";
+
+/// A cache header of the request has a value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("header {name}: {reason}")]
+pub struct InvalidDirective {
+    /// The header.
+    pub name: &'static str,
+    /// Why.
+    pub reason: String,
+}
 
 /// How the cache treats one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,9 +47,9 @@ impl Directives {
     /// The request's directives, or the defaults when the route forbids overrides.
     ///
     /// # Errors
-    /// [`ApiError::InvalidHeader`] for an `x-llmesh-cache` value other than
+    /// [`InvalidDirective`] for an `x-llmesh-cache` value other than
     /// `bypass`, or a TTL that is not a positive duration.
-    pub fn from_headers(headers: &HeaderMap, allow_overrides: bool) -> Result<Self, ApiError> {
+    pub fn from_headers(headers: &HeaderMap, allow_overrides: bool) -> Result<Self, InvalidDirective> {
         let mut directives = Self::default();
         if !allow_overrides {
             return Ok(directives);
@@ -62,7 +70,7 @@ impl Directives {
                     directives.write = false;
                 }
                 _ => {
-                    return Err(ApiError::InvalidHeader {
+                    return Err(InvalidDirective {
                         name: CACHE_HEADER,
                         reason: "the only value a request may send is bypass".to_owned(),
                     });
@@ -70,7 +78,7 @@ impl Directives {
             }
         }
         if let Some(value) = headers.get(CACHE_TTL_HEADER) {
-            let invalid = |reason: String| ApiError::InvalidHeader {
+            let invalid = |reason: String| InvalidDirective {
                 name: CACHE_TTL_HEADER,
                 reason,
             };

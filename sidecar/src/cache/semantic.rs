@@ -12,63 +12,13 @@
 //! that matters at that size.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::key::CacheKey;
-use crate::api::embeddings::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
-use crate::providers::{ErrorKind, Provider, ProviderError};
 
 /// Vectors kept per conversation scope; the oldest go first.
 pub const MAX_VECTORS_PER_SCOPE: usize = 256;
-
-/// How long embedding a question may take before the request goes on
-/// without semantic matching: embeddings answer in tens of milliseconds,
-/// and a slow one should not cost more than a fraction of a generation.
-const EMBED_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The embeddings model of a semantic route, and its threshold.
-#[derive(Debug)]
-pub struct SemanticTarget {
-    /// The `ProviderSecret`.
-    pub provider_name: String,
-    /// Its adapter.
-    pub provider: Arc<dyn Provider>,
-    /// The embeddings model.
-    pub model: String,
-    /// The least cosine similarity served as a hit.
-    pub threshold: f64,
-}
-
-impl SemanticTarget {
-    /// The embedding of `text`.
-    ///
-    /// # Errors
-    /// The provider failed, took too long or answered without a vector.
-    pub async fn embed(&self, text: &str) -> Result<Vec<f32>, ProviderError> {
-        let request = EmbeddingsRequest {
-            model: self.model.clone(),
-            input: EmbeddingInput::One(text.to_owned()),
-            encoding_format: None,
-            dimensions: None,
-            user: None,
-            extra: serde_json::Map::new(),
-        };
-        let completed = tokio::time::timeout(EMBED_TIMEOUT, self.provider.embeddings(&request, &self.model))
-            .await
-            .map_err(|_| ProviderError::new(ErrorKind::Timeout, "embedding took too long"))??;
-        let response: EmbeddingsResponse = serde_json::from_slice(&completed.body)
-            .map_err(|e| ProviderError::invalid_response(format!("embeddings answer: {e}")))?;
-        response
-            .data
-            .into_iter()
-            .next()
-            .map(|d| d.embedding)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| ProviderError::invalid_response("embeddings answer has no vector"))
-    }
-}
 
 /// One answered question.
 #[derive(Clone, Debug)]
@@ -171,6 +121,8 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::api::chat::ChatRequest;
     use crate::cache::key::Partition;

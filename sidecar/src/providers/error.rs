@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::credentials::MissingCredential;
+
 /// The class of an upstream failure. Fallback rules and the HTTP status the
 /// app sees both follow from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,6 +77,14 @@ impl ErrorKind {
             s if s >= 500 => Self::ServerError,
             _ => Self::Rejected,
         }
+    }
+}
+
+/// A credential the sidecar lacks: the provider rejects the request
+/// without it, so it is handled as a rejection.
+impl From<MissingCredential> for ProviderError {
+    fn from(error: MissingCredential) -> Self {
+        Self::new(ErrorKind::Rejected, error.to_string())
     }
 }
 

@@ -2,7 +2,7 @@
 //! tokens each agent session has used and each key's rate-limit buckets, so
 //! a restarted sidecar carries on where it stopped.
 //!
-//! Written whole, in batches (see [`super::LocalState::flush`]): to a temporary
+//! Written whole, in batches (see [`crate::app::LocalState::flush`]): to a temporary
 //! file that is fsynced and then renamed over the old one, and the folder
 //! fsynced, so a crash leaves the old file or the new one, never half of
 //! one. A SHA-256 over the exact bytes of the `state` member catches what the
