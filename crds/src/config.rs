@@ -261,6 +261,12 @@ pub struct RouteConfig {
     /// Guardrail policies, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guardrails: Vec<GuardrailConfig>,
+    /// Eval sampling; absent means off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_sampling: Option<EvalSamplingConfig>,
+    /// Shadow traffic; absent means off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorConfig>,
 }
 
 /// One guardrail policy, validated.
@@ -306,6 +312,30 @@ pub struct ModerationConfig {
     pub timeout_ms: u64,
     /// What a failed or late call means.
     pub failure_mode: ModerationFailureMode,
+}
+
+/// Eval sampling on a route.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EvalSamplingConfig {
+    /// Percent of requests sampled.
+    pub percent: f64,
+    /// Records per minute at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_minute: Option<u32>,
+}
+
+/// Shadow traffic on a route.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// The candidate.
+    pub target: TargetConfig,
+    /// Percent of requests copied.
+    pub percent: f64,
+    /// Whether the candidate's spend counts against the caller's budget.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub count_budget: bool,
 }
 
 /// Response caching on a route.

@@ -152,6 +152,15 @@ pub async fn admit<R: Admissible>(
     {
         record.log_content(app.settings.redactor.clone(), prompt);
     }
+    // A mirrored request is recorded too, so its shadow answer has a pair.
+    let sampled = route.eval.as_ref().is_some_and(|s| s.admits(record.request_id()))
+        || route
+            .mirror
+            .as_ref()
+            .is_some_and(|m| m.copies(record.request_id()));
+    if sampled && let Some(sink) = &app.eval {
+        record.sample_for_eval(sink.clone(), app.settings.redactor.clone(), request.prompt());
+    }
     let timeouts = route.timeouts.tightened_by(asked_timeouts);
     Ok(Admitted {
         runtime,

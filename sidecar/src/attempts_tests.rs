@@ -116,6 +116,8 @@ fn route(
         cache: None,
         semantic: None,
         guardrails: Arc::default(),
+        eval: None,
+        mirror: None,
     }
 }
 

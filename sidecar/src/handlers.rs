@@ -29,6 +29,8 @@ use crate::guardrails;
 use crate::inbound;
 use crate::respond::{self, Shape};
 use crate::routing::Route;
+use crate::shadow;
+use crate::telemetry::{self, RequestTrace};
 
 /// The API apps call (port 4000, loopback): OpenAI's and Anthropic's.
 pub fn api_router(app: Arc<App>) -> Router {
@@ -103,13 +105,14 @@ async fn serve(
     parse: impl FnOnce(&[u8]) -> Result<(ChatRequest, Shape), ApiError>,
 ) -> Response {
     let mut record = AccessRecord::start(app.metrics.clone(), api);
+    let trace = start_trace(app, headers, api, &mut record);
     let mut shape = Shape::OpenAi;
-    let outcome = serve_chat(app, headers, body, &mut record, |bytes| {
+    let serving = serve_chat(app, headers, body, &mut record, |bytes| {
         let (request, wanted) = parse(bytes)?;
         shape = wanted;
         Ok(request)
-    })
-    .await;
+    });
+    let outcome = telemetry::scoped(trace.as_ref(), serving).await;
     match outcome {
         Ok(Reply::Complete(completed)) => respond::complete(completed, record, &shape),
         Ok(Reply::Stream(stream)) => respond::stream(stream, record, shape),
@@ -131,7 +134,7 @@ async fn serve_chat(
         route,
         request,
         timeouts,
-        ..
+        estimate,
     } = &admitted;
     let facts = admitted.facts(headers);
 
@@ -152,6 +155,14 @@ async fn serve_chat(
         .map(|served| cache::Origin::of(served.target));
     let reply = settle(record, outcome)?;
     let reply = guard_answer(route, reply, record)?;
+    let primary = shadow::Primary {
+        route,
+        key: key.as_deref(),
+        request,
+        estimate,
+        record,
+    };
+    shadow::dispatch(app, &primary);
     Ok(match (cache_plan, origin) {
         (Some(plan), Some(origin)) => app.cache.fill(plan, origin, reply),
         _ => reply,
@@ -187,6 +198,13 @@ fn guard_answer(route: &Arc<Route>, reply: Reply, record: &AccessRecord) -> Resu
     })
 }
 
+/// Starts the request's trace, joining the app's, when tracing is on.
+fn start_trace(app: &App, headers: &HeaderMap, api: Api, record: &mut AccessRecord) -> Option<RequestTrace> {
+    let trace = app.tracer.as_ref()?.request(headers, api.operation());
+    record.set_trace(trace.clone());
+    Some(trace)
+}
+
 /// Notes who answered (or failed last) and hands on the answer.
 fn settle<T>(record: &mut AccessRecord, outcome: Result<Served<'_, T>, Failed<'_>>) -> Result<T, ApiError> {
     match outcome {
@@ -210,7 +228,9 @@ fn settle<T>(record: &mut AccessRecord, outcome: Result<Served<'_, T>, Failed<'_
 /// `POST /v1/embeddings`.
 pub async fn embeddings(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     let mut record = AccessRecord::start(app.metrics.clone(), Api::Embeddings);
-    match serve_embeddings(&app, &headers, body, &mut record).await {
+    let trace = start_trace(&app, &headers, Api::Embeddings, &mut record);
+    let serving = serve_embeddings(&app, &headers, body, &mut record);
+    match telemetry::scoped(trace.as_ref(), serving).await {
         Ok(completed) => respond::complete(completed, record, &Shape::OpenAi),
         Err(error) => respond::error(error, record, Api::Embeddings),
     }

@@ -25,6 +25,7 @@ pub use rules::RequestFacts;
 pub use strategy::Selector;
 
 use crate::api::embeddings::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
+use crate::eval::Sampling;
 use crate::health::{HealthRegistry, TargetKey, TargetState};
 use crate::providers::{self, Deps, ErrorKind, Provider, ProviderError};
 
@@ -95,6 +96,28 @@ pub struct Route {
     pub semantic: Option<Arc<SemanticTarget>>,
     /// Checks on prompts and answers.
     pub guardrails: Arc<crate::guardrails::Guardrails>,
+    /// Eval sampling, when on.
+    pub eval: Option<Sampling>,
+    /// Shadow traffic, when on.
+    pub mirror: Option<Mirror>,
+}
+
+impl Mirror {
+    /// Whether the request with this id is copied to the candidate.
+    pub fn copies(&self, request_id: &str) -> bool {
+        crate::eval::in_share(request_id, self.percent)
+    }
+}
+
+/// A route's shadow candidate.
+#[derive(Debug)]
+pub struct Mirror {
+    /// The candidate (a set of one, built as any target is).
+    pub targets: TargetSet,
+    /// Percent of requests copied.
+    pub percent: f64,
+    /// Whether the candidate's spend counts against the caller's budget.
+    pub count_budget: bool,
 }
 
 /// Targets that are alternatives to each other, with their selection state.
@@ -393,6 +416,18 @@ impl Runtime {
                         }
                     })?,
                 ),
+                eval: route.eval_sampling.as_ref().map(Sampling::new),
+                mirror: route
+                    .mirror
+                    .as_ref()
+                    .map(|mirror| {
+                        Ok::<_, BuildError>(Mirror {
+                            targets: builder.target_set(alias, std::slice::from_ref(&mirror.target))?,
+                            percent: mirror.percent,
+                            count_budget: mirror.count_budget,
+                        })
+                    })
+                    .transpose()?,
             };
             routes.insert(alias.clone(), Arc::new(live));
         }

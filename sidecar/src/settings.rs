@@ -16,9 +16,11 @@ pub use llmesh_crds::injection::{
 use llmesh_crds::injection::{ADMIN_PORT, API_PORT, SECRETS_MOUNT_DIR, parse_route_list};
 
 use crate::edge::ConnectionLimits;
+use crate::eval::SinkSettings;
 use crate::metrics::Workload;
 use crate::providers::UpstreamSettings;
 use crate::redact::{MaskSecrets, Redact};
+use crate::telemetry::TraceSettings;
 
 /// Directory of YAML manifests (standalone mode).
 pub const MANIFESTS_DIR: &str = "LLMESH_MANIFESTS";
@@ -45,6 +47,18 @@ pub const DRAIN_TIMEOUT_MS: &str = "LLMESH_DRAIN_TIMEOUT_MS";
 pub const ENABLE_DRILLS: &str = "LLMESH_ENABLE_DRILLS";
 /// Memory for cached answers, in bytes, shared by every caching route.
 pub const CACHE_MAX_BYTES: &str = "LLMESH_CACHE_MAX_BYTES";
+/// The JSON-lines file eval records (and shadow answers) are appended to.
+pub const EVAL_FILE: &str = "LLMESH_EVAL_FILE";
+/// The eval file's size, in bytes, at which it is rotated (default 64 MiB).
+pub const EVAL_FILE_MAX_BYTES: &str = "LLMESH_EVAL_FILE_MAX_BYTES";
+/// Rotated eval files kept (default 3).
+pub const EVAL_FILE_KEEP: &str = "LLMESH_EVAL_FILE_KEEP";
+/// The HTTP endpoint eval records are posted to, as batches of JSON lines.
+pub const EVAL_URL: &str = "LLMESH_EVAL_URL";
+/// Records each eval outlet holds at most (default 1000); more are dropped.
+pub const EVAL_QUEUE: &str = "LLMESH_EVAL_QUEUE";
+/// Records per post to the eval endpoint at most (default 100).
+pub const EVAL_BATCH: &str = "LLMESH_EVAL_BATCH";
 /// Log filter, `tracing` syntax (default `info`).
 pub const LOG: &str = "LLMESH_LOG";
 /// `json` (default) or `text`.
@@ -134,6 +148,10 @@ pub struct Settings {
     pub default_key: Option<String>,
     /// The route aliases the pod's apps may call (`None`: every route).
     pub pod_routes: Option<BTreeSet<String>>,
+    /// Where spans are exported (`None`: no tracing).
+    pub traces: Option<TraceSettings>,
+    /// Where eval records go.
+    pub eval: SinkSettings,
     /// Where budget spend and rate-limit buckets are kept.
     pub state_file: Option<PathBuf>,
     /// The operator's sync channel (`None`: this sidecar enforces its own
@@ -266,6 +284,19 @@ impl Settings {
                     value,
                     reason,
                 })?),
+            },
+            traces: TraceSettings::from_env(|name| env.get(name)).map_err(|e| SettingsError::Invalid {
+                name: e.name,
+                value: e.value,
+                reason: e.reason,
+            })?,
+            eval: SinkSettings {
+                file: env.get(EVAL_FILE).filter(|f| !f.is_empty()).map(PathBuf::from),
+                file_max_bytes: parsed(env, EVAL_FILE_MAX_BYTES, 64 * 1024 * 1024)?,
+                file_keep: parsed(env, EVAL_FILE_KEEP, 3)?,
+                url: env.get(EVAL_URL).filter(|u| !u.trim().is_empty()),
+                queue: parsed(env, EVAL_QUEUE, 1000)?,
+                batch: parsed(env, EVAL_BATCH, 100)?,
             },
             state_file: env.get(STATE_FILE).filter(|f| !f.is_empty()).map(PathBuf::from),
             sync: match env.get(SYNC_URL).filter(|u| !u.trim().is_empty()) {

@@ -545,3 +545,77 @@ async fn an_anthropic_route_receives_a_messages_apps_request_as_sent() {
     );
     assert_eq!(call.header("x-api-key"), Some("sk-ant-local-mock"));
 }
+
+#[tokio::test]
+async fn the_eval_example_pairs_a_slow_shadow_with_the_answer_the_app_got_at_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("eval.jsonl");
+    let env = vec![("LLMESH_EVAL_FILE".to_owned(), file.display().to_string())];
+    let sidecar = Sidecar::start_with(&example("eval-and-shadow"), env).await;
+    assert_eq!(aliases(&sidecar).await, ["assistant", "sampled"]);
+
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let response = sidecar
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "assistant", "messages": [{"role": "user", "content": "What is llmesh?"}]}),
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(700),
+            "the app does not wait for the 800 ms candidate"
+        );
+        ids.push(
+            response.headers()["x-llmesh-request-id"]
+                .to_str()
+                .expect("ascii")
+                .to_owned(),
+        );
+    }
+
+    let records = |file: &Path| -> Vec<Value> {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("one JSON record per line"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while records(&file).len() < 6 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let records = records(&file);
+    for id in &ids {
+        let pair: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["request_id"] == id.as_str())
+            .collect();
+        let kinds: Vec<&str> = pair.iter().filter_map(|r| r["kind"].as_str()).collect();
+        assert_eq!(kinds.len(), 2, "{records:?}");
+        assert!(
+            kinds.contains(&"primary") && kinds.contains(&"shadow"),
+            "{kinds:?}"
+        );
+        for record in &pair {
+            let expected = if record["kind"] == "primary" {
+                ("current", "mock-large")
+            } else {
+                ("candidate", "mock-small")
+            };
+            assert_eq!(
+                (record["provider"].as_str(), record["model"].as_str()),
+                (Some(expected.0), Some(expected.1))
+            );
+            assert!(record["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{record}");
+            assert_eq!(record["prompt"], "What is llmesh?");
+        }
+    }
+    let metrics = sidecar.get("/metrics").await.text().await.expect("text");
+    assert!(
+        metrics.contains(r#"llmesh_shadow_requests_total{result="ok",route="assistant"} 3"#),
+        "{metrics}"
+    );
+}

@@ -108,9 +108,13 @@ fn invalid_resources_are_reported_with_their_field() {
             &["spec.mock.perToken: duration \"5d\" has unknown unit"],
         ),
         (
-            "fields of later releases are named, not ignored",
-            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: a}], mirror: {target: {provider: mock, model: d}, percent: 5}}")),
-            &["spec.mirror: mirroring is not supported yet"],
+            "mirror and eval sampling shares and candidates are checked",
+            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: a}], mirror: {target: {provider: nope, model: d}, percent: 101}, evalSampling: {percent: -1}}")),
+            &[
+                "spec.evalSampling.percent: must be from 0 to 100",
+                "spec.mirror.percent: must be from 0 to 100",
+                "spec.mirror.target.provider: ProviderSecret nope does not exist",
+            ],
         ),
         (
             "prompt caching is for anthropic",

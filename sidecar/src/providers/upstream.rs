@@ -182,6 +182,11 @@ impl UpstreamClient {
             return Err(ProviderError::new(ErrorKind::BadRequest, invalid));
         }
         let mut headers = request.headers;
+        if let Some(parent) = crate::telemetry::upstream_traceparent()
+            && let Ok(value) = HeaderValue::from_str(&parent)
+        {
+            headers.insert(crate::telemetry::context::TRACEPARENT, value);
+        }
         if request.uri.scheme() == Some(&Scheme::HTTP)
             && let Some(proxy) = self.proxies.intercept(&request.uri)
             && let Some(auth) = proxy.basic_auth()
