@@ -2,9 +2,10 @@
 # The project's one test command (README and CI): formatting, lints, the Rust
 # tests, the OpenAI Python SDK end-to-end tests (with a real Prometheus
 # scraping a sidecar), the Helm chart's tests, the container images (built
-# and run with buildah), and a fuzz smoke run. Installs what it needs
-# (redis-server, the Python venvs, Prometheus, buildah, cargo-fuzz) and
-# skips what is there.
+# and run with buildah), the dependency policy (cargo-deny) and a fuzz smoke
+# run. Installs what it needs (redis-server, the Python venvs, Prometheus,
+# buildah, cargo-deny, cargo-fuzz) at the versions pinned below and skips
+# what is there.
 #
 #   LLMESH_FUZZ_SECONDS  seconds per fuzz target (default 20)
 set -euo pipefail
@@ -18,7 +19,12 @@ SDK_TESTS=sidecar/tests/sdk
 # apart from the SDK tests' and reinstalled only when its pins change.
 CHART_VENV=.venv-chart
 CHART_TESTS=charts/tests
-TOTAL_STEPS=14
+TOTAL_STEPS=17
+# Cargo tools, pinned: a new release can change what passes.
+CARGO_DENY_VERSION=0.20.2
+CARGO_FUZZ_VERSION=0.13.2
+# The RustSec advisory database cargo-deny fetches (deny.toml's db-urls).
+ADVISORY_DB=https://github.com/rustsec/advisory-db
 
 step_number=0
 step_started=$SECONDS
@@ -99,6 +105,23 @@ cargo fmt --all -- --check
 step "cargo clippy (deny warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cargo-deny ${CARGO_DENY_VERSION} (installed if missing)"
+# A cold install builds it (several minutes on 2 cores); then it is cached in ~/.cargo/bin.
+if [[ "$(cargo deny --version 2>/dev/null)" != "cargo-deny ${CARGO_DENY_VERSION}" ]]; then
+    cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked
+fi
+cargo deny --version
+
+step "cargo deny: advisories, licenses, duplicate versions, sources (deny.toml)"
+# The advisory database is a git repository on GitHub: where GitHub cannot
+# be reached the other checks still run, and the skip is said loudly.
+if timeout 20 git ls-remote "$ADVISORY_DB" HEAD >/dev/null 2>&1; then
+    cargo deny --log-level warn check advisories bans licenses sources
+else
+    echo "WARNING: $ADVISORY_DB cannot be reached: the advisories check is SKIPPED" >&2
+    cargo deny --log-level warn check bans licenses sources
+fi
+
 step "redis-server for the shared-cache tests (installed if missing)"
 # The tests start their own instances on free loopback ports; the packaged
 # service is not used (and cannot start in these containers anyway).
@@ -117,6 +140,11 @@ cargo test --workspace
 
 step "build the binaries the SDK, chart and image tests run"
 cargo build -p llmesh-sidecar -p llmesh-operator -p llmesh-test-support --bins
+
+step "short soak: 20 s of mixed traffic and reloads through one sidecar (bench/soak.py)"
+# The 10-minute run is a benchmark (docs/performance.md); this one checks
+# that memory, fds and sockets stay flat and every answer is as expected.
+python3 bench/soak.py --seconds 20 --rate 40 --quiet 4 --binary target/debug/llmesh-sidecar
 
 step "Python venv for the SDK tests"
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -194,12 +222,11 @@ else
     sudo --preserve-env=PATH,HOME,CARGO_HOME,RUSTUP_HOME ./scripts/test-images.sh
 fi
 
-step "cargo-fuzz (installed if missing)"
-if cargo fuzz --version >/dev/null 2>&1; then
-    cargo fuzz --version
-else
-    cargo install cargo-fuzz --locked
+step "cargo-fuzz ${CARGO_FUZZ_VERSION} (installed if missing)"
+if [[ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz ${CARGO_FUZZ_VERSION}" ]]; then
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
+cargo fuzz --version
 
 step "fuzz smoke (${FUZZ_SECONDS}s per target)"
 mapfile -t targets < <(fuzz_targets)

@@ -11,9 +11,10 @@ use kube::ResourceExt;
 
 use crate::config::PreviousKey;
 use crate::config::{
-    AzureConfig, BreakerConfig, BudgetConfig, CacheConfig, CredentialRef, Credentials, FallbackConfig,
-    KeyConfig, MockConfig, ProviderConfig, RetriesConfig, RouteConfig, RuleConfig, SemanticCacheConfig,
-    SharedCacheConfig, SidecarConfig, TargetConfig, TimeoutsConfig, key_hash,
+    AzureConfig, BreakerConfig, BudgetConfig, CacheConfig, CredentialRef, Credentials, EvalSamplingConfig,
+    FallbackConfig, KeyConfig, MirrorConfig, MockConfig, ProviderConfig, RetriesConfig, RouteConfig,
+    RuleConfig, SemanticCacheConfig, SharedCacheConfig, SidecarConfig, TargetConfig, TimeoutsConfig,
+    key_hash,
 };
 use crate::resources::{
     Budget, BudgetAction, CacheMode, CacheSettings, ErrorClass, Fallback, LLMRoute, ProviderKind,
@@ -494,12 +495,6 @@ fn is_header_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Fields the schema accepts but this release does not enforce yet: naming
-/// them is better than silently serving a route that ignores them.
-fn unsupported(field: &str, what: &str) -> FieldError {
-    field_error(field, format!("{what} is not supported yet; remove the field"))
-}
-
 /// Collects a resource's field errors while its parts are compiled.
 #[derive(Default)]
 struct Errors(Vec<FieldError>);
@@ -563,9 +558,26 @@ fn compile_route(
     if spec.targets.iter().all(|t| t.weight == Some(0)) && !spec.targets.is_empty() {
         errors.push("spec.targets", "weights must not all be zero");
     }
-    if spec.mirror.is_some() {
-        errors.0.push(unsupported("spec.mirror", "mirroring"));
-    }
+    let percent_field = |field: &str, percent: f64, errors: &mut Errors| {
+        if !(0.0..=100.0).contains(&percent) {
+            errors.push(field, "must be from 0 to 100");
+        }
+    };
+    let eval_sampling = spec.eval_sampling.as_ref().map(|sampling| {
+        percent_field("spec.evalSampling.percent", sampling.percent, &mut errors);
+        EvalSamplingConfig {
+            percent: sampling.percent,
+            max_per_minute: sampling.max_per_minute,
+        }
+    });
+    let mirror = spec.mirror.as_ref().map(|mirror| {
+        percent_field("spec.mirror.percent", mirror.percent, &mut errors);
+        MirrorConfig {
+            target: compile_target(&mirror.target, "spec.mirror.target", scope, &mut errors),
+            percent: mirror.percent,
+            count_budget: mirror.count_budget.unwrap_or(false),
+        }
+    });
 
     let targets = compile_targets(&spec.targets, "spec.targets", scope, &mut errors);
     let rules = spec
@@ -652,6 +664,8 @@ fn compile_route(
             .unwrap_or(defaults.cooldown_ms),
     };
 
+    let guardrails = guardrails::compile(&spec.guardrails, scope, &mut errors);
+
     if !errors.0.is_empty() {
         return Err(errors.0);
     }
@@ -666,6 +680,9 @@ fn compile_route(
         circuit_breaker,
         log_content: spec.log_content.unwrap_or(false),
         cache,
+        guardrails,
+        eval_sampling,
+        mirror,
     })
 }
 
@@ -1013,6 +1030,9 @@ fn compile_key(key: &VirtualKey, scope: &KeyScope<'_>) -> Result<KeyConfig, Vec<
         disabled: spec.disabled,
     })
 }
+
+#[path = "compile/guardrails.rs"]
+mod guardrails;
 
 #[cfg(test)]
 #[path = "compile/tests.rs"]

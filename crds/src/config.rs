@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 
 pub use crate::generated_key::PreviousKey;
 use crate::resources::{
-    BudgetAction, BudgetPeriod, CacheScope, ErrorClass, FailMode, MockFault, Price, PromptCaching,
+    BudgetAction, BudgetPeriod, CacheScope, Detector, ErrorClass, FailMode, GuardrailAction,
+    GuardrailPattern, GuardrailPhase, MessageRole, MockFault, ModerationFailureMode, Price, PromptCaching,
     ProviderKind, RuleMatch, Strategy,
 };
 
@@ -257,6 +258,84 @@ pub struct RouteConfig {
     /// Response caching; absent means off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheConfig>,
+    /// Guardrail policies, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guardrails: Vec<GuardrailConfig>,
+    /// Eval sampling; absent means off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_sampling: Option<EvalSamplingConfig>,
+    /// Shadow traffic; absent means off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorConfig>,
+}
+
+/// One guardrail policy, validated.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GuardrailConfig {
+    /// The policy's name.
+    pub name: String,
+    /// When it runs.
+    pub phase: GuardrailPhase,
+    /// What a finding does.
+    pub action: GuardrailAction,
+    /// The prompt roles it reads; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<MessageRole>,
+    /// Built-in detectors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detect: Vec<Detector>,
+    /// User regular expressions (each compiles).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<GuardrailPattern>,
+    /// Words and phrases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub words: Vec<String>,
+    /// External moderation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<ModerationConfig>,
+}
+
+/// An external moderation endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModerationConfig {
+    /// The endpoint.
+    pub url: String,
+    /// The bearer key, from the named `ProviderSecret`'s credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<CredentialRef>,
+    /// The model asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// How long a verdict may take.
+    pub timeout_ms: u64,
+    /// What a failed or late call means.
+    pub failure_mode: ModerationFailureMode,
+}
+
+/// Eval sampling on a route.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EvalSamplingConfig {
+    /// Percent of requests sampled.
+    pub percent: f64,
+    /// Records per minute at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_minute: Option<u32>,
+}
+
+/// Shadow traffic on a route.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// The candidate.
+    pub target: TargetConfig,
+    /// Percent of requests copied.
+    pub percent: f64,
+    /// Whether the candidate's spend counts against the caller's budget.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub count_budget: bool,
 }
 
 /// Response caching on a route.

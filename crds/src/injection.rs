@@ -89,6 +89,9 @@ pub const CPU_REQUEST_ANNOTATION: &str = "llmesh.io/cpu-request";
 pub const CPU_LIMIT_ANNOTATION: &str = "llmesh.io/cpu-limit";
 /// Pod annotation: the route aliases the pod's apps may call, comma-separated.
 pub const ROUTES_ANNOTATION: &str = "llmesh.io/routes";
+/// Pod annotation: the OTLP/HTTP collector the sidecar exports traces to
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT`); overrides the operator's default.
+pub const OTEL_ENDPOINT_ANNOTATION: &str = "llmesh.io/otel-endpoint";
 /// Pod annotation overriding the sidecar's memory request.
 pub const MEMORY_REQUEST_ANNOTATION: &str = "llmesh.io/memory-request";
 /// Pod annotation overriding the sidecar's memory limit.

@@ -1,11 +1,13 @@
 //! The custom resources of group `llmesh.io/v1alpha1`.
 
 mod budget;
+mod guardrail;
 mod llm_route;
 mod provider_secret;
 mod virtual_key;
 
 pub use budget::*;
+pub use guardrail::*;
 pub use llm_route::*;
 pub use provider_secret::*;
 pub use virtual_key::*;

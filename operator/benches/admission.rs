@@ -31,6 +31,7 @@ fn injector() -> Injector {
             operator_namespace: "llmesh-system".to_owned(),
             resources: Resources::default(),
             sync: None,
+            otel_endpoint: None,
         }),
         namespaces: Arc::new(HashMap::from([("team-a".to_owned(), namespace)])),
         metrics: None,

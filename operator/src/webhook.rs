@@ -102,6 +102,10 @@ pub struct WebhookArgs {
     /// The injected container's `imagePullPolicy` (default: Kubernetes' default for the tag).
     #[arg(long, env = "LLMESH_SIDECAR_IMAGE_PULL_POLICY")]
     pub sidecar_image_pull_policy: Option<String>,
+    /// The OTLP/HTTP collector injected sidecars export traces to (a pod's
+    /// `llmesh.io/otel-endpoint` annotation overrides it); unset: no tracing.
+    #[arg(long, env = "LLMESH_SIDECAR_OTEL_ENDPOINT")]
+    pub sidecar_otel_endpoint: Option<String>,
     /// Native sidecar (init container, Kubernetes ≥ 1.29), plain container, or decided from the API server's version.
     #[arg(long, value_enum, default_value = "auto")]
     pub sidecar_mode: version::SidecarMode,
@@ -177,6 +181,7 @@ impl Webhook {
             operator_namespace: namespace.clone(),
             resources: Resources::default(),
             sync: None,
+            otel_endpoint: args.sidecar_otel_endpoint.clone(),
         };
         tracing::info!(
             native_sidecar = settings.native_sidecar,

@@ -94,6 +94,16 @@ fn a_deployment_pod_gets_a_native_sidecar_with_everything_it_needs() {
         Some("cheap,smart"),
         "llmesh.io/routes, as the sidecar reads it"
     );
+    assert_eq!(
+        env(sidecar, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        Some("http://otel-collector.observability:4318"),
+        "llmesh.io/otel-endpoint"
+    );
+    assert_eq!(env(sidecar, "OTEL_SERVICE_NAME"), Some("chat-api"));
+    assert_eq!(
+        env(sidecar, "OTEL_RESOURCE_ATTRIBUTES"),
+        Some("k8s.namespace.name=team-a,k8s.pod.name=$(LLMESH_POD_NAME)")
+    );
     assert_eq!(env(sidecar, injection::LISTEN_ADDR), Some("127.0.0.1:4000"));
     assert_eq!(env(sidecar, injection::ADMIN_ADDR), Some("0.0.0.0:9464"));
     assert_eq!(
@@ -404,6 +414,11 @@ fn init_containers_run_after_the_sidecar_and_bad_annotations_only_warn() {
         env(sidecar, injection::POD_ROUTES),
         None,
         "a bad route list is dropped"
+    );
+    assert_eq!(
+        env(sidecar, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        None,
+        "no tracing unless asked"
     );
     assert_eq!(
         env(&spec.containers[0], "OPENAI_BASE_URL"),

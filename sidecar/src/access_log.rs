@@ -17,11 +17,14 @@ use crate::api::{Api, Usage};
 use crate::attempts::AttemptFailure;
 use crate::auth::Key;
 use crate::cache::{CacheStatus, Entry};
+use crate::guardrails::Findings;
+use crate::eval::{self, Sink};
 use crate::metrics::Metrics;
 use crate::pricing;
 use crate::redact::Redact;
-use crate::routing::{Route, Target};
+use crate::routing::{Estimate, Route, Target};
 use crate::settle::Settle;
+use crate::telemetry::{Attribute, Event, RequestTrace, Value};
 
 /// `x-llmesh-request-id`.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-llmesh-request-id");
@@ -83,14 +86,27 @@ pub struct AccessRecord {
     rate_limit_headers: HeaderMap,
     settlements: Vec<Box<dyn Settle>>,
     content: Option<Content>,
+    findings: Findings,
+    /// The request's input tokens as estimated at admission.
+    estimated_prompt_tokens: u64,
+    /// Answer chunks sent: the output-token estimate of a stream cut short.
+    chunks: u64,
+    /// The request's trace, ended with the record.
+    trace: Option<RequestTrace>,
+    /// Finish reasons of the answer, read only when something records them.
+    finish_reasons: Vec<String>,
+    /// Where the request goes when it is sampled for eval.
+    eval: Option<Arc<Sink>>,
 }
 
-/// Prompt and answer text, for routes that log it.
+/// Prompt and answer text, for routes that log it or requests sampled for eval.
 #[derive(Debug)]
 struct Content {
     redactor: Arc<dyn Redact>,
     prompt: String,
     answer: String,
+    /// The route logs content (access log and span events).
+    logged: bool,
 }
 
 impl AccessRecord {
@@ -121,7 +137,13 @@ impl AccessRecord {
             saved: None,
             rate_limit_headers: HeaderMap::new(),
             settlements: Vec::new(),
+            estimated_prompt_tokens: 0,
+            chunks: 0,
             content: None,
+            findings: Findings::default(),
+            trace: None,
+            finish_reasons: Vec::new(),
+            eval: None,
         }
     }
 
@@ -165,28 +187,76 @@ impl AccessRecord {
         self.rate_limit_headers = headers;
     }
 
+    /// Where guardrails note this request's findings (logged and counted at the end).
+    pub fn guardrail_findings(&self) -> &Findings {
+        &self.findings
+    }
+
     /// Logs this request's prompt and answer (the route opted in), through `redactor`.
     pub fn log_content(&mut self, redactor: Arc<dyn Redact>, prompt: String) {
         self.content = Some(Content {
             redactor,
             prompt,
             answer: String::new(),
+            logged: true,
         });
     }
 
-    /// Notes answer text from a complete chat body or a stream chunk, when
-    /// content is logged (parsing costs nothing otherwise).
+    /// Writes this request to the eval sink when it is over, with its
+    /// prompt and answer through `redactor`.
+    pub fn sample_for_eval(&mut self, sink: Arc<Sink>, redactor: Arc<dyn Redact>, prompt: Option<String>) {
+        self.eval = Some(sink);
+        if self.content.is_none() {
+            self.content = Some(Content {
+                redactor,
+                prompt: prompt.unwrap_or_default(),
+                answer: String::new(),
+                logged: false,
+            });
+        }
+    }
+
+    /// The API the app called.
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
+    /// The request id (`x-llmesh-request-id`).
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The trace id, when the request is traced.
+    pub fn trace_id(&self) -> Option<String> {
+        self.trace.as_ref().map(RequestTrace::trace_id)
+    }
+
+    /// Notes the request's trace; its span ends with the record.
+    pub fn set_trace(&mut self, trace: RequestTrace) {
+        self.trace = Some(trace);
+    }
+
+    /// Notes answer text and finish reasons from a complete chat body or a
+    /// stream chunk, when content is logged or the request is traced
+    /// (parsing costs nothing otherwise).
     pub fn note_answer(&mut self, json: &[u8]) {
-        let Some(content) = &mut self.content else { return };
+        if self.content.is_none() && !self.trace.as_ref().is_some_and(RequestTrace::sampled) {
+            return;
+        }
         let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) else {
             return;
         };
         let choices = value["choices"].as_array().into_iter().flatten();
         for choice in choices {
-            let text = choice["message"]["content"]
-                .as_str()
-                .or(choice["delta"]["content"].as_str());
-            content.answer.push_str(text.unwrap_or_default());
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                self.finish_reasons.push(reason.to_owned());
+            }
+            if let Some(content) = &mut self.content {
+                let text = choice["message"]["content"]
+                    .as_str()
+                    .or(choice["delta"]["content"].as_str());
+                content.answer.push_str(text.unwrap_or_default());
+            }
         }
     }
 
@@ -220,9 +290,28 @@ impl AccessRecord {
         self.error = error;
     }
 
-    /// Notes the first chunk of a stream going out.
-    pub fn first_chunk_sent(&mut self) {
+    /// Notes a chunk of a stream going out.
+    pub fn chunk_sent(&mut self) {
+        self.chunks += 1;
         self.first_chunk.get_or_insert_with(|| self.started.elapsed());
+    }
+
+    /// Notes the input tokens estimated at admission.
+    pub fn set_estimate(&mut self, estimate: &Estimate) {
+        self.estimated_prompt_tokens = estimate.prompt_tokens;
+    }
+
+    /// What the provider billed, as far as is known: its reported usage; for
+    /// a request the app abandoned once a provider had it (none reported),
+    /// the estimated input and one token per chunk already streamed.
+    fn billed(&self) -> Usage {
+        let reported = self.usage.prompt_tokens > 0 || self.usage.completion_tokens > 0;
+        let served_from_cache = matches!(self.cache, Some(CacheStatus::Hit | CacheStatus::SemanticHit));
+        let abandoned = self.ending == Ending::Open && !served_from_cache;
+        if reported || !abandoned || self.estimated_prompt_tokens == 0 {
+            return self.usage.clone();
+        }
+        Usage::new(self.estimated_prompt_tokens, self.chunks, 0, 0, 0)
     }
 
     /// Notes token usage.
@@ -309,6 +398,7 @@ impl AccessRecord {
 
 impl Drop for AccessRecord {
     fn drop(&mut self) {
+        self.usage = self.billed();
         let elapsed = self.started.elapsed();
         let outcome = match self.ending {
             Ending::Open => "client-closed",
@@ -350,6 +440,19 @@ impl Drop for AccessRecord {
             self.metrics
                 .fallbacks
                 .with_label_values(&[route, &self.step.to_string()])
+                .inc();
+        }
+        let findings = self.findings.take();
+        for finding in &findings {
+            self.metrics
+                .guardrail_findings
+                .with_label_values(&[
+                    route,
+                    &finding.policy,
+                    finding.kind.as_str(),
+                    finding.action.as_str(),
+                    finding.phase.as_str(),
+                ])
                 .inc();
         }
         let cost = self.cost();
@@ -418,11 +521,44 @@ impl Drop for AccessRecord {
                 .with_label_values(&[route])
                 .inc_by(*usd);
         }
+        let redacted = self
+            .content
+            .as_ref()
+            .map(|c| (c.redactor.redact(&c.prompt), c.redactor.redact(&c.answer)));
+        let trace_id = self
+            .trace
+            .as_ref()
+            .map(RequestTrace::trace_id)
+            .unwrap_or_default();
+        let logged = self.content.as_ref().is_some_and(|c| c.logged);
+        let content = redacted.as_ref().filter(|_| logged);
+        if let Some(trace) = self.trace.take() {
+            self.end_span(&trace, error_label, cost, content);
+        }
+        if let Some(sink) = self.eval.take() {
+            let (prompt, answer) = redacted.clone().unwrap_or_default();
+            sink.submit(&eval::Record {
+                timestamp: jiff::Timestamp::now().to_string(),
+                kind: eval::Kind::Primary,
+                request_id: self.request_id.clone(),
+                trace_id,
+                route: route.to_owned(),
+                api: self.api.as_str(),
+                provider: self.provider_name.clone().unwrap_or_default(),
+                provider_kind: self.provider_kind,
+                model: model.to_owned(),
+                status: self.status,
+                error: error_label,
+                finish_reasons: self.finish_reasons.clone(),
+                input_tokens: self.usage.prompt_tokens,
+                output_tokens: self.usage.completion_tokens,
+                cost_usd: cost,
+                latency_ms: millis(elapsed),
+                prompt,
+                answer,
+            });
+        }
         if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
-            let content = self
-                .content
-                .as_ref()
-                .map(|c| (c.redactor.redact(&c.prompt), c.redactor.redact(&c.answer)));
             let mut line = JsonLine::new();
             line.field("timestamp", format_args!("{:.6}", jiff::Timestamp::now()));
             line.field("level", "INFO");
@@ -455,14 +591,110 @@ impl Drop for AccessRecord {
             if let Some(first) = self.first_chunk {
                 line.field("ttft_ms", millis(first));
             }
+            if !findings.is_empty() {
+                let listed: Vec<String> = findings
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{}/{}/{}/{}",
+                            f.policy,
+                            f.kind,
+                            f.action.as_str(),
+                            f.phase.as_str()
+                        )
+                    })
+                    .collect();
+                line.field("guardrails", listed.join(","));
+            }
             // Only on routes with `logContent`, after the redaction hook.
-            if let Some((prompt, answer)) = &content {
+            if let Some((prompt, answer)) = content {
                 line.field("prompt", prompt);
                 line.field("answer", answer);
             }
             line.field("target", TARGET);
             tracing::info!(target: TARGET, line = line.finish().as_str());
         }
+    }
+}
+
+impl AccessRecord {
+    /// Ends the request's span with the GenAI semantic-convention attributes
+    /// and llmesh's own; the (redacted) prompt and answer as events only
+    /// where the route logs content.
+    fn end_span(
+        &self,
+        trace: &RequestTrace,
+        error: &str,
+        cost: Option<f64>,
+        content: Option<&(String, String)>,
+    ) {
+        if !trace.sampled() {
+            return;
+        }
+        let key = self.key.as_deref();
+        let text = |v: Option<&String>| Value::from(v.map_or("", String::as_str));
+        let mut attributes: Vec<Attribute> = vec![
+            ("gen_ai.operation.name", Value::from(self.api.operation())),
+            ("gen_ai.request.model", text(self.route.as_ref())),
+            ("http.response.status_code", Value::from(u64::from(self.status))),
+            ("llmesh.request_id", Value::from(self.request_id.as_str())),
+            ("llmesh.api", Value::from(self.api.as_str())),
+            ("llmesh.route", text(self.route.as_ref())),
+            ("llmesh.stream", Value::Bool(self.stream)),
+            ("llmesh.attempts", Value::from(u64::from(self.attempts))),
+            ("llmesh.fallback_step", Value::from(self.step as u64)),
+        ];
+        if !self.provider_kind.is_empty() {
+            attributes.push(("gen_ai.provider.name", Value::from(self.provider_kind)));
+            attributes.push(("gen_ai.response.model", text(self.model.as_ref())));
+            attributes.push(("llmesh.provider", text(self.provider_name.as_ref())));
+        }
+        if self.usage.prompt_tokens > 0 || self.usage.completion_tokens > 0 {
+            attributes.push(("gen_ai.usage.input_tokens", Value::from(self.usage.prompt_tokens)));
+            attributes.push((
+                "gen_ai.usage.output_tokens",
+                Value::from(self.usage.completion_tokens),
+            ));
+        }
+        if !self.finish_reasons.is_empty() {
+            let reasons = self.finish_reasons.clone();
+            attributes.push(("gen_ai.response.finish_reasons", Value::StrArray(reasons)));
+        }
+        if !error.is_empty() {
+            attributes.push(("error.type", Value::from(error)));
+        }
+        if let Some(served) = &self.served_route {
+            attributes.push(("llmesh.served_route", Value::from(served.as_str())));
+        }
+        if let Some(key) = key {
+            attributes.push(("llmesh.virtual_key", Value::from(key.name.as_str())));
+            if let Some(team) = &key.config.team {
+                attributes.push(("llmesh.team", Value::from(team.as_str())));
+            }
+        }
+        if let Some(status) = self.cache {
+            attributes.push(("llmesh.cache", Value::from(status.as_str())));
+        }
+        if let Some(cost) = cost {
+            attributes.push(("llmesh.cost_usd", Value::Double(cost)));
+        }
+        let events = content.map_or_else(Vec::new, |(prompt, answer)| {
+            let now = crate::telemetry::now_ns();
+            vec![
+                Event {
+                    time_ns: now,
+                    name: "gen_ai.user.message",
+                    attributes: vec![("content", Value::from(prompt.as_str()))],
+                },
+                Event {
+                    time_ns: now,
+                    name: "gen_ai.choice",
+                    attributes: vec![("content", Value::from(answer.as_str()))],
+                },
+            ]
+        });
+        let failed = (!error.is_empty()).then(|| error.to_owned());
+        trace.end(self.route.as_deref().unwrap_or(""), attributes, events, failed);
     }
 }
 

@@ -16,11 +16,13 @@ use crate::app::App;
 use crate::auth::Key;
 use crate::budget::{self, Admitted as Budgeted};
 use crate::error::ApiError;
+use crate::guardrails::Inspect;
 use crate::inbound;
 use crate::routing::{Estimate, RequestFacts, Route, Runtime, Timeouts};
 
-/// What admission needs to know of a parsed request.
-pub trait Admissible {
+/// What admission needs to know of a parsed request (and its texts, which
+/// the route's guardrails read and may rewrite).
+pub trait Admissible: Inspect {
     /// The route alias it names.
     fn model(&self) -> &str;
     /// Its size in tokens.
@@ -126,22 +128,38 @@ pub async fn admit<R: Admissible>(
     if let Some(key) = &key {
         record.set_key(key);
     }
-    let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
-    let request = parse(&bytes)?;
+    let bytes = inbound::read_body(body, app.settings.max_body_bytes, app.settings.body_read_timeout).await?;
+    let mut request = parse(&bytes)?;
     let asked_timeouts = inbound::timeout_overrides(headers)?;
     record.set_stream(request.is_stream());
     let estimate = request.estimate();
+    record.set_estimate(&estimate);
     let route = resolve(app, &runtime, request.model())?;
     record.set_route(&route);
     if let Some(key) = &key {
         key.allow_route(&route.alias)?;
     }
+    // Before the budget is charged, the cache key is made, the upstream is
+    // called or anything is logged: what they see is what guardrails let through.
+    route
+        .guardrails
+        .screen_request(&mut request, record.guardrail_findings())
+        .await?;
     let route = check_budget(app, &runtime, key.as_deref(), route, &estimate, headers, record)?;
     check_rate_limits(app, key.as_deref(), &estimate, record)?;
     if route.log_content
         && let Some(prompt) = request.prompt()
     {
         record.log_content(app.settings.redactor.clone(), prompt);
+    }
+    // A mirrored request is recorded too, so its shadow answer has a pair.
+    let sampled = route.eval.as_ref().is_some_and(|s| s.admits(record.request_id()))
+        || route
+            .mirror
+            .as_ref()
+            .is_some_and(|m| m.copies(record.request_id()));
+    if sampled && let Some(sink) = &app.eval {
+        record.sample_for_eval(sink.clone(), app.settings.redactor.clone(), request.prompt());
     }
     let timeouts = route.timeouts.tightened_by(asked_timeouts);
     Ok(Admitted {

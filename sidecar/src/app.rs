@@ -10,6 +10,7 @@ use arc_swap::ArcSwapOption;
 use crate::budget::{Budgets, Clock};
 use crate::cache::ResponseCache;
 use crate::error::ApiError;
+use crate::eval::Sink;
 use crate::health::HealthRegistry;
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
@@ -17,12 +18,17 @@ use crate::providers::Deps;
 use crate::redact::Redact;
 use crate::routing::Runtime;
 use crate::state::{self, StateError};
+use crate::telemetry::Tracer;
 
 /// Request-independent settings the handlers read.
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// How long a client may take to send its body.
+    pub body_read_timeout: std::time::Duration,
+    /// Requests served at once; past it, 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
     /// Whether `POST /debug/faults` may inject faults.
     pub drills_enabled: bool,
     /// The `VirtualKey` requests without an llmesh key are made with.
@@ -68,6 +74,19 @@ pub struct App {
     pub rate_limits: Arc<RateLimiter>,
     /// Budget spend; survives reloads (and restarts, with a state file).
     pub budgets: Arc<Budgets>,
+    /// Starts request traces, when an OTLP endpoint is configured.
+    pub tracer: Option<Arc<Tracer>>,
+    /// Where sampled requests and shadow answers go, when a sink is configured.
+    pub eval: Option<Arc<Sink>>,
+}
+
+/// Where requests are reported besides metrics and the access log.
+#[derive(Debug, Default)]
+pub struct Reporting {
+    /// Traces, when an OTLP endpoint is configured.
+    pub tracer: Option<Arc<Tracer>>,
+    /// The eval sink, when one is configured.
+    pub eval: Option<Arc<Sink>>,
 }
 
 impl App {
@@ -79,6 +98,7 @@ impl App {
         health: Arc<HealthRegistry>,
         cache: Arc<ResponseCache>,
         state: &LocalState,
+        reporting: Reporting,
     ) -> Self {
         Self {
             runtime: ArcSwapOption::empty(),
@@ -89,6 +109,8 @@ impl App {
             cache,
             rate_limits: state.rate_limits.clone(),
             budgets: state.budgets.clone(),
+            tracer: reporting.tracer,
+            eval: reporting.eval,
         }
     }
 

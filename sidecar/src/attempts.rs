@@ -24,6 +24,7 @@ use crate::api::chat::ChatRequest;
 use crate::api::embeddings::EmbeddingsRequest;
 use crate::providers::{ChatReply, ChunkStream, Completed, ErrorKind, ProviderError, StreamEvent};
 use crate::routing::{Estimate, FallbackTo, RequestFacts, Route, Runtime, Target, Timeouts, tighter};
+use crate::telemetry::{AttemptSpan, Value};
 
 /// A successful answer and who gave it.
 #[derive(Debug)]
@@ -114,6 +115,16 @@ pub async fn chat<'r>(
             ChatReply::Complete(completed) => Ok(Reply::Complete(completed)),
             ChatReply::Stream(stream) => {
                 let (head, tail) = within(limit, first_chunk(stream)).await?;
+                // The target stays busy (for `least-busy`) until the stream
+                // ends or the app hangs up, not only until its first chunk.
+                let busy = target.health.start();
+                let tail = ChunkStream(
+                    tail.0
+                        .inspect(move |_| {
+                            let _ = &busy;
+                        })
+                        .boxed(),
+                );
                 Ok(Reply::Stream(CommittedStream {
                     head,
                     tail,
@@ -269,7 +280,16 @@ where
                 attempts += 1;
                 let in_flight = target.health.start();
                 let started = Instant::now();
-                let result = attempt(target).await;
+                let span = AttemptSpan::start(target.provider.kind().as_str(), &target.model, || {
+                    vec![
+                        ("llmesh.provider", Value::from(target.provider_name.as_str())),
+                        ("llmesh.attempt", Value::from(u64::from(attempts))),
+                        ("llmesh.try", Value::from(u64::from(try_number))),
+                        ("llmesh.fallback_step", Value::from(step.number as u64)),
+                    ]
+                });
+                let result = span.run(attempt(target)).await;
+                span.end(result.as_ref().err().map(|e| e.kind.label()));
                 drop(in_flight);
                 let failure = result.as_ref().err().map(|e| e.kind);
                 target

@@ -115,6 +115,9 @@ fn route(
         log_content: false,
         cache: None,
         semantic: None,
+        guardrails: Arc::default(),
+        eval: None,
+        mirror: None,
     }
 }
 

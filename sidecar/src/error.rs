@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::auth::AuthError;
 use crate::budget::BudgetError;
 use crate::cache::InvalidDirective;
+use crate::guardrails::Blocked;
 use crate::limits::RateLimited;
 use crate::providers::{ErrorKind, ProviderError};
 use crate::routing::RouteError;
@@ -28,6 +29,15 @@ pub enum ApiError {
         name: &'static str,
         /// Why.
         reason: String,
+    },
+    /// The client did not send its whole body in time.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
+    /// The sidecar is serving as many requests as it may at once.
+    #[error("this gateway is serving its limit of {limit} concurrent requests; retry shortly")]
+    Overloaded {
+        /// The cap.
+        limit: usize,
     },
     /// The body exceeds the configured limit.
     #[error("request body is larger than the limit of {limit} bytes")]
@@ -68,6 +78,9 @@ pub enum ApiError {
     /// A budget refuses the request.
     #[error(transparent)]
     Budget(#[from] BudgetError),
+    /// A guardrail refused the request or the answer.
+    #[error(transparent)]
+    Guardrail(#[from] crate::guardrails::Blocked),
     /// Every attempt failed; this is the last failure.
     #[error("provider {provider}: {error}")]
     Upstream {
@@ -77,6 +90,10 @@ pub enum ApiError {
         error: ProviderError,
     },
 }
+
+/// How long an app refused by the concurrency cap is told to wait: a
+/// second is many requests' worth of slots coming free.
+const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl From<InvalidDirective> for ApiError {
     fn from(error: InvalidDirective) -> Self {
@@ -108,8 +125,12 @@ impl ApiError {
         match self {
             Self::InvalidBody(_) | Self::InvalidHeader { .. } | Self::Stateless(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Route(_) | Self::RouteNotForPod { .. } | Self::UnknownPath(_) => StatusCode::NOT_FOUND,
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Guardrail(Blocked::Finding { .. }) => StatusCode::BAD_REQUEST,
+            Self::Guardrail(Blocked::ModerationUnavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Auth(error) if error.is_forbidden() => StatusCode::FORBIDDEN,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -139,9 +160,15 @@ impl ApiError {
             Self::InvalidHeader { .. } => ("invalid_request_error", "invalid_header"),
             Self::Stateless(_) => ("invalid_request_error", "stateless_gateway"),
             Self::BodyTooLarge { .. } => ("invalid_request_error", "request_too_large"),
+            Self::BodyTimeout(_) => ("invalid_request_error", "request_timeout"),
+            Self::Overloaded { .. } => ("server_error", "overloaded"),
             Self::Route(_) | Self::RouteNotForPod { .. } => ("invalid_request_error", "model_not_found"),
             Self::UnknownPath(_) => ("invalid_request_error", "unknown_url"),
             Self::NotReady => ("server_error", "not_ready"),
+            Self::Guardrail(Blocked::Finding { .. }) => ("invalid_request_error", "guardrail_blocked"),
+            Self::Guardrail(Blocked::ModerationUnavailable { .. }) => {
+                ("server_error", "guardrail_unavailable")
+            }
             Self::Auth(error) => match error {
                 AuthError::Missing | AuthError::Unknown | AuthError::DefaultMissing(_) => {
                     ("invalid_request_error", "invalid_api_key")
@@ -207,6 +234,9 @@ impl ApiError {
             let overloaded = StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return (overloaded, "overloaded_error");
         }
+        if let Self::Overloaded { .. } = self {
+            return (self.status(), "overloaded_error");
+        }
         let status = self.status();
         let kind = match status.as_u16() {
             400 => "invalid_request_error",
@@ -269,6 +299,7 @@ impl ApiError {
                 Some(error.retry_after.unwrap_or(Duration::from_secs(1)))
             }
             Self::RateLimited(limited) => Some(limited.retry_after),
+            Self::Overloaded { .. } => Some(OVERLOADED_RETRY_AFTER),
             Self::Budget(error) => error.retry_after_secs().map(Duration::from_secs),
             _ => None,
         }

@@ -21,21 +21,31 @@ use crate::api::messages::{MessagesRequest, ModelInfo, TokenCount};
 use crate::api::responses::ResponsesRequest;
 use crate::api::{Api, Model, ModelList, messages};
 use crate::app::App;
-use crate::attempts::{self, Failed, Reply, Served};
+use crate::attempts::{self, CommittedStream, Failed, Reply, Served};
 use crate::cache::{self, ResponseCache};
 use crate::convert;
 use crate::error::ApiError;
+use crate::guardrails;
 use crate::inbound;
 use crate::respond::{self, Shape};
+use crate::routing::Route;
+use crate::shadow;
+use crate::telemetry::{self, RequestTrace};
 
 /// The API apps call (port 4000, loopback): OpenAI's and Anthropic's.
 pub fn api_router(app: Arc<App>) -> Router {
+    let cap = crate::edge::RequestCap::new(app.settings.max_concurrent_requests);
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/responses", post(responses))
         .route("/v1/embeddings", post(embeddings))
+        // Only the calls that reach providers count; probes and listings stay cheap and always answer.
+        .route_layer(axum::middleware::from_fn_with_state(
+            cap,
+            crate::edge::limit_concurrency,
+        ))
         .route("/v1/models", get(models))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -46,9 +56,10 @@ pub fn api_router(app: Arc<App>) -> Router {
 /// Metrics and probes (port 9464, pod IP).
 pub fn admin_router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
         .route("/debug/targets", get(debug_targets))
         .route("/debug/faults", post(debug_faults))
+        .route_layer(axum::middleware::from_fn(crate::edge::pod_local_only))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(app)
@@ -94,13 +105,14 @@ async fn serve(
     parse: impl FnOnce(&[u8]) -> Result<(ChatRequest, Shape), ApiError>,
 ) -> Response {
     let mut record = AccessRecord::start(app.metrics.clone(), api);
+    let trace = start_trace(app, headers, api, &mut record);
     let mut shape = Shape::OpenAi;
-    let outcome = serve_chat(app, headers, body, &mut record, |bytes| {
+    let serving = serve_chat(app, headers, body, &mut record, |bytes| {
         let (request, wanted) = parse(bytes)?;
         shape = wanted;
         Ok(request)
-    })
-    .await;
+    });
+    let outcome = telemetry::scoped(trace.as_ref(), serving).await;
     match outcome {
         Ok(Reply::Complete(completed)) => respond::complete(completed, record, &shape),
         Ok(Reply::Stream(stream)) => respond::stream(stream, record, shape),
@@ -122,7 +134,7 @@ async fn serve_chat(
         route,
         request,
         timeouts,
-        ..
+        estimate,
     } = &admitted;
     let facts = admitted.facts(headers);
 
@@ -142,10 +154,55 @@ async fn serve_chat(
         .ok()
         .map(|served| cache::Origin::of(served.target));
     let reply = settle(record, outcome)?;
+    let reply = guard_answer(route, reply, record)?;
+    let primary = shadow::Primary {
+        route,
+        key: key.as_deref(),
+        request,
+        estimate,
+        record,
+    };
+    shadow::dispatch(app, &primary);
     Ok(match (cache_plan, origin) {
         (Some(plan), Some(origin)) => app.cache.fill(plan, origin, reply),
         _ => reply,
     })
+}
+
+/// The answer as the route's answer guardrails let it through: a complete
+/// one checked now, a stream as it flows — before the cache stores either.
+fn guard_answer(route: &Arc<Route>, reply: Reply, record: &AccessRecord) -> Result<Reply, ApiError> {
+    let guardrails = &route.guardrails;
+    if !guardrails.on_response() {
+        return Ok(reply);
+    }
+    let findings = record.guardrail_findings();
+    Ok(match reply {
+        Reply::Complete(mut completed) => {
+            completed.body = guardrails.screen_answer(completed.body, findings)?;
+            Reply::Complete(completed)
+        }
+        Reply::Stream(committed) => {
+            let (head, tail) = guardrails::stream::guard(
+                guardrails.clone(),
+                committed.head,
+                committed.tail,
+                findings.clone(),
+            );
+            Reply::Stream(CommittedStream {
+                head,
+                tail,
+                ..committed
+            })
+        }
+    })
+}
+
+/// Starts the request's trace, joining the app's, when tracing is on.
+fn start_trace(app: &App, headers: &HeaderMap, api: Api, record: &mut AccessRecord) -> Option<RequestTrace> {
+    let trace = app.tracer.as_ref()?.request(headers, api.operation());
+    record.set_trace(trace.clone());
+    Some(trace)
 }
 
 /// Notes who answered (or failed last) and hands on the answer.
@@ -171,7 +228,9 @@ fn settle<T>(record: &mut AccessRecord, outcome: Result<Served<'_, T>, Failed<'_
 /// `POST /v1/embeddings`.
 pub async fn embeddings(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     let mut record = AccessRecord::start(app.metrics.clone(), Api::Embeddings);
-    match serve_embeddings(&app, &headers, body, &mut record).await {
+    let trace = start_trace(&app, &headers, Api::Embeddings, &mut record);
+    let serving = serve_embeddings(&app, &headers, body, &mut record);
+    match telemetry::scoped(trace.as_ref(), serving).await {
         Ok(completed) => respond::complete(completed, record, &Shape::OpenAi),
         Err(error) => respond::error(error, record, Api::Embeddings),
     }
@@ -225,13 +284,19 @@ pub async fn count_tokens(State(app): State<Arc<App>>, headers: HeaderMap, body:
 async fn count(app: &App, headers: &HeaderMap, body: Body) -> Result<(TokenCount, &'static str), ApiError> {
     let runtime = app.runtime()?;
     let key = admission::caller(app, &runtime, headers)?;
-    let bytes = inbound::read_body(body, app.settings.max_body_bytes).await?;
+    let bytes = inbound::read_body(body, app.settings.max_body_bytes, app.settings.body_read_timeout).await?;
     let request: MessagesRequest = inbound::parse_json(&bytes)?;
-    let request = convert::messages::from_app(request, headers, true)?;
+    let mut request = convert::messages::from_app(request, headers, true)?;
     let route = admission::resolve(app, &runtime, &request.model)?;
     if let Some(key) = &key {
         key.allow_route(&route.alias)?;
     }
+    // An exact count sends the prompt upstream: the same guardrails apply
+    // (the count is not a request of the access log, so findings go uncounted).
+    route
+        .guardrails
+        .screen_request(&mut request, &guardrails::Findings::default())
+        .await?;
     let estimate = crate::routing::Estimate::of_chat(&request);
     let facts = crate::routing::RequestFacts {
         headers,

@@ -7,21 +7,27 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Body as _;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 use crate::routing::Timeouts;
 
-/// Reads the whole body, refusing more than `limit` bytes.
+/// Reads the whole body within `timeout`, refusing more than `limit` bytes:
+/// at once when its `Content-Length` says so, else as soon as the limit is passed.
 ///
 /// # Errors
-/// [`ApiError::BodyTooLarge`] over the limit; [`ApiError::InvalidBody`] if the
-/// client broke off.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge { limit }),
-        Err(e) => Err(ApiError::InvalidBody(format!("could not read the body: {e}"))),
+/// [`ApiError::BodyTooLarge`] over the limit; [`ApiError::BodyTimeout`] when
+/// it is too slow; [`ApiError::InvalidBody`] if the client broke off.
+pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    if usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX) > limit {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ApiError::BodyTimeout(timeout)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge { limit }),
+        Ok(Err(e)) => Err(ApiError::InvalidBody(format!("could not read the body: {e}"))),
     }
 }
 
@@ -113,10 +119,11 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_over_the_limit_are_refused() {
-        let error = read_body(Body::from(vec![b'x'; 11]), 10)
+        let second = Duration::from_secs(1);
+        let error = read_body(Body::from(vec![b'x'; 11]), 10, second)
             .await
             .expect_err("too large");
         assert!(matches!(error, ApiError::BodyTooLarge { limit: 10 }));
-        assert_eq!(read_body(Body::from("ok"), 10).await.expect("fits"), "ok");
+        assert_eq!(read_body(Body::from("ok"), 10, second).await.expect("fits"), "ok");
     }
 }

@@ -18,7 +18,10 @@ pub mod cache;
 pub mod convert;
 pub mod credentials;
 pub mod drills;
+pub mod edge;
 pub mod error;
+pub mod guardrails;
+pub mod eval;
 pub mod handlers;
 pub mod health;
 pub mod inbound;
@@ -33,13 +36,14 @@ pub mod respond;
 pub mod routing;
 pub mod settings;
 pub mod settle;
+pub mod shadow;
 pub mod state;
 pub mod sync;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -120,6 +124,8 @@ impl Gateway {
         };
         let limits = Limits {
             max_body_bytes: settings.max_body_bytes,
+            body_read_timeout: settings.body_read_timeout,
+            max_concurrent_requests: settings.max_concurrent_requests,
             drills_enabled: settings.drills_enabled,
             default_key: settings.default_key.clone(),
             redactor: settings.redactor.clone(),
@@ -133,7 +139,30 @@ impl Gateway {
         )?;
         let state = Arc::new(state);
         let cache = Arc::new(ResponseCache::new(settings.cache_max_bytes, metrics.clone()));
-        let app = Arc::new(App::new(limits, metrics, deps, health, cache, &state));
+        let tracer = settings.traces.as_ref().map(|traces| {
+            let post = poster(
+                &deps.client,
+                &traces.endpoint,
+                &traces.headers,
+                "application/x-protobuf",
+            );
+            telemetry::Tracer::start(traces, post, metrics.clone())
+        });
+        let eval_post = settings
+            .eval
+            .url
+            .as_ref()
+            .map(|url| poster(&deps.client, url, &[], "application/x-ndjson"));
+        let eval = eval::Sink::start(&settings.eval, eval_post, &metrics);
+        let app = Arc::new(App::new(
+            limits,
+            metrics,
+            deps,
+            health,
+            cache,
+            &state,
+            app::Reporting { tracer, eval },
+        ));
 
         let reloader = Arc::new(Reloader::new(app.clone(), settings.source.clone()));
         let first = reloader.clone();
@@ -158,8 +187,18 @@ impl Gateway {
 
         let (shutdown, signal) = watch::channel(false);
         let mut servers = vec![
-            serve(api, handlers::api_router(app.clone()), signal.clone()),
-            serve(admin, handlers::admin_router(app.clone()), signal.clone()),
+            edge::serve(
+                api,
+                handlers::api_router(app.clone()),
+                settings.connections,
+                signal.clone(),
+            ),
+            edge::serve(
+                admin,
+                handlers::admin_router(app.clone()),
+                settings.connections,
+                signal.clone(),
+            ),
             flush_state(state.clone(), signal.clone()),
         ];
         // After the mounted configuration is in force: the operator only
@@ -228,6 +267,49 @@ const STATE_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 
 /// Writes the state file in batches until shutdown, then once more (after
 /// the servers' in-flight requests, which share the signal, had their turn).
+/// Posts batches (spans, eval records) to `url` with the upstream client
+/// (its proxy settings apply), each with `headers`.
+fn poster(
+    client: &UpstreamClient,
+    url: &str,
+    extra_headers: &[(String, String)],
+    content_type: &'static str,
+) -> telemetry::export::Post {
+    let client = client.clone();
+    let endpoint = url.to_owned();
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in extra_headers {
+        match (
+            http::HeaderName::try_from(name.as_str()),
+            http::HeaderValue::try_from(value.as_str()),
+        ) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+            }
+            // The value may be a credential: name the header only.
+            _ => tracing::warn!(header = %name, "an export header is not valid HTTP; left out"),
+        }
+    }
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    Arc::new(move |body| {
+        let client = client.clone();
+        let request = client.post(endpoint.as_str()).headers(headers.clone()).body(body);
+        Box::pin(async move {
+            match client.send(request).await {
+                Ok(providers::Answer::Success(response)) => {
+                    UpstreamClient::body(response).await.map_err(|e| e.to_string())?;
+                    Ok(())
+                }
+                Ok(providers::Answer::Failure { status, .. }) => Err(format!("it answered {status}")),
+                Err(error) => Err(error.to_string()),
+            }
+        })
+    })
+}
+
 fn flush_state(state: Arc<LocalState>, mut signal: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(STATE_FLUSH_INTERVAL);
@@ -245,24 +327,6 @@ fn flush_state(state: Arc<LocalState>, mut signal: watch::Receiver<bool>) -> Joi
             if stopping {
                 break;
             }
-        }
-    })
-}
-
-fn serve(listener: TcpListener, router: axum::Router, mut signal: watch::Receiver<bool>) -> JoinHandle<()> {
-    // Stream chunks are small writes: with Nagle's algorithm on, each one
-    // waits for the client's delayed ACK of the one before (about 40 ms).
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
-        }
-    });
-    tokio::spawn(async move {
-        let stop = async move {
-            let _ = signal.wait_for(|stop| *stop).await;
-        };
-        if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
-            tracing::error!(%error, "server stopped");
         }
     })
 }

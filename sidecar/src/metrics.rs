@@ -6,8 +6,8 @@
 //! come from configuration, never from request content.
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Seconds; from a cache hit (well under a millisecond) to a long generation.
@@ -93,6 +93,20 @@ pub struct Metrics {
     pub cache_saved_usd: CounterVec,
     /// Failed operations on the shared (Redis) cache tier, by operation.
     pub cache_shared_errors: IntCounterVec,
+    /// Guardrail findings by route, policy, kind, action and phase.
+    pub guardrail_findings: IntCounterVec,
+    /// Spans the trace collector accepted.
+    pub trace_spans_exported: IntCounter,
+    /// Spans dropped, by reason (`queue-full`, `export-failed`).
+    pub trace_spans_dropped: IntCounterVec,
+    /// Eval records written, by sink (`file`, `http`).
+    pub eval_records_written: IntCounterVec,
+    /// Eval records dropped, by sink and reason (`queue-full`, `write-failed`).
+    pub eval_records_dropped: IntCounterVec,
+    /// Shadow requests, by route and result (`ok`, `error`).
+    pub shadow_requests: IntCounterVec,
+    /// USD the shadow answers cost, by route, provider and model.
+    pub shadow_cost_usd: CounterVec,
 }
 
 /// The pod's owner, as the webhook passes it.
@@ -342,6 +356,12 @@ impl Metrics {
             "Requests on caching routes, by route and result (hit, miss, bypass, refresh).",
             &["route", "result"],
         );
+        let guardrail_findings = counter(
+            &registry,
+            "llmesh_guardrail_findings_total",
+            "Guardrail findings, by route, policy, kind (email, credit_card, prompt_injection, ...), action (block, redact, flag) and phase (request, response).",
+            &["route", "policy", "kind", "action", "phase"],
+        );
         let cache_evictions = counter(
             &registry,
             "llmesh_cache_evictions_total",
@@ -374,6 +394,40 @@ impl Metrics {
             "Failed or timed-out operations on the shared Redis cache, by operation (get, set, connect).",
             &["operation"],
         );
+        let exported_name = "llmesh_trace_spans_exported_total";
+        let trace_spans_exported = IntCounter::new(exported_name, "Spans the OTLP trace collector accepted.")
+            .unwrap_or_else(|e| panic!("metric {exported_name}: {e}"));
+        let trace_spans_exported = register(&registry, exported_name, trace_spans_exported);
+        let trace_spans_dropped = counter(
+            &registry,
+            "llmesh_trace_spans_dropped_total",
+            "Spans dropped, by reason (queue-full, export-failed).",
+            &["reason"],
+        );
+        let eval_records_written = counter(
+            &registry,
+            "llmesh_eval_records_written_total",
+            "Eval records written, by sink (file, http).",
+            &["sink"],
+        );
+        let eval_records_dropped = counter(
+            &registry,
+            "llmesh_eval_records_dropped_total",
+            "Eval records dropped, by sink and reason (queue-full, write-failed).",
+            &["sink", "reason"],
+        );
+        let shadow_requests = counter(
+            &registry,
+            "llmesh_shadow_requests_total",
+            "Requests copied to a route's shadow candidate, by route and result (ok, error).",
+            &["route", "result"],
+        );
+        let shadow_cost_usd = float_counter(
+            &registry,
+            "llmesh_shadow_cost_usd_total",
+            "USD the shadow candidates' answers cost, by route, provider and model.",
+            &["route", "provider", "model"],
+        );
         Self {
             registry,
             requests,
@@ -405,6 +459,13 @@ impl Metrics {
             cache_saved_tokens,
             cache_saved_usd,
             cache_shared_errors,
+            guardrail_findings,
+            trace_spans_exported,
+            trace_spans_dropped,
+            eval_records_written,
+            eval_records_dropped,
+            shadow_requests,
+            shadow_cost_usd,
         }
     }
 

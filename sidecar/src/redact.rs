@@ -1,5 +1,8 @@
 //! The redaction hook: prompt and answer text passes through it before a
-//! route that opts in (`logContent`) writes it to the access log.
+//! route that opts in (`logContent`) writes it to the access log. The
+//! default is the guardrails' own detectors, not a second set of rules.
+
+use crate::guardrails::detect::{self, Scanner};
 
 /// Rewrites text before it is logged.
 pub trait Redact: Send + Sync + std::fmt::Debug {
@@ -7,41 +10,24 @@ pub trait Redact: Send + Sync + std::fmt::Debug {
     fn redact(&self, text: &str) -> String;
 }
 
-/// The default hook: words that look like credentials or card numbers become
-/// `[REDACTED]` — `sk-…` API keys, `AKIA…` AWS key ids, `eyJ…` JWTs, and
-/// runs of 12 or more digits. A platform with stricter rules embeds the
-/// sidecar with its own [`Redact`] ([`crate::settings::Settings::redactor`]).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MaskSecrets;
+/// The default hook: every built-in PII and secret detector of the
+/// guardrails (emails, phone numbers, cards, IBANs, national ids, IP
+/// addresses, keys, tokens) replaced by its typed placeholder, such as
+/// `[EMAIL]`. A platform with stricter rules embeds the sidecar with its own
+/// [`Redact`] ([`crate::settings::Settings::redactor`]).
+#[derive(Debug)]
+pub struct MaskSecrets(Scanner);
 
-impl Redact for MaskSecrets {
-    fn redact(&self, text: &str) -> String {
-        text.split_inclusive(char::is_whitespace)
-            .map(|piece| {
-                let word = piece.trim_end();
-                if looks_secret(word) {
-                    format!("[REDACTED]{}", &piece[word.len()..])
-                } else {
-                    piece.to_owned()
-                }
-            })
-            .collect()
+impl Default for MaskSecrets {
+    fn default() -> Self {
+        Self(crate::guardrails::all_builtin_detectors())
     }
 }
 
-/// Shortest credential-looking word masked: shorter ones are ordinary text.
-const MIN_SECRET_LEN: usize = 12;
-
-fn looks_secret(word: &str) -> bool {
-    let word = word.trim_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'));
-    if word.len() < MIN_SECRET_LEN {
-        return false;
+impl Redact for MaskSecrets {
+    fn redact(&self, text: &str) -> String {
+        detect::redact(text, &self.0.scan(text)).into_owned()
     }
-    let digits = word.chars().filter(char::is_ascii_digit).count();
-    ["sk-", "AKIA", "eyJ"]
-        .iter()
-        .any(|prefix| word.starts_with(prefix))
-        || (digits >= MIN_SECRET_LEN && word.chars().all(|c| c.is_ascii_digit() || c == '-'))
 }
 
 #[cfg(test)]
@@ -50,11 +36,12 @@ mod tests {
 
     #[test]
     fn credentials_and_card_numbers_are_masked_and_the_rest_kept() {
-        let text = "my key is sk-proj-abcdef123456, card 4111-1111-1111-1111\nthanks AKIAIOSFODNN7EXAMPLE ok";
+        let mask = MaskSecrets::default();
+        let text = "my key is sk-proj-abcdef1234567890abcdef, card 4111-1111-1111-1111\nthanks AKIAIOSFODNN7EXAMPLE, mail ann@example.org";
         assert_eq!(
-            MaskSecrets.redact(text),
-            "my key is [REDACTED] card [REDACTED]\nthanks [REDACTED] ok"
+            mask.redact(text),
+            "my key is [OPENAI_KEY], card [CREDIT_CARD]\nthanks [AWS_ACCESS_KEY], mail [EMAIL]"
         );
-        assert_eq!(MaskSecrets.redact("order 12345 is fine"), "order 12345 is fine");
+        assert_eq!(mask.redact("order 12345 is fine"), "order 12345 is fine");
     }
 }

@@ -186,7 +186,7 @@ fn frame(
 ) {
     match event {
         StreamEvent::Chunk(json) => {
-            record.first_chunk_sent();
+            record.chunk_sent();
             record.note_answer(&json);
             match renderer.as_mut() {
                 None => frames.push(sse_data(&json)),

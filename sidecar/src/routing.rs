@@ -25,6 +25,7 @@ pub use rules::RequestFacts;
 pub use strategy::Selector;
 
 use crate::api::embeddings::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
+use crate::eval::Sampling;
 use crate::health::{HealthRegistry, TargetKey, TargetState};
 use crate::providers::{self, Deps, ErrorKind, Provider, ProviderError};
 
@@ -93,6 +94,30 @@ pub struct Route {
     pub cache: Option<CacheConfig>,
     /// The embeddings model of a semantic cache.
     pub semantic: Option<Arc<SemanticTarget>>,
+    /// Checks on prompts and answers.
+    pub guardrails: Arc<crate::guardrails::Guardrails>,
+    /// Eval sampling, when on.
+    pub eval: Option<Sampling>,
+    /// Shadow traffic, when on.
+    pub mirror: Option<Mirror>,
+}
+
+impl Mirror {
+    /// Whether the request with this id is copied to the candidate.
+    pub fn copies(&self, request_id: &str) -> bool {
+        crate::eval::in_share(request_id, self.percent)
+    }
+}
+
+/// A route's shadow candidate.
+#[derive(Debug)]
+pub struct Mirror {
+    /// The candidate (a set of one, built as any target is).
+    pub targets: TargetSet,
+    /// Percent of requests copied.
+    pub percent: f64,
+    /// Whether the candidate's spend counts against the caller's budget.
+    pub count_budget: bool,
 }
 
 /// Targets that are alternatives to each other, with their selection state.
@@ -240,10 +265,23 @@ pub fn tighter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 
 /// Why a configuration could not be made live.
 #[derive(Debug, thiserror::Error)]
-#[error("provider {provider}: {error}")]
-pub struct BuildError {
-    provider: String,
-    error: ProviderError,
+pub enum BuildError {
+    /// A provider adapter could not be built.
+    #[error("provider {provider}: {error}")]
+    Provider {
+        /// The `ProviderSecret`.
+        provider: String,
+        /// Why.
+        error: ProviderError,
+    },
+    /// A route's guardrails could not be built.
+    #[error("route {alias}: {error}")]
+    Guardrails {
+        /// The route.
+        alias: String,
+        /// Why.
+        error: crate::guardrails::BuildError,
+    },
 }
 
 /// Builds targets against already-built adapters.
@@ -262,10 +300,13 @@ impl Builder<'_> {
     }
 
     fn adapter(&self, alias: &str, provider: &str) -> Result<Arc<dyn Provider>, BuildError> {
-        self.adapters.get(provider).cloned().ok_or_else(|| BuildError {
-            provider: provider.to_owned(),
-            error: ProviderError::unsupported(format!("route {alias} names it but it is not configured")),
-        })
+        self.adapters
+            .get(provider)
+            .cloned()
+            .ok_or_else(|| BuildError::Provider {
+                provider: provider.to_owned(),
+                error: ProviderError::unsupported(format!("route {alias} names it but it is not configured")),
+            })
     }
 
     fn semantic_target(
@@ -314,7 +355,7 @@ impl Runtime {
             health,
         };
         for (name, provider) in &config.providers {
-            let adapter = providers::build(name, provider, deps).map_err(|error| BuildError {
+            let adapter = providers::build(name, provider, deps).map_err(|error| BuildError::Provider {
                 provider: name.clone(),
                 error,
             })?;
@@ -366,6 +407,26 @@ impl Runtime {
                     .as_ref()
                     .and_then(|c| c.semantic.as_ref())
                     .map(|semantic| builder.semantic_target(alias, semantic))
+                    .transpose()?,
+                guardrails: Arc::new(
+                    crate::guardrails::Guardrails::build(&route.guardrails, deps).map_err(|error| {
+                        BuildError::Guardrails {
+                            alias: alias.clone(),
+                            error,
+                        }
+                    })?,
+                ),
+                eval: route.eval_sampling.as_ref().map(Sampling::new),
+                mirror: route
+                    .mirror
+                    .as_ref()
+                    .map(|mirror| {
+                        Ok::<_, BuildError>(Mirror {
+                            targets: builder.target_set(alias, std::slice::from_ref(&mirror.target))?,
+                            percent: mirror.percent,
+                            count_budget: mirror.count_budget,
+                        })
+                    })
                     .transpose()?,
             };
             routes.insert(alias.clone(), Arc::new(live));

@@ -15,14 +15,27 @@ pub use llmesh_crds::injection::{
 };
 use llmesh_crds::injection::{ADMIN_PORT, API_PORT, SECRETS_MOUNT_DIR, parse_route_list};
 
+use crate::edge::ConnectionLimits;
+use crate::eval::SinkSettings;
 use crate::metrics::Workload;
 use crate::providers::UpstreamSettings;
 use crate::redact::{MaskSecrets, Redact};
+use crate::telemetry::TraceSettings;
 
 /// Directory of YAML manifests (standalone mode).
 pub const MANIFESTS_DIR: &str = "LLMESH_MANIFESTS";
 /// Largest accepted request body, in bytes.
 pub const MAX_BODY_BYTES: &str = "LLMESH_MAX_BODY_BYTES";
+/// How long a client may take to send a request's headers, in milliseconds.
+pub const HEADER_READ_TIMEOUT_MS: &str = "LLMESH_HEADER_READ_TIMEOUT_MS";
+/// How long a client may take to send a request's body, in milliseconds.
+pub const BODY_READ_TIMEOUT_MS: &str = "LLMESH_BODY_READ_TIMEOUT_MS";
+/// Connections open at once per port; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: &str = "LLMESH_MAX_CONNECTIONS";
+/// Requests served at once; past it, 503 with `Retry-After`.
+pub const MAX_CONCURRENT_REQUESTS: &str = "LLMESH_MAX_CONCURRENT_REQUESTS";
+/// Largest complete answer read from an upstream, in bytes.
+pub const MAX_ANSWER_BYTES: &str = "LLMESH_MAX_ANSWER_BYTES";
 /// Upstream connect timeout, in milliseconds.
 pub const CONNECT_TIMEOUT_MS: &str = "LLMESH_CONNECT_TIMEOUT_MS";
 /// Upper bound for one upstream request when its route sets none, in milliseconds.
@@ -34,6 +47,18 @@ pub const DRAIN_TIMEOUT_MS: &str = "LLMESH_DRAIN_TIMEOUT_MS";
 pub const ENABLE_DRILLS: &str = "LLMESH_ENABLE_DRILLS";
 /// Memory for cached answers, in bytes, shared by every caching route.
 pub const CACHE_MAX_BYTES: &str = "LLMESH_CACHE_MAX_BYTES";
+/// The JSON-lines file eval records (and shadow answers) are appended to.
+pub const EVAL_FILE: &str = "LLMESH_EVAL_FILE";
+/// The eval file's size, in bytes, at which it is rotated (default 64 MiB).
+pub const EVAL_FILE_MAX_BYTES: &str = "LLMESH_EVAL_FILE_MAX_BYTES";
+/// Rotated eval files kept (default 3).
+pub const EVAL_FILE_KEEP: &str = "LLMESH_EVAL_FILE_KEEP";
+/// The HTTP endpoint eval records are posted to, as batches of JSON lines.
+pub const EVAL_URL: &str = "LLMESH_EVAL_URL";
+/// Records each eval outlet holds at most (default 1000); more are dropped.
+pub const EVAL_QUEUE: &str = "LLMESH_EVAL_QUEUE";
+/// Records per post to the eval endpoint at most (default 100).
+pub const EVAL_BATCH: &str = "LLMESH_EVAL_BATCH";
 /// Log filter, `tracing` syntax (default `info`).
 pub const LOG: &str = "LLMESH_LOG";
 /// `json` (default) or `text`.
@@ -107,6 +132,12 @@ pub struct Settings {
     pub secrets_dir: Option<PathBuf>,
     /// Body size limit.
     pub max_body_bytes: usize,
+    /// Body read limit.
+    pub body_read_timeout: Duration,
+    /// Connection cap and header read timeout, per port.
+    pub connections: ConnectionLimits,
+    /// Requests served at once.
+    pub max_concurrent_requests: usize,
     /// Outbound client settings.
     pub upstream: UpstreamSettings,
     /// Shutdown grace period.
@@ -117,6 +148,10 @@ pub struct Settings {
     pub default_key: Option<String>,
     /// The route aliases the pod's apps may call (`None`: every route).
     pub pod_routes: Option<BTreeSet<String>>,
+    /// Where spans are exported (`None`: no tracing).
+    pub traces: Option<TraceSettings>,
+    /// Where eval records go.
+    pub eval: SinkSettings,
     /// Where budget spend and rate-limit buckets are kept.
     pub state_file: Option<PathBuf>,
     /// The operator's sync channel (`None`: this sidecar enforces its own
@@ -222,11 +257,21 @@ impl Settings {
             secrets_dir,
             // Large enough for a few base64 images in one request.
             max_body_bytes: parsed(env, MAX_BODY_BYTES, 20 * 1024 * 1024)?,
+            // Generous for a 20 MiB body from a local app; a stalled client is cut off.
+            body_read_timeout: millis(env, BODY_READ_TIMEOUT_MS, Duration::from_secs(30))?,
+            connections: ConnectionLimits {
+                // Above the concurrency cap: refused requests still get their 503.
+                max_connections: parsed(env, MAX_CONNECTIONS, 16_384)?,
+                header_read_timeout: millis(env, HEADER_READ_TIMEOUT_MS, Duration::from_secs(10))?,
+            },
+            // 10,000 slow streams measured within a sidecar's memory (docs/performance.md).
+            max_concurrent_requests: parsed(env, MAX_CONCURRENT_REQUESTS, 10_000)?,
             upstream: UpstreamSettings {
                 connect_timeout: millis(env, CONNECT_TIMEOUT_MS, defaults.connect_timeout)?,
                 request_timeout: millis(env, UPSTREAM_TIMEOUT_MS, defaults.request_timeout)?,
                 pool_idle_timeout: defaults.pool_idle_timeout,
                 extra_roots_pem: None,
+                max_answer_bytes: parsed(env, MAX_ANSWER_BYTES, defaults.max_answer_bytes)?,
             },
             // Below Kubernetes' default 30 s termination grace period.
             drain_timeout: millis(env, DRAIN_TIMEOUT_MS, Duration::from_secs(25))?,
@@ -239,6 +284,19 @@ impl Settings {
                     value,
                     reason,
                 })?),
+            },
+            traces: TraceSettings::from_env(|name| env.get(name)).map_err(|e| SettingsError::Invalid {
+                name: e.name,
+                value: e.value,
+                reason: e.reason,
+            })?,
+            eval: SinkSettings {
+                file: env.get(EVAL_FILE).filter(|f| !f.is_empty()).map(PathBuf::from),
+                file_max_bytes: parsed(env, EVAL_FILE_MAX_BYTES, 64 * 1024 * 1024)?,
+                file_keep: parsed(env, EVAL_FILE_KEEP, 3)?,
+                url: env.get(EVAL_URL).filter(|u| !u.trim().is_empty()),
+                queue: parsed(env, EVAL_QUEUE, 1000)?,
+                batch: parsed(env, EVAL_BATCH, 100)?,
             },
             state_file: env.get(STATE_FILE).filter(|f| !f.is_empty()).map(PathBuf::from),
             sync: match env.get(SYNC_URL).filter(|u| !u.trim().is_empty()) {
@@ -267,7 +325,7 @@ impl Settings {
             cache_max_bytes: parsed(env, CACHE_MAX_BYTES, 32 * 1024 * 1024)?,
             log_filter: env.get(LOG).unwrap_or_else(|| "info".to_owned()),
             log_format,
-            redactor: Arc::new(MaskSecrets),
+            redactor: Arc::new(MaskSecrets::default()),
         })
     }
 }

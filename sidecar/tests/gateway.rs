@@ -111,12 +111,12 @@ async fn models_probes_and_metrics_describe_what_is_served() {
 }
 
 #[tokio::test]
-async fn a_route_with_fields_not_supported_yet_is_refused_with_the_reason() {
+async fn a_route_with_an_unusable_field_is_refused_with_the_reason() {
     let yaml = [
         provider("mock", MOCK),
         route(
             "smart",
-            "{targets: [{provider: mock, model: m}], mirror: {target: {provider: mock, model: c}, percent: 5}}",
+            "{targets: [{provider: mock, model: m}], mirror: {target: {provider: mock, model: c}, percent: 150}}",
         ),
         route("plain", "{targets: [{provider: mock, model: m}]}"),
     ]
@@ -126,7 +126,7 @@ async fn a_route_with_fields_not_supported_yet_is_refused_with_the_reason() {
     assert_eq!(status, 404);
     let message = body["error"]["message"].as_str().expect("message");
     assert!(
-        message.contains("spec.mirror: mirroring is not supported yet"),
+        message.contains("spec.mirror.percent: must be from 0 to 100"),
         "{message}"
     );
     assert_eq!(

@@ -99,6 +99,7 @@ fn injected_pod(cluster: &Cluster) -> Pod {
         operator_namespace: "llmesh-system".to_owned(),
         resources: Resources::default(),
         sync: None,
+        otel_endpoint: None,
     };
     let Mutation::Inject { patch, warnings } = mutate(&pod, &namespace, &settings) else {
         panic!("the pod asks for the sidecar");

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -37,6 +37,15 @@ pub enum Behavior {
     ContextWindowExceeded,
     /// The provider's content-filter refusal.
     ContentFilter,
+    /// Answer 200 and stream chunks without end (one every 5 ms) until the
+    /// client goes away; a complete answer's JSON never closes.
+    Endless,
+    /// Answer 200 with the headers, then send nothing, ever.
+    HeadersThenSilence,
+    /// Stream an event whose text is not UTF-8 after the first chunk.
+    InvalidUtf8,
+    /// A complete answer of this many bytes (padding in the text).
+    OversizedBodyBytes(usize),
 }
 
 /// One request the mock received.
@@ -68,6 +77,7 @@ impl Call {
 pub struct State {
     calls: Mutex<Vec<Call>>,
     script: Mutex<VecDeque<Behavior>>,
+    released: Mutex<Vec<Instant>>,
 }
 
 impl State {
@@ -86,6 +96,46 @@ impl State {
     pub fn calls(&self) -> Vec<Call> {
         self.calls.lock().clone()
     }
+
+    /// When each unfinished answer body (`Endless`, `HeadersThenSilence`)
+    /// was dropped: the moment the client's connection was seen to go.
+    pub fn released(&self) -> Vec<Instant> {
+        self.released.lock().clone()
+    }
+}
+
+/// Notes the moment an answer body is dropped.
+#[derive(Debug)]
+struct NoteRelease(Arc<State>);
+
+impl Drop for NoteRelease {
+    fn drop(&mut self) {
+        self.0.released.lock().push(Instant::now());
+    }
+}
+
+/// A body that repeats `piece` every 5 ms for ever, noting in `state` when
+/// the client stops reading it.
+pub fn endless_body(state: Arc<State>, head: Bytes, piece: Bytes) -> axum::body::Body {
+    let stream = async_stream::stream! {
+        let _note = NoteRelease(state);
+        yield Ok::<Bytes, std::io::Error>(head);
+        loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            yield Ok(piece.clone());
+        }
+    };
+    axum::body::Body::from_stream(stream)
+}
+
+/// A body that never sends a byte, noting in `state` when the client gives up.
+pub fn silent_body(state: Arc<State>) -> axum::body::Body {
+    let stream = async_stream::stream! {
+        let _note = NoteRelease(state);
+        futures::future::pending::<()>().await;
+        yield Ok::<Bytes, std::io::Error>(Bytes::new());
+    };
+    axum::body::Body::from_stream(stream)
 }
 
 /// A running mock.

@@ -4,15 +4,17 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::mock_server::{Behavior, MockServer, State, broken_body, last_user_text, pace, pieces, sse};
+use crate::mock_server::{
+    Behavior, MockServer, State, broken_body, endless_body, last_user_text, pace, pieces, silent_body, sse,
+};
 
 /// What the mock answers: `Hello from openai: <last user message>`.
 pub fn reply_text(request: &Value) -> String {
@@ -31,6 +33,7 @@ pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/moderations", post(moderations))
         .route("/openai/deployments/{deployment}/chat/completions", post(chat))
         .route("/openai/deployments/{deployment}/embeddings", post(embeddings))
         .with_state(state)
@@ -124,8 +127,35 @@ async fn chat(
         "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}
     });
     let finish = if tool_call.is_some() { "tool_calls" } else { "stop" };
+    let stream = request["stream"].as_bool() == Some(true);
+    match behavior {
+        Behavior::HeadersThenSilence => {
+            return (
+                [(
+                    "content-type",
+                    if stream {
+                        "text/event-stream"
+                    } else {
+                        "application/json"
+                    },
+                )],
+                silent_body(state),
+            )
+                .into_response();
+        }
+        Behavior::Endless if !stream => {
+            let head = Bytes::from_static(b"{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"");
+            let body = endless_body(state, head, Bytes::from_static(b"more and more "));
+            return ([("content-type", "application/json")], body).into_response();
+        }
+        _ => {}
+    }
+    let text = match behavior {
+        Behavior::OversizedBodyBytes(bytes) => "x".repeat(bytes),
+        _ => text,
+    };
 
-    if request["stream"].as_bool() != Some(true) {
+    if !stream {
         let message = match &tool_call {
             Some(call) => {
                 json!({"role": "assistant", "content": null, "tool_calls": [call], "refusal": null})
@@ -171,9 +201,21 @@ async fn chat(
                 .map(|p| chunk(json!({"content": p}), None)),
         ),
     }
-    if let Behavior::CutStream(after) = behavior {
-        frames.truncate(after + 1);
-        return sse_response(broken_body(frames));
+    match behavior {
+        Behavior::CutStream(after) => {
+            frames.truncate(after + 1);
+            return sse_response(broken_body(frames));
+        }
+        Behavior::Endless => {
+            let piece = frames.get(1).cloned().unwrap_or_default();
+            return sse_response(endless_body(state, frames.swap_remove(0), piece));
+        }
+        Behavior::InvalidUtf8 => {
+            let mut invalid = b"data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"".to_vec();
+            invalid.extend_from_slice(b"\xff\xfe\xfd\"}}]}\n\n");
+            frames.insert(1, Bytes::from(invalid));
+        }
+        _ => {}
     }
     frames.push(chunk(json!({}), Some(finish)));
     if request["stream_options"]["include_usage"].as_bool() == Some(true) {
@@ -186,6 +228,41 @@ async fn chat(
     sse_response(Body::from_stream(futures::stream::iter(
         frames.into_iter().map(Ok::<Bytes, std::io::Error>),
     )))
+}
+
+/// Text the moderation mock flags, so tests can ask for a flagged verdict.
+pub const MODERATION_FLAG: &str = "FLAG-ME";
+
+/// OpenAI's `/v1/moderations`: flags an input containing [`MODERATION_FLAG`];
+/// scripted behaviors (`hang`, `{"status": 500}`) apply as to chat calls.
+async fn moderations(
+    AxumState(state): AxumState<Arc<State>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let behavior = pace(state.record(uri.to_string(), headers, body.clone())).await;
+    if let Some(response) = failure(&behavior) {
+        return response;
+    }
+    let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let inputs: Vec<String> = match &request["input"] {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let results: Vec<Value> = inputs
+        .iter()
+        .map(|input| {
+            let flagged = input.contains(MODERATION_FLAG);
+            json!({"flagged": flagged, "categories": {"harassment": flagged}, "category_scores": {"harassment": if flagged { 0.97 } else { 0.01 }}})
+        })
+        .collect();
+    let model = request["model"].as_str().unwrap_or("omni-moderation-latest");
+    Json(json!({"id": "modr-mock", "model": model, "results": results})).into_response()
 }
 
 /// An SSE response with the headers providers send.

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::manifests::Manifests;
+use crate::resources::{Detector, GuardrailPhase, MessageRole, ModerationFailureMode};
 
 const MOCK: &str = "
 apiVersion: llmesh.io/v1alpha1
@@ -107,9 +108,13 @@ fn invalid_resources_are_reported_with_their_field() {
             &["spec.mock.perToken: duration \"5d\" has unknown unit"],
         ),
         (
-            "fields of later releases are named, not ignored",
-            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: a}], mirror: {target: {provider: mock, model: d}, percent: 5}}")),
-            &["spec.mirror: mirroring is not supported yet"],
+            "mirror and eval sampling shares and candidates are checked",
+            format!("{MOCK}{}", route("smart", "{targets: [{provider: mock, model: a}], mirror: {target: {provider: nope, model: d}, percent: 101}, evalSampling: {percent: -1}}")),
+            &[
+                "spec.evalSampling.percent: must be from 0 to 100",
+                "spec.mirror.percent: must be from 0 to 100",
+                "spec.mirror.target.provider: ProviderSecret nope does not exist",
+            ],
         ),
         (
             "prompt caching is for anthropic",
@@ -655,4 +660,101 @@ fn cache_settings_compile_with_defaults_and_off_means_absent() {
         assert_eq!(compiled.problems, vec![], "{settings}");
         assert_eq!(&compiled.config.routes["smart"].cache, expected, "{settings}");
     }
+}
+
+#[test]
+fn guardrails_report_their_bad_fields() {
+    // (case, guardrails, expected problem substrings; empty means valid)
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "pii redaction",
+            "[{name: pii, action: redact, detect: [email, creditCard]}]",
+            &[],
+        ),
+        (
+            "moderation with a provider key",
+            "[{name: mod, phase: request, action: block, moderation: {url: 'http://m/v1/moderations', provider: openai, timeout: 300ms, failureMode: open}}]",
+            &[],
+        ),
+        (
+            "nothing to look for",
+            "[{name: empty, action: flag}]",
+            &["spec.guardrails[0]: needs something to look for"],
+        ),
+        (
+            "duplicate names",
+            "[{name: a, action: flag, words: [x]}, {name: a, action: block, words: [y]}]",
+            &["spec.guardrails[1].name: \"a\" is used twice"],
+        ),
+        (
+            "bad regex",
+            "[{name: p, action: redact, patterns: [{name: ticket, regex: 'TCK-[0-9'}]}]",
+            &["spec.guardrails[0].patterns[0].regex"],
+        ),
+        (
+            "empty word",
+            "[{name: w, action: block, words: ['  ']}]",
+            &["spec.guardrails[0].words: words must not be empty"],
+        ),
+        (
+            "moderation on answers",
+            "[{name: m, action: block, moderation: {url: 'http://m/x'}}]",
+            &["spec.guardrails[0].moderation: moderation runs on prompts only"],
+        ),
+        (
+            "moderation key from a missing provider",
+            "[{name: m, phase: request, action: block, moderation: {url: 'http://m/x', provider: nope}}]",
+            &["spec.guardrails[0].moderation.provider: ProviderSecret nope does not exist"],
+        ),
+        (
+            "moderation cannot redact",
+            "[{name: m, phase: request, action: redact, moderation: {url: 'http://m/x'}}]",
+            &["spec.guardrails[0].moderation: a moderation verdict has nothing to redact"],
+        ),
+        (
+            "moderation timeout zero",
+            "[{name: m, phase: request, action: block, moderation: {url: 'http://m/x', timeout: 0s}}]",
+            &["spec.guardrails[0].moderation.timeout: must be greater than zero"],
+        ),
+    ];
+    for (case, guardrails, expected) in cases {
+        let spec = format!("{{targets: [{{provider: openai, model: m}}], guardrails: {guardrails}}}");
+        let compiled = compile_yaml(&format!("{OPENAI}{}", route("guarded", &spec)), None);
+        let got = messages(&compiled);
+        assert_eq!(got.len(), expected.len(), "{case}: {got:#?}");
+        for want in *expected {
+            assert!(
+                got.iter().any(|g| g.contains(want)),
+                "{case}: no problem contains {want:?} in {got:#?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn guardrails_compile_with_defaults_and_key_references_only() {
+    let spec = "{targets: [{provider: openai, model: m}], guardrails: [
+        {name: pii, action: redact, detect: [iban, email, email], roles: [user, tool]},
+        {name: mod, phase: request, action: block, moderation: {url: 'http://m/v1/moderations', provider: openai}}]}";
+    let compiled = compile_yaml(&format!("{OPENAI}{}", route("guarded", spec)), None);
+    assert_eq!(messages(&compiled), Vec::<String>::new());
+    let guardrails = &compiled.config.routes["guarded"].guardrails;
+    assert_eq!(guardrails[0].phase, GuardrailPhase::Both);
+    assert_eq!(guardrails[0].detect, vec![Detector::Email, Detector::Iban]);
+    assert_eq!(guardrails[0].roles, vec![MessageRole::User, MessageRole::Tool]);
+    let moderation = guardrails[1].moderation.as_ref().expect("moderation");
+    assert_eq!(moderation.timeout_ms, 2_000);
+    assert_eq!(moderation.failure_mode, ModerationFailureMode::Closed);
+    assert_eq!(
+        moderation.api_key,
+        Some(CredentialRef {
+            secret: "openai-key".into(),
+            key: "apiKey".into()
+        })
+    );
+    let json = serde_json::to_string(&compiled.config).expect("json");
+    assert!(
+        !json.contains("sk-test"),
+        "the key's value never enters the config"
+    );
 }

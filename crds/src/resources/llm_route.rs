@@ -68,10 +68,17 @@ pub struct LLMRouteSpec {
     /// A share of traffic copied to a candidate model for offline evaluation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Mirror>,
+    /// A share of requests written, with their answers, to the pod's eval sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_sampling: Option<EvalSampling>,
     /// Also write prompts and answers into the access log (default off),
     /// after the sidecar's redaction hook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_content: Option<bool>,
+    /// Checks on prompts and answers, in order (at most 32).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub guardrails: Vec<super::Guardrail>,
 }
 
 /// What the operator reports about a route.
@@ -374,4 +381,21 @@ pub struct Mirror {
     /// Percent of requests copied, 0 to 100.
     #[schemars(range(min = 0.0, max = 100.0))]
     pub percent: f64,
+    /// Whether the candidate's spend counts against the caller's budget
+    /// (default false: shadow spend is only reported, labelled apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_budget: Option<bool>,
+}
+
+/// Sampling of real traffic for offline evaluation.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EvalSampling {
+    /// Percent of requests sampled, 0 to 100; the same request id is
+    /// always sampled the same way.
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub percent: f64,
+    /// At most this many records per minute from this route, per pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_minute: Option<u32>,
 }

@@ -394,6 +394,7 @@ mod tests {
             operator_namespace: "llmesh-system".to_owned(),
             resources: super::super::mutate::Resources::default(),
             sync: None,
+            otel_endpoint: None,
         }
     }
 

@@ -19,10 +19,11 @@ use llmesh_crds::injection::{
     ADMIN_ADDR, ADMIN_PORT, ADMIN_PORT_NAME, API_PORT, CONFIG_FILE, CONFIG_KEY, CONFIG_MOUNT_DIR,
     CONTAINER_NAME, CPU_LIMIT_ANNOTATION, CPU_REQUEST_ANNOTATION, DEFAULT_VIRTUAL_KEY, DISABLED, ENABLED,
     HEALTHZ_PATH, INJECT_ANNOTATION, INJECTED_LABEL, LISTEN_ADDR, MEMORY_LIMIT_ANNOTATION,
-    MEMORY_REQUEST_ANNOTATION, METRICS_PATH, POD_NAME, POD_ROUTES, PORT_ANNOTATION, READYZ_PATH,
-    ROUTES_ANNOTATION, SECRETS_DIR, SECRETS_MOUNT_DIR, SIDECAR_HASH_ANNOTATION, STATE_FILE, STATE_FILE_NAME,
-    STATE_MOUNT_DIR, SYNC_CA, SYNC_TOKEN_FILE, SYNC_TOKEN_KEY, SYNC_TOKEN_MOUNT_DIR, SYNC_TOKEN_SECONDS,
-    SYNC_URL, VIRTUAL_KEY_ANNOTATION, WORKLOAD_NAME, WORKLOAD_NAMESPACE, parse_route_list,
+    MEMORY_REQUEST_ANNOTATION, METRICS_PATH, OTEL_ENDPOINT_ANNOTATION, POD_NAME, POD_ROUTES, PORT_ANNOTATION,
+    READYZ_PATH, ROUTES_ANNOTATION, SECRETS_DIR, SECRETS_MOUNT_DIR, SIDECAR_HASH_ANNOTATION, STATE_FILE,
+    STATE_FILE_NAME, STATE_MOUNT_DIR, SYNC_CA, SYNC_TOKEN_FILE, SYNC_TOKEN_KEY, SYNC_TOKEN_MOUNT_DIR,
+    SYNC_TOKEN_SECONDS, SYNC_URL, VIRTUAL_KEY_ANNOTATION, WORKLOAD_NAME, WORKLOAD_NAMESPACE,
+    parse_route_list,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -58,6 +59,9 @@ pub struct InjectionSettings {
     pub operator_namespace: String,
     /// Sidecar resources when the pod's annotations name none.
     pub resources: Resources,
+    /// The OTLP collector every sidecar exports traces to, unless its pod's
+    /// annotation names another; `None`: no tracing.
+    pub otel_endpoint: Option<String>,
     /// The sync channel the sidecar connects to (none: no sync).
     pub sync: Option<SyncInjection>,
 }
@@ -303,6 +307,7 @@ impl InjectionSettings {
             resources: self.resources.clone(),
             virtual_key: None,
             routes: None,
+            otel_endpoint: self.otel_endpoint.clone(),
         };
         let container = sidecar_container(self, &reference, &overrides, "reference");
         let digest = Sha256::digest(serde_json::to_vec(&container).unwrap_or_default());
@@ -318,6 +323,8 @@ struct Overrides {
     virtual_key: Option<String>,
     /// The pod's route aliases, comma-separated, as the sidecar reads them.
     routes: Option<String>,
+    /// Where its sidecar exports traces.
+    otel_endpoint: Option<String>,
 }
 
 impl Overrides {
@@ -361,9 +368,20 @@ impl Overrides {
                     None
                 }
             });
+        let otel_endpoint = match annotation(&pod.metadata, OTEL_ENDPOINT_ANNOTATION) {
+            None => settings.otel_endpoint.clone(),
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url.to_owned()),
+            Some(value) => {
+                warnings.push(format!(
+                    "llmesh: {OTEL_ENDPOINT_ANNOTATION}={value:?} is not an http(s) URL; using the default"
+                ));
+                settings.otel_endpoint.clone()
+            }
+        };
         Self {
             api_port,
             resources,
+            otel_endpoint,
             virtual_key: annotation(&pod.metadata, VIRTUAL_KEY_ANNOTATION)
                 .filter(|k| !k.is_empty())
                 .map(str::to_owned),
@@ -464,6 +482,16 @@ fn sidecar_container(
             format!("{SYNC_TOKEN_MOUNT_DIR}/{SYNC_TOKEN_KEY}"),
         ));
         env.push(value_env(SYNC_CA, sync.ca_pem.clone()));
+    }
+    if let Some(endpoint) = &overrides.otel_endpoint {
+        // Spans name the workload and pod; `$(…)` is the kubelet's expansion
+        // of the variable set above.
+        env.push(value_env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()));
+        env.push(value_env("OTEL_SERVICE_NAME", workload.to_owned()));
+        env.push(value_env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            format!("k8s.namespace.name={},k8s.pod.name=$({POD_NAME})", namespace.name),
+        ));
     }
     let mut mounts = vec![
         VolumeMount {
@@ -753,6 +781,7 @@ mod tests {
             operator_namespace: "llmesh-system".to_owned(),
             resources: Resources::default(),
             sync: None,
+            otel_endpoint: None,
         }
     }
 

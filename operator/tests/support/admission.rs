@@ -37,6 +37,7 @@ pub fn settings(native: bool) -> InjectionSettings {
             url: SYNC_URL.to_owned(),
             ca_pem: SYNC_CA.to_owned(),
         }),
+        otel_endpoint: None,
     }
 }
 

@@ -25,7 +25,7 @@ use futures::Stream;
 use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
 use http::uri::Scheme;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
@@ -51,6 +51,9 @@ pub struct UpstreamSettings {
     /// CA certificates (PEM) trusted besides the system's, e.g. the
     /// operator's own CA for the sync channel.
     pub extra_roots_pem: Option<String>,
+    /// The largest complete (not streamed) answer read; a larger one is an
+    /// invalid response rather than memory the pod runs out of.
+    pub max_answer_bytes: usize,
 }
 
 impl Default for UpstreamSettings {
@@ -64,6 +67,8 @@ impl Default for UpstreamSettings {
             // Below the 120 s most provider load balancers idle out at.
             pool_idle_timeout: Duration::from_secs(90),
             extra_roots_pem: None,
+            // Room for a batch of 2,048 large embeddings as JSON text.
+            max_answer_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -100,6 +105,7 @@ pub struct UpstreamClient {
     pool: Arc<Pool>,
     proxies: Arc<Matcher>,
     request_timeout: Duration,
+    max_answer_bytes: usize,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -135,9 +141,14 @@ impl UpstreamClient {
                 proxies: proxies.clone(),
             });
         Ok(Self {
-            pool: Arc::new(Pool::new(connector, settings.pool_idle_timeout)),
+            pool: Arc::new(Pool::new(
+                connector,
+                settings.connect_timeout,
+                settings.pool_idle_timeout,
+            )),
             proxies,
             request_timeout: settings.request_timeout,
+            max_answer_bytes: settings.max_answer_bytes,
         })
     }
 
@@ -171,6 +182,11 @@ impl UpstreamClient {
             return Err(ProviderError::new(ErrorKind::BadRequest, invalid));
         }
         let mut headers = request.headers;
+        if let Some(parent) = crate::telemetry::upstream_traceparent()
+            && let Ok(value) = HeaderValue::from_str(&parent)
+        {
+            headers.insert(crate::telemetry::context::TRACEPARENT, value);
+        }
         if request.uri.scheme() == Some(&Scheme::HTTP)
             && let Some(proxy) = self.proxies.intercept(&request.uri)
             && let Some(auth) = proxy.basic_auth()
@@ -194,6 +210,7 @@ impl UpstreamClient {
         let response = UpstreamResponse {
             response,
             deadline,
+            max_bytes: self.max_answer_bytes,
             lease: lease.map(Box::new),
         };
         let status = response.status();
@@ -212,19 +229,26 @@ impl UpstreamClient {
     /// Reads a whole success body.
     ///
     /// # Errors
-    /// The body broke off or outlasted the request timeout.
+    /// The body broke off, outlasted the request timeout, or is over the
+    /// size limit.
     pub async fn body(response: UpstreamResponse) -> Result<Bytes, ProviderError> {
         let UpstreamResponse {
             response,
             deadline,
+            max_bytes,
             lease,
         } = response;
-        let read = tokio::time::timeout_at(deadline, response.into_body().collect()).await;
+        let body = Limited::new(response.into_body(), max_bytes);
+        let read = tokio::time::timeout_at(deadline, body.collect()).await;
         // The connection is free for the next request.
         drop(lease);
         match read {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(error)) => Err(transport_error(ErrorKind::BrokenAnswer, &error)),
+            Ok(Err(error)) if error.is::<LengthLimitError>() => Err(ProviderError::new(
+                ErrorKind::InvalidResponse,
+                format!("the upstream's answer is larger than the limit of {max_bytes} bytes"),
+            )),
+            Ok(Err(error)) => Err(transport_error(ErrorKind::BrokenAnswer, &*error)),
             Err(_) => Err(timed_out_reading()),
         }
     }
@@ -297,6 +321,8 @@ pub struct UpstreamResponse {
     response: http::Response<Incoming>,
     /// When the request timeout runs out, reading included.
     deadline: Instant,
+    /// The largest complete answer read.
+    max_bytes: usize,
     /// The HTTP/1.1 connection the body arrives on, back to the pool when
     /// this is dropped (boxed: an error answer, the other variant of
     /// [`Answer`], has no use for the room).
@@ -321,6 +347,7 @@ impl UpstreamResponse {
             response,
             deadline,
             lease,
+            ..
         } = self;
         let mut body = response.into_body();
         async_stream::stream! {

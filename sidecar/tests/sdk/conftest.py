@@ -245,6 +245,14 @@ CACHED_ALIAS = "openai-cached-route"
 SEMANTIC_ALIAS = "mock-semantic-route"
 # Anthropic first, OpenAI when Anthropic fails: a fallback across wire formats.
 CROSS_FAMILY_ALIAS = "anthropic-then-openai-route"
+# Guardrails in front of OpenAI's mock (which echoes the prompt, so what it
+# received and what it answers can be inspected): emails redacted and
+# injections blocked in prompts, cards redacted in answers, behind a cache
+# and with content logging, so neither may hold the unredacted text.
+GUARDED_ALIAS = "openai-guarded-route"
+# Moderation by OpenAI's mock `/v1/moderations`, failing open or closed.
+MODERATED_ALIASES = {"open": "openai-moderated-open-route", "closed": "openai-moderated-closed-route"}
+MODERATION_TIMEOUT = "500ms"
 
 
 def manifests(mock_url: str) -> list[dict]:
@@ -273,7 +281,32 @@ def manifests(mock_url: str) -> list[dict]:
         "retries": {"attempts": 1},
         "circuitBreaker": {"enabled": False},
     }
+    openai_target = [{"provider": "openai", "model": PROVIDERS["openai"].model}]
+    guarded_spec = {
+        "targets": openai_target,
+        "cache": {"mode": "exact", "ttl": "10m"},
+        "logContent": True,
+        "guardrails": [
+            {"name": "pii", "phase": "request", "action": "redact", "detect": ["email"]},
+            {"name": "injection", "phase": "request", "action": "block", "detect": ["promptInjection"], "roles": ["user"]},
+            {"name": "cards", "phase": "response", "action": "redact", "detect": ["creditCard"]},
+        ],
+    }
     documents: list[dict] = [
+        _document("llmesh.io/v1alpha1", "LLMRoute", GUARDED_ALIAS, spec=guarded_spec),
+        *(
+            _document("llmesh.io/v1alpha1", "LLMRoute", alias, spec={
+                "targets": openai_target,
+                "guardrails": [{
+                    "name": "moderation", "phase": "request", "action": "block",
+                    "moderation": {
+                        "url": f"{mock_url}/openai/v1/moderations", "provider": "openai",
+                        "timeout": MODERATION_TIMEOUT, "failureMode": mode,
+                    },
+                }],
+            })
+            for mode, alias in MODERATED_ALIASES.items()
+        ),
         _document("llmesh.io/v1alpha1", "LLMRoute", CACHED_ALIAS, spec=cached_spec),
         _document("llmesh.io/v1alpha1", "LLMRoute", CROSS_FAMILY_ALIAS, spec=cross_family_spec),
         _document("llmesh.io/v1alpha1", "LLMRoute", SEMANTIC_ALIAS, spec=semantic_spec),

@@ -244,8 +244,8 @@ def test_only_routes_that_opt_in_log_content_and_it_is_redacted(keyed):
     plain = [l for l in lines if l["route"] == "table"]
     assert len(logged) == 2 and len(plain) == 1, lines
     for line in logged:
-        assert line["prompt"] == "my key is [REDACTED] please"
-        assert line["answer"] == "Mock reply to: my key is [REDACTED] please"
+        assert line["prompt"] == "my key is [OPENAI_KEY] please"
+        assert line["answer"] == "Mock reply to: my key is [OPENAI_KEY] please"
         assert line["virtual_key"] == "team"
     assert streamed.startswith("Mock reply to: my key is sk-live"), "only the log is redacted"
     assert "prompt" not in plain[0] and "answer" not in plain[0]

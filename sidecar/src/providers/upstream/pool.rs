@@ -38,10 +38,20 @@ type Body = Full<Bytes>;
 /// The connections of one sidecar, by destination.
 pub(super) struct Pool {
     connector: Connector,
+    /// For the whole connection set-up: TCP, proxy CONNECT and the TLS
+    /// handshake (the TCP connector's own timeout covers only the first).
+    connect_timeout: Duration,
     idle_timeout: Duration,
     /// A handful of upstreams per sidecar: a list beats hashing the key.
     hosts: Mutex<Vec<Host>>,
+    /// Started with the first connection: closes idle ones even when no
+    /// request comes to check them out (an upstream a reload dropped, or a
+    /// quiet night), so their sockets and memory are not held for ever.
+    reaper: std::sync::Once,
 }
+
+/// The reaper's shortest period: a tiny idle timeout (in tests) must not spin it.
+const MIN_REAP_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The connections to one scheme and authority.
 struct Host {
@@ -131,12 +141,51 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Pool {
-    pub(super) fn new(connector: Connector, idle_timeout: Duration) -> Self {
+    pub(super) fn new(connector: Connector, connect_timeout: Duration, idle_timeout: Duration) -> Self {
         Self {
             connector,
+            connect_timeout,
             idle_timeout,
             hosts: Mutex::new(Vec::new()),
+            reaper: std::sync::Once::new(),
         }
+    }
+
+    /// Closes idle connections past the timeout every half timeout, so none
+    /// outlives it by more than half; ends with the pool.
+    fn reap_in_background(self: &Arc<Self>) {
+        self.reaper.call_once(|| {
+            let pool = Arc::downgrade(self);
+            let every = (self.idle_timeout / 2).max(MIN_REAP_INTERVAL);
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    let Some(pool) = pool.upgrade() else { return };
+                    pool.reap();
+                }
+            });
+        });
+    }
+
+    /// Drops closed connections and idle ones past the timeout.
+    fn reap(&self) {
+        let now = Instant::now();
+        for host in self.hosts.lock().iter_mut() {
+            host.idle.retain(|idle| self.usable(idle, now));
+            if host
+                .shared
+                .as_ref()
+                .is_some_and(|shared| shared.sender.is_closed())
+            {
+                host.shared = None;
+            }
+        }
+    }
+
+    fn usable(&self, idle: &Idle, now: Instant) -> bool {
+        !idle.connection.sender.is_closed() && now.duration_since(idle.since) < self.idle_timeout
     }
 
     /// Sends `request` (with an absolute URI) on a pooled connection or a
@@ -153,7 +202,10 @@ impl Pool {
         let uri = request.uri().clone();
         let (mut checkout, mut reused) = match self.checkout(&destination) {
             Some(checkout) => (checkout, true),
-            None => (self.connect(&destination).await?, false),
+            None => {
+                self.reap_in_background();
+                (self.connect(&destination).await?, false)
+            }
         };
         loop {
             let sent = match &mut checkout {
@@ -210,9 +262,7 @@ impl Pool {
             host.shared = None;
         }
         let now = Instant::now();
-        host.idle.retain(|idle| {
-            !idle.connection.sender.is_closed() && now.duration_since(idle.since) < self.idle_timeout
-        });
+        host.idle.retain(|idle| self.usable(idle, now));
         // The most recently used first: the likeliest to be open at the far end.
         let ready = host
             .idle
@@ -246,7 +296,15 @@ impl Pool {
     /// Connects (TCP, proxy, TLS with ALPN), shakes hands in the protocol
     /// the upstream chose and starts the connection's task.
     async fn open(&self, destination: &Destination) -> Result<Checkout, BoxError> {
-        let io = self.connector.clone().oneshot(destination.uri()?).await?;
+        let connecting = self.connector.clone().oneshot(destination.uri()?);
+        let io = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| {
+                format!(
+                    "no connection within {:?} (TCP, proxy and TLS)",
+                    self.connect_timeout
+                )
+            })??;
         let connected = io.connected();
         let via_proxy = connected.is_proxied();
         if connected.is_negotiated_h2() {
@@ -320,17 +378,30 @@ mod tests {
 
     /// An upstream on loopback that counts the connections it accepts.
     async fn upstream(behaviour: Upstream) -> (SocketAddr, Arc<AtomicUsize>) {
+        let (address, accepted, _) = counted_upstream(behaviour).await;
+        (address, accepted)
+    }
+
+    /// An upstream on loopback that counts the connections it accepts and
+    /// those still open.
+    async fn counted_upstream(behaviour: Upstream) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let (counter, still_open) = (accepted.clone(), open.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(tcp, behaviour));
+                still_open.fetch_add(1, Ordering::SeqCst);
+                let still_open = still_open.clone();
+                tokio::spawn(async move {
+                    serve(tcp, behaviour).await;
+                    still_open.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
-        (address, accepted)
+        (address, accepted, open)
     }
 
     async fn serve(mut tcp: tokio::net::TcpStream, behaviour: Upstream) {
@@ -431,6 +502,28 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(120)).await;
         ask(&client, address).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_without_another_request() {
+        let (address, _, open) = counted_upstream(Upstream::KeepsAlive {
+            delay: Duration::ZERO,
+        })
+        .await;
+        let client = client(Duration::from_millis(100));
+        futures::future::join_all((0..3).map(|_| ask(&client, address))).await;
+        assert_eq!(open.load(Ordering::SeqCst), 3, "kept alive after the answers");
+        // Timeout and a half, plus the close reaching the upstream.
+        let mut waited = Duration::ZERO;
+        while open.load(Ordering::SeqCst) > 0 && waited < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += Duration::from_millis(10);
+        }
+        assert_eq!(open.load(Ordering::SeqCst), 0, "closed by the pool on its own");
+        assert!(
+            waited >= Duration::from_millis(50),
+            "not before the idle timeout: {waited:?}"
+        );
     }
 
     #[test]

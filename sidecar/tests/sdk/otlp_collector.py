@@ -1,0 +1,114 @@
+"""A real OTLP/HTTP trace receiver for tests: decodes each export with the
+`opentelemetry-proto` package (not llmesh's own encoder) and keeps the spans."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+
+def plain(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [plain(v) for v in value.array_value.values]
+    return getattr(value, kind) if kind else None
+
+
+@dataclass
+class Span:
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: int
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    events: list[tuple[str, dict[str, Any]]]
+    status_code: int
+    resource: dict[str, Any]
+
+
+class Collector:
+    """`POST /v1/traces` on loopback. `hang` makes it accept connections and never answer."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.content_types: list[str] = []
+        self.hang = False
+        self._lock = threading.Lock()
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if collector.hang:
+                    time.sleep(30)
+                    return
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                collector.receive(request, self.headers.get("content-type", ""))
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200 if self.path == "/v1/traces" else 404)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        # A hung export the sidecar gave up on ends in a broken pipe: expected, not news.
+        self.server.handle_error = lambda *_: None
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def receive(self, request: ExportTraceServiceRequest, content_type: str) -> None:
+        with self._lock:
+            self.content_types.append(content_type)
+            for resource_spans in request.resource_spans:
+                resource = {a.key: plain(a.value) for a in resource_spans.resource.attributes}
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        self.spans.append(
+                            Span(
+                                trace_id=span.trace_id.hex(),
+                                span_id=span.span_id.hex(),
+                                parent_span_id=span.parent_span_id.hex(),
+                                name=span.name,
+                                kind=span.kind,
+                                start_ns=span.start_time_unix_nano,
+                                end_ns=span.end_time_unix_nano,
+                                attributes={a.key: plain(a.value) for a in span.attributes},
+                                events=[(e.name, {a.key: plain(a.value) for a in e.attributes}) for e in span.events],
+                                status_code=span.status.code,
+                                resource=resource,
+                            )
+                        )
+
+    def trace(self, trace_id: str, count: int, timeout: float = 10) -> list[Span]:
+        """The trace's spans, once at least `count` have arrived."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                found = [s for s in self.spans if s.trace_id == trace_id]
+            if len(found) >= count:
+                return found
+            time.sleep(0.02)
+        raise AssertionError(f"{len(found)} of {count} spans of trace {trace_id} arrived")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
