@@ -544,6 +544,25 @@ async fn an_anthropic_route_receives_a_messages_apps_request_as_sent() {
         Some("interleaved-thinking-2025-05-14")
     );
     assert_eq!(call.header("x-api-key"), Some("sk-ant-local-mock"));
+
+    // With extended thinking, the answer's signed thinking block reaches the app.
+    let thinking = sidecar
+        .post(
+            "/v1/messages",
+            &json!({"model": "claude", "max_tokens": 2048, "thinking": {"type": "enabled", "budget_tokens": 1024},
+                "messages": [{"role": "user", "content": "Lisbon"}]}),
+        )
+        .await;
+    assert_eq!(thinking.status(), 200);
+    let thinking: Value = thinking.json().await.expect("json");
+    let block = &thinking["content"][0];
+    assert_eq!(block["type"], "thinking");
+    let text = block["thinking"].as_str().expect("thinking text");
+    assert_eq!(
+        block["signature"].as_str(),
+        Some(llmesh_test_support::anthropic::thinking_signature(text).as_str())
+    );
+    assert_eq!(thinking["content"][1]["text"], "Hello from anthropic: Lisbon");
 }
 
 #[tokio::test]
