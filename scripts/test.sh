@@ -106,9 +106,13 @@ step "cargo clippy (deny warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo-deny ${CARGO_DENY_VERSION} (installed if missing)"
-# A cold install builds it (several minutes on 2 cores); then it is cached in ~/.cargo/bin.
+# A cold install builds it; then it is cached in ~/.cargo/bin. cargo-deny's
+# own release profile is fat LTO with one codegen unit (12-13 minutes on 2
+# cores); a policy check over our lock file needs none of that speed, so the
+# install builds without LTO and with parallel codegen.
 if [[ "$(cargo deny --version 2>/dev/null)" != "cargo-deny ${CARGO_DENY_VERSION}" ]]; then
-    cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked
+    CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
+        cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked
 fi
 cargo deny --version
 
