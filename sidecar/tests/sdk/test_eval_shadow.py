@@ -174,7 +174,7 @@ def test_ten_percent_of_a_thousand_requests_are_sampled_by_request_id(sampled):
 
 def test_a_record_is_complete_redacted_and_names_its_trace(sampled):
     trace_id, _, traceparent = app_context()
-    request_id, _ = sampled.ask(ALL, "my key is sk-proj-abcdef123456 thanks", traceparent=traceparent)
+    request_id, _ = sampled.ask(ALL, "my key is sk-proj-Abc123def456GHI789jkl012 thanks", traceparent=traceparent)
     (record,) = [r for r in sampled.wait_for(lambda rs: any(r["request_id"] == request_id for r in rs)) if r["request_id"] == request_id]
     assert record["kind"] == "primary"
     assert record["trace_id"] == trace_id
@@ -182,9 +182,9 @@ def test_a_record_is_complete_redacted_and_names_its_trace(sampled):
     assert record["status"] == 200 and record["finish_reasons"] == ["stop"]
     assert record["input_tokens"] > 0 and record["output_tokens"] > 0 and record["cost_usd"] > 0
     assert record["latency_ms"] >= 0
-    assert "sk-proj-abcdef123456" not in json.dumps(record)
-    assert record["prompt"] == "my key is [REDACTED] thanks"
-    assert "[REDACTED]" in record["answer"], "the mock echoes the prompt; the answer is redacted too"
+    assert "sk-proj-Abc123def456GHI789jkl012" not in json.dumps(record)
+    assert record["prompt"] == "my key is [OPENAI_KEY] thanks"
+    assert "[OPENAI_KEY]" in record["answer"], "the mock echoes the prompt; the answer is redacted too"
     # The span says the same request.
     spans = sampled.collector.trace(trace_id, 2)
     assert any(s.attributes.get("llmesh.request_id") == request_id for s in spans)

@@ -183,7 +183,7 @@ def test_every_inbound_format_is_traced(traced):
 def test_a_new_trace_starts_without_a_traceparent_and_content_events_are_redacted(traced):
     client = openai.OpenAI(base_url=f"{traced.url}/v1", api_key="unused", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model=LOGGED, messages=[{"role": "user", "content": "my key is sk-proj-abcdef123456"}]
+        model=LOGGED, messages=[{"role": "user", "content": "my key is sk-proj-Abc123def456GHI789jkl012"}]
     )
     request_id = raw.headers["x-llmesh-request-id"]
     calls = traced.calls("openai")
@@ -193,11 +193,11 @@ def test_a_new_trace_starts_without_a_traceparent_and_content_events_are_redacte
     assert request.parent_span_id == "", "a root span"
     assert request.attributes["llmesh.request_id"] == request_id
     events = dict(request.events)
-    assert "sk-proj-abcdef123456" not in events["gen_ai.user.message"]["content"]
-    assert "[REDACTED]" in events["gen_ai.user.message"]["content"]
+    assert "sk-proj-Abc123def456GHI789jkl012" not in events["gen_ai.user.message"]["content"]
+    assert "[OPENAI_KEY]" in events["gen_ai.user.message"]["content"]
     # The mock echoes the prompt: the answer passes the same redaction.
     answer = raw.parse().choices[0].message.content
-    assert events["gen_ai.choice"]["content"] == answer.replace("sk-proj-abcdef123456", "[REDACTED]")
+    assert events["gen_ai.choice"]["content"] == answer.replace("sk-proj-Abc123def456GHI789jkl012", "[OPENAI_KEY]")
 
 
 def median_latency(traced: Traced, count: int = 15) -> float:
