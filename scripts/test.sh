@@ -12,6 +12,12 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# CI builds each crate once: incremental caches would only cost disk (14 GB
+# of a cold target with them on).
+if [[ -n "${CI:-}" ]]; then
+    export CARGO_INCREMENTAL=0
+fi
+
 FUZZ_SECONDS="${LLMESH_FUZZ_SECONDS:-20}"
 VENV=.venv
 SDK_TESTS=sidecar/tests/sdk
