@@ -7,18 +7,20 @@
 //! becomes a few reconciles.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::runtime::controller::{Action, Config};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::runtime::reflector::{self, ObjectRef, reflector};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
 use llmesh_crds::{Budget, LLMRoute, ProviderSecret, VirtualKey};
 use parking_lot::RwLock;
+use serde::de::DeserializeOwned;
 
 use crate::metrics::Metrics;
 use crate::probes::Health;
@@ -36,6 +38,11 @@ pub const RESYNC: Duration = Duration::from_secs(600);
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Upper bound of the retry delay, so a fixed API server is noticed within minutes.
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How long one namespace's reconcile may take. The API client has no read
+/// timeout (watches are long reads), so a call the API server never answers
+/// would otherwise hold the namespace's reconcile, and every later change
+/// to it, forever.
+pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which Secrets each namespace's ProviderSecrets and VirtualKeys reference,
 /// as of its last reconcile: a Secret event re-reconciles its namespace only
@@ -173,8 +180,15 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
         // Not ours: no rights there, and nothing of it is watched.
         return Ok(Action::await_change());
     }
-    let outcome = namespace::reconcile(&ctx.client, &ns, |secrets| ctx.secrets.record(&name, secrets))
+    let reconciled = namespace::reconcile(&ctx.client, &ns, |secrets| ctx.secrets.record(&name, secrets));
+    let outcome = tokio::time::timeout(RECONCILE_TIMEOUT, reconciled)
         .await
+        .unwrap_or_else(|_| {
+            Err(Error::Timeout {
+                namespace: name.clone(),
+                after: RECONCILE_TIMEOUT,
+            })
+        })
         .inspect_err(|error| ctx.metrics.failed(started.elapsed(), error))?;
     ctx.metrics.succeeded(
         started.elapsed(),
@@ -216,6 +230,34 @@ pub fn error_policy(ns: Arc<Namespace>, error: &Error, ctx: Arc<Context>) -> Act
     Action::requeue(delay)
 }
 
+/// `api`'s objects as they change, for a trigger. Each watch backs off on
+/// its own and its errors end here: the controller's trigger backoff is one
+/// for all its watches and grows with every error, so when all of them
+/// expired at once (410 Gone) it stopped every watch for over two minutes.
+fn changes<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    logged(watcher(api, config).default_backoff().touched_objects())
+}
+
+/// `stream` without its errors, which are logged: the watcher lists or
+/// watches again after its backoff.
+fn logged<K: Send + 'static>(
+    stream: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    stream.filter_map(|change| async move {
+        change
+            .inspect_err(|error| tracing::warn!(%error, "watch failed; retrying after a backoff"))
+            .ok()
+            .map(Ok)
+    })
+}
+
 /// Runs the controller until SIGTERM or Ctrl-C, then lets running reconciles finish.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
@@ -229,32 +271,38 @@ pub async fn run(ctx: Arc<Context>) {
     // in them through one watch per watched namespace, or one for all. Each
     // watch's mapper counts the namespace it wakes as pending.
     let scope = &ctx.scope;
-    let mut controller = Controller::new(Api::<Namespace>::all(client.clone()), all());
+    let (namespaces, writer) = reflector::store();
+    let namespace_changes = reflector(writer, watcher(Api::<Namespace>::all(client.clone()), all()))
+        .default_backoff()
+        .applied_objects();
+    let mut controller = Controller::for_stream(logged(namespace_changes), namespaces);
     for api in scope.apis::<ConfigMap>(&client) {
         // Not `.owns`: it keys the owner in the child's namespace, which never
         // matches a (cluster-scoped) Namespace.
         let ctx = Arc::clone(&ctx);
-        controller = controller.watches(api, owned.clone(), move |cm| ctx.queued(namespace_key(&cm)));
+        controller = controller.watches_stream(changes(api, owned.clone()), move |cm| {
+            ctx.queued(namespace_key(&cm))
+        });
     }
     for api in scope.apis::<LLMRoute>(&client) {
         let ctx = Arc::clone(&ctx);
-        controller = controller.watches(api, all(), move |r| ctx.queued(namespace_key(&r)));
+        controller = controller.watches_stream(changes(api, all()), move |r| ctx.queued(namespace_key(&r)));
     }
     for api in scope.apis::<ProviderSecret>(&client) {
         let ctx = Arc::clone(&ctx);
-        controller = controller.watches(api, all(), move |p| ctx.queued(namespace_key(&p)));
+        controller = controller.watches_stream(changes(api, all()), move |p| ctx.queued(namespace_key(&p)));
     }
     for api in scope.apis::<VirtualKey>(&client) {
         let ctx = Arc::clone(&ctx);
-        controller = controller.watches(api, all(), move |k| ctx.queued(namespace_key(&k)));
+        controller = controller.watches_stream(changes(api, all()), move |k| ctx.queued(namespace_key(&k)));
     }
     for api in scope.apis::<Budget>(&client) {
         let ctx = Arc::clone(&ctx);
-        controller = controller.watches(api, all(), move |b| ctx.queued(namespace_key(&b)));
+        controller = controller.watches_stream(changes(api, all()), move |b| ctx.queued(namespace_key(&b)));
     }
     for api in scope.apis::<Secret>(&client) {
         let ctx = Arc::clone(&ctx);
-        controller = controller.watches(api, all(), move |s| {
+        controller = controller.watches_stream(changes(api, all()), move |s| {
             ctx.queued(ctx.secrets.namespace_to_reconcile(&s))
         });
     }

@@ -58,6 +58,18 @@ pub enum Error {
     /// Reading or writing the leader-election Lease failed.
     #[error("leader election Lease: {0}")]
     Lease(#[source] Box<kube::Error>),
+    /// The API server did not answer a Lease call within this long.
+    #[error("leader election Lease: no answer within {0:?}")]
+    LeaseTimeout(std::time::Duration),
+    /// A namespace reconcile did not finish within this long (an API call
+    /// that never answers); it is retried like any failure.
+    #[error("reconciling namespace {namespace}: not done within {after:?}")]
+    Timeout {
+        /// The namespace.
+        namespace: String,
+        /// The deadline.
+        after: std::time::Duration,
+    },
     /// A call of the sync channel's leader (its TLS Secret, its pod label,
     /// its state ConfigMap, resuming spend) failed.
     #[error("sync channel: {what}: {source}")]
@@ -91,7 +103,8 @@ impl Error {
             Self::WriteSecret { .. } => "write_secret",
             Self::Random(_) => "random",
             Self::Serialize(_) => "serialize",
-            Self::Lease(_) => "lease",
+            Self::Lease(_) | Self::LeaseTimeout(_) => "lease",
+            Self::Timeout { .. } => "timeout",
             Self::Sync { .. } => "sync",
         }
     }

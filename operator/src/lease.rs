@@ -4,8 +4,13 @@
 //!
 //! The decision is a pure function of the Lease and the clock
 //! ([`next_step`]); writes use the Lease's `resourceVersion`, so two
-//! candidates racing for an expired Lease cannot both win.
+//! candidates racing for an expired Lease cannot both win. A leader that
+//! cannot renew stops writing ([`Fence`]) before anyone else may take the
+//! Lease over.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -13,6 +18,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::PostParams;
 use kube::{Api, Client};
+use tokio::time::Instant;
 
 use crate::Error;
 
@@ -71,10 +77,94 @@ pub fn next_step(lease: Option<&Lease>, identity: &str, now: Timestamp) -> Step 
     }
 }
 
+/// Whether this replica may still act as the leader: until a renew deadline
+/// after the start of its last successful renewal. The deadline is shorter
+/// than the Lease's duration, so the replica stops before another candidate
+/// may see the Lease as expired (the rest is a margin for clock skew).
+#[derive(Clone, Debug, Default)]
+pub struct Leadership(Arc<parking_lot::Mutex<Option<Instant>>>);
+
+impl Leadership {
+    /// Whether the leadership is confirmed now.
+    pub fn is_held(&self) -> bool {
+        self.0.lock().is_some_and(|until| Instant::now() < until)
+    }
+
+    fn confirm(&self, until: Instant) {
+        *self.0.lock() = Some(until);
+    }
+
+    fn revoke(&self) {
+        *self.0.lock() = None;
+    }
+}
+
+/// The error a fenced call returns instead of reaching the API server.
+#[derive(Debug, thiserror::Error)]
+#[error("not the leader: the leader Lease is not confirmed, so no write is sent")]
+pub struct NotLeader;
+
+/// A `tower` layer for the leader's API client: writes (anything but
+/// GET, HEAD and OPTIONS) are refused unless [`Leadership::is_held`], so a
+/// reconcile that was mid-way when the Lease was lost writes nothing.
+#[derive(Clone, Debug)]
+pub struct Fence(Leadership);
+
+impl Fence {
+    /// A fence that opens while `leadership` is held.
+    pub fn new(leadership: Leadership) -> Self {
+        Self(leadership)
+    }
+}
+
+impl<S> tower::Layer<S> for Fence {
+    type Service = Fenced<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Fenced {
+            inner,
+            leadership: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`Fence`] wraps.
+#[derive(Clone, Debug)]
+pub struct Fenced<S> {
+    inner: S,
+    leadership: Leadership,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Fenced<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Response: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, tower::BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let reads = [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS];
+        if !reads.contains(request.method()) && !self.leadership.is_held() {
+            return Box::pin(std::future::ready(Err(NotLeader.into())));
+        }
+        let call = self.inner.call(request);
+        Box::pin(async move { call.await.map_err(Into::into) })
+    }
+}
+
 /// One replica's side of the election.
 pub struct Elector {
     api: Api<Lease>,
     settings: LeaseSettings,
+    leadership: Leadership,
 }
 
 impl std::fmt::Debug for Elector {
@@ -92,7 +182,22 @@ impl Elector {
         Self {
             api: Api::namespaced(client, &settings.namespace),
             settings,
+            leadership: Leadership::default(),
         }
+    }
+
+    /// This replica's leadership, for [`Fence`]: held from a successful
+    /// [`Self::try_lead`] until the renew deadline, two thirds of the Lease's duration.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.clone()
+    }
+
+    /// One attempt, given up after a retry period: an API server that never
+    /// answers must not keep [`Self::hold`] from noticing the Lease is gone.
+    async fn attempt(&self) -> Result<bool, Error> {
+        tokio::time::timeout(self.retry_period(), self.try_lead())
+            .await
+            .unwrap_or(Err(Error::LeaseTimeout(self.retry_period())))
     }
 
     /// One attempt to hold the Lease; returns whether we hold it afterwards.
@@ -100,6 +205,18 @@ impl Elector {
     /// # Errors
     /// An API call failed other than by losing a race (a conflict is `Ok(false)`).
     pub async fn try_lead(&self) -> Result<bool, Error> {
+        let started = Instant::now();
+        let leads = self.try_lead_once().await;
+        match leads {
+            Ok(true) => self.leadership.confirm(started + self.renew_deadline()),
+            Ok(false) => self.leadership.revoke(),
+            // Unknown: the leadership runs out at its deadline unless renewed.
+            Err(_) => {}
+        }
+        leads
+    }
+
+    async fn try_lead_once(&self) -> Result<bool, Error> {
         let current = self.api.get_opt(&self.settings.name).await.map_err(lease_error)?;
         let now = Timestamp::now();
         let step = next_step(current.as_ref(), &self.settings.identity, now);
@@ -136,7 +253,7 @@ impl Elector {
     /// attempt the API server answered, so a standby can report itself ready.
     pub async fn acquire(&self, on_contact: impl Fn()) {
         loop {
-            match self.try_lead().await {
+            match self.attempt().await {
                 Ok(true) => return,
                 Ok(false) => on_contact(),
                 Err(error) => tracing::warn!(%error, "leader election"),
@@ -145,23 +262,28 @@ impl Elector {
         }
     }
 
-    /// Renews the Lease until it is lost (or cannot be renewed within its
-    /// duration); returns then, so the caller stops reconciling.
+    /// Renews the Lease until it is lost (or cannot be renewed before the
+    /// renew deadline); returns then, so the caller stops reconciling.
     pub async fn hold(&self) {
-        let mut last_renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.retry_period()).await;
-            match self.try_lead().await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
+            match self.attempt().await {
+                Ok(true) => {}
                 Ok(false) => return,
                 Err(error) => {
                     tracing::warn!(%error, "renewing the leader Lease");
-                    if last_renewed.elapsed() >= self.settings.duration {
+                    if !self.leadership.is_held() {
                         return;
                     }
                 }
             }
         }
+    }
+
+    /// How long after a renewal the leadership holds: two thirds of the
+    /// Lease's duration (10 s of 15 s, as Kubernetes' own controllers).
+    fn renew_deadline(&self) -> Duration {
+        self.settings.duration * 2 / 3
     }
 
     /// Renew or retry three times per Lease duration, so one failed call does not lose the Lease.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser};
 use llmesh_operator::controller::{self, Context};
-use llmesh_operator::lease::{Elector, LeaseSettings};
+use llmesh_operator::lease::{Elector, Fence, LeaseSettings};
 use llmesh_operator::metrics::Metrics;
 use llmesh_operator::probes::{self, Health};
 use llmesh_operator::scope::WatchScope;
@@ -131,9 +131,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = args.manifests.clone() {
         return standalone_sync(args, dir).await;
     }
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
         .context("connecting to the cluster (in-cluster service account, or KUBECONFIG)")?;
+    let client = kube::Client::try_from(config.clone()).context("building the API client")?;
     let metrics = Metrics::new().context("registering metrics")?;
     let health = Arc::new(Health::default());
     let admin = tokio::net::TcpListener::bind(args.admin_addr)
@@ -186,8 +187,6 @@ async fn main() -> anyhow::Result<()> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "llmesh-operator".to_owned());
         format!("{host}-{}", std::process::id())
     });
-    // Only the leader reports and restarts missed pods, so nothing is done twice.
-    let missed = Arc::new(webhook.missed(client.clone(), identity.clone()));
     let pod = std::env::var("POD_NAME").ok().filter(|p| !p.is_empty());
     if let Some(pod) = &pod {
         // A label left by this pod's previous process must not draw sidecars here.
@@ -206,6 +205,18 @@ async fn main() -> anyhow::Result<()> {
             },
         )
     });
+    // What only the leader does goes through a client whose writes stop as
+    // soon as the leadership is not confirmed (a reconcile mid-way when the
+    // Lease is lost writes nothing more).
+    let leader_client = match &elector {
+        Some(elector) => kube::client::ClientBuilder::try_from(config)
+            .context("building the leader's API client")?
+            .with_layer(&Fence::new(elector.leadership()))
+            .build(),
+        None => client.clone(),
+    };
+    // Only the leader reports and restarts missed pods, so nothing is done twice.
+    let missed = Arc::new(webhook.missed(leader_client.clone(), identity.clone()));
     if let Some(elector) = &elector {
         tokio::select! {
             // A standby that reaches the API server is ready: a rolling update
@@ -217,7 +228,7 @@ async fn main() -> anyhow::Result<()> {
     }
     metrics.set_leader(true);
     let mut context = Context::new(
-        client.clone(),
+        leader_client.clone(),
         metrics.clone(),
         Arc::clone(&health),
         Some(identity.clone()),
@@ -226,8 +237,14 @@ async fn main() -> anyhow::Result<()> {
     let sync = if args.no_sync {
         None
     } else {
-        let leader =
-            SyncLeader::start(&client, &args.lease_namespace, &scope, sync_metrics, &identity).await?;
+        let leader = SyncLeader::start(
+            &leader_client,
+            &args.lease_namespace,
+            &scope,
+            sync_metrics,
+            &identity,
+        )
+        .await?;
         context = context.with_sync(Arc::clone(&leader.server));
         Some(leader)
     };
@@ -239,7 +256,7 @@ async fn main() -> anyhow::Result<()> {
                     .serve(
                         args.sync_addr,
                         Arc::clone(&resolver),
-                        &client,
+                        &leader_client,
                         &args.lease_namespace,
                         pod.as_deref(),
                     )
@@ -265,7 +282,7 @@ async fn main() -> anyhow::Result<()> {
     // Hand-off: the next leader resumes from what is written now.
     if let Some(leader) = &sync {
         leader
-            .hand_off(&client, &args.lease_namespace, pod.as_deref())
+            .hand_off(&leader_client, &args.lease_namespace, pod.as_deref())
             .await;
     }
     tracing::info!("llmesh-operator stopped");

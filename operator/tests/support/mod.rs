@@ -4,6 +4,7 @@
 #![allow(dead_code)] // Each test file uses a different part of the fixtures.
 
 pub mod admission;
+pub mod cluster;
 
 use std::time::Duration;
 
