@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, reflector};
@@ -62,7 +63,7 @@ impl SecretIndex {
     }
 
     /// The namespace to reconcile when `secret` changes, if any of its resources reference it.
-    pub fn namespace_to_reconcile(&self, secret: &Secret) -> Option<ObjectRef<Namespace>> {
+    pub fn namespace_to_reconcile(&self, secret: &impl ResourceExt) -> Option<ObjectRef<Namespace>> {
         let namespace = secret.namespace()?;
         let referenced = self
             .0
@@ -300,7 +301,9 @@ pub async fn run(ctx: Arc<Context>) {
         let ctx = Arc::clone(&ctx);
         controller = controller.watches_stream(changes(api, all()), move |b| ctx.queued(namespace_key(&b)));
     }
-    for api in scope.apis::<Secret>(&client) {
+    // Metadata only: a change is all the trigger needs, and the values of
+    // Secrets no llmesh resource references never reach this process.
+    for api in scope.apis::<PartialObjectMeta<Secret>>(&client) {
         let ctx = Arc::clone(&ctx);
         controller = controller.watches_stream(changes(api, all()), move |s| {
             ctx.queued(ctx.secrets.namespace_to_reconcile(&s))

@@ -100,8 +100,15 @@ pub const RULES: &[Rule] = &[
         Scope::Watched,
         "",
         &["secrets"],
-        &["get", "list", "watch", "create", "update"],
-        "referenced provider and key Secrets; generated and rotated virtual keys",
+        &["get", "list", "watch"],
+        "referenced provider and key Secrets, read by name; the watch is metadata-only",
+    ),
+    rule(
+        Scope::Watched,
+        "",
+        &["secrets"],
+        &["create", "update"],
+        "generated and rotated virtual keys (only Secrets the operator created are updated)",
     ),
     rule(
         Scope::Watched,
@@ -148,19 +155,40 @@ pub const RULES: &[Rule] = &[
             "holding the leader-election Lease",
         )
     },
+    Rule {
+        resource_names: &[crate::webhook::DEFAULT_SECRET],
+        ..rule(
+            Scope::Own,
+            "",
+            &["secrets"],
+            &["get", "update"],
+            "the webhook's certificate: read, renewed",
+        )
+    },
+    // RBAC cannot name the object of a create.
     rule(
         Scope::Own,
         "",
         &["secrets"],
-        &["get", "create", "update"],
-        "the webhook's certificate (Secret llmesh-webhook-tls)",
+        &["create"],
+        "the webhook's certificate: created on first start",
     ),
+    Rule {
+        resource_names: &[crate::sync::cluster::STATE_CONFIG_MAP],
+        ..rule(
+            Scope::Own,
+            "",
+            &["configmaps"],
+            &["get", "patch"],
+            "the sync ledger: acknowledged spend survives leader changes",
+        )
+    },
     rule(
         Scope::Own,
         "",
         &["configmaps"],
-        &["get", "create", "patch"],
-        "the sync ledger (ConfigMap llmesh-sync-state): acknowledged spend survives leader changes",
+        &["create"],
+        "the sync ledger: created by its first server-side apply",
     ),
     rule(
         Scope::Own,
@@ -184,12 +212,31 @@ mod tests {
     }
 
     #[test]
-    fn only_the_lease_and_registration_rules_name_objects() {
-        let named: Vec<&str> = RULES
+    fn only_the_operators_own_objects_are_named() {
+        let named: Vec<(&str, &[&str])> = RULES
             .iter()
             .filter(|r| !r.resource_names.is_empty())
-            .map(|r| r.resources[0])
+            .map(|r| (r.resources[0], r.resource_names))
             .collect();
-        assert_eq!(named, ["mutatingwebhookconfigurations", "leases"]);
+        assert_eq!(
+            named,
+            [
+                ("mutatingwebhookconfigurations", &["llmesh-sidecar-injector"][..]),
+                ("leases", &["llmesh-operator"]),
+                ("secrets", &["llmesh-webhook-tls"]),
+                ("configmaps", &["llmesh-sync-state"]),
+            ]
+        );
+    }
+
+    #[test]
+    fn own_namespace_reads_and_updates_are_by_name() {
+        for rule in RULES.iter().filter(|r| r.scope == Scope::Own) {
+            let unnamed = rule.resource_names.is_empty();
+            assert!(
+                !unnamed || rule.verbs == ["create"] || rule.resources == ["pods"],
+                "{rule:?}"
+            );
+        }
     }
 }

@@ -43,6 +43,8 @@ pub const MUTATE_PATH: &str = "/mutate-pods";
 pub const CONFIGURATION_NAME: &str = "llmesh-sidecar-injector";
 /// The webhook's name inside that configuration.
 pub const WEBHOOK_NAME: &str = "sidecar-injector.llmesh.io";
+/// The default name of the Secret holding the webhook's (and the sync channel's) certificate.
+pub const DEFAULT_SECRET: &str = "llmesh-webhook-tls";
 
 /// Why a webhook task failed. Admission itself never fails: a review that
 /// cannot be handled is allowed unchanged, with a warning.
@@ -113,7 +115,7 @@ pub struct WebhookArgs {
     #[arg(long, default_value = "llmesh-webhook")]
     pub webhook_service: String,
     /// The Secret holding the webhook's certificate, in the operator's namespace.
-    #[arg(long, default_value = "llmesh-webhook-tls")]
+    #[arg(long, default_value = DEFAULT_SECRET)]
     pub webhook_secret: String,
     /// Who issues the webhook's certificate.
     #[arg(long, value_enum, default_value = "self-signed")]

@@ -80,6 +80,7 @@ struct Watch {
     collection: String,
     namespace: Option<String>,
     selector: Option<(String, String)>,
+    metadata_only: bool,
     events: mpsc::UnboundedSender<Bytes>,
 }
 
@@ -91,6 +92,22 @@ impl Watch {
                 .selector
                 .as_ref()
                 .is_none_or(|(k, v)| object["metadata"]["labels"][k] == json!(v))
+    }
+
+    fn send(&self, object: &Value) -> bool {
+        self.events
+            .send(event_line("MODIFIED", &shown(object, self.metadata_only)))
+            .is_ok()
+    }
+}
+
+/// `object` as a client asking for it is shown it: its metadata only when
+/// it asked for `PartialObjectMetadata`.
+fn shown(object: &Value, metadata_only: bool) -> Value {
+    if metadata_only {
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"]})
+    } else {
+        object.clone()
     }
 }
 
@@ -105,6 +122,8 @@ struct State {
     watches: Vec<Watch>,
     rules: Vec<Rule>,
     writes: Vec<Write>,
+    /// The collections listed or watched with their objects' full content.
+    full_reads: Vec<String>,
 }
 
 /// The fake API server, shared by the clients of every replica.
@@ -312,6 +331,12 @@ impl FakeCluster {
         state.watches.len()
     }
 
+    /// Whether a list or watch of `collection` ever asked for the objects'
+    /// full content (not only their metadata).
+    pub fn read_in_full(&self, collection: &str) -> bool {
+        self.0.lock().full_reads.iter().any(|c| c == collection)
+    }
+
     /// Every write that reached the server.
     pub fn writes(&self) -> Vec<Write> {
         self.0.lock().writes.clone()
@@ -351,6 +376,11 @@ impl FakeCluster {
         let method = request.method().to_string();
         let path = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or_default().to_owned();
+        let metadata_only = request
+            .headers()
+            .get("accept")
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
         let bytes = request.into_body().collect().await?.to_bytes();
         let body: Value = if bytes.is_empty() {
             Value::Null
@@ -376,10 +406,13 @@ impl FakeCluster {
             Some(Fault::Reset) => return Err("connection reset by peer".into()),
         }
         let target = Target::parse(&path);
+        if method == "GET" && target.name.is_none() && !metadata_only {
+            self.0.lock().full_reads.push(target.collection.clone());
+        }
         let (code, response) = if method == "GET" && query_param(&query, "watch").as_deref() == Some("true") {
-            return Ok(self.watch(&target, &query));
+            return Ok(self.watch(&target, &query, metadata_only));
         } else {
-            self.0.lock().serve(&method, &target, &query, body)
+            self.0.lock().serve(&method, &target, &query, body, metadata_only)
         };
         let (code, response) = match answer_instead {
             Some(instead) => (instead, reply(instead, &fault_status(instead))),
@@ -420,7 +453,7 @@ impl FakeCluster {
         response
     }
 
-    fn watch(&self, target: &Target, query: &str) -> Response<ResponseBody> {
+    fn watch(&self, target: &Target, query: &str, metadata_only: bool) -> Response<ResponseBody> {
         let (events, mut receiver) = mpsc::unbounded_channel();
         let from: u64 = query_param(query, "resourceVersion")
             .and_then(|v| v.parse().ok())
@@ -430,6 +463,7 @@ impl FakeCluster {
             namespace: target.namespace.clone(),
             selector: query_param(query, "labelSelector")
                 .and_then(|s| s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))),
+            metadata_only,
             events,
         };
         let mut state = self.0.lock();
@@ -438,7 +472,7 @@ impl FakeCluster {
         } else {
             for (_, key, object) in state.changes.iter().filter(|(v, _, _)| *v > from) {
                 if watch.sees(key, object) {
-                    let _ = watch.events.send(event_line("MODIFIED", object));
+                    watch.send(object);
                 }
             }
             state.watches.push(watch);
@@ -479,13 +513,20 @@ fn fault_status(code: u16) -> Value {
 }
 
 impl State {
-    fn serve(&mut self, method: &str, target: &Target, query: &str, body: Value) -> (u16, Value) {
+    fn serve(
+        &mut self,
+        method: &str,
+        target: &Target,
+        query: &str,
+        body: Value,
+        metadata_only: bool,
+    ) -> (u16, Value) {
         match (method, &target.name) {
             ("GET", Some(name)) => match self.objects.get(&target.key(name)) {
                 Some(object) => (200, object.clone()),
                 None => (404, status_body(404, "NotFound", &format!("{name} not found"))),
             },
-            ("GET", None) => (200, self.list(target, query)),
+            ("GET", None) => (200, self.list(target, query, metadata_only)),
             ("POST", None) => self.create(target, body),
             ("PUT", Some(name)) => self.replace(target, name, body),
             ("PATCH", Some(name)) => self.patch(target, name, &body),
@@ -493,10 +534,10 @@ impl State {
         }
     }
 
-    fn list(&self, target: &Target, query: &str) -> Value {
+    fn list(&self, target: &Target, query: &str, metadata_only: bool) -> Value {
         let selector = query_param(query, "labelSelector");
         let selector = selector.as_deref().and_then(|s| s.split_once('='));
-        let items: Vec<&Value> = self
+        let items: Vec<Value> = self
             .objects
             .iter()
             .filter(|((c, ns, _), object)| {
@@ -504,7 +545,7 @@ impl State {
                     && target.namespace.as_ref().is_none_or(|t| t == ns)
                     && selector.is_none_or(|(k, v)| object["metadata"]["labels"][k] == json!(v))
             })
-            .map(|(_, object)| object)
+            .map(|(_, object)| shown(object, metadata_only))
             .collect();
         let (api_version, kind) = type_of(&target.collection);
         json!({"apiVersion": api_version, "kind": format!("{kind}List"),
@@ -588,9 +629,8 @@ impl State {
         }
         self.objects.insert(key.clone(), object.clone());
         self.changes.push((self.version, key.clone(), object.clone()));
-        self.watches.retain(|watch| {
-            !watch.sees(&key, &object) || watch.events.send(event_line("MODIFIED", &object)).is_ok()
-        });
+        self.watches
+            .retain(|watch| !watch.sees(&key, &object) || watch.send(&object));
         object
     }
 }
