@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Soak: mixed traffic through one sidecar at a steady rate, sampling its
-resident memory, open file descriptors and TCP connections every few
-seconds, then a quiet spell to see them return to baseline.
+resident memory, open file descriptors, TCP connections and tokio tasks
+(`llmesh_runtime_tasks`) every few seconds, then a quiet spell to see them
+return to baseline.
 
 Traffic (round robin, RATE requests a second): complete and streamed chat,
 tool calls, cache hits and misses, embeddings, a fallback after a failing
@@ -14,8 +15,9 @@ time). Standard library only, so it runs wherever the test command runs.
 
 Exits non-zero when, after the first quarter (warm-up), RSS or fds grew by
 more than --max-growth, when fds or connections do not come back to their
-warm-up level after the traffic stops, or when a request got an answer its
-kind should not get. --plot needs matplotlib (optional).
+warm-up level after the traffic stops, when tokio tasks do not come back to
+their idle level from before the traffic, or when a request got an answer
+its kind should not get. --plot needs matplotlib (optional).
 """
 
 import argparse
@@ -158,7 +160,16 @@ def sample(pid, admin):
                 sockets += 1
         except OSError:
             pass
-    return {"rss_mb": rss_kb / 1024, "fds": fds, "sockets": sockets}
+    return {"rss_mb": rss_kb / 1024, "fds": fds, "sockets": sockets, "tasks": tasks(admin)}
+
+
+def tasks(admin):
+    """`llmesh_runtime_tasks` from the sidecar's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("llmesh_runtime_tasks "):
+                return int(float(line.split()[1]))
+    raise RuntimeError("no llmesh_runtime_tasks in /metrics")
 
 
 def main():
@@ -225,6 +236,9 @@ def run(args, pid, base, admin, manifest):
             with open(manifest, "w") as out:
                 out.write(MANIFESTS.format(generation=generation))
 
+    # The idle level the tasks must return to (the scrape's own connection included).
+    idle = sample(pid, admin)
+    print(json.dumps({"idle": idle}), flush=True)
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(args.workers)]
     threads.append(threading.Thread(target=reloader))
     started = time.monotonic()
@@ -253,16 +267,17 @@ def run(args, pid, base, admin, manifest):
     growth = {k: (last[k] - warm[k]) / warm[k] for k in ("rss_mb", "fds")}
     report = {
         "requests": total, "rate": round(total / elapsed, 1), "by_kind": counts,
-        "unexpected": len(wrong), "warm": warm, "end_of_traffic": last, "after_quiet": after,
+        "unexpected": len(wrong), "idle": idle, "warm": warm, "end_of_traffic": last, "after_quiet": after,
+        "peak_tasks": max(s["tasks"] for s in samples),
         "growth_after_warmup": {k: round(v, 4) for k, v in growth.items()},
         "peak_rss_mb": round(max(s["rss_mb"] for s in samples), 1),
     }
     print(json.dumps(report, indent=2))
     if args.csv:
         with open(args.csv, "w") as out:
-            out.write("t,traffic,rss_mb,fds,sockets\n")
+            out.write("t,traffic,rss_mb,fds,sockets,tasks\n")
             for s in samples:
-                out.write(f'{s["t"]},{s["traffic"]},{s["rss_mb"]:.2f},{s["fds"]},{s["sockets"]}\n')
+                out.write(f'{s["t"]},{s["traffic"]},{s["rss_mb"]:.2f},{s["fds"]},{s["sockets"]},{s["tasks"]}\n')
     if args.plot:
         plot(samples, args.plot)
     failures = []
@@ -274,6 +289,8 @@ def run(args, pid, base, admin, manifest):
         failures.append(f"fds grew from {warm['fds']} to {last['fds']}")
     if after["sockets"] > warm["sockets"]:
         failures.append(f"sockets {after['sockets']} after the traffic stopped, {warm['sockets']} at warm-up")
+    if after["tasks"] > idle["tasks"]:
+        failures.append(f"{after['tasks']} tokio tasks after the traffic stopped, {idle['tasks']} before it")
     if failures:
         print("SOAK FAILED: " + "; ".join(failures), file=sys.stderr)
         sys.exit(1)
@@ -286,16 +303,18 @@ def plot(samples, path):
     import matplotlib.pyplot as plt
 
     t = [s["t"] for s in samples]
-    figure, (rss, fds) = plt.subplots(2, 1, sharex=True, figsize=(8, 5))
+    figure, (rss, fds, tasks) = plt.subplots(3, 1, sharex=True, figsize=(8, 7))
     rss.plot(t, [s["rss_mb"] for s in samples])
     rss.set_ylabel("RSS (MiB)")
     fds.plot(t, [s["fds"] for s in samples], label="open fds")
     fds.plot(t, [s["sockets"] for s in samples], label="sockets")
     fds.set_ylabel("count")
-    fds.set_xlabel("seconds")
     fds.legend()
+    tasks.plot(t, [s["tasks"] for s in samples])
+    tasks.set_ylabel("tokio tasks")
+    tasks.set_xlabel("seconds")
     end = max((s["t"] for s in samples if s["traffic"]), default=0)
-    for axis in (rss, fds):
+    for axis in (rss, fds, tasks):
         axis.axvline(end, color="grey", linestyle="--")
     figure.tight_layout()
     figure.savefig(path, dpi=100)

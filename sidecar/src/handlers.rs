@@ -437,6 +437,7 @@ pub struct Drill {
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.cache.sync();
     app.health.publish();
+    app.metrics.sample_runtime();
     let content_type = [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")];
     (content_type, app.metrics.encode()).into_response()
 }

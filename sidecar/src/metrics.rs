@@ -87,6 +87,8 @@ pub struct Metrics {
     pub cache_evictions: IntCounterVec,
     /// Bytes of cached answers held.
     pub cache_bytes: IntGauge,
+    /// Tasks alive in the sidecar's tokio runtime, set at each scrape.
+    pub runtime_tasks: IntGauge,
     /// Tokens cache hits did not spend, by route and token type.
     pub cache_saved_tokens: IntCounterVec,
     /// Dollars cache hits did not spend, by route (targets with a price only).
@@ -372,6 +374,13 @@ impl Metrics {
         let cache_bytes = IntGauge::new(cache_bytes_name, "Bytes of cached answers held.")
             .unwrap_or_else(|e| panic!("metric {cache_bytes_name}: {e}"));
         let cache_bytes = register(&registry, cache_bytes_name, cache_bytes);
+        let tasks_name = "llmesh_runtime_tasks";
+        let runtime_tasks = IntGauge::new(
+            tasks_name,
+            "Tasks alive in the sidecar's async runtime (connections, streams, background loops).",
+        )
+        .unwrap_or_else(|e| panic!("metric {tasks_name}: {e}"));
+        let runtime_tasks = register(&registry, tasks_name, runtime_tasks);
         let cache_saved_tokens = counter(
             &registry,
             "llmesh_cache_saved_tokens_total",
@@ -456,6 +465,7 @@ impl Metrics {
             cache_requests,
             cache_evictions,
             cache_bytes,
+            runtime_tasks,
             cache_saved_tokens,
             cache_saved_usd,
             cache_shared_errors,
@@ -466,6 +476,15 @@ impl Metrics {
             eval_records_dropped,
             shadow_requests,
             shadow_cost_usd,
+        }
+    }
+
+    /// Reads the number of tasks alive in the current tokio runtime into
+    /// `llmesh_runtime_tasks` (a leak of spawned tasks shows as growth here).
+    pub fn sample_runtime(&self) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let alive = handle.metrics().num_alive_tasks();
+            self.runtime_tasks.set(i64::try_from(alive).unwrap_or(i64::MAX));
         }
     }
 
@@ -487,6 +506,28 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_runtime_task_count_follows_spawned_tasks() {
+        let metrics = Metrics::for_workload(None);
+        metrics.sample_runtime();
+        let before = metrics.runtime_tasks.get();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = stopped.await;
+        });
+        metrics.sample_runtime();
+        assert_eq!(metrics.runtime_tasks.get(), before + 1);
+        let _ = stop.send(());
+        task.await.expect("task");
+        metrics.sample_runtime();
+        assert_eq!(metrics.runtime_tasks.get(), before);
+        assert!(
+            metrics
+                .encode()
+                .contains(&format!("llmesh_runtime_tasks {before}"))
+        );
+    }
 
     #[test]
     fn any_workload_name_is_carried_escaped() {
