@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
 """Many concurrent slow streams through one sidecar (a paced in-process
 mock: a chunk every --per-token), then new requests' time to first chunk
-while they are all open, then the sidecar's memory per open stream.
+while they are all open, then the sidecar's memory per open stream, then
+what a request past the concurrency cap gets.
 
     bench/streams.py [--streams 10000] [--binary target/release/llmesh-sidecar]
+
+The cap (`LLMESH_MAX_CONCURRENT_REQUESTS`) is set to the streams plus
+--headroom; at the end more held streams are opened one at a time until
+one is refused, and --over further requests must each get 503 with
+`Retry-After` at once.
 
 Raises the open-file limit to what the streams need (the sidecar inherits
 it). Standard library only (asyncio, raw HTTP/1.1 over loopback).
@@ -110,6 +116,23 @@ async def first_chunk_unbounded(port):
     return took
 
 
+async def past_the_cap(port):
+    """One request while the cap is full: its status, `Retry-After` and how long the answer took."""
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request(port, 1))
+    await writer.drain()
+    status = (await reader.readline()).decode(errors="replace").split()[1]
+    retry_after = None
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode(errors="replace").partition(":")
+        if name.lower() == "retry-after":
+            retry_after = value.strip()
+    took = time.perf_counter() - started
+    writer.close()
+    return status, retry_after, took
+
+
 async def run(args, port, pid):
     baseline = rss_mb(pid)
     idle_ttfc = [await first_chunk(port) for _ in range(args.probes)]
@@ -120,13 +143,22 @@ async def run(args, port, pid):
         tasks.append(asyncio.create_task(open_stream(port, args.words, opened, errors, hold)))
         if i % 200 == 199:
             await asyncio.sleep(0.05)
-    while len(opened) + len(errors) < args.streams and time.perf_counter() - started < 120:
+    while len(opened) + len(errors) < args.streams and time.perf_counter() - started < args.ramp:
         await asyncio.sleep(1)
         print(f"{len(opened)} open, {len(errors)} errors", file=sys.stderr, flush=True)
     ramp = time.perf_counter() - started
     await asyncio.sleep(2)
     loaded = rss_mb(pid)
     busy_ttfc = [await first_chunk(port) for _ in range(args.probes)]
+    # Fill the cap: more held streams, one at a time, until one is refused
+    # (a probe's slot is freed when its next chunk finds the client gone).
+    await asyncio.sleep(2)
+    filled, refusals = [], []
+    while not refusals and len(filled) <= args.headroom + args.probes:
+        tasks.append(asyncio.create_task(open_stream(port, args.words, filled, refusals, hold)))
+        while len(filled) + len(refusals) < len(tasks) - args.streams:
+            await asyncio.sleep(0.01)
+    refused = [await asyncio.wait_for(past_the_cap(port), 30) for _ in range(args.over)]
     hold.set()
     await asyncio.gather(*tasks)
     ms = lambda xs: {"p50": round(statistics.median(xs) * 1000, 2),
@@ -138,6 +170,14 @@ async def run(args, port, pid):
         "kib_per_stream": round((loaded - baseline) * 1024 / max(1, len(opened)), 1),
         "ttfc_ms_idle": ms(idle_ttfc), "ttfc_ms_with_streams": ms(busy_ttfc),
         "mock_ttft_ms": args.ttft_ms,
+        "past_the_cap": {
+            "cap": args.streams + args.headroom,
+            "open_when_refused": len(opened) + len(filled),
+            "refusal": refusals[:1],
+            "statuses": sorted({status for status, _, _ in refused}),
+            "retry_after": sorted({str(r) for _, r, _ in refused}),
+            "answered_ms": ms([took for _, _, took in refused]) if refused else None,
+        },
     }
 
 
@@ -149,6 +189,9 @@ def main():
     parser.add_argument("--per-token", default="1s")
     parser.add_argument("--words", type=int, default=120, help="prompt words: the mock echoes them, one chunk each")
     parser.add_argument("--probes", type=int, default=100)
+    parser.add_argument("--over", type=int, default=20, help="requests sent past the cap")
+    parser.add_argument("--headroom", type=int, default=10, help="the cap is the streams plus this")
+    parser.add_argument("--ramp", type=float, default=120, help="seconds allowed to open the streams")
     args = parser.parse_args()
 
     need = args.streams * 2 + 1024
@@ -161,7 +204,7 @@ def main():
     api, admin = free_port(), free_port()
     env = dict(os.environ, LLMESH_LOG="warn", LLMESH_MANIFESTS=folder,
                LLMESH_LISTEN_ADDR=f"127.0.0.1:{api}", LLMESH_ADMIN_ADDR=f"127.0.0.1:{admin}",
-               LLMESH_MAX_CONCURRENT_REQUESTS=str(args.streams + args.probes + 10),
+               LLMESH_MAX_CONCURRENT_REQUESTS=str(args.streams + args.headroom),
                LLMESH_MAX_CONNECTIONS=str(args.streams + 1000))
     sidecar = subprocess.Popen([args.binary], env=env, stdout=subprocess.DEVNULL)
     try:
