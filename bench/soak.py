@@ -7,8 +7,11 @@ return to baseline.
 Traffic (round robin, RATE requests a second): complete and streamed chat,
 tool calls, cache hits and misses, embeddings, a fallback after a failing
 target, 4xx (unknown route, bad body), budget refusals and rate-limit
-refusals; the manifests are rewritten every RELOAD seconds (a reload each
-time). Standard library only, so it runs wherever the test command runs.
+refusals; the cached route keeps answers 30 s, so the cache reaches its
+steady size within the warm-up (with a TTL longer than the run, the unique
+misses fill it all along and its growth reads as a leak); the manifests
+are rewritten every RELOAD seconds (a reload each time). Standard library
+only, so it runs wherever the test command runs.
 
     bench/soak.py [--seconds 600] [--rate 50] [--binary target/release/llmesh-sidecar]
                   [--csv out.csv] [--max-growth 0.05] [--plot out.png]
@@ -52,7 +55,7 @@ spec: {{targets: [{{provider: mock, model: m, price: {{input: 1, output: 1}}}}]}
 apiVersion: llmesh.io/v1alpha1
 kind: LLMRoute
 metadata: {{name: cached}}
-spec: {{targets: [{{provider: mock, model: m}}], cache: {{mode: exact, ttl: 10m}}}}
+spec: {{targets: [{{provider: mock, model: m}}], cache: {{mode: exact, ttl: 30s}}}}
 ---
 apiVersion: llmesh.io/v1alpha1
 kind: LLMRoute
