@@ -5,15 +5,16 @@ standard library's server, OTLP/gRPC on `grpcio` with the
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from concurrent import futures
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import grpc
-
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -149,12 +150,31 @@ class Collector(SpanStore):
         self.server.server_close()
 
 
+def make_ca(folder: Path) -> tuple[Path, bytes, bytes]:
+    """A CA of its own (the file to trust) and a `localhost` certificate it
+    signed (key and chain), made with the openssl command."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=llmesh test CA")
+    openssl("req", *curve, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost")
+    (folder / "leaf.ext").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+    )
+    openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "leaf.pem", "-days", "1", "-extfile", "leaf.ext")
+    return folder / "ca.pem", (folder / "leaf.key").read_bytes(), (folder / "leaf.pem").read_bytes()
+
+
 class GrpcCollector(SpanStore):
-    """OTLP/gRPC: the `TraceService` on loopback, h2c."""
+    """OTLP/gRPC: the `TraceService` on loopback, h2c, or TLS with a
+    certificate for `localhost` when given its key and chain."""
 
     protocol = "grpc"
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[bytes, bytes] | None = None) -> None:
         super().__init__()
         collector = self
 
@@ -177,9 +197,13 @@ class GrpcCollector(SpanStore):
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         add_TraceServiceServicer_to_server(Service(), self.server)
-        port = self.server.add_insecure_port("127.0.0.1:0")
+        if tls is None:
+            port = self.server.add_insecure_port("127.0.0.1:0")
+            self.url = f"http://127.0.0.1:{port}"
+        else:
+            port = self.server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([tls]))
+            self.url = f"https://localhost:{port}"
         self.server.start()
-        self.url = f"http://127.0.0.1:{port}"
 
     def stop(self) -> None:
         self.server.stop(grace=0).wait()

@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from conftest import CLIENT_TIMEOUT_SECONDS, PROVIDERS, free_port, start, wait_until_ready
-from otlp_collector import Collector, GrpcCollector, SpanStore
+from otlp_collector import Collector, GrpcCollector, SpanStore, make_ca
 
 OPENAI = PROVIDERS["openai"]
 ANTHROPIC = PROVIDERS["anthropic"]
@@ -69,10 +69,19 @@ class Traced:
         return float(line.rsplit(" ", 1)[1]) if line else 0.0
 
 
-@pytest.fixture(scope="module", params=[Collector, GrpcCollector], ids=["http", "grpc"])
+@pytest.fixture(scope="module", params=["http", "grpc", "grpc-tls"])
 def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
     work = tmp_path_factory.mktemp("traced")
-    collector = request.param()
+    trust = {}
+    if request.param == "http":
+        collector: SpanStore = Collector()
+    elif request.param == "grpc":
+        collector = GrpcCollector()
+    else:
+        ca, key, chain = make_ca(work)
+        collector = GrpcCollector(tls=(key, chain))
+        # The sidecar's roots, as for any upstream behind an internal CA.
+        trust = {"SSL_CERT_FILE": str(ca)}
     mock_addr = f"127.0.0.1:{free_port()}"
     processes = [start("mock-upstream", ["--listen", mock_addr], work)]
     try:
@@ -90,6 +99,7 @@ def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             "OTEL_SERVICE_NAME": "checkout-llmesh",
             "OTEL_BSP_SCHEDULE_DELAY": "20",
             "OTEL_EXPORTER_OTLP_TIMEOUT": "300",
+            **trust,
         }
         sidecar = start(
             "llmesh-sidecar",
@@ -234,7 +244,7 @@ def test_a_collector_that_says_try_later_gets_the_batch_again_and_requests_do_no
 
     with capsys.disabled():
         print(
-            f"\n[{traced.collector.protocol}] median request latency: collector healthy {healthy * 1000:.1f} ms, "
+            f"\n[{traced.collector.protocol} {traced.collector.url.split(':')[0]}] median request latency: collector healthy {healthy * 1000:.1f} ms, "
             f"answering UNAVAILABLE/503 {overloaded * 1000:.1f} ms"
         )
     assert overloaded < healthy + 0.1
@@ -260,7 +270,7 @@ def test_a_hanging_or_stopped_collector_never_delays_a_request(traced, capsys):
 
     with capsys.disabled():
         print(
-            f"\n[{traced.collector.protocol}] median request latency: collector healthy {healthy * 1000:.1f} ms, "
+            f"\n[{traced.collector.protocol} {traced.collector.url.split(':')[0]}] median request latency: collector healthy {healthy * 1000:.1f} ms, "
             f"hanging {hanging * 1000:.1f} ms, stopped {stopped * 1000:.1f} ms"
         )
     # Generous for a busy 2-core machine; an export on the request path would add 300 ms.
