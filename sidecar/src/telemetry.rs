@@ -489,9 +489,7 @@ impl RequestTrace {
         let children = std::mem::take(&mut *trace.children.lock());
         trace.tracer.exporter.submit(children.into_iter().chain([span]));
     }
-}
 
-impl RequestTrace {
     /// Starts the span of a shadow copy of the request to `model` of
     /// provider kind `provider`: a child of the request span marked
     /// `llmesh.shadow`, exported on its own when it ends (after the
