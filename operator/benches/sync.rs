@@ -87,6 +87,7 @@ async fn report_load(
                         },
                     )]
                     .into(),
+                    ..Report::default()
                 };
                 let answer = client
                     .post(format!("{url}/v1/sync/report"))
