@@ -13,6 +13,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use llmesh_crds::sync::{Ack, BudgetDelta, BudgetTotal, Report};
@@ -184,6 +185,8 @@ pub struct Ledger {
     durability: Durability,
     wake: Notify,
     saved: watch::Sender<u64>,
+    /// Durable writes done (each carries every report applied before it).
+    writes: AtomicU64,
 }
 
 impl Ledger {
@@ -225,6 +228,7 @@ impl Ledger {
             durability,
             wake: Notify::new(),
             saved: watch::Sender::new(0),
+            writes: AtomicU64::new(0),
         })
     }
 
@@ -323,6 +327,12 @@ impl Ledger {
             .unwrap_or_default()
     }
 
+    /// Durable writes done so far: reports applied per write says how well
+    /// group commit batches.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
     /// Notified after every durable change (the generation saved).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.saved.subscribe()
@@ -360,6 +370,7 @@ impl Ledger {
                 };
                 match self.save(snapshot).await {
                     Ok(()) => {
+                        self.writes.fetch_add(1, Ordering::Relaxed);
                         self.saved.send_replace(generation);
                     }
                     Err(error) => {
