@@ -44,7 +44,9 @@ pub fn next_start(period: BudgetPeriod, time_zone: &TimeZone, start: i64) -> Opt
 /// The calendar a VirtualKey's spend is counted in: its budget's period and
 /// time zone, or a month in UTC for a key without a budget.
 pub fn of_key(budget: Option<&BudgetConfig>) -> (BudgetPeriod, &str) {
-    budget.map_or((BudgetPeriod::Monthly, "UTC"), |b| (b.period, b.time_zone.as_str()))
+    budget.map_or((BudgetPeriod::Monthly, "UTC"), |b| {
+        (b.period, b.time_zone.as_str())
+    })
 }
 
 #[cfg(test)]

@@ -90,7 +90,8 @@ async fn report_load(url: &str, client: &reqwest::Client, instances: usize, seco
     let mut tasks = Vec::new();
     for index in 0..instances {
         let (client, url) = (client.clone(), url.to_owned());
-        let (acknowledged, latencies, in_flight) = (acknowledged.clone(), latencies.clone(), in_flight.clone());
+        let (acknowledged, latencies, in_flight) =
+            (acknowledged.clone(), latencies.clone(), in_flight.clone());
         tasks.push(tokio::spawn(async move {
             // Spread over the second, as sidecars started at different times are.
             tokio::time::sleep(Duration::from_secs_f64(index as f64 / instances as f64)).await;

@@ -515,5 +515,10 @@ async fn the_shared_budget_example_counts_spend_from_every_sidecar() {
     let figures = figures(&operator).await;
     assert_eq!(figures["budgets"]["team"]["reportingSidecars"], 2);
     assert_eq!(figures["budgets"]["team"]["state"], "ok");
+    assert_eq!(
+        figures["keys"]["team"]["spentUsd"],
+        figures["budgets"]["team"]["spentUsd"]
+    );
+    assert_eq!(figures["connected"], 2, "{figures}");
     assert_eq!(figures["inSync"], 2, "{figures}");
 }

@@ -440,8 +440,16 @@ async fn keys_show_their_spend_and_routes_the_sidecars_in_sync() {
     sync.publish("team-a", with_keys_and_route("v2"));
     let router = sync.router();
     // Two sidecars connect: one already serves v2, one still v1.
-    let a = router.clone().oneshot(watch_request("a", "v2")).await.expect("watch a");
-    let b = router.clone().oneshot(watch_request("b", "v1")).await.expect("watch b");
+    let a = router
+        .clone()
+        .oneshot(watch_request("a", "v2"))
+        .await
+        .expect("watch a");
+    let b = router
+        .clone()
+        .oneshot(watch_request("b", "v1"))
+        .await
+        .expect("watch b");
     assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
     // Both report spend with both keys; b says it serves v2 by now.
     let delta = |start: i64, usd: f64| BudgetDelta {
@@ -461,7 +469,11 @@ async fn keys_show_their_spend_and_routes_the_sidecars_in_sync() {
                 ("ops".to_owned(), delta(month_in_utc, usd * 2.0)),
             ]),
         };
-        let answer = router.clone().oneshot(post_report(&report)).await.expect("report");
+        let answer = router
+            .clone()
+            .oneshot(post_report(&report))
+            .await
+            .expect("report");
         assert_eq!(answer.status(), 200);
     }
     let writer = StatusWriter::new(client, Arc::clone(&sync), None);
@@ -484,20 +496,31 @@ async fn keys_show_their_spend_and_routes_the_sidecars_in_sync() {
             assert_eq!(status["spentUsd"], 1.75, "{status}");
             assert_eq!(status["period"], "monthly (Europe/Berlin)");
             assert!(status["periodEnd"].is_string() && status["lastReportAt"].is_string());
-            assert!(status.get("conditions").is_none(), "the reconcile's fields are not touched");
+            assert!(
+                status.get("conditions").is_none(),
+                "the reconcile's fields are not touched"
+            );
             let ops = api
                 .expect_with("PATCH", &format!("{KEY_STATUS}/ops/status"), |call| {
                     (200, stored(call, "VirtualKey", "ops"))
                 })
                 .await;
             assert_eq!(ops.body["status"]["spentUsd"], 3.5);
-            assert_eq!(ops.body["status"]["period"], "monthly (UTC)", "no budget: a month in UTC");
+            assert_eq!(
+                ops.body["status"]["period"], "monthly (UTC)",
+                "no budget: a month in UTC"
+            );
             let route = api
-                .expect_with("PATCH", ROUTE_STATUS, |call| (200, stored(call, "LLMRoute", "smart")))
+                .expect_with("PATCH", ROUTE_STATUS, |call| {
+                    (200, stored(call, "LLMRoute", "smart"))
+                })
                 .await;
             let status = &route.body["status"];
             assert_eq!(status["sidecarsConnected"], 2, "{status}");
-            assert_eq!(status["sidecarsInSync"], 2, "b reported v2 after its hello said v1");
+            assert_eq!(
+                status["sidecarsInSync"], 2,
+                "b reported v2 after its hello said v1"
+            );
             assert_eq!(status["configVersion"], "v2");
         },
     )
@@ -513,7 +536,9 @@ async fn keys_show_their_spend_and_routes_the_sidecars_in_sync() {
         },
         async {
             let route = api
-                .expect_with("PATCH", ROUTE_STATUS, |call| (200, stored(call, "LLMRoute", "smart")))
+                .expect_with("PATCH", ROUTE_STATUS, |call| {
+                    (200, stored(call, "LLMRoute", "smart"))
+                })
                 .await;
             let status = &route.body["status"];
             assert_eq!(
@@ -531,10 +556,19 @@ async fn keys_show_their_spend_and_routes_the_sidecars_in_sync() {
         config_version: "v3".to_owned(),
         ..Report::default()
     };
-    assert_eq!(router.oneshot(post_report(&report)).await.expect("report").status(), 200);
+    assert_eq!(
+        router
+            .oneshot(post_report(&report))
+            .await
+            .expect("report")
+            .status(),
+        200
+    );
     play(async move { writer.write(now).await.expect("written") }, async {
         let route = api
-            .expect_with("PATCH", ROUTE_STATUS, |call| (200, stored(call, "LLMRoute", "smart")))
+            .expect_with("PATCH", ROUTE_STATUS, |call| {
+                (200, stored(call, "LLMRoute", "smart"))
+            })
             .await;
         assert_eq!(route.body["status"]["sidecarsInSync"], 1);
     })

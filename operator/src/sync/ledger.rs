@@ -507,7 +507,10 @@ mod tests {
         assert!(!again.ack.applied, "the sequence is remembered too");
         assert_eq!(restarted.namespace("ns").budgets["team"].reporters.len(), 2);
         let keys = restarted.namespace("ns").keys;
-        assert_eq!(keys["key-a"].spent_usd, 0.5, "each key's own spend, once per report");
+        assert_eq!(
+            keys["key-a"].spent_usd, 0.5,
+            "each key's own spend, once per report"
+        );
         assert_eq!(keys["key-b"].spent_usd, 0.25);
     }
 

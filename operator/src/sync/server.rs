@@ -202,7 +202,9 @@ impl SyncServer {
 
     fn watch_closed(&self, namespace: &str, instance: &str) {
         let mut watchers = self.watchers.lock();
-        let Some(instances) = watchers.get_mut(namespace) else { return };
+        let Some(instances) = watchers.get_mut(namespace) else {
+            return;
+        };
         if let Some(watcher) = instances.get_mut(instance) {
             watcher.watches -= 1;
             if watcher.watches == 0 {

@@ -481,7 +481,12 @@ fn budget_ref(namespace: &str, name: &str) -> ObjectReference {
 ///
 /// # Errors
 /// The write failed (logged; the next round retries).
-async fn write_part<K>(client: &Client, namespace: &str, name: &str, part: &impl Serialize) -> Result<bool, Error>
+async fn write_part<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    part: &impl Serialize,
+) -> Result<bool, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone

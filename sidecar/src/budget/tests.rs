@@ -311,7 +311,10 @@ fn a_keys_spend_is_reported_in_its_budgets_calendar_and_a_new_version_is_reporte
     let clock = ManualClock::at("2026-03-01T04:30:00Z");
     let budgets = budgets(clock);
     let config = config(BudgetAction::Block);
-    assert!(budgets.key_spend("agent", Some(&config)).is_none(), "no sync, no key spend");
+    assert!(
+        budgets.key_spend("agent", Some(&config)).is_none(),
+        "no sync, no key spend"
+    );
     budgets.enable_sync(None);
     assert!(budgets.next_report("v1").is_none(), "nothing to report yet");
 
@@ -319,7 +322,10 @@ fn a_keys_spend_is_reported_in_its_budgets_calendar_and_a_new_version_is_reporte
     let with_budget = budgets.key_spend("agent", Some(&config)).expect("synced");
     with_budget.settle(&usage, Some(0.25));
     with_budget.settle(&usage, Some(0.5));
-    budgets.key_spend("ops", None).expect("synced").settle(&usage, Some(1.0));
+    budgets
+        .key_spend("ops", None)
+        .expect("synced")
+        .settle(&usage, Some(1.0));
     let report = budgets.next_report("v1").expect("key spend to report");
     assert!(report.budgets.is_empty(), "no budget was charged");
     let february_in_new_york: Timestamp = "2026-02-01T05:00:00Z".parse().expect("time");
