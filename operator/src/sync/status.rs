@@ -87,16 +87,6 @@ pub fn key_spend_part(status: &VirtualKeyStatus) -> VirtualKeyStatus {
     }
 }
 
-/// The sidecar counts of an LLMRoute's `status`, the part this writer owns.
-pub fn route_sync_part(status: &LLMRouteStatus) -> LLMRouteStatus {
-    LLMRouteStatus {
-        sidecars_connected: status.sidecars_connected,
-        sidecars_in_sync: status.sidecars_in_sync,
-        config_version: status.config_version.clone(),
-        ..LLMRouteStatus::default()
-    }
-}
-
 /// The spend fields of `status`, the part this writer owns.
 pub fn spend_part(status: &BudgetStatus) -> BudgetStatus {
     BudgetStatus {
@@ -136,12 +126,12 @@ impl StatusWriter {
         self
     }
 
-    /// Resumes from the Budgets' statuses: spend of the period in force at
-    /// `now` seeds the ledger (where it knows nothing newer), and what was
-    /// already announced is not announced again.
+    /// Resumes from the Budgets' and VirtualKeys' statuses: spend of the
+    /// period in force at `now` seeds the ledger (where it knows nothing
+    /// newer), and what was already announced is not announced again.
     ///
     /// # Errors
-    /// Listing Budgets failed.
+    /// Listing Budgets or VirtualKeys failed.
     pub async fn resume(&self, scope: &WatchScope, now: Timestamp) -> Result<usize, Error> {
         let mut seeded = 0;
         let mut calendars = HashMap::new();
@@ -151,11 +141,14 @@ impl StatusWriter {
                 .await
                 .map_err(|source| Error::sync("listing Budgets to resume spend", source))?;
             for budget in budgets {
-                let (Some(namespace), Some(status)) = (budget.namespace(), budget.status.as_ref()) else {
+                let Some(namespace) = budget.namespace() else {
                     continue;
                 };
                 let name = budget.name_any();
                 calendars.insert((namespace.clone(), name.clone()), calendar(&budget));
+                let Some(status) = budget.status.as_ref() else {
+                    continue;
+                };
                 let Some(spend) = resumed_spend(&budget, now) else {
                     continue;
                 };
