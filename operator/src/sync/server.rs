@@ -74,6 +74,9 @@ pub struct SyncServer {
     configs: watch::Sender<BTreeMap<String, Published>>,
     /// By namespace, then instance id.
     watchers: Mutex<HashMap<String, HashMap<String, Watcher>>>,
+    /// Each namespace's totals frame and the ledger generation it was made
+    /// for: made once for all of the namespace's watches, not once each.
+    totals_frames: Mutex<HashMap<String, (u64, Bytes)>>,
     metrics: SyncMetrics,
 }
 
@@ -85,6 +88,7 @@ impl SyncServer {
             auth,
             configs: watch::Sender::new(BTreeMap::new()),
             watchers: Mutex::default(),
+            totals_frames: Mutex::default(),
             metrics,
         })
     }
@@ -184,6 +188,20 @@ impl SyncServer {
             })),
             config_version,
         }
+    }
+
+    /// `namespace`'s totals frame as of ledger generation `generation` (or later).
+    fn totals_frame(&self, namespace: &str, generation: u64) -> Bytes {
+        let mut frames = self.totals_frames.lock();
+        if let Some((made, frame)) = frames.get(namespace)
+            && *made >= generation
+        {
+            return frame.clone();
+        }
+        let totals = self.ledger.totals(namespace);
+        let frame = Bytes::from(Frame::Totals { totals }.to_line());
+        frames.insert(namespace.to_owned(), (generation, frame.clone()));
+        frame
     }
 
     fn watch_opened(&self, namespace: &str, instance: &str, version: &str) {
@@ -408,12 +426,11 @@ async fn watch_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap
                 }
                 changed = totals.changed() => {
                     if changed.is_err() { break; }
-                    totals.borrow_and_update();
-                    let now = server.ledger.totals(&namespace);
-                    if sent_totals.as_ref() != Some(&now) {
-                        let frame = Frame::Totals { totals: now.clone() };
-                        sent_totals = Some(now);
-                        yield Ok(Bytes::from(frame.to_line()));
+                    let generation = *totals.borrow_and_update();
+                    let frame = server.totals_frame(&namespace, generation);
+                    if sent_totals.as_ref() != Some(&frame) {
+                        sent_totals = Some(frame.clone());
+                        yield Ok(frame);
                         tokio::time::sleep(TOTALS_EVERY).await;
                     }
                 }
