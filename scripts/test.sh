@@ -181,6 +181,16 @@ else
     $sudo apt-get install -y -qq --no-install-recommends prometheus
 fi
 
+step "openssl for the TLS trace-collector test's certificates (installed if missing)"
+if command -v openssl >/dev/null 2>&1; then
+    openssl version
+else
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then sudo=sudo; fi
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends openssl
+fi
+
 step "OpenAI SDK end-to-end tests (pytest)"
 pytest_status=0
 "$VENV/bin/python" -m pytest "$SDK_TESTS" -q -ra -p no:cacheprovider || pytest_status=$?
