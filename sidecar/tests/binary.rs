@@ -329,6 +329,20 @@ async fn sigterm_ends_the_process_cleanly() {
     sidecar.terminate().await;
 }
 
+#[tokio::test]
+async fn a_pool_of_worker_threads_serves_as_one_thread_does() {
+    let manifests = [
+        provider("m", "{provider: mock}"),
+        route("smart", "{targets: [{provider: m, model: m}]}"),
+    ]
+    .concat();
+    let mut sidecar = spawn(&manifests, &[("LLMESH_WORKER_THREADS", "3".to_owned())]);
+    let request = ask();
+    let answers = futures::future::join_all((0..8).map(|_| sidecar.chat(&request))).await;
+    assert!(answers.iter().all(|a| a.status() == 200));
+    sidecar.terminate().await;
+}
+
 /// The bug report's case: three answers of $0.000141 sum to a number
 /// (0.00042300000000000004) that a lossy float parser reads one step off,
 /// which made the sidecar refuse the state file it had just written.
