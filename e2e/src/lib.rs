@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 
 /// The variable naming the cluster to test against.
@@ -89,4 +90,78 @@ where
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Room for a ReplicaSet to be created and its first pod admitted on a busy cluster.
+const POD_WAIT: Duration = Duration::from_secs(60);
+
+/// Creates the one-replica Deployment `app` (a pause container, pods
+/// labelled `app=<app>`) whose pod template carries `annotations`, and
+/// returns its first pod as admitted, webhook mutations included.
+///
+/// # Panics
+/// The Deployment cannot be created, or no pod appears in time.
+pub async fn annotated_pod(
+    client: &Client,
+    namespace: &str,
+    app: &str,
+    annotations: serde_json::Value,
+) -> Pod {
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": app},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": app}},
+            "template": {
+                "metadata": {"labels": {"app": app}, "annotations": annotations},
+                "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.9"}]}
+            }
+        }
+    }))
+    .expect("deployment");
+    Api::<Deployment>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create the Deployment");
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    let selector = format!("app={app}");
+    eventually("a pod of the Deployment", POD_WAIT, || async {
+        pods.list(&ListParams::default().labels(&selector))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+    })
+    .await
+}
+
+/// A pod's containers, init containers first (the sidecar may be a native
+/// sidecar, which is an init container).
+pub fn containers(pod: &Pod) -> Vec<&Container> {
+    pod.spec
+        .iter()
+        .flat_map(|spec| spec.init_containers.iter().flatten().chain(&spec.containers))
+        .collect()
+}
+
+/// The container named `name`.
+///
+/// # Panics
+/// The pod has no such container.
+pub fn container<'a>(pod: &'a Pod, name: &str) -> &'a Container {
+    containers(pod)
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("the pod has no container {name}"))
+}
+
+/// The literal value of a container's environment variable `name`.
+pub fn env(container: &Container, name: &str) -> Option<String> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
 }

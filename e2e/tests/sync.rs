@@ -9,13 +9,12 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Container, Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use llmesh_crds::{Budget, injection};
-use llmesh_e2e::{TestNamespace, cluster, eventually};
+use llmesh_e2e::{TestNamespace, annotated_pod, cluster, container, env, eventually};
 use llmesh_operator::sync::cluster::{LEADER_LABEL, SERVICE};
 use serde_json::json;
 
@@ -24,15 +23,6 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn operator_namespace() -> String {
     std::env::var("LLMESH_E2E_OPERATOR_NAMESPACE").unwrap_or_else(|_| "llmesh-system".to_owned())
-}
-
-fn env(container: &Container, name: &str) -> Option<String> {
-    container
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == name)
-        .and_then(|e| e.value.clone())
 }
 
 #[tokio::test]
@@ -87,50 +77,20 @@ async fn the_sync_service_reaches_the_leader_and_budgets_show_their_spend() {
         .create(&PostParams::default(), &budget)
         .await
         .expect("create the Budget");
-    let deployment: Deployment = serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "chat-api"},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "chat-api"}},
-            "template": {
-                "metadata": {"labels": {"app": "chat-api"}, "annotations": {"llmesh.io/inject": "enabled"}},
-                "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.9"}]}
-            }
-        }
-    }))
-    .expect("deployment");
-    Api::<Deployment>::namespaced(client.clone(), &ns.name)
-        .create(&PostParams::default(), &deployment)
-        .await
-        .expect("create the Deployment");
-
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
-    let pod = eventually("a pod of the Deployment", WAIT, || async {
-        pods.list(&ListParams::default().labels("app=chat-api"))
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .next()
-    })
+    let pod = annotated_pod(
+        &client,
+        &ns.name,
+        "chat-api",
+        json!({"llmesh.io/inject": "enabled"}),
+    )
     .await;
-    let spec = pod.spec.clone().expect("spec");
-    let containers: Vec<&Container> = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter())
-        .collect();
-    let sidecar = containers
-        .iter()
-        .find(|c| c.name == injection::CONTAINER_NAME)
-        .expect("the pod has the llmesh sidecar");
+    let sidecar = container(&pod, injection::CONTAINER_NAME);
     assert_eq!(
         env(sidecar, injection::SYNC_URL),
         Some(format!("https://{SERVICE}.{system}.svc:9444"))
     );
     assert!(env(sidecar, injection::SYNC_CA).is_some_and(|ca| ca.contains("BEGIN CERTIFICATE")));
-    let app = containers.iter().find(|c| c.name == "app").expect("the app");
+    let app = container(&pod, "app");
     assert!(env(app, injection::SYNC_URL).is_none() && env(app, injection::SYNC_CA).is_none());
 
     // The leader fills the spend fields within a status round or two.

@@ -55,7 +55,7 @@ impl Setup {
         Self {
             dir,
             operator_bin: PathBuf::from(env!("CARGO_BIN_EXE_llmesh-operator")),
-            sidecar_bin: binary("llmesh-sidecar", "llmesh-sidecar"),
+            sidecar_bin: binary("llmesh-sidecar"),
         }
     }
 

@@ -379,8 +379,10 @@ mod tests {
         let client = reqwest::Client::new();
 
         // Nagle's algorithm shows from the second stream on a connection:
-        // a chunk then waits for the delayed ACK of the one before, ~40 ms.
-        let mut longest = Duration::ZERO;
+        // a chunk then waits for the delayed ACK of the one before, ~40 ms,
+        // every time. A busy machine delays a chunk now and then, so the
+        // typical gap is what tells the two apart, not the longest.
+        let mut gaps = Vec::new();
         for _ in 0..3 {
             let response = client.post(&url).body(body).send().await.expect("send");
             let mut chunks = response.bytes_stream();
@@ -389,14 +391,16 @@ mod tests {
                 chunk.expect("chunk");
                 let now = Instant::now();
                 if let Some(last) = last {
-                    longest = longest.max(now - last);
+                    gaps.push(now - last);
                 }
                 last = Some(now);
             }
         }
+        gaps.sort();
+        let median = gaps[gaps.len() / 2];
         assert!(
-            longest < Duration::from_millis(30),
-            "a chunk was held back for {longest:?}"
+            median < Duration::from_millis(25),
+            "chunks were held back: median gap {median:?} of {gaps:?}"
         );
         gateway.shutdown(Duration::from_secs(1)).await;
     }

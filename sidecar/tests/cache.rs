@@ -286,10 +286,12 @@ async fn requests_steer_the_cache_with_headers_unless_the_route_forbids_it() {
 #[tokio::test]
 async fn an_entry_expires_after_the_requests_own_ttl() {
     let sidecar = Sidecar::start(&cached_mock("{provider: mock}")).await;
-    let short = [("x-llmesh-cache-ttl", "300ms")];
+    // Long enough that the second request lands inside it on a busy machine.
+    let short = [("x-llmesh-cache-ttl", "2s")];
+    let stored = std::time::Instant::now();
     assert_eq!(chat(&sidecar, &ask("brief"), &short).await.0, "miss");
     assert_eq!(chat(&sidecar, &ask("brief"), &[]).await.0, "hit");
-    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100).saturating_sub(stored.elapsed())).await;
     assert_eq!(
         chat(&sidecar, &ask("brief"), &[]).await.0,
         "miss",

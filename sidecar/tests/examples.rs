@@ -638,3 +638,31 @@ async fn the_eval_example_pairs_a_slow_shadow_with_the_answer_the_app_got_at_onc
         "{metrics}"
     );
 }
+
+/// The injection example's pods send no key: the sidecar's default key
+/// (the annotation, injected as `LLMESH_VIRTUAL_KEY`) must exist beside them.
+#[tokio::test]
+async fn injection_pods_spend_on_the_default_key_defined_beside_them() {
+    // In a cluster the operator generates the key into the Secret named
+    // like the VirtualKey; standalone, that Secret is written by hand.
+    let generated = llmesh_test_support::harness::secret("chat-api", "key", "sk-llmesh-generated");
+    let manifests = example("quickstart") + &example("injection") + &generated;
+    let sidecar = Sidecar::start_with(
+        &manifests,
+        vec![(
+            llmesh_crds::injection::DEFAULT_VIRTUAL_KEY.to_owned(),
+            "chat-api".to_owned(),
+        )],
+    )
+    .await;
+    let ask = json!({"model": "smart", "messages": [{"role": "user", "content": "Hello"}]});
+    let answer = sidecar.post("/v1/chat/completions", &ask).await;
+    assert_eq!(answer.status(), 200);
+    let metrics = sidecar.get("/metrics").await.text().await.expect("text");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("llmesh_requests_total{")
+            && l.contains(r#"team="chat""#)
+            && l.contains(r#"virtual_key="chat-api""#)),
+        "{metrics}"
+    );
+}

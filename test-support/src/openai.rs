@@ -83,23 +83,52 @@ fn failure(behavior: &Behavior) -> Option<Response> {
     }
 }
 
+/// What every endpoint does first: records the call, plays its scripted
+/// delay or failure, and parses the body, refusing bad JSON as OpenAI does.
+/// The behavior comes back for endpoints that misbehave mid-answer.
+async fn accept(
+    state: &State,
+    uri: &Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(Behavior, Value), Response> {
+    let behavior = pace(state.record(uri.to_string(), headers, body.clone())).await;
+    if let Some(response) = failure(&behavior) {
+        return Err(response);
+    }
+    let request = serde_json::from_slice::<Value>(&body).map_err(|_| {
+        error(
+            400,
+            "We could not parse the JSON body of your request.",
+            "invalid_request_error",
+            None,
+        )
+    })?;
+    Ok((behavior, request))
+}
+
+/// An `input` field's texts, one per item (a token array counts as empty),
+/// so results line up with the inputs by index.
+fn input_texts(request: &Value) -> Vec<String> {
+    match &request["input"] {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|item| item.as_str().unwrap_or_default().to_owned())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 async fn chat(
     AxumState(state): AxumState<Arc<State>>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let behavior = pace(state.record(uri.to_string(), headers, body.clone())).await;
-    if let Some(response) = failure(&behavior) {
-        return response;
-    }
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(
-            400,
-            "We could not parse the JSON body of your request.",
-            "invalid_request_error",
-            None,
-        );
+    let (behavior, request) = match accept(&state, &uri, headers, body).await {
+        Ok(accepted) => accepted,
+        Err(refusal) => return refusal,
     };
     let model = request["model"].as_str().unwrap_or("gpt-4o-mini").to_owned();
     let prompt_tokens = last_user_text(&request).split_whitespace().count().max(1);
@@ -241,19 +270,11 @@ async fn moderations(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let behavior = pace(state.record(uri.to_string(), headers, body.clone())).await;
-    if let Some(response) = failure(&behavior) {
-        return response;
-    }
-    let request: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let inputs: Vec<String> = match &request["input"] {
-        Value::String(text) => vec![text.clone()],
-        Value::Array(items) => items
-            .iter()
-            .filter_map(|i| i.as_str().map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
+    let request = match accept(&state, &uri, headers, body).await {
+        Ok((_, request)) => request,
+        Err(refusal) => return refusal,
     };
+    let inputs = input_texts(&request);
     let results: Vec<Value> = inputs
         .iter()
         .map(|input| {
@@ -283,26 +304,11 @@ async fn embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let behavior = pace(state.record(uri.to_string(), headers, body.clone())).await;
-    if let Some(response) = failure(&behavior) {
-        return response;
-    }
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(
-            400,
-            "We could not parse the JSON body of your request.",
-            "invalid_request_error",
-            None,
-        );
+    let request = match accept(&state, &uri, headers, body).await {
+        Ok((_, request)) => request,
+        Err(refusal) => return refusal,
     };
-    let inputs: Vec<String> = match &request["input"] {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(items) => items
-            .iter()
-            .map(|i| i.as_str().unwrap_or_default().to_owned())
-            .collect(),
-        _ => Vec::new(),
-    };
+    let inputs = input_texts(&request);
     let tokens: usize = inputs.iter().map(|i| i.split_whitespace().count()).sum();
     let data: Vec<Value> = inputs
         .iter()

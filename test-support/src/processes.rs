@@ -15,17 +15,21 @@ use serde_json::Value;
 /// # Panics
 /// The binary cannot be built.
 #[allow(clippy::unwrap_used)]
-pub fn binary(package: &str, name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let folder = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
     let path = folder.join(name);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    // Always ask cargo: a stale binary from before a change would test old code.
+    // Always ask cargo: a stale binary from before a change would test old
+    // code. Asked as `cargo test --workspace` builds (nothing to do after
+    // it): `build -p` would resolve dependencies' features for one package,
+    // without dev-dependencies, and build a second copy of half of them.
     let status = Command::new(cargo)
-        .args(["build", "-q", "-p", package, "--bin", name])
+        .args(["test", "-q", "--workspace", "--no-run"])
+        .stderr(Stdio::null())
         .status()
         .unwrap();
-    assert!(status.success(), "cargo build -p {package} --bin {name}");
+    assert!(status.success(), "cargo test --workspace --no-run");
     path
 }
 
