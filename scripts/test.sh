@@ -25,7 +25,8 @@ SDK_TESTS=sidecar/tests/sdk
 # apart from the SDK tests' and reinstalled only when its pins change.
 CHART_VENV=.venv-chart
 CHART_TESTS=charts/tests
-TOTAL_STEPS=17
+# Counted, not written down: a step added in a branch cannot leave it stale.
+TOTAL_STEPS=$(grep -c '^step "' "${BASH_SOURCE[0]}")
 # Cargo tools, pinned: a new release can change what passes.
 CARGO_DENY_VERSION=0.20.2
 CARGO_FUZZ_VERSION=0.13.2
@@ -179,6 +180,16 @@ else
     if [[ $(id -u) -ne 0 ]]; then sudo=sudo; fi
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq --no-install-recommends prometheus
+fi
+
+step "openssl for the TLS trace-collector test's certificates (installed if missing)"
+if command -v openssl >/dev/null 2>&1; then
+    openssl version
+else
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then sudo=sudo; fi
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends openssl
 fi
 
 step "OpenAI SDK end-to-end tests (pytest)"

@@ -132,6 +132,7 @@ BAD_VALUES = {
     "memory not a quantity": ({"operator": {"resources": {"limits": {"memory": "lots"}}}}, "memory"),
     "watched namespaces as a string": ({"operator": {"watchNamespaces": "team-a"}}, "watchNamespaces"),
     "watched namespace not a DNS label": ({"operator": {"watchNamespaces": ["Team_A"]}}, "watchNamespaces"),
+    "trace protocol the sidecar cannot export": ({"sidecar": {"otelProtocol": "http/json"}}, "otelProtocol"),
 }
 
 
@@ -212,6 +213,16 @@ def test_rendered_objects_agree_with_the_operator(mode):
     assert find(objects, "Service", sync["service"])["spec"]["selector"] == {**selector, sync["leaderLabel"]: "true"}
     if mode == "cert-manager":
         assert f"{sync['service']}.{NAMESPACE}.svc" in find(objects, "Certificate")["spec"]["dnsNames"]
+
+
+def test_the_trace_collector_and_protocol_reach_the_operator_as_variables_it_reads():
+    values = {"sidecar": {"otelEndpoint": "http://otel-collector.observability:4317", "otelProtocol": "grpc"}}
+    deployment = find(render(values), "Deployment", "llmesh-operator")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LLMESH_SIDECAR_OTEL_ENDPOINT"] == "http://otel-collector.observability:4317"
+    assert env["LLMESH_SIDECAR_OTEL_PROTOCOL"] == "grpc"
+    assert {"LLMESH_SIDECAR_OTEL_ENDPOINT", "LLMESH_SIDECAR_OTEL_PROTOCOL"} <= set(operator_contract(container["args"])["env"])
 
 
 def test_the_sync_service_is_the_one_the_design_names():

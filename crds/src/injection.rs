@@ -92,6 +92,9 @@ pub const ROUTES_ANNOTATION: &str = "llmesh.io/routes";
 /// Pod annotation: the OTLP/HTTP collector the sidecar exports traces to
 /// (`OTEL_EXPORTER_OTLP_ENDPOINT`); overrides the operator's default.
 pub const OTEL_ENDPOINT_ANNOTATION: &str = "llmesh.io/otel-endpoint";
+/// Pod annotation: how the sidecar exports traces, `http/protobuf` or `grpc`
+/// (`OTEL_EXPORTER_OTLP_PROTOCOL`); overrides the operator's default.
+pub const OTEL_PROTOCOL_ANNOTATION: &str = "llmesh.io/otel-protocol";
 /// Pod annotation overriding the sidecar's memory request.
 pub const MEMORY_REQUEST_ANNOTATION: &str = "llmesh.io/memory-request";
 /// Pod annotation overriding the sidecar's memory limit.

@@ -1,5 +1,6 @@
 //! Budget periods: calendar-aligned in the budget's time zone.
 
+use crate::config::BudgetConfig;
 use crate::resources::BudgetPeriod;
 use jiff::civil::Weekday;
 use jiff::tz::TimeZone;
@@ -38,6 +39,14 @@ pub fn next_start(period: BudgetPeriod, time_zone: &TimeZone, start: i64) -> Opt
     next.to_zoned(time_zone.clone())
         .ok()
         .map(|z| z.timestamp().as_second())
+}
+
+/// The calendar a VirtualKey's spend is counted in: its budget's period and
+/// time zone, or a month in UTC for a key without a budget.
+pub fn of_key(budget: Option<&BudgetConfig>) -> (BudgetPeriod, &str) {
+    budget.map_or((BudgetPeriod::Monthly, "UTC"), |b| {
+        (b.period, b.time_zone.as_str())
+    })
 }
 
 #[cfg(test)]

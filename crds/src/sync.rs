@@ -72,8 +72,11 @@ pub struct BudgetTotal {
 }
 
 /// Spend a sidecar settled since its last acknowledged report.
+///
+/// Unknown fields are ignored, so a sidecar newer than its operator can add
+/// one without its reports being refused.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     /// The sidecar's instance id.
     pub instance: String,
@@ -86,9 +89,14 @@ pub struct Report {
     /// Spend by budget name.
     #[serde(default)]
     pub budgets: BTreeMap<String, BudgetDelta>,
+    /// Spend by VirtualKey name, in the calendar of the key's budget (a
+    /// month in UTC for a key without one, see [`crate::period::of_key`]).
+    /// Absent from sidecars older than this field: their keys show no spend.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, BudgetDelta>,
 }
 
-/// One budget's spend in one report.
+/// One budget's (or key's) spend in one report.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BudgetDelta {

@@ -32,6 +32,7 @@ fn injector() -> Injector {
             resources: Resources::default(),
             sync: None,
             otel_endpoint: None,
+            otel_protocol: None,
         }),
         namespaces: Arc::new(HashMap::from([("team-a".to_owned(), namespace)])),
         metrics: None,

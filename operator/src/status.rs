@@ -99,6 +99,7 @@ pub fn route_status(route: &LLMRoute, compiled: &Compiled, now: &Time) -> LLMRou
         },
         model: Some(alias),
         resolved_targets,
+        ..LLMRouteStatus::default()
     }
 }
 
@@ -155,6 +156,7 @@ pub fn key_status(key: &VirtualKey, compiled: &Compiled, now: &Time) -> VirtualK
         secret_name: Some(key.secret_name()),
         expires_at: key.spec.expires_at.clone(),
         previous_key_valid_until,
+        ..VirtualKeyStatus::default()
     }
 }
 
@@ -208,16 +210,44 @@ trait OwnedStatus: Serialize + PartialEq + Clone {
     }
 }
 
-macro_rules! common_status {
-    ($($status:ty),*) => {$(
-        impl OwnedStatus for $status {
-            fn conditions(&self) -> &[Condition] {
-                &self.common.conditions
-            }
-        }
-    )*};
+impl OwnedStatus for ProviderSecretStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.common.conditions
+    }
 }
-common_status!(ProviderSecretStatus, LLMRouteStatus, VirtualKeyStatus);
+
+impl OwnedStatus for LLMRouteStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.common.conditions
+    }
+
+    /// The sidecar counts come from the sync channel's own field manager.
+    fn owned_part(&self) -> Self {
+        Self {
+            sidecars_connected: None,
+            sidecars_in_sync: None,
+            config_version: None,
+            ..self.clone()
+        }
+    }
+}
+
+impl OwnedStatus for VirtualKeyStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.common.conditions
+    }
+
+    /// The key's spend comes from the sync channel's own field manager.
+    fn owned_part(&self) -> Self {
+        Self {
+            spent_usd: None,
+            period: None,
+            period_end: None,
+            last_report_at: None,
+            ..self.clone()
+        }
+    }
+}
 
 impl OwnedStatus for BudgetStatus {
     fn conditions(&self) -> &[Condition] {

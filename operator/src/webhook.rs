@@ -102,10 +102,15 @@ pub struct WebhookArgs {
     /// The injected container's `imagePullPolicy` (default: Kubernetes' default for the tag).
     #[arg(long, env = "LLMESH_SIDECAR_IMAGE_PULL_POLICY")]
     pub sidecar_image_pull_policy: Option<String>,
-    /// The OTLP/HTTP collector injected sidecars export traces to (a pod's
+    /// The OTLP collector injected sidecars export traces to (a pod's
     /// `llmesh.io/otel-endpoint` annotation overrides it); unset: no tracing.
     #[arg(long, env = "LLMESH_SIDECAR_OTEL_ENDPOINT")]
     pub sidecar_otel_endpoint: Option<String>,
+    /// How injected sidecars export traces: `http/protobuf` (the sidecar's
+    /// default) or `grpc` (a pod's `llmesh.io/otel-protocol` annotation
+    /// overrides it).
+    #[arg(long, env = "LLMESH_SIDECAR_OTEL_PROTOCOL", value_parser = mutate::OTEL_PROTOCOLS)]
+    pub sidecar_otel_protocol: Option<String>,
     /// Native sidecar (init container, Kubernetes ≥ 1.29), plain container, or decided from the API server's version.
     #[arg(long, value_enum, default_value = "auto")]
     pub sidecar_mode: version::SidecarMode,
@@ -182,6 +187,7 @@ impl Webhook {
             resources: Resources::default(),
             sync: None,
             otel_endpoint: args.sidecar_otel_endpoint.clone(),
+            otel_protocol: args.sidecar_otel_protocol.clone(),
         };
         tracing::info!(
             native_sidecar = settings.native_sidecar,

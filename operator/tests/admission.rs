@@ -96,8 +96,13 @@ fn a_deployment_pod_gets_a_native_sidecar_with_everything_it_needs() {
     );
     assert_eq!(
         env(sidecar, "OTEL_EXPORTER_OTLP_ENDPOINT"),
-        Some("http://otel-collector.observability:4318"),
+        Some("http://otel-collector.observability:4317"),
         "llmesh.io/otel-endpoint"
+    );
+    assert_eq!(
+        env(sidecar, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        Some("grpc"),
+        "llmesh.io/otel-protocol"
     );
     assert_eq!(env(sidecar, "OTEL_SERVICE_NAME"), Some("chat-api"));
     assert_eq!(

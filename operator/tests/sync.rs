@@ -220,7 +220,29 @@ async fn a_shared_budget_is_exhausted_across_five_sidecars_and_then_blocks_on_al
     );
     assert!(spent_by_apps >= limit, "the budget was used up");
     assert!(overshoot <= bound, "overshoot {overshoot} over the bound {bound}");
-    assert_eq!(figures(&operator).await["budgets"]["team"]["state"], "exceeded");
+    let figures = figures(&operator).await;
+    assert_eq!(figures["budgets"]["team"]["state"], "exceeded");
+    // All of it went through one key: its status shows the same spend, in
+    // its budget's calendar.
+    let key = &figures["keys"]["agent"];
+    assert!(
+        (key["spentUsd"].as_f64().unwrap_or_default() - spent_by_apps).abs() < 1e-6,
+        "{key} vs served {spent_by_apps}"
+    );
+    assert_eq!(key["period"], "monthly (UTC)");
+}
+
+/// Waits until the operator counts `connected` sidecars, all in sync.
+async fn wait_until_in_sync(operator: &Operator, connected: u64, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let figures = figures(operator).await;
+        if figures["connected"] == connected && figures["inSync"] == connected {
+            return figures;
+        }
+        assert!(Instant::now() < deadline, "not all in sync: {figures}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -241,6 +263,8 @@ async fn a_route_change_in_the_folder_is_served_by_every_sidecar_within_two_seco
         );
     }
 
+    let before = wait_until_in_sync(&operator, 5, Duration::from_secs(10)).await;
+
     std::fs::write(
         setup.path("operator").join("llm.yaml"),
         manifests("m2", "{limitUsd: 1000}"),
@@ -253,6 +277,9 @@ async fn a_route_change_in_the_folder_is_served_by_every_sidecar_within_two_seco
     // The contract is 2 s; measured alone it takes well under 1 s (200 ms
     // folder poll, push, rebuild). The slack is for a loaded CI machine.
     assert!(took < Duration::from_secs(3), "{took:?}");
+    // Each sidecar tells the operator the version it now serves, traffic or not.
+    let after = wait_until_in_sync(&operator, 5, Duration::from_secs(5)).await;
+    assert_ne!(after["configVersion"], before["configVersion"]);
     // The sidecars' own folders never changed: the operator's push did it.
     assert!(
         std::fs::read_to_string(setup.path("sidecar").join("llm.yaml"))
@@ -309,6 +336,11 @@ async fn an_operator_killed_mid_traffic_loses_no_acknowledged_spend_and_sigterm_
         (counted - served).abs() < 1e-6,
         "operator {counted} vs served {served}"
     );
+    // The key's spend went through the same state file and restart.
+    let key = figures(&operator).await["keys"]["agent"]["spentUsd"]
+        .as_f64()
+        .unwrap_or_default();
+    assert!((key - served).abs() < 1e-6, "key {key} vs served {served}");
 }
 
 async fn report(url: &str, token: &str, body: &Value) -> reqwest::Response {
@@ -483,5 +515,10 @@ async fn the_shared_budget_example_counts_spend_from_every_sidecar() {
     let figures = figures(&operator).await;
     assert_eq!(figures["budgets"]["team"]["reportingSidecars"], 2);
     assert_eq!(figures["budgets"]["team"]["state"], "ok");
+    assert_eq!(
+        figures["keys"]["team"]["spentUsd"],
+        figures["budgets"]["team"]["spentUsd"]
+    );
+    assert_eq!(figures["connected"], 2, "{figures}");
     assert_eq!(figures["inSync"], 2, "{figures}");
 }

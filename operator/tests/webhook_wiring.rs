@@ -94,6 +94,7 @@ async fn the_wired_webhook_injects_from_its_caches_and_publishes_its_ca() {
         sidecar_image: "ghcr.io/llmesh/llmesh-sidecar:test".to_owned(),
         sidecar_image_pull_policy: None,
         sidecar_otel_endpoint: None,
+        sidecar_otel_protocol: None,
         sidecar_mode: SidecarMode::Auto,
         webhook_service: "llmesh-webhook".to_owned(),
         webhook_secret: "llmesh-webhook-tls".to_owned(),

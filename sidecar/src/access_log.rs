@@ -231,6 +231,11 @@ impl AccessRecord {
         self.trace.as_ref().map(RequestTrace::trace_id)
     }
 
+    /// The request's trace, when it is traced.
+    pub fn trace(&self) -> Option<&RequestTrace> {
+        self.trace.as_ref()
+    }
+
     /// Notes the request's trace; its span ends with the record.
     pub fn set_trace(&mut self, trace: RequestTrace) {
         self.trace = Some(trace);

@@ -1,7 +1,7 @@
 //! Admission: the opening every endpoint shares, whatever its format —
 //! authenticate the caller, read and parse the body (the endpoint's only
 //! part), resolve the route, and let the key's budget and rate limits admit
-//! the request.
+//! the request (whose spend with the key is then held for the sync report).
 
 use std::sync::Arc;
 
@@ -147,6 +147,12 @@ pub async fn admit<R: Admissible>(
         .await?;
     let route = check_budget(app, &runtime, key.as_deref(), route, &estimate, headers, record)?;
     check_rate_limits(app, key.as_deref(), &estimate, record)?;
+    if let Some(key) = &key {
+        let budget = key.config.budget.as_ref().and_then(|b| runtime.budgets.get(b));
+        if let Some(spend) = app.budgets.key_spend(&key.name, budget) {
+            record.hold(spend);
+        }
+    }
     if route.log_content
         && let Some(prompt) = request.prompt()
     {

@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use llmesh_crds::config::BudgetConfig;
 use llmesh_crds::period;
-use llmesh_crds::resources::{BudgetAction, FailMode};
+use llmesh_crds::resources::{BudgetAction, BudgetPeriod, FailMode};
 use llmesh_crds::sync::{Ack, BudgetDelta, BudgetTotal, Report};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -158,6 +158,9 @@ struct Shared {
     totals: BTreeMap<String, BudgetTotal>,
     /// When the operator was last heard from (a frame, a keepalive or an ack).
     heard: Option<Timestamp>,
+    /// The configuration in force changed since the last report: the next
+    /// one is due even without spend, so the operator learns the version.
+    version_due: bool,
 }
 
 impl Shared {
@@ -169,6 +172,14 @@ impl Shared {
             .filter(|d| d.period_start == start)
             .map(|d| d.spent_usd)
             .sum()
+    }
+
+    /// Whether anything waits to be reported or acknowledged.
+    fn waiting(&self) -> bool {
+        self.version_due
+            || self.saved.in_flight.is_some()
+            || !self.saved.unreported.is_empty()
+            || !self.saved.unreported_keys.is_empty()
     }
 
     /// The cluster's spend of `budget` in the period starting `start`,
@@ -233,13 +244,16 @@ impl Budgets {
             next_seq: 1,
             in_flight: None,
             unreported: BTreeMap::new(),
+            unreported_keys: BTreeMap::new(),
         });
-        let waiting = saved.in_flight.is_some() || !saved.unreported.is_empty();
-        self.state.lock().sync = Some(Shared {
+        let shared = Shared {
             saved,
             totals: BTreeMap::new(),
             heard: None,
-        });
+            version_due: false,
+        };
+        let waiting = shared.waiting();
+        self.state.lock().sync = Some(shared);
         if waiting {
             self.unreported.notify_one();
         }
@@ -266,12 +280,14 @@ impl Budgets {
     pub fn next_report(&self, config_version: &str) -> Option<Report> {
         let mut state = self.state.lock();
         let shared = state.sync.as_mut()?;
-        if shared.saved.in_flight.is_none() && !shared.saved.unreported.is_empty() {
+        if shared.saved.in_flight.is_none() && shared.waiting() {
+            shared.version_due = false;
             let report = Report {
                 instance: shared.saved.instance.clone(),
                 seq: shared.saved.next_seq,
                 config_version: config_version.to_owned(),
                 budgets: std::mem::take(&mut shared.saved.unreported),
+                keys: std::mem::take(&mut shared.saved.unreported_keys),
             };
             shared.saved.next_seq += 1;
             shared.saved.in_flight = Some(report);
@@ -311,13 +327,47 @@ impl Budgets {
         }
     }
 
-    /// Whether spend is waiting to be acknowledged.
+    /// Whether spend (or a new configuration version) is waiting to be acknowledged.
     pub fn has_unreported(&self) -> bool {
-        self.state
-            .lock()
-            .sync
-            .as_ref()
-            .is_some_and(|s| s.saved.in_flight.is_some() || !s.saved.unreported.is_empty())
+        self.state.lock().sync.as_ref().is_some_and(Shared::waiting)
+    }
+
+    /// A new configuration is in force: report it soon, spend or not, so
+    /// the operator counts this sidecar in sync.
+    pub fn report_version(&self) {
+        if let Some(shared) = self.state.lock().sync.as_mut() {
+            shared.version_due = true;
+            self.unreported.notify_one();
+        }
+    }
+
+    /// What settles a request's spend against `key` for its VirtualKey
+    /// status, in the calendar of the key's `budget`; none without the sync
+    /// channel (only the operator shows a key's spend).
+    pub fn key_spend(self: &Arc<Self>, key: &str, budget: Option<&BudgetConfig>) -> Option<KeySpend> {
+        self.state.lock().sync.as_ref()?;
+        let (kind, zone_name) = period::of_key(budget);
+        Some(KeySpend {
+            budgets: self.clone(),
+            key: key.to_owned(),
+            period: kind,
+            zone: TimeZone::get(zone_name).unwrap_or(TimeZone::UTC),
+        })
+    }
+
+    fn record_key(&self, spend: &KeySpend, usage: &Usage, cost: Option<f64>) {
+        let start = period::start(spend.period, &spend.zone, self.clock.now());
+        let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+        let cost = cost.filter(|c| *c > 0.0).unwrap_or(0.0);
+        if cost == 0.0 && tokens == 0 {
+            return;
+        }
+        let mut state = self.state.lock();
+        let Some(shared) = state.sync.as_mut() else { return };
+        add_delta(&mut shared.saved.unreported_keys, &spend.key, start, cost, tokens);
+        drop(state);
+        self.unreported.notify_one();
+        self.mark_changed();
     }
 
     /// Checks a request against its key's budget.
@@ -581,26 +631,8 @@ impl Budgets {
         spend.spent_usd += cost;
         let start = spend.period_start;
         if let Some(shared) = state.sync.as_mut() {
-            let delta = shared
-                .saved
-                .unreported
-                .entry(budget.to_owned())
-                .or_insert(BudgetDelta {
-                    period_start: start,
-                    ..BudgetDelta::default()
-                });
-            if delta.period_start != start {
-                // The period turned since the last report: what is left of
-                // the old one goes first, the new one starts here.
-                *delta = BudgetDelta {
-                    period_start: start,
-                    ..BudgetDelta::default()
-                };
-            }
-            delta.spent_usd += cost;
-            delta.tokens = delta
-                .tokens
-                .saturating_add(usage.prompt_tokens.saturating_add(usage.completion_tokens));
+            let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+            add_delta(&mut shared.saved.unreported, budget, start, cost, tokens);
             self.unreported.notify_one();
         }
         let spent = self.effective(&mut state, budget, config, now);
@@ -696,6 +728,24 @@ pub fn max_cost(route: &Route, estimate: &Estimate) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Adds spend settled in the period starting `start` to `name`'s delta.
+fn add_delta(deltas: &mut BTreeMap<String, BudgetDelta>, name: &str, start: i64, cost: f64, tokens: u64) {
+    let delta = deltas.entry(name.to_owned()).or_insert(BudgetDelta {
+        period_start: start,
+        ..BudgetDelta::default()
+    });
+    if delta.period_start != start {
+        // The period turned since the last report: what is left of the old
+        // one is dropped (the operator closed it), the new one starts here.
+        *delta = BudgetDelta {
+            period_start: start,
+            ..BudgetDelta::default()
+        };
+    }
+    delta.spent_usd += cost;
+    delta.tokens = delta.tokens.saturating_add(tokens);
+}
+
 fn zone(config: &BudgetConfig) -> TimeZone {
     // The compiler checked the name; UTC only if the zone database changed since.
     TimeZone::get(&config.time_zone).unwrap_or(TimeZone::UTC)
@@ -722,6 +772,21 @@ impl Settle for Charge {
         self.budgets
             .record(&self.budget, &self.config, self.session.as_deref(), usage, cost);
         self.budgets.release(&self.budget, self.reserved);
+    }
+}
+
+/// A request's spend with a VirtualKey, settled into the next report.
+#[derive(Debug)]
+pub struct KeySpend {
+    budgets: Arc<Budgets>,
+    key: String,
+    period: BudgetPeriod,
+    zone: TimeZone,
+}
+
+impl Settle for KeySpend {
+    fn settle(&self, usage: &Usage, cost: Option<f64>) {
+        self.budgets.record_key(self, usage, cost);
     }
 }
 

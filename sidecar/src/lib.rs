@@ -140,15 +140,29 @@ impl Gateway {
         )?;
         let state = Arc::new(state);
         let cache = Arc::new(ResponseCache::new(settings.cache_max_bytes, metrics.clone()));
-        let tracer = settings.traces.as_ref().map(|traces| {
-            let post = poster(
-                &deps.client,
-                &traces.endpoint,
-                &traces.headers,
-                "application/x-protobuf",
-            );
-            telemetry::Tracer::start(traces, post, metrics.clone())
-        });
+        let tracer = match &settings.traces {
+            None => None,
+            Some(traces) => {
+                let post = match traces.protocol {
+                    telemetry::Protocol::HttpProtobuf => poster(
+                        &deps.client,
+                        &traces.endpoint,
+                        &traces.headers,
+                        "application/x-protobuf",
+                    ),
+                    telemetry::Protocol::Grpc => {
+                        let tls = providers::client_tls(&settings.upstream).map_err(StartError::Client)?;
+                        telemetry::grpc::post(
+                            &traces.endpoint,
+                            export_headers(&traces.headers),
+                            tls,
+                            settings.upstream.connect_timeout,
+                        )
+                    }
+                };
+                Some(telemetry::Tracer::start(traces, post, metrics.clone()))
+            }
+        };
         let eval_post = settings
             .eval
             .url
@@ -269,31 +283,19 @@ const SYNC_FLUSH_AT_LEAST: std::time::Duration = std::time::Duration::from_secs(
 /// small fsynced write per interval however busy the sidecar is.
 const STATE_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Writes the state file in batches until shutdown, then once more (after
-/// the servers' in-flight requests, which share the signal, had their turn).
 /// Posts batches (spans, eval records) to `url` with the upstream client
-/// (its proxy settings apply), each with `headers`.
+/// (its proxy settings apply), each with `headers`. A failure that may
+/// pass (no connection, 429, 502-504) is marked for another try.
 fn poster(
     client: &UpstreamClient,
     url: &str,
     extra_headers: &[(String, String)],
     content_type: &'static str,
 ) -> telemetry::export::Post {
+    use telemetry::export::PostError;
     let client = client.clone();
     let endpoint = url.to_owned();
-    let mut headers = http::HeaderMap::new();
-    for (name, value) in extra_headers {
-        match (
-            http::HeaderName::try_from(name.as_str()),
-            http::HeaderValue::try_from(value.as_str()),
-        ) {
-            (Ok(name), Ok(value)) => {
-                headers.append(name, value);
-            }
-            // The value may be a credential: name the header only.
-            _ => tracing::warn!(header = %name, "an export header is not valid HTTP; left out"),
-        }
-    }
+    let mut headers = export_headers(extra_headers);
     headers.insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(content_type),
@@ -304,19 +306,48 @@ fn poster(
         Box::pin(async move {
             match client.send(request).await {
                 Ok(providers::Answer::Success(response)) => {
-                    UpstreamClient::body(response).await.map_err(|e| e.to_string())?;
+                    UpstreamClient::body(response)
+                        .await
+                        .map_err(|e| PostError::passing(e.to_string()))?;
                     Ok(())
                 }
-                Ok(providers::Answer::Failure { status, .. }) => Err(format!("it answered {status}")),
-                Err(error) => Err(error.to_string()),
+                Ok(providers::Answer::Failure { status, .. }) => {
+                    let message = format!("it answered {status}");
+                    Err(match status {
+                        429 | 502..=504 => PostError::passing(message),
+                        _ => PostError::refused(message),
+                    })
+                }
+                Err(error) => Err(PostError::passing(error.to_string())),
             }
         })
     })
 }
 
-/// Writes the state file within `STATE_FLUSH_INTERVAL` of a change. The
-/// timer is armed by the first change after a write, so an idle sidecar
-/// does not wake for the file.
+/// The headers an exporter sends with every batch (collector credentials).
+fn export_headers(pairs: &[(String, String)]) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in pairs {
+        match (
+            http::HeaderName::try_from(name.as_str()),
+            http::HeaderValue::try_from(value.as_str()),
+        ) {
+            (Ok(name), Ok(mut value)) => {
+                // Likely a credential: kept out of HTTP/2 header tables.
+                value.set_sensitive(true);
+                headers.append(name, value);
+            }
+            // The value may be a credential: name the header only.
+            _ => tracing::warn!(header = %name, "an export header is not valid HTTP; left out"),
+        }
+    }
+    headers
+}
+
+/// Writes the state file within `STATE_FLUSH_INTERVAL` of a change until
+/// shutdown, then once more (after the servers' in-flight requests, which
+/// share the signal, had their turn). The timer is armed by the first change
+/// after a write, so an idle sidecar does not wake for the file.
 fn flush_state(state: Arc<LocalState>, mut signal: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {

@@ -25,7 +25,7 @@ use llmesh_crds::config::ProviderConfig;
 use llmesh_crds::resources::ProviderKind;
 
 pub use error::{ErrorKind, ProviderError};
-pub use upstream::{Answer, UpstreamClient, UpstreamSettings};
+pub use upstream::{Answer, UpstreamClient, UpstreamSettings, client_tls};
 
 use crate::api::Usage;
 use crate::api::chat::ChatRequest;

@@ -314,6 +314,8 @@ impl Reloader {
                 self.app
                     .install(runtime.with_rejected(applied.rejected_routes.clone()));
                 *self.last_good.lock() = Some(applied);
+                // The operator counts this sidecar in sync once it hears the version.
+                self.app.budgets.report_version();
                 Outcome::Applied(version)
             }
             Err(error) => Outcome::Rejected(error.to_string()),

@@ -2,7 +2,8 @@
 //! `mirror` candidate once the app's answer is ready, in a task of its own.
 //! The app never waits for it or sees it; the candidate's answer goes to the
 //! eval sink next to the primary's (same request id) with its own cost, its
-//! spend is counted apart, and its failures never reach any breaker.
+//! spend is counted apart, and its failures never reach any breaker. In a
+//! traced request it is a span of its own, a child of the request's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use crate::providers::{ChatReply, ErrorKind, ProviderError, StreamEvent};
 use crate::redact::Redact;
 use crate::routing::{Estimate, Route};
 use crate::settle::Settle;
+use crate::telemetry::{self, Attribute, RequestTrace, Value};
 
 /// The longest a shadow request may take when its target sets no timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -82,7 +84,7 @@ pub fn dispatch(app: &App, primary: &Primary<'_>) {
         route: route.clone(),
         request,
         request_id: record.request_id().to_owned(),
-        trace_id: record.trace_id().unwrap_or_default(),
+        trace: record.trace().cloned(),
         api: record.api(),
         charge,
         metrics: app.metrics.clone(),
@@ -100,7 +102,7 @@ struct Job {
     route: Arc<Route>,
     request: ChatRequest,
     request_id: String,
-    trace_id: String,
+    trace: Option<RequestTrace>,
     api: Api,
     charge: Option<Charge>,
     metrics: Arc<Metrics>,
@@ -141,15 +143,31 @@ impl Job {
         };
         let started = Instant::now();
         let limit = target.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let outcome =
-            tokio::time::timeout(limit, ask(target.provider.as_ref(), &target.model, &self.request))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ProviderError::new(
-                        ErrorKind::Timeout,
-                        "the shadow target did not answer in time",
-                    ))
-                });
+        let span = self.trace.as_ref().map(|trace| {
+            trace.shadow(target.provider.kind().as_str(), &target.model, || {
+                vec![
+                    ("gen_ai.operation.name", Value::from(self.api.operation())),
+                    ("llmesh.route", Value::from(self.route.alias.as_str())),
+                    ("llmesh.provider", Value::from(target.provider_name.as_str())),
+                    ("llmesh.request_id", Value::from(self.request_id.as_str())),
+                ]
+            })
+        });
+        let asking = tokio::time::timeout(limit, ask(target.provider.as_ref(), &target.model, &self.request));
+        let asking = async {
+            match &span {
+                Some(span) => span.run(asking).await,
+                None => asking.await,
+            }
+        };
+        let outcome = telemetry::scoped(self.trace.as_ref(), asking)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProviderError::new(
+                    ErrorKind::Timeout,
+                    "the shadow target did not answer in time",
+                ))
+            });
         let latency = started.elapsed();
         let (answer, error) = match outcome {
             Ok(answer) => (answer, ""),
@@ -178,12 +196,20 @@ impl Job {
         if let Some(charge) = &self.charge {
             charge.settle(&answer.usage, cost);
         }
+        if let Some(span) = span {
+            let failure = (!error.is_empty()).then_some(error);
+            span.end_with(failure, outcome_attributes(&answer, target.model.as_str(), cost));
+        }
         let Some(sink) = &self.sink else { return };
         sink.submit(&Record {
             timestamp: jiff::Timestamp::now().to_string(),
             kind: Kind::Shadow,
             request_id: self.request_id.clone(),
-            trace_id: self.trace_id.clone(),
+            trace_id: self
+                .trace
+                .as_ref()
+                .map(RequestTrace::trace_id)
+                .unwrap_or_default(),
             route: self.route.alias.clone(),
             api: self.api.as_str(),
             provider: target.provider_name.clone(),
@@ -200,6 +226,25 @@ impl Job {
             answer: self.redactor.redact(&answer.text),
         });
     }
+}
+
+/// The shadow span's account of the answer, in the request span's terms.
+fn outcome_attributes(answer: &Answer, model: &str, cost: Option<f64>) -> Vec<Attribute> {
+    let mut attributes = Vec::new();
+    let usage = &answer.usage;
+    if usage.prompt_tokens > 0 || usage.completion_tokens > 0 {
+        attributes.push(("gen_ai.response.model", Value::from(model)));
+        attributes.push(("gen_ai.usage.input_tokens", Value::from(usage.prompt_tokens)));
+        attributes.push(("gen_ai.usage.output_tokens", Value::from(usage.completion_tokens)));
+    }
+    if !answer.finish_reasons.is_empty() {
+        let reasons = answer.finish_reasons.clone();
+        attributes.push(("gen_ai.response.finish_reasons", Value::StrArray(reasons)));
+    }
+    if let Some(cost) = cost {
+        attributes.push(("llmesh.cost_usd", Value::Double(cost)));
+    }
+    attributes
 }
 
 /// Asks the candidate; a stream (a provider that always streams) is read to its end.

@@ -1,15 +1,17 @@
 //! Traces: the sidecar joins the app's trace (W3C Trace Context) with one
 //! span per request and one child span per upstream attempt, and exports
-//! them with OTLP/HTTP off the request path.
+//! them with OTLP (HTTP/protobuf or gRPC) off the request path.
 //!
 //! The request path only touches this module through [`RequestTrace`]: the
 //! handler starts one and runs the request inside [`scoped`];
 //! the attempt loop wraps each attempt in an [`AttemptSpan`], whose
 //! `traceparent` the upstream client reads from [`upstream_traceparent`];
-//! the access record ends the request span with what it knows.
+//! the access record ends the request span with what it knows; a shadow
+//! copy of the request gets a span of its own from [`RequestTrace::shadow`].
 
 pub mod context;
 pub mod export;
+pub mod grpc;
 mod otlp;
 
 use std::sync::Arc;
@@ -26,11 +28,12 @@ use crate::metrics::Metrics;
 pub const SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
 /// `OTEL_TRACES_EXPORTER`: `otlp` (default) or `none`.
 pub const TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
-/// `OTEL_EXPORTER_OTLP_ENDPOINT`: the collector's base URL; spans go to `/v1/traces` under it.
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`: the collector's base URL; over HTTP spans
+/// go to `/v1/traces` under it, over gRPC to its scheme and authority.
 pub const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: the full URL spans are posted to.
 pub const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
-/// `OTEL_EXPORTER_OTLP_PROTOCOL`: only `http/protobuf`.
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf` or `grpc`.
 pub const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`.
 pub const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
@@ -184,10 +187,33 @@ pub struct InvalidVariable {
     pub reason: String,
 }
 
+/// How spans travel to the collector (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `http/protobuf`: a POST per batch.
+    HttpProtobuf,
+    /// `grpc`: a `TraceService/Export` call per batch over HTTP/2.
+    Grpc,
+}
+
+impl Protocol {
+    /// The collector the OpenTelemetry specification names when no
+    /// endpoint is set.
+    fn default_endpoint(self) -> &'static str {
+        match self {
+            Self::HttpProtobuf => "http://localhost:4318",
+            Self::Grpc => "http://localhost:4317",
+        }
+    }
+}
+
 /// Where and how spans are exported.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceSettings {
-    /// The URL spans are posted to.
+    /// How spans travel.
+    pub protocol: Protocol,
+    /// The URL spans are posted to (over gRPC, only its scheme and
+    /// authority count).
     pub endpoint: String,
     /// Headers sent with every export (collector credentials).
     pub headers: Vec<(String, String)>,
@@ -200,8 +226,8 @@ pub struct TraceSettings {
 }
 
 impl TraceSettings {
-    /// Reads the standard OpenTelemetry variables; `None` when no endpoint
-    /// is set or tracing is turned off.
+    /// Reads the standard OpenTelemetry variables; `None` when neither an
+    /// endpoint nor a protocol is set, or tracing is turned off.
     ///
     /// # Errors
     /// A variable is set to something llmesh cannot honour.
@@ -220,18 +246,36 @@ impl TraceSettings {
             Some("none") => return Ok(None),
             Some(other) => return Err(invalid(TRACES_EXPORTER, other.to_owned(), "use otlp or none")),
         }
+        let protocol = match [TRACES_PROTOCOL, PROTOCOL]
+            .into_iter()
+            .find_map(|n| get(n).map(|v| (n, v)))
+        {
+            None => None,
+            Some((_, v)) if v == "http/protobuf" => Some(Protocol::HttpProtobuf),
+            Some((_, v)) if v == "grpc" => Some(Protocol::Grpc),
+            Some((name, v)) => return Err(invalid(name, v, "llmesh exports http/protobuf or grpc")),
+        };
         let endpoint = match (get(TRACES_ENDPOINT), get(ENDPOINT)) {
             (Some(url), _) => url,
-            (None, Some(base)) => format!("{}/v1/traces", base.trim_end_matches('/')),
-            (None, None) => return Ok(None),
-        };
-        for name in [TRACES_PROTOCOL, PROTOCOL] {
-            if let Some(protocol) = get(name) {
-                if protocol != "http/protobuf" {
-                    return Err(invalid(name, protocol, "llmesh exports http/protobuf only"));
+            (None, None) if protocol.is_none() => return Ok(None),
+            (None, base) => {
+                let protocol = protocol.unwrap_or(Protocol::HttpProtobuf);
+                let base = base.unwrap_or_else(|| protocol.default_endpoint().to_owned());
+                match protocol {
+                    Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+                    Protocol::Grpc => base,
                 }
-                break;
             }
+        };
+        let protocol = protocol.unwrap_or(Protocol::HttpProtobuf);
+        let named = if get(TRACES_ENDPOINT).is_some() {
+            TRACES_ENDPOINT
+        } else {
+            ENDPOINT
+        };
+        match endpoint.parse::<http::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {}
+            _ => return Err(invalid(named, endpoint, "an http:// or https:// URL")),
         }
         let millis = |name: &'static str, default: u64| -> Result<Duration, InvalidVariable> {
             get(name).map_or(Ok(Duration::from_millis(default)), |v| {
@@ -267,6 +311,7 @@ impl TraceSettings {
         resource.retain(|(key, _)| key != "service.name");
         resource.insert(0, ("service.name".to_owned(), service));
         Ok(Some(Self {
+            protocol,
             endpoint,
             headers,
             batching,
@@ -444,6 +489,25 @@ impl RequestTrace {
         let children = std::mem::take(&mut *trace.children.lock());
         trace.tracer.exporter.submit(children.into_iter().chain([span]));
     }
+
+    /// Starts the span of a shadow copy of the request to `model` of
+    /// provider kind `provider`: a child of the request span marked
+    /// `llmesh.shadow`, exported on its own when it ends (after the
+    /// request's, which does not wait for it).
+    pub fn shadow(
+        &self,
+        provider: &'static str,
+        model: &str,
+        attributes: impl FnOnce() -> Vec<Attribute>,
+    ) -> AttemptSpan {
+        let mut span = AttemptSpan::of(Some(self.clone()).filter(Self::sampled), provider, model, || {
+            let mut all = vec![("llmesh.shadow", Value::Bool(true))];
+            all.extend(attributes());
+            all
+        });
+        span.shadow = true;
+        span
+    }
 }
 
 /// Runs `work` (a request up to its answer) inside `trace`, if any, so
@@ -468,6 +532,8 @@ pub struct AttemptSpan {
     context: Option<SpanContext>,
     start_ns: u64,
     attributes: Vec<Attribute>,
+    /// A shadow request's: ends after its request, so it is exported alone.
+    shadow: bool,
 }
 
 impl AttemptSpan {
@@ -475,6 +541,15 @@ impl AttemptSpan {
     /// `provider`; `attributes` are only built when the request is traced.
     pub fn start(provider: &'static str, model: &str, attributes: impl FnOnce() -> Vec<Attribute>) -> Self {
         let trace = REQUEST.try_with(Clone::clone).ok().filter(RequestTrace::sampled);
+        Self::of(trace, provider, model, attributes)
+    }
+
+    fn of(
+        trace: Option<RequestTrace>,
+        provider: &'static str,
+        model: &str,
+        attributes: impl FnOnce() -> Vec<Attribute>,
+    ) -> Self {
         let context = trace.as_ref().map(|t| SpanContext {
             span_id: new_span_id(),
             ..t.0.context.clone()
@@ -490,6 +565,7 @@ impl AttemptSpan {
             context,
             start_ns: now_ns(),
             attributes: all,
+            shadow: false,
         }
     }
 
@@ -508,10 +584,16 @@ impl AttemptSpan {
     }
 
     /// Ends the span; `failure` is the attempt's failure class.
-    pub fn end(mut self, failure: Option<&'static str>) {
+    pub fn end(self, failure: Option<&'static str>) {
+        self.end_with(failure, Vec::new());
+    }
+
+    /// Ends the span with what only its end knows (usage, cost).
+    pub fn end_with(mut self, failure: Option<&'static str>, attributes: Vec<Attribute>) {
         let (Some(trace), Some(context)) = (self.trace, self.context) else {
             return;
         };
+        self.attributes.extend(attributes);
         let model = match self.attributes.get(1) {
             Some((_, Value::Str(model))) => model.clone(),
             _ => String::new(),
@@ -530,7 +612,11 @@ impl AttemptSpan {
             events: Vec::new(),
             error: failure.map(str::to_owned),
         };
-        trace.0.children.lock().push(span);
+        if self.shadow {
+            trace.0.tracer.exporter.submit([span]);
+        } else {
+            trace.0.children.lock().push(span);
+        }
     }
 }
 
@@ -606,7 +692,10 @@ mod tests {
     #[test]
     fn what_llmesh_cannot_honour_is_refused_by_name() {
         for (name, value) in [
-            (PROTOCOL, "grpc"),
+            (PROTOCOL, "http/json"),
+            (TRACES_PROTOCOL, "grpc/json"),
+            (ENDPOINT, "collector:4317"),
+            (TRACES_ENDPOINT, "ftp://collector/v1/traces"),
             (SAMPLER, "jaeger_remote"),
             (SAMPLER_ARG, "1.5"),
             (MAX_QUEUE, "0"),
@@ -616,6 +705,40 @@ mod tests {
             let error = settings(&[(ENDPOINT, "http://c"), sampler, (name, value)]).expect_err(name);
             assert_eq!(error.name, name);
         }
+    }
+
+    #[test]
+    fn the_protocol_variables_choose_the_transport_and_its_default_endpoint() {
+        let read = |pairs: &[(&str, &str)]| {
+            let read = settings(pairs).expect("valid").expect("on");
+            (read.protocol, read.endpoint)
+        };
+        let grpc = |url: &str| (Protocol::Grpc, url.to_owned());
+        let http = |url: &str| (Protocol::HttpProtobuf, url.to_owned());
+        assert_eq!(read(&[(PROTOCOL, "grpc")]), grpc("http://localhost:4317"));
+        assert_eq!(
+            read(&[(PROTOCOL, "http/protobuf")]),
+            http("http://localhost:4318/v1/traces")
+        );
+        // The endpoint is the collector itself over gRPC: no `/v1/traces`.
+        let base = (ENDPOINT, "https://collector.observability:4317");
+        assert_eq!(
+            read(&[base, (PROTOCOL, "grpc")]),
+            grpc("https://collector.observability:4317")
+        );
+        // The traces-only variable wins over the general one.
+        assert_eq!(
+            read(&[base, (PROTOCOL, "http/protobuf"), (TRACES_PROTOCOL, "grpc")]),
+            grpc("https://collector.observability:4317")
+        );
+        assert_eq!(
+            read(&[
+                (ENDPOINT, "http://c:4318"),
+                (PROTOCOL, "grpc"),
+                (TRACES_PROTOCOL, "http/protobuf")
+            ]),
+            http("http://c:4318/v1/traces")
+        );
     }
 
     #[test]

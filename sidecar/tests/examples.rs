@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use llmesh_test_support::harness::Sidecar;
+use llmesh_test_support::otlp_grpc::GrpcCollector;
 use serde_json::{Value, json};
 
 fn example(name: &str) -> String {
@@ -569,17 +570,31 @@ async fn an_anthropic_route_receives_a_messages_apps_request_as_sent() {
 async fn the_eval_example_pairs_a_slow_shadow_with_the_answer_the_app_got_at_once() {
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("eval.jsonl");
-    let env = vec![("LLMESH_EVAL_FILE".to_owned(), file.display().to_string())];
+    let collector = GrpcCollector::start().await;
+    let env = [
+        ("LLMESH_EVAL_FILE", file.display().to_string()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url().to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "20".to_owned()),
+    ];
+    let env = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     let sidecar = Sidecar::start_with(&example("eval-and-shadow"), env).await;
     assert_eq!(aliases(&sidecar).await, ["assistant", "sampled"]);
 
     let mut ids = Vec::new();
-    for _ in 0..3 {
+    let trace_ids = [
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "0af7651916cd43dd8448eb211c80319c",
+        "5c5e1f1d4b9e4b0c8f3a2d1e0f9a8b7c",
+    ];
+    for trace_id in trace_ids {
         let started = std::time::Instant::now();
+        let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
         let response = sidecar
-            .post(
+            .post_with(
                 "/v1/chat/completions",
                 &json!({"model": "assistant", "messages": [{"role": "user", "content": "What is llmesh?"}]}),
+                &[("traceparent", traceparent.as_str())],
             )
             .await;
         assert_eq!(response.status(), 200);
@@ -637,6 +652,37 @@ async fn the_eval_example_pairs_a_slow_shadow_with_the_answer_the_app_got_at_onc
         metrics.contains(r#"llmesh_shadow_requests_total{result="ok",route="assistant"} 3"#),
         "{metrics}"
     );
+
+    // Over OTLP/gRPC, each request span has the attempt on `current` and
+    // the shadow request to `candidate` as children.
+    for trace_id in trace_ids {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while collector.trace(trace_id).len() < 3 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let spans = collector.trace(trace_id);
+        let request = spans
+            .iter()
+            .find(|s| s.parent_span_id == "00f067aa0ba902b7")
+            .expect("the request span, a child of the app's");
+        assert_eq!(request.name, "chat assistant");
+        let children: Vec<_> = spans
+            .iter()
+            .filter(|s| s.parent_span_id == request.span_id)
+            .map(|s| (s.attribute("llmesh.provider"), s.attribute("llmesh.shadow")))
+            .collect();
+        assert_eq!(children.len(), 2, "{spans:?}");
+        assert!(children.contains(&(Some("current"), None)), "{children:?}");
+        assert!(
+            children.contains(&(Some("candidate"), Some("true"))),
+            "{children:?}"
+        );
+        let shadow = spans
+            .iter()
+            .find(|s| s.attribute("llmesh.shadow").is_some())
+            .expect("shadow span");
+        assert!(shadow.attribute("llmesh.cost_usd").is_some(), "{shadow:?}");
+    }
 }
 
 /// The injection example's pods send no key: the sidecar's default key

@@ -100,6 +100,7 @@ fn injected_pod(cluster: &Cluster) -> Pod {
         resources: Resources::default(),
         sync: None,
         otel_endpoint: None,
+        otel_protocol: None,
     };
     let Mutation::Inject { patch, warnings } = mutate(&pod, &namespace, &settings) else {
         panic!("the pod asks for the sidecar");

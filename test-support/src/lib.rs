@@ -7,6 +7,7 @@
 //!   event-stream frames, errors.
 //! - [`harness`]: starts a real sidecar on loopback from YAML manifests.
 //! - [`redis_server`]: a real `redis-server` on a free loopback port.
+//! - [`otlp_grpc`]: an OTLP/gRPC trace collector.
 
 pub mod anthropic;
 pub mod bedrock;
@@ -14,6 +15,7 @@ pub mod gemini;
 pub mod harness;
 pub mod mock_server;
 pub mod openai;
+pub mod otlp_grpc;
 pub mod processes;
 pub mod redis_server;
 

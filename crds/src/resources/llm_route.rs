@@ -26,6 +26,8 @@ use super::ResourceStatus;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
+    printcolumn(name = "Sidecars", type_ = "integer", json_path = ".status.sidecarsConnected"),
+    printcolumn(name = "In-Sync", type_ = "integer", json_path = ".status.sidecarsInSync"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -94,6 +96,16 @@ pub struct LLMRouteStatus {
     /// The targets in force, as `provider/model`: what the sidecars actually call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolved_targets: Vec<String>,
+    /// Sidecars of this namespace connected to the sync channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecars_connected: Option<u32>,
+    /// Of those, how many serve the namespace's current configuration
+    /// (`configVersion`); the rest rejected it or have not applied it yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecars_in_sync: Option<u32>,
+    /// The namespace's current configuration version (its content hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<String>,
 }
 
 /// One upstream model behind a route.

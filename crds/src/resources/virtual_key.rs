@@ -26,6 +26,7 @@ use super::ResourceStatus;
     printcolumn(name = "Budget", type_ = "string", json_path = ".spec.budget"),
     printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
+    printcolumn(name = "Spent", type_ = "number", json_path = ".status.spentUsd"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -102,6 +103,20 @@ pub struct VirtualKeyStatus {
     /// When the key replaced by the last rotation stops working.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_key_valid_until: Option<String>,
+    /// USD spent with this key in the current period, across all sidecars
+    /// (from their reports on the sync channel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent_usd: Option<f64>,
+    /// The period `spentUsd` covers and its calendar: the key's budget's,
+    /// e.g. `monthly (Europe/Berlin)`, or `monthly (UTC)` without a budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+    /// When that period ends (RFC 3339; absent for `total`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_end: Option<String>,
+    /// When a sidecar last reported spend with this key (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_report_at: Option<String>,
 }
 
 /// Where a key is stored.

@@ -13,9 +13,10 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use llmesh_crds::sync::{Ack, BudgetTotal, Report};
+use llmesh_crds::sync::{Ack, BudgetDelta, BudgetTotal, Report};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -26,7 +27,7 @@ const FORMAT: u32 = 1;
 /// Wait before retrying a failed state-file write.
 const RETRY_WRITE: Duration = Duration::from_secs(1);
 
-/// One budget's spend in its current period.
+/// One budget's (or VirtualKey's) spend in its current period.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Spend {
@@ -43,6 +44,42 @@ pub struct Spend {
     /// Instances that reported spend for it in this period.
     #[serde(default)]
     pub reporters: BTreeSet<String>,
+    /// How many sidecars had reported in this period when the spend was
+    /// resumed from a status (which keeps the count, not the ids).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub earlier_reporters: u32,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Spend {
+    /// Sidecars that reported in this period: those seen since, or the
+    /// resumed count if more (most of them report again after a hand-off).
+    pub fn reporting(&self) -> u32 {
+        u32::try_from(self.reporters.len())
+            .unwrap_or(u32::MAX)
+            .max(self.earlier_reporters)
+    }
+
+    /// Adds `delta`, reported by `instance`: spend of a newer period starts
+    /// that period, spend of an older one is late and dropped.
+    fn add(&mut self, delta: &BudgetDelta, instance: &str, now_ms: i64) {
+        if delta.period_start > self.period_start {
+            *self = Self {
+                period_start: delta.period_start,
+                ..Self::default()
+            };
+        }
+        if delta.period_start == self.period_start {
+            self.spent_usd += delta.spent_usd;
+            self.tokens = self.tokens.saturating_add(delta.tokens);
+            self.last_report_ms = now_ms;
+            self.reporters.insert(instance.to_owned());
+        }
+    }
 }
 
 /// What the ledger knows of one sidecar instance.
@@ -69,6 +106,9 @@ pub struct Namespace {
     /// By budget name.
     #[serde(default)]
     pub budgets: BTreeMap<String, Spend>,
+    /// By VirtualKey name, in the calendar of the key's budget.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, Spend>,
     /// By instance id.
     #[serde(default)]
     pub instances: BTreeMap<String, Instance>,
@@ -145,6 +185,8 @@ pub struct Ledger {
     durability: Durability,
     wake: Notify,
     saved: watch::Sender<u64>,
+    /// Durable writes done (each carries every report applied before it).
+    writes: AtomicU64,
 }
 
 impl Ledger {
@@ -186,6 +228,7 @@ impl Ledger {
             durability,
             wake: Notify::new(),
             saved: watch::Sender::new(0),
+            writes: AtomicU64::new(0),
         })
     }
 
@@ -193,11 +236,26 @@ impl Ledger {
     /// said when no ledger was stored), unless the ledger already knows
     /// this or a later period of it.
     pub fn seed(&self, namespace: &str, budget: &str, spend: Spend) {
+        self.seed_into(namespace, |space| &mut space.budgets, budget, spend);
+    }
+
+    /// Starts VirtualKey `key`'s spend in `namespace` from `spend`, as [`Ledger::seed`].
+    pub fn seed_key(&self, namespace: &str, key: &str, spend: Spend) {
+        self.seed_into(namespace, |space| &mut space.keys, key, spend);
+    }
+
+    fn seed_into(
+        &self,
+        namespace: &str,
+        pick: fn(&mut Namespace) -> &mut BTreeMap<String, Spend>,
+        name: &str,
+        spend: Spend,
+    ) {
         let mut inner = self.inner.lock();
-        let space = inner.namespaces.entry(namespace.to_owned()).or_default();
-        let known = space.budgets.get(budget);
+        let spends = pick(inner.namespaces.entry(namespace.to_owned()).or_default());
+        let known = spends.get(name);
         if known.is_none_or(|k| k.period_start < spend.period_start) {
-            space.budgets.insert(budget.to_owned(), spend);
+            spends.insert(name.to_owned(), spend);
             inner.generation += 1;
             let generation = inner.generation;
             drop(inner);
@@ -223,18 +281,11 @@ impl Ledger {
             }
             for (name, delta) in &report.budgets {
                 let spend = space.budgets.entry(name.clone()).or_default();
-                if delta.period_start > spend.period_start {
-                    *spend = Spend {
-                        period_start: delta.period_start,
-                        ..Spend::default()
-                    };
-                }
-                if delta.period_start == spend.period_start {
-                    spend.spent_usd += delta.spent_usd;
-                    spend.tokens = spend.tokens.saturating_add(delta.tokens);
-                    spend.last_report_ms = now_ms;
-                    spend.reporters.insert(report.instance.clone());
-                }
+                spend.add(delta, &report.instance, now_ms);
+            }
+            for (name, delta) in &report.keys {
+                let spend = space.keys.entry(name.clone()).or_default();
+                spend.add(delta, &report.instance, now_ms);
             }
             inner.generation += 1;
         }
@@ -276,6 +327,12 @@ impl Ledger {
             .unwrap_or_default()
     }
 
+    /// Durable writes done so far: reports applied per write says how well
+    /// group commit batches.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
     /// Notified after every durable change (the generation saved).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.saved.subscribe()
@@ -313,6 +370,7 @@ impl Ledger {
                 };
                 match self.save(snapshot).await {
                     Ok(()) => {
+                        self.writes.fetch_add(1, Ordering::Relaxed);
                         self.saved.send_replace(generation);
                     }
                     Err(error) => {
@@ -406,8 +464,6 @@ fn save(path: &Path, namespaces: BTreeMap<String, Namespace>) -> Result<(), Ledg
 
 #[cfg(test)]
 mod tests {
-    use llmesh_crds::sync::BudgetDelta;
-
     use super::*;
 
     fn report(instance: &str, seq: u64, period_start: i64, usd: f64) -> Report {
@@ -417,6 +473,14 @@ mod tests {
             config_version: "v1".to_owned(),
             budgets: BTreeMap::from([(
                 "team".to_owned(),
+                BudgetDelta {
+                    period_start,
+                    spent_usd: usd,
+                    tokens: 10,
+                },
+            )]),
+            keys: BTreeMap::from([(
+                format!("key-{instance}"),
                 BudgetDelta {
                     period_start,
                     spent_usd: usd,
@@ -442,6 +506,37 @@ mod tests {
         let again = restarted.apply("ns", &report("a", 2, 100, 0.25), None, 2);
         assert!(!again.ack.applied, "the sequence is remembered too");
         assert_eq!(restarted.namespace("ns").budgets["team"].reporters.len(), 2);
+        let keys = restarted.namespace("ns").keys;
+        assert_eq!(
+            keys["key-a"].spent_usd, 0.5,
+            "each key's own spend, once per report"
+        );
+        assert_eq!(keys["key-b"].spent_usd, 0.25);
+    }
+
+    #[test]
+    fn a_resumed_reporting_count_holds_until_more_sidecars_report() {
+        let ledger = Ledger::open(None).expect("open");
+        let resumed = Spend {
+            period_start: 100,
+            spent_usd: 2.0,
+            earlier_reporters: 3,
+            ..Spend::default()
+        };
+        ledger.seed("ns", "team", resumed);
+        ledger.apply("ns", &report("a", 1, 100, 1.0), None, 1);
+        let spend = &ledger.namespace("ns").budgets["team"];
+        assert_eq!((spend.spent_usd, spend.reporting()), (3.0, 3));
+        for instance in ["b", "c", "d"] {
+            ledger.apply("ns", &report(instance, 1, 100, 1.0), None, 2);
+        }
+        assert_eq!(ledger.namespace("ns").budgets["team"].reporting(), 4);
+        ledger.apply("ns", &report("a", 2, 200, 1.0), None, 3);
+        assert_eq!(
+            ledger.namespace("ns").budgets["team"].reporting(),
+            1,
+            "a new period counts from its own reporters"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! budgets' figures, each request authenticated and bound to the token's
 //! namespace (a sidecar never names the namespace it reads or reports for).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,9 +16,10 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use llmesh_crds::config::BudgetConfig;
-use llmesh_crds::resources::BudgetStatus;
+use llmesh_crds::resources::{BudgetPeriod, BudgetStatus, VirtualKeyStatus};
 use llmesh_crds::sync::{self, Frame, Hello, Report};
 use llmesh_crds::{SidecarConfig, period};
+use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -43,12 +44,39 @@ pub struct Published {
     pub at: Instant,
 }
 
+/// A sidecar instance with a watch open.
+#[derive(Debug)]
+struct Watcher {
+    /// The configuration version it last said it serves (its hello, then
+    /// its reports).
+    version: String,
+    /// Its open watches (a reconnect may overlap the old watch's end).
+    watches: usize,
+}
+
+/// How many of a namespace's connected sidecars serve its current configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InSync {
+    /// The configuration version in force (none before the first is published).
+    pub config_version: Option<String>,
+    /// Sidecar instances with a watch open.
+    pub connected: u32,
+    /// Of those, the ones that said they serve `config_version`.
+    pub in_sync: u32,
+}
+
 /// The shared state of every sync request.
 #[derive(Debug)]
 pub struct SyncServer {
     ledger: Arc<Ledger>,
     auth: Arc<dyn Authenticator>,
     configs: watch::Sender<BTreeMap<String, Published>>,
+    /// By namespace, then instance id.
+    watchers: Mutex<HashMap<String, HashMap<String, Watcher>>>,
+    /// Each namespace's totals frame and the ledger generation it was made
+    /// for: made once for all of the namespace's watches, not once each.
+    totals_frames: Mutex<HashMap<String, (u64, Bytes)>>,
     metrics: SyncMetrics,
 }
 
@@ -59,6 +87,8 @@ impl SyncServer {
             ledger,
             auth,
             configs: watch::Sender::new(BTreeMap::new()),
+            watchers: Mutex::default(),
+            totals_frames: Mutex::default(),
             metrics,
         })
     }
@@ -143,6 +173,107 @@ impl SyncServer {
         &self.metrics
     }
 
+    /// How many of `namespace`'s connected sidecars serve its current configuration.
+    pub fn in_sync(&self, namespace: &str) -> InSync {
+        let config_version = self.published(namespace).map(|p| p.config.version.clone());
+        let watchers = self.watchers.lock();
+        let instances = watchers.get(namespace);
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        InSync {
+            connected: count(instances.map_or(0, HashMap::len)),
+            in_sync: count(instances.map_or(0, |i| {
+                i.values()
+                    .filter(|w| Some(&w.version) == config_version.as_ref())
+                    .count()
+            })),
+            config_version,
+        }
+    }
+
+    /// `namespace`'s totals frame as of ledger generation `generation` (or later).
+    fn totals_frame(&self, namespace: &str, generation: u64) -> Bytes {
+        let mut frames = self.totals_frames.lock();
+        if let Some((made, frame)) = frames.get(namespace)
+            && *made >= generation
+        {
+            return frame.clone();
+        }
+        let totals = self.ledger.totals(namespace);
+        let frame = Bytes::from(Frame::Totals { totals }.to_line());
+        frames.insert(namespace.to_owned(), (generation, frame.clone()));
+        frame
+    }
+
+    fn watch_opened(&self, namespace: &str, instance: &str, version: &str) {
+        let mut watchers = self.watchers.lock();
+        let watcher = watchers
+            .entry(namespace.to_owned())
+            .or_default()
+            .entry(instance.to_owned())
+            .or_insert_with(|| Watcher {
+                version: String::new(),
+                watches: 0,
+            });
+        watcher.version = version.to_owned();
+        watcher.watches += 1;
+    }
+
+    fn watch_closed(&self, namespace: &str, instance: &str) {
+        let mut watchers = self.watchers.lock();
+        let Some(instances) = watchers.get_mut(namespace) else {
+            return;
+        };
+        if let Some(watcher) = instances.get_mut(instance) {
+            watcher.watches -= 1;
+            if watcher.watches == 0 {
+                instances.remove(instance);
+            }
+        }
+        if instances.is_empty() {
+            watchers.remove(namespace);
+        }
+    }
+
+    /// A connected sidecar reported the version it serves.
+    fn serves(&self, namespace: &str, instance: &str, version: &str) {
+        if let Some(watcher) = self
+            .watchers
+            .lock()
+            .get_mut(namespace)
+            .and_then(|i| i.get_mut(instance))
+        {
+            version.clone_into(&mut watcher.version);
+        }
+    }
+
+    /// The spend of every VirtualKey in `namespace`'s configuration in its
+    /// current period (its budget's calendar), from the ledger, at `now`.
+    pub fn key_statuses(&self, namespace: &str, now: Timestamp) -> BTreeMap<String, VirtualKeyStatus> {
+        let configs = self.configs.borrow();
+        let Some(published) = configs.get(namespace) else {
+            return BTreeMap::new();
+        };
+        let space = self.ledger.namespace(namespace);
+        published
+            .config
+            .keys
+            .iter()
+            .map(|(name, key)| {
+                let budget = key.budget.as_ref().and_then(|b| published.config.budgets.get(b));
+                let (kind, zone) = period::of_key(budget);
+                let spend = PeriodSpend::at(kind, zone, space.keys.get(name), now);
+                let status = VirtualKeyStatus {
+                    spent_usd: Some(spend.spent_usd),
+                    period: Some(spend.period),
+                    period_end: spend.period_end,
+                    last_report_at: spend.last_report_at,
+                    ..VirtualKeyStatus::default()
+                };
+                (name.clone(), status)
+            })
+            .collect()
+    }
+
     /// The status of every budget in `namespace`'s configuration, from the
     /// ledger's spend, at `now`.
     pub fn budget_statuses(&self, namespace: &str, now: Timestamp) -> BTreeMap<String, BudgetStatus> {
@@ -160,14 +291,41 @@ impl SyncServer {
     }
 }
 
-/// A budget's status: its spend in the period in force at `now` (spend of
-/// an earlier period counts as zero: the calendar moved on), the state its
-/// thresholds and limit give, and when the period ends.
+/// Spend in the period in force at `now` (spend of an earlier period counts
+/// as zero: the calendar moved on), as a status shows it.
+struct PeriodSpend {
+    spent_usd: f64,
+    /// `monthly (Europe/Berlin)`.
+    period: String,
+    period_end: Option<String>,
+    last_report_at: Option<String>,
+    reporting: Option<u32>,
+}
+
+impl PeriodSpend {
+    fn at(kind: BudgetPeriod, zone_name: &str, spend: Option<&Spend>, now: Timestamp) -> Self {
+        let zone = TimeZone::get(zone_name).unwrap_or(TimeZone::UTC);
+        let start = period::start(kind, &zone, now);
+        let current = spend.filter(|s| s.period_start == start);
+        let rfc3339 = |seconds: i64| Timestamp::from_second(seconds).ok().map(|t| t.to_string());
+        Self {
+            spent_usd: current.map_or(0.0, |s| s.spent_usd),
+            period: format!("{} ({zone_name})", kind.as_str()),
+            period_end: period::next_start(kind, &zone, start).and_then(rfc3339),
+            last_report_at: current
+                .filter(|s| s.last_report_ms > 0)
+                .and_then(|s| Timestamp::from_millisecond(s.last_report_ms).ok())
+                .map(|t| t.to_string()),
+            reporting: current.map(Spend::reporting),
+        }
+    }
+}
+
+/// A budget's status: its spend in the period in force at `now`, the state
+/// its thresholds and limit give, and when the period ends.
 pub fn budget_status(config: &BudgetConfig, spend: Option<&Spend>, now: Timestamp) -> BudgetStatus {
-    let zone = TimeZone::get(&config.time_zone).unwrap_or(TimeZone::UTC);
-    let start = period::start(config.period, &zone, now);
-    let current = spend.filter(|s| s.period_start == start);
-    let spent = current.map_or(0.0, |s| s.spent_usd);
+    let current = PeriodSpend::at(config.period, &config.time_zone, spend, now);
+    let spent = current.spent_usd;
     let percent = if config.limit_usd > 0.0 {
         spent / config.limit_usd * 100.0
     } else {
@@ -180,17 +338,13 @@ pub fn budget_status(config: &BudgetConfig, spend: Option<&Spend>, now: Timestam
     } else {
         "ok"
     };
-    let rfc3339 = |seconds: i64| Timestamp::from_second(seconds).ok().map(|t| t.to_string());
     BudgetStatus {
-        period: Some(format!("{} ({})", config.period.as_str(), config.time_zone)),
+        period: Some(current.period),
         spent_usd: Some(spent),
         state: Some(state.to_owned()),
-        period_end: period::next_start(config.period, &zone, start).and_then(rfc3339),
-        last_report_at: current
-            .filter(|s| s.last_report_ms > 0)
-            .and_then(|s| Timestamp::from_millisecond(s.last_report_ms).ok())
-            .map(|t| t.to_string()),
-        reporting_sidecars: current.map(|s| u32::try_from(s.reporters.len()).unwrap_or(u32::MAX)),
+        period_end: current.period_end,
+        last_report_at: current.last_report_at,
+        reporting_sidecars: current.reporting,
         ..BudgetStatus::default()
     }
 }
@@ -206,12 +360,29 @@ impl IntoResponse for Refused {
     }
 }
 
-/// Decrements the connected gauge when a watch ends, however it ends.
-struct Connected(SyncMetrics);
+/// Counts a watch as open until it ends, however it ends.
+struct Connected {
+    server: Arc<SyncServer>,
+    namespace: String,
+    instance: String,
+}
+
+impl Connected {
+    fn open(server: &Arc<SyncServer>, namespace: &str, hello: &Hello) -> Self {
+        server.metrics.connected.inc();
+        server.watch_opened(namespace, &hello.instance, &hello.config_version);
+        Self {
+            server: server.clone(),
+            namespace: namespace.to_owned(),
+            instance: hello.instance.clone(),
+        }
+    }
+}
 
 impl Drop for Connected {
     fn drop(&mut self) {
-        self.0.connected.dec();
+        self.server.metrics.connected.dec();
+        self.server.watch_closed(&self.namespace, &self.instance);
     }
 }
 
@@ -231,8 +402,7 @@ async fn watch_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap
         version = hello.config_version,
         "sidecar connected"
     );
-    server.metrics.connected.inc();
-    let guard = Connected(server.metrics.clone());
+    let guard = Connected::open(&server, &namespace, &hello);
     let mut configs = server.configs.subscribe();
     let mut totals = server.ledger.subscribe();
     let frames = async_stream::stream! {
@@ -256,12 +426,11 @@ async fn watch_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap
                 }
                 changed = totals.changed() => {
                     if changed.is_err() { break; }
-                    totals.borrow_and_update();
-                    let now = server.ledger.totals(&namespace);
-                    if sent_totals.as_ref() != Some(&now) {
-                        let frame = Frame::Totals { totals: now.clone() };
-                        sent_totals = Some(now);
-                        yield Ok(Bytes::from(frame.to_line()));
+                    let generation = *totals.borrow_and_update();
+                    let frame = server.totals_frame(&namespace, generation);
+                    if sent_totals.as_ref() != Some(&frame) {
+                        sent_totals = Some(frame.clone());
+                        yield Ok(frame);
                         tokio::time::sleep(TOTALS_EVERY).await;
                     }
                 }
@@ -295,6 +464,9 @@ async fn report_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMa
         Timestamp::now().as_millisecond(),
     );
     server.ledger.durable(&applied).await;
+    if applied.ack.applied {
+        server.serves(&namespace, &report.instance, &report.config_version);
+    }
     let result = if applied.ack.applied {
         "applied"
     } else {
@@ -314,11 +486,12 @@ async fn report_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMa
 struct Figures {
     /// Status by budget name.
     budgets: BTreeMap<String, BudgetStatus>,
-    /// The configuration version in force.
-    config_version: Option<String>,
-    /// Sidecar instances that reported, and of those how many run that version.
-    sidecars: usize,
-    in_sync: usize,
+    /// Spend by VirtualKey name.
+    keys: BTreeMap<String, VirtualKeyStatus>,
+    /// The configuration version in force, the sidecars connected and how
+    /// many of them serve it.
+    #[serde(flatten)]
+    in_sync: InSync,
 }
 
 async fn budgets_handler(State(server): State<Arc<SyncServer>>, headers: HeaderMap) -> Response {
@@ -326,22 +499,11 @@ async fn budgets_handler(State(server): State<Arc<SyncServer>>, headers: HeaderM
         Ok(identity) => identity.namespace,
         Err(refused) => return refused.into_response(),
     };
-    let config_version = server
-        .configs
-        .borrow()
-        .get(&namespace)
-        .map(|p| p.config.version.clone());
-    let space = server.ledger.namespace(&namespace);
-    let in_sync = space
-        .instances
-        .values()
-        .filter(|i| Some(&i.config_version) == config_version.as_ref())
-        .count();
+    let now = Timestamp::now();
     Json(Figures {
-        budgets: server.budget_statuses(&namespace, Timestamp::now()),
-        config_version,
-        sidecars: space.instances.len(),
-        in_sync,
+        budgets: server.budget_statuses(&namespace, now),
+        keys: server.key_statuses(&namespace, now),
+        in_sync: server.in_sync(&namespace),
     })
     .into_response()
 }
@@ -380,6 +542,7 @@ mod tests {
             tokens: 0,
             last_report_ms: now.as_millisecond(),
             reporters: BTreeSet::from(["a".to_owned(), "b".to_owned()]),
+            earlier_reporters: 0,
         };
         let old = budget_status(&config(), Some(&spend(january, 12.0)), now);
         assert_eq!(old.spent_usd, Some(0.0), "January's spend is over");

@@ -1,14 +1,16 @@
 //! What the leader writes from the ledger into the cluster: each Budget's
 //! spend fields (`spentUsd`, `state`, `periodEnd`, `lastReportAt`,
-//! `reportingSidecars`) at most every [`STATUS_EVERY`] and at hand-off, the
-//! budgets' Events (a threshold crossed, the limit exceeded: once per
-//! period, from the cluster-wide figure) and the pods stuck on an old
-//! configuration. At leader start it resumes spend from what the statuses say.
+//! `reportingSidecars`), each VirtualKey's spend, and each LLMRoute's count
+//! of sidecars connected and in sync, at most every [`STATUS_EVERY`] and at
+//! hand-off; the budgets' Events (a threshold crossed, the limit exceeded:
+//! once per period, from the cluster-wide figure) and the pods stuck on an
+//! old configuration. At leader start it resumes spend from what the
+//! statuses say, when the ledger has nothing newer.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
-
+use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -17,9 +19,11 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use llmesh_crds::config::BudgetConfig;
-use llmesh_crds::resources::BudgetStatus;
-use llmesh_crds::{Budget, period};
+use llmesh_crds::resources::{BudgetPeriod, BudgetStatus, LLMRouteStatus, VirtualKeyStatus};
+use llmesh_crds::{Budget, LLMRoute, VirtualKey, period};
 use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::ledger::Spend;
 use super::server::SyncServer;
@@ -50,13 +54,18 @@ struct Announced {
 /// What time it is (the calendar periods roll over by it).
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
+/// A resource's status as last written (or found at resume), by namespace and name.
+type Written<S> = Mutex<HashMap<(String, String), S>>;
+
 /// Writes the leader's view of spend into the cluster.
 pub struct StatusWriter {
     client: Client,
     clock: Clock,
     server: Arc<SyncServer>,
     recorder: Recorder,
-    written: Mutex<HashMap<(String, String), BudgetStatus>>,
+    written: Written<BudgetStatus>,
+    written_keys: Written<VirtualKeyStatus>,
+    written_routes: Written<LLMRouteStatus>,
     announced: Mutex<HashMap<(String, String), Announced>>,
     stale_announced: Mutex<BTreeSet<(String, String, String)>>,
 }
@@ -64,6 +73,17 @@ pub struct StatusWriter {
 impl std::fmt::Debug for StatusWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatusWriter").finish_non_exhaustive()
+    }
+}
+
+/// The spend fields of a VirtualKey's `status`, the part this writer owns.
+pub fn key_spend_part(status: &VirtualKeyStatus) -> VirtualKeyStatus {
+    VirtualKeyStatus {
+        spent_usd: status.spent_usd,
+        period: status.period.clone(),
+        period_end: status.period_end.clone(),
+        last_report_at: status.last_report_at.clone(),
+        ..VirtualKeyStatus::default()
     }
 }
 
@@ -92,6 +112,8 @@ impl StatusWriter {
             clock: Arc::new(Timestamp::now),
             server,
             written: Mutex::default(),
+            written_keys: Mutex::default(),
+            written_routes: Mutex::default(),
             announced: Mutex::default(),
             stale_announced: Mutex::default(),
         }
@@ -104,24 +126,29 @@ impl StatusWriter {
         self
     }
 
-    /// Resumes from the Budgets' statuses: spend of the period in force at
-    /// `now` seeds the ledger (where it knows nothing newer), and what was
-    /// already announced is not announced again.
+    /// Resumes from the Budgets' and VirtualKeys' statuses: spend of the
+    /// period in force at `now` seeds the ledger (where it knows nothing
+    /// newer), and what was already announced is not announced again.
     ///
     /// # Errors
-    /// Listing Budgets failed.
+    /// Listing Budgets or VirtualKeys failed.
     pub async fn resume(&self, scope: &WatchScope, now: Timestamp) -> Result<usize, Error> {
         let mut seeded = 0;
+        let mut calendars = HashMap::new();
         for api in scope.apis::<Budget>(&self.client) {
             let budgets = api
                 .list(&Default::default())
                 .await
                 .map_err(|source| Error::sync("listing Budgets to resume spend", source))?;
             for budget in budgets {
-                let (Some(namespace), Some(status)) = (budget.namespace(), budget.status.as_ref()) else {
+                let Some(namespace) = budget.namespace() else {
                     continue;
                 };
                 let name = budget.name_any();
+                calendars.insert((namespace.clone(), name.clone()), calendar(&budget));
+                let Some(status) = budget.status.as_ref() else {
+                    continue;
+                };
                 let Some(spend) = resumed_spend(&budget, now) else {
                     continue;
                 };
@@ -143,6 +170,39 @@ impl StatusWriter {
                     },
                 );
                 self.server.ledger().seed(&namespace, &name, spend);
+                seeded += 1;
+            }
+        }
+        for api in scope.apis::<VirtualKey>(&self.client) {
+            let keys = api
+                .list(&Default::default())
+                .await
+                .map_err(|source| Error::sync("listing VirtualKeys to resume spend", source))?;
+            for key in keys {
+                let (Some(namespace), Some(status)) = (key.namespace(), key.status.as_ref()) else {
+                    continue;
+                };
+                let name = key.name_any();
+                let (kind, zone) = key
+                    .spec
+                    .budget
+                    .as_ref()
+                    .and_then(|b| calendars.get(&(namespace.clone(), b.clone())))
+                    .cloned()
+                    .unwrap_or((BudgetPeriod::Monthly, "UTC".to_owned()));
+                let recorded = Recorded {
+                    spent_usd: status.spent_usd,
+                    period_end: status.period_end.as_deref(),
+                    last_report_at: status.last_report_at.as_deref(),
+                    reporting: None,
+                };
+                let Some(spend) = recorded.resume(kind, &zone, now) else {
+                    continue;
+                };
+                self.written_keys
+                    .lock()
+                    .insert((namespace.clone(), name.clone()), key_spend_part(status));
+                self.server.ledger().seed_key(&namespace, &name, spend);
                 seeded += 1;
             }
         }
@@ -172,18 +232,55 @@ impl StatusWriter {
                 if self.written.lock().get(&key) == Some(&desired) {
                     continue;
                 }
-                match write_spend(&self.client, &namespace, &name, &desired).await {
-                    Ok(()) => {
+                match write_part::<Budget>(&self.client, &namespace, &name, &desired).await {
+                    Ok(true) => {
                         self.written.lock().insert(key, desired);
                         count += 1;
                     }
-                    // A Budget deleted since the configuration was compiled: nothing to write.
-                    Err(Error::WriteStatus { source, .. }) if matches!(&*source, kube::Error::Api(s) if s.code == 404) =>
-                        {}
-                    Err(error) => {
-                        tracing::warn!(%error, "writing a budget's spend failed; retrying next round");
-                        failed = Some(error);
+                    Ok(false) => {}
+                    Err(error) => failed = Some(error),
+                }
+            }
+            for (name, status) in self.server.key_statuses(&namespace, now) {
+                let key = (namespace.clone(), name.clone());
+                let desired = key_spend_part(&status);
+                if self.written_keys.lock().get(&key) == Some(&desired) {
+                    continue;
+                }
+                match write_part::<VirtualKey>(&self.client, &namespace, &name, &desired).await {
+                    Ok(true) => {
+                        self.written_keys.lock().insert(key, desired);
+                        count += 1;
                     }
+                    Ok(false) => {}
+                    Err(error) => failed = Some(error),
+                }
+            }
+            let in_sync = self.server.in_sync(&namespace);
+            let desired = LLMRouteStatus {
+                sidecars_connected: Some(in_sync.connected),
+                sidecars_in_sync: Some(in_sync.in_sync),
+                config_version: in_sync.config_version,
+                ..LLMRouteStatus::default()
+            };
+            let routes: BTreeSet<&str> = published
+                .config
+                .routes
+                .values()
+                .map(|r| r.resource.as_str())
+                .collect();
+            for name in routes {
+                let key = (namespace.clone(), name.to_owned());
+                if self.written_routes.lock().get(&key) == Some(&desired) {
+                    continue;
+                }
+                match write_part::<LLMRoute>(&self.client, &namespace, name, &desired).await {
+                    Ok(true) => {
+                        self.written_routes.lock().insert(key, desired.clone());
+                        count += 1;
+                    }
+                    Ok(false) => {}
+                    Err(error) => failed = Some(error),
                 }
             }
         }
@@ -305,33 +402,60 @@ impl StatusWriter {
     }
 }
 
+/// A budget's period and time zone.
+fn calendar(budget: &Budget) -> (BudgetPeriod, String) {
+    let zone = budget.spec.time_zone.as_deref().unwrap_or("UTC");
+    (budget.spec.period.unwrap_or_default(), zone.to_owned())
+}
+
+/// The spend fields a status records.
+struct Recorded<'a> {
+    spent_usd: Option<f64>,
+    period_end: Option<&'a str>,
+    last_report_at: Option<&'a str>,
+    reporting: Option<u32>,
+}
+
+impl Recorded<'_> {
+    /// The spend recorded for the period (of this calendar) in force at
+    /// `now`; none when it records another period (the calendar moved on)
+    /// or nothing.
+    fn resume(&self, kind: BudgetPeriod, zone_name: &str, now: Timestamp) -> Option<Spend> {
+        let spent_usd = self.spent_usd?;
+        let zone = TimeZone::get(zone_name).ok()?;
+        let start = period::start(kind, &zone, now);
+        let end = period::next_start(kind, &zone, start)
+            .and_then(|s| Timestamp::from_second(s).ok())
+            .map(|t| t.to_string());
+        if end.as_deref() != self.period_end {
+            return None;
+        }
+        let last_report_ms = self
+            .last_report_at
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .map_or(0, Timestamp::as_millisecond);
+        Some(Spend {
+            period_start: start,
+            spent_usd,
+            last_report_ms,
+            earlier_reporters: self.reporting.unwrap_or(0),
+            ..Spend::default()
+        })
+    }
+}
+
 /// The spend `budget`'s status records for the period in force at `now`;
 /// none when it records another period (the calendar moved on) or nothing.
 pub fn resumed_spend(budget: &Budget, now: Timestamp) -> Option<Spend> {
     let status = budget.status.as_ref()?;
-    let spent_usd = status.spent_usd?;
-    let zone_name = budget.spec.time_zone.as_deref().unwrap_or("UTC");
-    let zone = TimeZone::get(zone_name).ok()?;
-    let kind = budget.spec.period.unwrap_or_default();
-    let start = period::start(kind, &zone, now);
-    let end = period::next_start(kind, &zone, start)
-        .and_then(|s| Timestamp::from_second(s).ok())
-        .map(|t| t.to_string());
-    if end != status.period_end {
-        return None;
+    let (kind, zone) = calendar(budget);
+    Recorded {
+        spent_usd: status.spent_usd,
+        period_end: status.period_end.as_deref(),
+        last_report_at: status.last_report_at.as_deref(),
+        reporting: status.reporting_sidecars,
     }
-    let last_report_ms = status
-        .last_report_at
-        .as_deref()
-        .and_then(|t| t.parse::<Timestamp>().ok())
-        .map_or(0, Timestamp::as_millisecond);
-    Some(Spend {
-        period_start: start,
-        spent_usd,
-        tokens: 0,
-        last_report_ms,
-        reporters: BTreeSet::new(),
-    })
+    .resume(kind, &zone, now)
 }
 
 fn budget_ref(namespace: &str, name: &str) -> ObjectReference {
@@ -344,30 +468,48 @@ fn budget_ref(namespace: &str, name: &str) -> ObjectReference {
     }
 }
 
-/// Server-side applies the spend fields of Budget `namespace/name`.
-async fn write_spend(
+/// Server-side applies `part` (the fields this writer owns) to the status
+/// of `K` `namespace/name`. False when the resource is gone (deleted since
+/// the configuration was compiled: nothing to write).
+///
+/// # Errors
+/// The write failed (logged; the next round retries).
+async fn write_part<K>(
     client: &Client,
     namespace: &str,
     name: &str,
-    spend: &BudgetStatus,
-) -> Result<(), Error> {
+    part: &impl Serialize,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
     let body = serde_json::json!({
-        "apiVersion": Budget::api_version(&()),
-        "kind": Budget::kind(&()),
-        "status": spend,
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": part,
     });
-    Api::<Budget>::namespaced(client.clone(), namespace)
+    let written = Api::<K>::namespaced(client.clone(), namespace)
         .patch_status(
             name,
             &PatchParams::apply(SYNC_FIELD_MANAGER).force(),
             &Patch::Apply(body),
         )
-        .await
-        .map_err(|source| Error::WriteStatus {
-            kind: Budget::kind(&()).into_owned(),
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            source: Box::new(source),
-        })?;
-    Ok(())
+        .await;
+    match written {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(source) => {
+            let error = Error::WriteStatus {
+                kind: K::kind(&()).into_owned(),
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                source: Box::new(source),
+            };
+            tracing::warn!(%error, "writing a status from the sync channel failed; retrying next round");
+            Err(error)
+        }
+    }
 }

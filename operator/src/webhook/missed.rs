@@ -395,6 +395,7 @@ mod tests {
             resources: super::super::mutate::Resources::default(),
             sync: None,
             otel_endpoint: None,
+            otel_protocol: None,
         }
     }
 

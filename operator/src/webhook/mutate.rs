@@ -19,11 +19,11 @@ use llmesh_crds::injection::{
     ADMIN_ADDR, ADMIN_PORT, ADMIN_PORT_NAME, API_PORT, CONFIG_FILE, CONFIG_KEY, CONFIG_MOUNT_DIR,
     CONTAINER_NAME, CPU_LIMIT_ANNOTATION, CPU_REQUEST_ANNOTATION, DEFAULT_VIRTUAL_KEY, DISABLED, ENABLED,
     HEALTHZ_PATH, INJECT_ANNOTATION, INJECTED_LABEL, LISTEN_ADDR, MEMORY_LIMIT_ANNOTATION,
-    MEMORY_REQUEST_ANNOTATION, METRICS_PATH, OTEL_ENDPOINT_ANNOTATION, POD_NAME, POD_ROUTES, PORT_ANNOTATION,
-    READYZ_PATH, ROUTES_ANNOTATION, SECRETS_DIR, SECRETS_MOUNT_DIR, SIDECAR_HASH_ANNOTATION, STATE_FILE,
-    STATE_FILE_NAME, STATE_MOUNT_DIR, SYNC_CA, SYNC_TOKEN_FILE, SYNC_TOKEN_KEY, SYNC_TOKEN_MOUNT_DIR,
-    SYNC_TOKEN_SECONDS, SYNC_URL, VIRTUAL_KEY_ANNOTATION, WORKLOAD_NAME, WORKLOAD_NAMESPACE,
-    parse_route_list,
+    MEMORY_REQUEST_ANNOTATION, METRICS_PATH, OTEL_ENDPOINT_ANNOTATION, OTEL_PROTOCOL_ANNOTATION, POD_NAME,
+    POD_ROUTES, PORT_ANNOTATION, READYZ_PATH, ROUTES_ANNOTATION, SECRETS_DIR, SECRETS_MOUNT_DIR,
+    SIDECAR_HASH_ANNOTATION, STATE_FILE, STATE_FILE_NAME, STATE_MOUNT_DIR, SYNC_CA, SYNC_TOKEN_FILE,
+    SYNC_TOKEN_KEY, SYNC_TOKEN_MOUNT_DIR, SYNC_TOKEN_SECONDS, SYNC_URL, VIRTUAL_KEY_ANNOTATION,
+    WORKLOAD_NAME, WORKLOAD_NAMESPACE, parse_route_list,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -62,9 +62,24 @@ pub struct InjectionSettings {
     /// The OTLP collector every sidecar exports traces to, unless its pod's
     /// annotation names another; `None`: no tracing.
     pub otel_endpoint: Option<String>,
+    /// How sidecars export traces (`http/protobuf` or `grpc`), unless the
+    /// pod's annotation says; `None`: the sidecar's default, `http/protobuf`.
+    pub otel_protocol: Option<String>,
     /// The sync channel the sidecar connects to (none: no sync).
     pub sync: Option<SyncInjection>,
 }
+
+/// An OTLP trace collector and how the pod's sidecar reaches it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct OtelEndpoint {
+    /// Its `http(s)://` URL.
+    url: String,
+    /// `http/protobuf` or `grpc`; `None` leaves the sidecar's default.
+    protocol: Option<String>,
+}
+
+/// The OTLP protocols the sidecar exports with.
+pub const OTEL_PROTOCOLS: [&str; 2] = ["http/protobuf", "grpc"];
 
 /// Where the sidecar finds the operator's sync channel and how it trusts it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -307,7 +322,10 @@ impl InjectionSettings {
             resources: self.resources.clone(),
             virtual_key: None,
             routes: None,
-            otel_endpoint: self.otel_endpoint.clone(),
+            otel_endpoint: self.otel_endpoint.clone().map(|url| OtelEndpoint {
+                url,
+                protocol: self.otel_protocol.clone(),
+            }),
         };
         let container = sidecar_container(self, &reference, &overrides, "reference");
         let digest = Sha256::digest(serde_json::to_vec(&container).unwrap_or_default());
@@ -324,7 +342,7 @@ struct Overrides {
     /// The pod's route aliases, comma-separated, as the sidecar reads them.
     routes: Option<String>,
     /// Where its sidecar exports traces.
-    otel_endpoint: Option<String>,
+    otel_endpoint: Option<OtelEndpoint>,
 }
 
 impl Overrides {
@@ -368,7 +386,7 @@ impl Overrides {
                     None
                 }
             });
-        let otel_endpoint = match annotation(&pod.metadata, OTEL_ENDPOINT_ANNOTATION) {
+        let url = match annotation(&pod.metadata, OTEL_ENDPOINT_ANNOTATION) {
             None => settings.otel_endpoint.clone(),
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url.to_owned()),
             Some(value) => {
@@ -378,6 +396,17 @@ impl Overrides {
                 settings.otel_endpoint.clone()
             }
         };
+        let protocol = match annotation(&pod.metadata, OTEL_PROTOCOL_ANNOTATION) {
+            None => settings.otel_protocol.clone(),
+            Some(protocol) if OTEL_PROTOCOLS.contains(&protocol) => Some(protocol.to_owned()),
+            Some(value) => {
+                warnings.push(format!(
+                    "llmesh: {OTEL_PROTOCOL_ANNOTATION}={value:?} is not http/protobuf or grpc; using the default"
+                ));
+                settings.otel_protocol.clone()
+            }
+        };
+        let otel_endpoint = url.map(|url| OtelEndpoint { url, protocol });
         Self {
             api_port,
             resources,
@@ -486,7 +515,10 @@ fn sidecar_container(
     if let Some(endpoint) = &overrides.otel_endpoint {
         // Spans name the workload and pod; `$(…)` is the kubelet's expansion
         // of the variable set above.
-        env.push(value_env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()));
+        env.push(value_env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.url.clone()));
+        if let Some(protocol) = &endpoint.protocol {
+            env.push(value_env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.clone()));
+        }
         env.push(value_env("OTEL_SERVICE_NAME", workload.to_owned()));
         env.push(value_env(
             "OTEL_RESOURCE_ATTRIBUTES",
@@ -782,7 +814,57 @@ mod tests {
             resources: Resources::default(),
             sync: None,
             otel_endpoint: None,
+            otel_protocol: None,
         }
+    }
+
+    #[test]
+    fn the_trace_protocol_comes_from_the_pod_or_the_operator_and_a_bad_one_is_ignored() {
+        let injected = |annotations: serde_json::Value, settings: &InjectionSettings| {
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"annotations": annotations},
+                "spec": {"containers": [{"name": "app"}]}
+            }))
+            .expect("pod");
+            let mut warnings = Vec::new();
+            let overrides = Overrides::read(&pod, settings, &mut warnings);
+            let container = sidecar_container(settings, &NamespaceSettings::default(), &overrides, "chat");
+            let env = |name: &str| {
+                let env = container.env.iter().flatten().find(|e| e.name == name)?;
+                env.value.clone()
+            };
+            (
+                env("OTEL_EXPORTER_OTLP_ENDPOINT"),
+                env("OTEL_EXPORTER_OTLP_PROTOCOL"),
+                warnings.len(),
+            )
+        };
+        let grpc_default = InjectionSettings {
+            otel_endpoint: Some("http://collector:4317".to_owned()),
+            otel_protocol: Some("grpc".to_owned()),
+            ..settings()
+        };
+        let url = |u: &str| Some(u.to_owned());
+        assert_eq!(
+            injected(serde_json::json!({}), &grpc_default),
+            (url("http://collector:4317"), url("grpc"), 0)
+        );
+        let http_pod = serde_json::json!({
+            "llmesh.io/otel-endpoint": "http://agent:4318",
+            "llmesh.io/otel-protocol": "http/protobuf"
+        });
+        assert_eq!(
+            injected(http_pod, &grpc_default),
+            (url("http://agent:4318"), url("http/protobuf"), 0)
+        );
+        let bad = serde_json::json!({"llmesh.io/otel-protocol": "http/json"});
+        assert_eq!(
+            injected(bad, &grpc_default),
+            (url("http://collector:4317"), url("grpc"), 1)
+        );
+        // A protocol without any collector injects nothing.
+        let grpc_only = serde_json::json!({"llmesh.io/otel-protocol": "grpc"});
+        assert_eq!(injected(grpc_only, &settings()), (None, None, 0));
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub fn settings(native: bool) -> InjectionSettings {
             ca_pem: SYNC_CA.to_owned(),
         }),
         otel_endpoint: None,
+        otel_protocol: None,
     }
 }
 

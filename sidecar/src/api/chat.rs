@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::Usage;
-use super::messages::AnthropicOrigin;
+use super::messages::{AnthropicOrigin, Block};
 
 /// A chat completion request as apps send it.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -171,7 +171,24 @@ impl Message {
                 .join("\n"),
         }
     }
+
+    /// The signed reasoning an assistant turn carries back (`thinking_blocks`,
+    /// LiteLLM's field, kept among the passed-through fields so that it is
+    /// also part of the cache key). Anthropic requires it back on the turn
+    /// that made tool calls while thinking.
+    ///
+    /// # Errors
+    /// The field is there but not a list of thinking blocks.
+    pub fn thinking_blocks(&self) -> Result<Vec<ThinkingBlock>, serde_json::Error> {
+        match self.extra.get(THINKING_BLOCKS) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(blocks) => Vec::<ThinkingBlock>::deserialize(blocks),
+        }
+    }
 }
+
+/// The field of an assistant message that carries its signed reasoning.
+pub const THINKING_BLOCKS: &str = "thinking_blocks";
 
 /// Message content: a string, or typed parts (text, images).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -364,6 +381,18 @@ pub enum ThinkingBlock {
         /// The encrypted reasoning.
         data: String,
     },
+}
+
+impl From<ThinkingBlock> for Block {
+    fn from(block: ThinkingBlock) -> Self {
+        match block {
+            ThinkingBlock::Thinking { thinking, signature } => Self::Thinking {
+                thinking,
+                signature: signature.unwrap_or_default(),
+            },
+            ThinkingBlock::RedactedThinking { data } => Self::RedactedThinking { data },
+        }
+    }
 }
 
 impl ThinkingBlock {

@@ -103,8 +103,14 @@ pub enum Item {
         /// The result, as text.
         output: Value,
     },
-    /// Reasoning the model returned earlier; stateless targets cannot use it.
-    Reasoning {},
+    /// Reasoning the model returned earlier. Only llmesh's own (an
+    /// Anthropic target's signed thinking, in `encrypted_content`) goes
+    /// anywhere: other targets' reasoning stays on their side.
+    Reasoning {
+        /// What [`OutputItem::Reasoning`] wrote.
+        #[serde(default)]
+        encrypted_content: Option<String>,
+    },
 }
 
 impl Item {
@@ -302,6 +308,37 @@ pub enum OutputItem {
         /// `in_progress` or `completed`.
         status: &'static str,
     },
+    /// The model's reasoning (an Anthropic target's thinking).
+    Reasoning {
+        /// `rs_...`.
+        id: String,
+        /// The reasoning text, as one summary part.
+        summary: Vec<SummaryText>,
+        /// The signed thinking blocks, opaque to the app, to send back with
+        /// the next turn when it continues a tool call.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        encrypted_content: Option<String>,
+    },
+}
+
+/// A `summary_text` part of a reasoning item.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SummaryText {
+    /// Always `summary_text`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The text.
+    pub text: String,
+}
+
+impl SummaryText {
+    /// A part with `text`.
+    pub fn new(text: String) -> Self {
+        Self {
+            kind: "summary_text",
+            text,
+        }
+    }
 }
 
 /// An `output_text` part.

@@ -304,3 +304,52 @@ fn the_period_end_is_published_in_the_budgets_time_zone() {
     spend(&Arc::new(budgets), &config, 0.1);
     assert_eq!(end(), "2026-03-01T05:00:00Z");
 }
+
+#[test]
+fn a_keys_spend_is_reported_in_its_budgets_calendar_and_a_new_version_is_reported_alone() {
+    // 04:30 UTC on March 1st is still February in New York.
+    let clock = ManualClock::at("2026-03-01T04:30:00Z");
+    let budgets = budgets(clock);
+    let config = config(BudgetAction::Block);
+    assert!(
+        budgets.key_spend("agent", Some(&config)).is_none(),
+        "no sync, no key spend"
+    );
+    budgets.enable_sync(None);
+    assert!(budgets.next_report("v1").is_none(), "nothing to report yet");
+
+    let usage = Usage::new(10, 20, 0, 0, 0);
+    let with_budget = budgets.key_spend("agent", Some(&config)).expect("synced");
+    with_budget.settle(&usage, Some(0.25));
+    with_budget.settle(&usage, Some(0.5));
+    budgets
+        .key_spend("ops", None)
+        .expect("synced")
+        .settle(&usage, Some(1.0));
+    let report = budgets.next_report("v1").expect("key spend to report");
+    assert!(report.budgets.is_empty(), "no budget was charged");
+    let february_in_new_york: Timestamp = "2026-02-01T05:00:00Z".parse().expect("time");
+    let march_in_utc: Timestamp = "2026-03-01T00:00:00Z".parse().expect("time");
+    assert_eq!(
+        report.keys["agent"],
+        BudgetDelta {
+            period_start: february_in_new_york.as_second(),
+            spent_usd: 0.75,
+            tokens: 60,
+        }
+    );
+    assert_eq!(report.keys["ops"].period_start, march_in_utc.as_second());
+    budgets.acknowledged(Ack {
+        seq: report.seq,
+        applied: true,
+        totals: BTreeMap::new(),
+    });
+    assert!(budgets.next_report("v1").is_none(), "acknowledged");
+
+    // A new configuration in force: reported with no spend, so the operator
+    // counts this sidecar in sync.
+    budgets.report_version();
+    let report = budgets.next_report("v2").expect("the version is due");
+    assert_eq!(report.config_version, "v2");
+    assert!(report.budgets.is_empty() && report.keys.is_empty());
+}

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::api::chat::{
     self, ChatRequest, ChatResponse, Content, ContentPart, FunctionCall, FunctionDefinition, ImageUrl,
-    StreamOptions, ThinkingBlock, ToolCall,
+    StreamOptions, ToolCall,
 };
 use crate::api::messages::{
     AnthropicOrigin, Block, ImageSource, MessagesRequest, MessagesResponse, Role, Tool, ToolChoice,
@@ -306,13 +306,7 @@ pub fn from_chat(body: &[u8]) -> Result<MessagesResponse, serde_json::Error> {
     if let Some(choice) = choice {
         finish = choice.finish_reason;
         match (choice.message.thinking_blocks, choice.message.reasoning_content) {
-            (Some(blocks), _) => content.extend(blocks.into_iter().map(|block| match block {
-                ThinkingBlock::Thinking { thinking, signature } => Block::Thinking {
-                    thinking,
-                    signature: signature.unwrap_or_default(),
-                },
-                ThinkingBlock::RedactedThinking { data } => Block::RedactedThinking { data },
-            })),
+            (Some(blocks), _) => content.extend(blocks.into_iter().map(Block::from)),
             // An upstream that reasons without Anthropic's blocks: unsigned,
             // so the app sees it but cannot send it back to Anthropic.
             (None, Some(thinking)) if !thinking.is_empty() => content.push(Block::Thinking {

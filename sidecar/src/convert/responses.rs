@@ -3,15 +3,17 @@
 //! The sidecar is stateless: a request that relies on a stored response is
 //! refused, and every answer says `store: false`.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value, json};
 
 use crate::api::chat::{
     self, ChatRequest, ChatResponse, Content, ContentPart, FunctionCall, FunctionDefinition, ImageUrl,
-    JsonSchemaFormat, ResponseFormat, StreamOptions, ToolCall,
+    JsonSchemaFormat, ResponseFormat, StreamOptions, THINKING_BLOCKS, ThinkingBlock, ToolCall,
 };
 use crate::api::responses::{
     IncompleteDetails, Input, Item, ItemContent, OutputItem, OutputText, Part, Reasoning, ReasoningEcho,
-    Response, ResponsesRequest, TextConfig, Usage,
+    Response, ResponsesRequest, SummaryText, TextConfig, Usage,
 };
 use crate::error::ApiError;
 use crate::providers::unix_now;
@@ -160,7 +162,14 @@ fn push_item(messages: &mut Vec<chat::Message>, item: Item, index: usize) -> Res
                 "developer" => chat::Role::Developer,
                 other => return Err(invalid(format!("input[{index}].role: unknown role {other:?}"))),
             };
-            messages.push(message(role, Some(content_of(content, index)?)));
+            let content = content_of(content, index)?;
+            match messages.last_mut() {
+                // The text of the turn a reasoning item opened.
+                Some(last) if role == chat::Role::Assistant && is_reasoning_only(last) => {
+                    last.content = Some(content);
+                }
+                _ => messages.push(message(role, Some(content))),
+            }
         }
         Item::FunctionCall {
             call_id,
@@ -193,9 +202,47 @@ fn push_item(messages: &mut Vec<chat::Message>, item: Item, index: usize) -> Res
             result.tool_call_id = Some(call_id);
             messages.push(result);
         }
-        Item::Reasoning {} => {}
+        Item::Reasoning { encrypted_content } => {
+            // Reasoning sealed by OpenAI (or none) stays on OpenAI's side.
+            if let Some(blocks) = encrypted_content.as_deref().and_then(unseal_thinking) {
+                // It opens the assistant turn its message and calls continue.
+                let mut turn = message(chat::Role::Assistant, None);
+                turn.extra.insert(THINKING_BLOCKS.to_owned(), json!(blocks));
+                messages.push(turn);
+            }
+        }
     }
     Ok(())
+}
+
+fn is_reasoning_only(message: &chat::Message) -> bool {
+    message.role == chat::Role::Assistant
+        && message.content.is_none()
+        && message.tool_calls.is_none()
+        && message.extra.contains_key(THINKING_BLOCKS)
+}
+
+/// Signed thinking blocks as a reasoning item's `encrypted_content`: opaque
+/// to the app, and tamper-evident through Anthropic's own signatures.
+pub fn seal_thinking(blocks: &[ThinkingBlock]) -> String {
+    STANDARD.encode(serde_json::to_vec(blocks).unwrap_or_default())
+}
+
+fn unseal_thinking(sealed: &str) -> Option<Vec<ThinkingBlock>> {
+    serde_json::from_slice(&STANDARD.decode(sealed).ok()?).ok()
+}
+
+/// A reasoning item: the text as its summary, the signed blocks sealed.
+pub fn reasoning_item(id: String, text: String, blocks: &[ThinkingBlock]) -> OutputItem {
+    OutputItem::Reasoning {
+        id,
+        summary: if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![SummaryText::new(text)]
+        },
+        encrypted_content: (!blocks.is_empty()).then(|| seal_thinking(blocks)),
+    }
 }
 
 fn content_of(content: ItemContent, index: usize) -> Result<Content, ApiError> {
@@ -338,6 +385,12 @@ pub fn from_chat(body: &[u8], echo: &Echo) -> Result<Response, serde_json::Error
     let mut finish = None;
     if let Some(choice) = answer.choices.into_iter().next() {
         finish = choice.finish_reason;
+        let reasoning = choice.message.reasoning_content.unwrap_or_default();
+        let blocks = choice.message.thinking_blocks.unwrap_or_default();
+        if !reasoning.is_empty() || !blocks.is_empty() {
+            let reasoning_id = format!("rs_{}", id.trim_start_matches("resp_"));
+            output.push(reasoning_item(reasoning_id, reasoning, &blocks));
+        }
         if let Some(text) = choice.message.content.or(choice.message.refusal) {
             output.push(OutputItem::Message {
                 id: format!("msg_{}", id.trim_start_matches("resp_")),
@@ -426,6 +479,43 @@ mod tests {
     }
 
     #[test]
+    fn a_reasoning_item_carries_signed_thinking_back_on_its_assistant_turn() {
+        let blocks = vec![
+            ThinkingBlock::Thinking {
+                thinking: "Need weather.".into(),
+                signature: Some("sig1".into()),
+            },
+            ThinkingBlock::RedactedThinking { data: "enc".into() },
+        ];
+        let OutputItem::Reasoning {
+            encrypted_content, ..
+        } = reasoning_item("rs_1".into(), "Need weather.".into(), &blocks)
+        else {
+            panic!("a reasoning item");
+        };
+        let chat = translate(json!({"model": "r", "input": [
+            {"role": "user", "content": "Weather?"},
+            {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": encrypted_content},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "21C"}
+        ]}))
+        .expect("translates");
+        assert_eq!(chat.messages.len(), 3, "{:?}", chat.messages);
+        let turn = &chat.messages[1];
+        assert_eq!(turn.thinking_blocks().expect("blocks"), blocks);
+        assert_eq!(turn.text(), "Checking.");
+        assert_eq!(turn.tool_calls.as_ref().map(Vec::len), Some(1));
+
+        let chat = translate(json!({"model": "r", "input": [
+            {"role": "user", "content": "Weather?"},
+            {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAAB-openai-sealed"}
+        ]}))
+        .expect("OpenAI's own reasoning is left out");
+        assert_eq!(chat.messages.len(), 1);
+    }
+
+    #[test]
     fn stored_state_is_refused_with_what_to_send_instead() {
         for body in [
             json!({"model": "r", "input": "hi", "store": true}),
@@ -468,18 +558,22 @@ mod tests {
                 "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14,
                     "prompt_tokens_details": {"cached_tokens": 3}, "completion_tokens_details": {"reasoning_tokens": 2}}});
             let response = from_chat(body.to_string().as_bytes(), &Echo::default()).expect("answer");
-            // Reasoning (an Anthropic target's thinking) has no output item yet.
-            assert_eq!(response.output.len(), 2);
+            assert_eq!(response.output.len(), 3);
             let json = serde_json::to_value(&response).expect("json");
             assert_eq!(json["id"], "resp_9");
             assert_eq!(json["status"], status);
             assert_eq!(json["incomplete_details"]["reason"].as_str(), reason);
+            assert_eq!(json["output"][0]["type"], "reasoning");
             assert_eq!(
-                json["output"][0]["content"][0],
+                json["output"][0]["summary"],
+                json!([{"type": "summary_text", "text": "Hm."}])
+            );
+            assert_eq!(
+                json["output"][1]["content"][0],
                 json!({"type": "output_text", "text": "hi", "annotations": []})
             );
-            assert_eq!(json["output"][1]["type"], "function_call");
-            assert_eq!(json["output"][1]["call_id"], "call_1");
+            assert_eq!(json["output"][2]["type"], "function_call");
+            assert_eq!(json["output"][2]["call_id"], "call_1");
             assert_eq!(
                 json["usage"],
                 json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 3}, "output_tokens": 4,

@@ -1,24 +1,36 @@
 //! Internal chunks → the Responses API's stream events: `response.created`
 //! and `response.in_progress`, then per output item `output_item.added`,
-//! its text or argument deltas and their `.done` events, `output_item.done`,
+//! its reasoning summary, text or argument deltas and their `.done` events,
+//! `output_item.done`,
 //! and last `response.completed` (or `.incomplete`) with the usage — or
 //! `response.failed` when the stream breaks off.
 
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::responses::{Echo, ending, response_id};
+use super::responses::{Echo, ending, reasoning_item, response_id};
 use super::{Render, sse_event};
 use crate::api::Usage;
-use crate::api::chat::ChatChunk;
-use crate::api::responses::{OutputItem, OutputText, Response, ResponseError, Usage as WireUsage};
+use crate::api::chat::{ChatChunk, ThinkingBlock};
+use crate::api::responses::{
+    OutputItem, OutputText, Response, ResponseError, SummaryText, Usage as WireUsage,
+};
 use crate::error::ApiError;
 
 /// The item being written.
 #[derive(Debug)]
 enum Open {
-    Text { text: String },
-    Call { chat_index: u32, arguments: String },
+    Reasoning {
+        text: String,
+        blocks: Vec<ThinkingBlock>,
+    },
+    Text {
+        text: String,
+    },
+    Call {
+        chat_index: u32,
+        arguments: String,
+    },
 }
 
 /// Renders one stream; see the module docs.
@@ -67,7 +79,9 @@ impl ResponsesRenderer {
     fn open_item(&mut self, item: OutputItem, open: Open, frames: &mut Vec<Bytes>) -> usize {
         self.close(frames);
         let id = match &item {
-            OutputItem::Message { id, .. } | OutputItem::FunctionCall { id, .. } => id.clone(),
+            OutputItem::Message { id, .. }
+            | OutputItem::FunctionCall { id, .. }
+            | OutputItem::Reasoning { id, .. } => id.clone(),
         };
         let index = self.output().len();
         self.emit(
@@ -75,13 +89,24 @@ impl ResponsesRenderer {
             "response.output_item.added",
             json!({"output_index": index, "item": item}),
         );
-        if matches!(open, Open::Text { .. }) {
-            let part = OutputText::new(String::new());
-            self.emit(
-                frames,
-                "response.content_part.added",
-                json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
-            );
+        match open {
+            Open::Text { .. } => {
+                let part = OutputText::new(String::new());
+                self.emit(
+                    frames,
+                    "response.content_part.added",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
+                );
+            }
+            Open::Reasoning { .. } => {
+                let part = SummaryText::new(String::new());
+                self.emit(
+                    frames,
+                    "response.reasoning_summary_part.added",
+                    json!({"item_id": id, "output_index": index, "summary_index": 0, "part": part}),
+                );
+            }
+            Open::Call { .. } => {}
         }
         self.output().push(item);
         self.open = Some((index, id, open));
@@ -93,6 +118,20 @@ impl ResponsesRenderer {
             return;
         };
         let item = match open {
+            Open::Reasoning { text, blocks } => {
+                self.emit(
+                    frames,
+                    "response.reasoning_summary_text.done",
+                    json!({"item_id": id, "output_index": index, "summary_index": 0, "text": text}),
+                );
+                let part = SummaryText::new(text.clone());
+                self.emit(
+                    frames,
+                    "response.reasoning_summary_part.done",
+                    json!({"item_id": id, "output_index": index, "summary_index": 0, "part": part}),
+                );
+                reasoning_item(id, text, &blocks)
+            }
             Open::Text { text } => {
                 self.emit(
                     frames,
@@ -142,6 +181,36 @@ impl ResponsesRenderer {
     }
 }
 
+impl ResponsesRenderer {
+    /// Reasoning text and signed pieces go to the open reasoning item,
+    /// opened first if need be.
+    fn reason(&mut self, delta: Option<String>, pieces: Vec<ThinkingBlock>, frames: &mut Vec<Bytes>) {
+        if !matches!(self.open, Some((_, _, Open::Reasoning { .. }))) {
+            let item = OutputItem::Reasoning {
+                id: format!("rs_{}", self.output().len()),
+                summary: Vec::new(),
+                encrypted_content: None,
+            };
+            let open = Open::Reasoning {
+                text: String::new(),
+                blocks: Vec::new(),
+            };
+            self.open_item(item, open, frames);
+        }
+        let Some((index, id, Open::Reasoning { text, blocks })) = &mut self.open else {
+            return;
+        };
+        for piece in pieces {
+            ThinkingBlock::absorb(blocks, piece);
+        }
+        if let Some(delta) = delta {
+            text.push_str(&delta);
+            let event = json!({"item_id": id, "output_index": index, "summary_index": 0, "delta": delta});
+            self.emit(frames, "response.reasoning_summary_text.delta", event);
+        }
+    }
+}
+
 impl Render for ResponsesRenderer {
     fn chunk(&mut self, chunk: ChatChunk, frames: &mut Vec<Bytes>) {
         if let Some(usage) = chunk.usage {
@@ -156,6 +225,11 @@ impl Render for ResponsesRenderer {
         let Some(choice) = chunk.choices.into_iter().find(|c| c.index == 0) else {
             return;
         };
+        let reasoning = choice.delta.reasoning_content.filter(|t| !t.is_empty());
+        let pieces = choice.delta.thinking_blocks.unwrap_or_default();
+        if reasoning.is_some() || !pieces.is_empty() {
+            self.reason(reasoning, pieces, frames);
+        }
         if let Some(delta) = choice.delta.content.filter(|t| !t.is_empty()) {
             if !matches!(self.open, Some((_, _, Open::Text { .. }))) {
                 let id = format!("msg_{}", self.output().len());
@@ -343,6 +417,69 @@ mod tests {
         assert_eq!(done["output"][1]["status"], "completed");
         assert_eq!(done["usage"]["input_tokens"], 9);
         assert_eq!(done["usage"]["output_tokens"], 3);
+    }
+
+    #[test]
+    fn thinking_streams_as_a_reasoning_item_before_the_text() {
+        let mut renderer = ResponsesRenderer::new(Echo::default());
+        let mut frames = Vec::new();
+        let thinking = |text: &str, signature: Option<&str>| Delta {
+            reasoning_content: Some(text.to_owned()),
+            thinking_blocks: Some(vec![ThinkingBlock::Thinking {
+                thinking: text.to_owned(),
+                signature: signature.map(str::to_owned),
+            }]),
+            ..Delta::default()
+        };
+        for c in [
+            chunk(thinking("Greet ", None), None),
+            chunk(thinking("them.", None), None),
+            chunk(thinking("", Some("sig")), None),
+            chunk(
+                Delta {
+                    content: Some("Hi".into()),
+                    ..Delta::default()
+                },
+                None,
+            ),
+            chunk(Delta::default(), Some("stop")),
+        ] {
+            renderer.chunk(c, &mut frames);
+        }
+        renderer.finish(&mut frames);
+        let events = events(&frames);
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap_or("")).collect();
+        assert_eq!(
+            kinds[2..9],
+            [
+                "response.output_item.added",
+                "response.reasoning_summary_part.added",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.done",
+                "response.reasoning_summary_part.done",
+                "response.output_item.done",
+            ]
+        );
+        assert_eq!(events[6]["text"], "Greet them.");
+        let done = &events.last().expect("events")["response"];
+        assert_eq!(done["output"][0]["type"], "reasoning");
+        assert_eq!(done["output"][0]["summary"][0]["text"], "Greet them.");
+        let sealed = done["output"][0]["encrypted_content"].as_str().expect("sealed");
+        let complete = reasoning_item(
+            "rs_0".into(),
+            "Greet them.".into(),
+            &[ThinkingBlock::Thinking {
+                thinking: "Greet them.".into(),
+                signature: Some("sig".into()),
+            }],
+        );
+        assert_eq!(
+            serde_json::to_value(&complete).expect("json")["encrypted_content"],
+            sealed,
+            "the stream seals what a complete answer seals"
+        );
+        assert_eq!(done["output"][1]["content"][0]["text"], "Hi");
     }
 
     #[test]

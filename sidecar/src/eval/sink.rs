@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::Record;
 use crate::metrics::Metrics;
 pub use crate::telemetry::export::Post;
+use crate::telemetry::export::{FIRST_BACKOFF, MAX_BACKOFF};
 
 /// The pod's eval sink settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,9 +165,6 @@ impl RotatingFile {
     }
 }
 
-/// The first retry waits this long, doubling up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// The longest a record waits for its batch to fill.
 const BATCH_DELAY: Duration = Duration::from_secs(1);
 

@@ -18,7 +18,7 @@ use serde::de::IgnoredAny;
 use super::upstream::{Answer, UpstreamClient, UpstreamRequest, UpstreamResponse};
 use super::{ChatReply, ChunkStream, Completed, Deps, ErrorKind, Provider, ProviderError, StreamEvent, sse};
 use crate::api::Usage;
-use crate::api::chat::{ChatRequest, StreamOptions};
+use crate::api::chat::{ChatRequest, StreamOptions, THINKING_BLOCKS};
 use crate::api::embeddings::EmbeddingsRequest;
 use crate::credentials::CredentialStore;
 
@@ -186,6 +186,11 @@ impl Provider for OpenAi {
     async fn chat(&self, request: &ChatRequest, model: &str) -> Result<ChatReply, ProviderError> {
         let mut outbound = request.clone();
         outbound.model = model.to_owned();
+        // Anthropic's signed reasoning, carried back by apps that also use
+        // Anthropic targets, means nothing to OpenAI's API.
+        for message in &mut outbound.messages {
+            message.extra.remove(THINKING_BLOCKS);
+        }
         let stream = request.is_stream();
         if stream {
             let options = outbound.stream_options.get_or_insert_with(StreamOptions::default);

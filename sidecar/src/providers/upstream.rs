@@ -96,6 +96,18 @@ fn tls_config(extra_roots_pem: Option<&str>) -> Result<rustls::ClientConfig, Box
         .with_no_client_auth())
 }
 
+/// The TLS set-up of outbound connections: the platform's roots and the
+/// settings' extra CA certificates (also the gRPC trace exporter's).
+///
+/// # Errors
+/// No usable root store, or extra certificates that do not parse.
+pub fn client_tls(settings: &UpstreamSettings) -> Result<rustls::ClientConfig, ProviderError> {
+    // Both the binary and tests reach this; the first install wins.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tls_config(settings.extra_roots_pem.as_deref())
+        .map_err(|e| ProviderError::new(ErrorKind::Connect, format!("cannot set up TLS: {e}")))
+}
+
 /// TLS (or not, for `http://` upstreams) over a direct or proxied connection.
 type Connector = HttpsConnector<EgressConnector>;
 
@@ -122,10 +134,7 @@ impl UpstreamClient {
     /// # Errors
     /// TLS could not be set up (no usable root store).
     pub fn new(settings: &UpstreamSettings) -> Result<Self, ProviderError> {
-        // Both the binary and tests reach this; the first install wins.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let tls = tls_config(settings.extra_roots_pem.as_deref())
-            .map_err(|e| ProviderError::new(ErrorKind::Connect, format!("cannot set up TLS: {e}")))?;
+        let tls = client_tls(settings)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

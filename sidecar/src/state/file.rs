@@ -82,6 +82,9 @@ pub struct SavedSync {
     /// Spend settled since, by budget.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unreported: BTreeMap<String, BudgetDelta>,
+    /// Spend settled since, by VirtualKey.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unreported_keys: BTreeMap<String, BudgetDelta>,
 }
 
 /// What the file holds besides its format and checksum.
@@ -119,9 +122,13 @@ impl Saved {
                 .map(move |(which, _)| format!("rate_limits.{key}.{which}"))
         });
         let sync = self.sync.iter().flat_map(|sync| {
-            let in_flight = sync.in_flight.iter().flat_map(|report| &report.budgets);
+            let in_flight = sync
+                .in_flight
+                .iter()
+                .flat_map(|report| report.budgets.iter().chain(&report.keys));
             in_flight
                 .chain(&sync.unreported)
+                .chain(&sync.unreported_keys)
                 .filter(|(_, delta)| !delta.spent_usd.is_finite())
                 .map(|(name, _)| format!("sync.{name}.spentUsd"))
         });
@@ -317,8 +324,17 @@ mod tests {
                             tokens: 100,
                         },
                     )]),
+                    keys: BTreeMap::from([(
+                        "agent".to_owned(),
+                        BudgetDelta {
+                            period_start: 1_780_000_000,
+                            spent_usd: 0.5,
+                            tokens: 100,
+                        },
+                    )]),
                 }),
                 unreported: BTreeMap::new(),
+                unreported_keys: BTreeMap::new(),
             }),
         }
     }
@@ -487,28 +503,32 @@ mod tests {
                     0..3,
                 )
             };
-            let in_flight =
-                (any::<u64>(), "[0-9a-f]{0,16}", deltas()).prop_map(|(seq, config_version, budgets)| {
-                    Report {
-                        instance: "i".to_owned(),
-                        seq,
-                        config_version,
-                        budgets,
-                    }
-                });
+            let in_flight = (any::<u64>(), "[0-9a-f]{0,16}", deltas(), deltas()).prop_map(
+                |(seq, config_version, budgets, keys)| Report {
+                    instance: "i".to_owned(),
+                    seq,
+                    config_version,
+                    budgets,
+                    keys,
+                },
+            );
             let sync = prop::option::of(
                 (
                     "[0-9a-f]{1,16}",
                     any::<u64>(),
                     prop::option::of(in_flight),
                     deltas(),
+                    deltas(),
                 )
-                    .prop_map(|(instance, next_seq, in_flight, unreported)| SavedSync {
-                        instance,
-                        next_seq,
-                        in_flight,
-                        unreported,
-                    }),
+                    .prop_map(
+                        |(instance, next_seq, in_flight, unreported, unreported_keys)| SavedSync {
+                            instance,
+                            next_seq,
+                            in_flight,
+                            unreported,
+                            unreported_keys,
+                        },
+                    ),
             );
             (budgets, sessions, limits, sync).prop_map(|(budgets, sessions, rate_limits, sync)| Saved {
                 budgets,

@@ -1,7 +1,9 @@
 //! The span exporter: a bounded queue the request path pushes into without
-//! waiting, and one task that batches spans and posts them to the collector.
-//! A full queue or a collector that fails drops spans — counted and logged,
-//! never retried at the cost of memory or of requests.
+//! waiting, and one task that batches spans and hands each batch to the
+//! transport (OTLP/HTTP or gRPC). A failure the collector calls passing is
+//! retried with backoff within the export timeout; a full queue or a batch
+//! still refused then drops spans — counted and logged, never at the cost
+//! of memory or of requests.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,43 @@ use crate::metrics::Metrics;
 
 /// Posts one batch (an encoded `ExportTraceServiceRequest`, a set of eval
 /// records); an error says why it was not taken.
-pub type Post = Arc<dyn Fn(Vec<u8>) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+pub type Post = Arc<dyn Fn(Vec<u8>) -> BoxFuture<'static, Result<(), PostError>> + Send + Sync>;
+
+/// A batch the endpoint did not take.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PostError {
+    /// Why, for the log.
+    pub message: String,
+    /// Whether sending it again may succeed (an endpoint that is down or
+    /// overloaded, rather than one that refuses the content).
+    pub retryable: bool,
+}
+
+impl PostError {
+    /// A failure worth another try.
+    pub fn passing(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// A refusal that another try would meet again.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// The first retry of a batch waits this long, doubling up to
+/// [`MAX_BACKOFF`]: quick enough to ride out a collector's restart, slow
+/// enough not to hammer one that is overloaded.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The longest wait between two tries of a batch.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// How spans are batched (the `OTEL_BSP_*` variables).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,10 +121,7 @@ async fn run(
         }
         let body = otlp::encode(&resource, &batch);
         let count = batch.len() as u64;
-        let result = match tokio::time::timeout(batching.timeout, post(body)).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {:?}", batching.timeout)),
-        };
+        let result = export(&post, body, batching.timeout).await;
         match result {
             Ok(()) => {
                 metrics.trace_spans_exported.inc_by(count);
@@ -107,5 +142,81 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Sends one batch, again after a passing failure while `timeout` (for the
+/// whole export, retries included) leaves room for the wait and a try.
+async fn export(post: &Post, body: Vec<u8>, timeout: Duration) -> Result<(), PostError> {
+    let deadline = Instant::now() + timeout;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let result = match tokio::time::timeout_at(deadline, post(body.clone())).await {
+            Ok(result) => result,
+            Err(_) => Err(PostError::refused(format!("no answer within {timeout:?}"))),
+        };
+        match result {
+            Err(error) if error.retryable && Instant::now() + backoff < deadline => {
+                tracing::debug!(%error, ?backoff, "the trace collector failed; trying the batch again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            result => return result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A transport that fails its first `failures` tries with `error`.
+    fn flaky(failures: usize, error: PostError) -> (Post, Arc<AtomicUsize>) {
+        let tries = Arc::new(AtomicUsize::new(0));
+        let counted = tries.clone();
+        let post: Post = Arc::new(move |_| {
+            let error = error.clone();
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move { if n < failures { Err(error) } else { Ok(()) } })
+        });
+        (post, tries)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_passing_failure_is_retried_with_backoff_within_the_timeout() {
+        let (post, tries) = flaky(2, PostError::passing("UNAVAILABLE"));
+        let started = Instant::now();
+        assert_eq!(export(&post, vec![1], Duration::from_secs(10)).await, Ok(()));
+        assert_eq!(tries.load(Ordering::SeqCst), 3);
+        assert_eq!(started.elapsed(), FIRST_BACKOFF * 3, "200 ms, then 400 ms");
+
+        let (post, tries) = flaky(usize::MAX, PostError::passing("UNAVAILABLE"));
+        let started = Instant::now();
+        let error = export(&post, vec![1], Duration::from_secs(1))
+            .await
+            .expect_err("never taken");
+        assert_eq!(error.message, "UNAVAILABLE");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            tries.load(Ordering::SeqCst),
+            3,
+            "at 0, 200 and 600 ms; 1.4 s is past the timeout"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_not_retried() {
+        let (post, tries) = flaky(1, PostError::refused("INVALID_ARGUMENT"));
+        let error = export(&post, vec![1], Duration::from_secs(10))
+            .await
+            .expect_err("refused");
+        assert!(!error.retryable);
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
     }
 }

@@ -190,6 +190,54 @@ def test_a_record_is_complete_redacted_and_names_its_trace(sampled):
     assert any(s.attributes.get("llmesh.request_id") == request_id for s in spans)
 
 
+def test_a_shadow_request_is_a_span_of_its_own_under_the_request_span(sampled):
+    trace_id, app_span, traceparent = app_context()
+    anthropic_before = len(httpx.get(f"{sampled.mock_url}/_mock/anthropic/calls").json()["calls"])
+    request_id, _ = sampled.ask(SHADOWED, traceparent=traceparent)
+
+    spans = sampled.collector.trace(trace_id, 3)
+    (request,) = [s for s in spans if s.kind == 2]
+    assert request.parent_span_id == app_span
+    assert "llmesh.shadow" not in request.attributes
+    (attempt,) = [s for s in spans if s.kind == 3 and not s.attributes.get("llmesh.shadow")]
+    (shadow,) = [s for s in spans if s.attributes.get("llmesh.shadow") is True]
+    assert shadow.kind == 3 and shadow.parent_span_id == request.span_id
+    assert attempt.parent_span_id == request.span_id and attempt.attributes["gen_ai.provider.name"] == "openai"
+    attrs = shadow.attributes
+    assert (attrs["gen_ai.provider.name"], attrs["gen_ai.request.model"], attrs["llmesh.provider"]) == (
+        "anthropic",
+        ANTHROPIC.model,
+        "anthropic",
+    )
+    assert attrs["llmesh.route"] == SHADOWED and attrs["llmesh.request_id"] == request_id
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.usage.input_tokens"] > 0 and attrs["gen_ai.usage.output_tokens"] > 0
+    assert attrs["llmesh.cost_usd"] > 0 and "error.type" not in attrs and shadow.status_code == 0
+    assert shadow.name == f"chat {ANTHROPIC.model}"
+    # The shadow's own cost is on its span, as in its eval record.
+    (record,) = [
+        r
+        for r in sampled.wait_for(lambda rs: any(r["request_id"] == request_id and r["kind"] == "shadow" for r in rs))
+        if r["request_id"] == request_id and r["kind"] == "shadow"
+    ]
+    assert attrs["llmesh.cost_usd"] == pytest.approx(record["cost_usd"])
+    # The candidate was called with the shadow span's traceparent.
+    calls = httpx.get(f"{sampled.mock_url}/_mock/anthropic/calls").json()["calls"][anthropic_before:]
+    assert [c["headers"]["traceparent"] for c in calls] == [f"00-{trace_id}-{shadow.span_id}-01"]
+
+
+def test_a_failed_shadow_span_names_its_failure(sampled):
+    sampled.script("anthropic", [{"status": 500}])
+    trace_id, _, traceparent = app_context()
+    sampled.ask(SHADOWED, traceparent=traceparent)
+    spans = sampled.collector.trace(trace_id, 3)
+    (shadow,) = [s for s in spans if s.attributes.get("llmesh.shadow") is True]
+    assert shadow.attributes["error.type"] == "server-error" and shadow.status_code == 2
+    assert "llmesh.cost_usd" not in shadow.attributes
+    (request,) = [s for s in spans if s.kind == 2]
+    assert "error.type" not in request.attributes, "the app's request did not fail"
+
+
 def test_a_sink_that_is_down_loses_at_most_its_bounded_queue_and_counts_it(sampled):
     # Everything so far went to the file while the HTTP endpoint was down.
     assert sampled.metric("llmesh_eval_records_dropped_total", '{reason="queue-full",sink="file"}') == 0

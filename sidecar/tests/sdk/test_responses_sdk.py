@@ -7,7 +7,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from conftest import route_alias
+from conftest import PROVIDERS, route_alias
 
 WEATHER_TOOL = {
     "type": "function",
@@ -105,3 +105,53 @@ def test_stored_state_is_refused_as_stateless(client, stateful):
         client.responses.create(model="openai-route", input="hi", **stateful)
     assert raised.value.code == "stateless_gateway"
     assert "send the whole conversation in `input`" in raised.value.message
+
+
+def test_claude_reasoning_comes_back_as_a_reasoning_item_and_goes_back_signed(client, gateway):
+    # `reasoning.effort` gives an Anthropic target a thinking budget; its
+    # signed thinking comes back as a reasoning item, which the app sends
+    # back with the call's output, as Anthropic requires while thinking.
+    alias = route_alias(PROVIDERS["anthropic"])
+    question = {"role": "user", "content": f"What is the weather in Faro? {id(gateway)}"}
+    first = client.responses.create(
+        model=alias, input=[question], tools=[WEATHER_TOOL], reasoning={"effort": "low"}
+    )
+    assert [item.type for item in first.output][0] == "reasoning"
+    reasoning = first.output[0]
+    assert "Faro" in reasoning.summary[0].text and reasoning.encrypted_content
+    sent = gateway.calls(PROVIDERS["anthropic"])[-1]["body"]
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    [call] = [item for item in first.output if item.type == "function_call"]
+
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": json.dumps({"celsius": 24})}
+    items = [item.model_dump(exclude_none=True) for item in first.output]
+    second = client.responses.create(
+        model=alias, input=[question, *items, result], tools=[WEATHER_TOOL], reasoning={"effort": "low"}
+    )
+    # The mock refuses a thinking turn that does not start with its signed block.
+    assert second.status == "completed" and second.output_text
+    turn = gateway.calls(PROVIDERS["anthropic"])[-1]["body"]["messages"][1]
+    assert turn["content"][0]["type"] == "thinking"
+    assert turn["content"][0]["thinking"] == reasoning.summary[0].text
+
+    without = [item for item in items if item["type"] != "reasoning"]
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(
+            model=alias, input=[question, *without, result], tools=[WEATHER_TOOL], reasoning={"effort": "low"}
+        )
+
+
+def test_claude_reasoning_streams_as_summary_events_and_matches_create(client, gateway):
+    alias = route_alias(PROVIDERS["anthropic"])
+    prompt = f"Think it over {id(gateway)}"
+    complete = client.responses.create(model=alias, input=prompt, reasoning={"effort": "medium"})
+    with client.responses.stream(model=alias, input=prompt, reasoning={"effort": "medium"}) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+
+    assert kinds.index("response.reasoning_summary_text.delta") < kinds.index("response.output_text.delta")
+    assert "response.reasoning_summary_part.done" in kinds
+    assert final.output[0].type == "reasoning"
+    assert final.output[0].summary[0].text == complete.output[0].summary[0].text
+    assert final.output[0].encrypted_content == complete.output[0].encrypted_content
+    assert final.output_text == complete.output_text

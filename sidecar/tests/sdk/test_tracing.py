@@ -1,7 +1,8 @@
 """OpenTelemetry traces as a platform team sees them: the sidecar joins the
 app's trace, exports one span per request and one per upstream attempt to a
-real OTLP/HTTP collector (decoded with `opentelemetry-proto`), passes
-`traceparent` on to the upstream, and a dead or hanging collector costs
+real OTLP collector (decoded with `opentelemetry-proto`; every test runs
+once over OTLP/HTTP and once over OTLP/gRPC), passes `traceparent` on to
+the upstream, and a collector that is dead, hanging or overloaded costs
 requests nothing."""
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import openai
 import pytest
 
 from conftest import CLIENT_TIMEOUT_SECONDS, PROVIDERS, free_port, start, wait_until_ready
-from otlp_collector import Collector
+from otlp_collector import Collector, GrpcCollector, SpanStore, make_ca
 
 OPENAI = PROVIDERS["openai"]
 ANTHROPIC = PROVIDERS["anthropic"]
 FAILOVER = "traced-failover"
 LOGGED = "traced-logged"
 SERVER, CLIENT = 2, 3
+COLLECTOR_TOKEN = "tenant%20shop"
 
 
 def _doc(kind: str, name: str, **body) -> dict:
@@ -52,7 +54,7 @@ def manifests(mock_url: str) -> list[dict]:
 
 
 class Traced:
-    def __init__(self, url: str, admin_url: str, mock_url: str, collector: Collector) -> None:
+    def __init__(self, url: str, admin_url: str, mock_url: str, collector: SpanStore) -> None:
         self.url, self.admin_url, self.mock_url, self.collector = url, admin_url, mock_url, collector
 
     def script(self, mock: str, behaviors: list) -> None:
@@ -67,10 +69,19 @@ class Traced:
         return float(line.rsplit(" ", 1)[1]) if line else 0.0
 
 
-@pytest.fixture(scope="module")
-def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
+@pytest.fixture(scope="module", params=["http", "grpc", "grpc-tls"])
+def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
     work = tmp_path_factory.mktemp("traced")
-    collector = Collector()
+    trust = {}
+    if request.param == "http":
+        collector: SpanStore = Collector()
+    elif request.param == "grpc":
+        collector = GrpcCollector()
+    else:
+        ca, key, chain = make_ca(work)
+        collector = GrpcCollector(tls=(key, chain))
+        # The sidecar's roots, as for any upstream behind an internal CA.
+        trust = {"SSL_CERT_FILE": str(ca)}
     mock_addr = f"127.0.0.1:{free_port()}"
     processes = [start("mock-upstream", ["--listen", mock_addr], work)]
     try:
@@ -83,9 +94,12 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
         api_addr, admin_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         env = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": collector.protocol,
+            "OTEL_EXPORTER_OTLP_HEADERS": f"x-collector-token={COLLECTOR_TOKEN}",
             "OTEL_SERVICE_NAME": "checkout-llmesh",
             "OTEL_BSP_SCHEDULE_DELAY": "20",
             "OTEL_EXPORTER_OTLP_TIMEOUT": "300",
+            **trust,
         }
         sidecar = start(
             "llmesh-sidecar",
@@ -200,6 +214,15 @@ def test_a_new_trace_starts_without_a_traceparent_and_content_events_are_redacte
     assert events["gen_ai.choice"]["content"] == answer.replace("sk-proj-Abc123def456GHI789jkl012", "[OPENAI_KEY]")
 
 
+def test_exports_carry_the_protocols_content_type_and_the_configured_headers(traced):
+    trace_id, _, traceparent = app_context()
+    openai_client(traced, traceparent).chat.completions.create(model=LOGGED, messages=[{"role": "user", "content": "hi"}])
+    traced.collector.trace(trace_id, 2)
+    expected = {"http/protobuf": "application/x-protobuf", "grpc": "application/grpc"}[traced.collector.protocol]
+    assert set(traced.collector.content_types) == {expected}
+    assert {h.get("x-collector-token") for h in traced.collector.headers} == {"tenant shop"}
+
+
 def median_latency(traced: Traced, count: int = 15) -> float:
     client = openai_client(traced, app_context()[2])
     times = []
@@ -208,6 +231,30 @@ def median_latency(traced: Traced, count: int = 15) -> float:
         client.chat.completions.create(model=LOGGED, messages=[{"role": "user", "content": "hi"}])
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def test_a_collector_that_says_try_later_gets_the_batch_again_and_requests_do_not_wait(traced, capsys):
+    healthy = median_latency(traced)
+    dropped_before = traced.metric("llmesh_trace_spans_dropped_total", '{reason="export-failed"}')
+
+    traced.collector.unavailable = True
+    overloaded = median_latency(traced)
+    time.sleep(0.6)  # the last batch's tries, within the 300 ms export timeout
+    traced.collector.unavailable = False
+
+    with capsys.disabled():
+        print(
+            f"\n[{traced.collector.protocol} {traced.collector.url.split(':')[0]}] median request latency: collector healthy {healthy * 1000:.1f} ms, "
+            f"answering UNAVAILABLE/503 {overloaded * 1000:.1f} ms"
+        )
+    assert overloaded < healthy + 0.1
+    refused = list(traced.collector.refused)
+    assert len(refused) > len(set(refused)), "a refused batch was sent again after the backoff"
+    assert traced.metric("llmesh_trace_spans_dropped_total", '{reason="export-failed"}') > dropped_before
+    # Taken again as soon as the collector is.
+    trace_id, _, traceparent = app_context()
+    openai_client(traced, traceparent).chat.completions.create(model=LOGGED, messages=[{"role": "user", "content": "hi"}])
+    assert len(traced.collector.trace(trace_id, 2)) == 2
 
 
 def test_a_hanging_or_stopped_collector_never_delays_a_request(traced, capsys):
@@ -223,7 +270,7 @@ def test_a_hanging_or_stopped_collector_never_delays_a_request(traced, capsys):
 
     with capsys.disabled():
         print(
-            f"\nmedian request latency: collector healthy {healthy * 1000:.1f} ms, "
+            f"\n[{traced.collector.protocol} {traced.collector.url.split(':')[0]}] median request latency: collector healthy {healthy * 1000:.1f} ms, "
             f"hanging {hanging * 1000:.1f} ms, stopped {stopped * 1000:.1f} ms"
         )
     # Generous for a busy 2-core machine; an export on the request path would add 300 ms.

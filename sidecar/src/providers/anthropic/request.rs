@@ -60,9 +60,22 @@ pub(super) fn translate(request: &ChatRequest, model: &str) -> Result<MessagesRe
     }
     let (tools, tool_choice) = tools_and_choice(request)?;
     let stop_sequences = request.stop_sequences();
+    let thinking_budget = thinking_budget(request)?;
+    let max_tokens = match (request.max_output_tokens(), thinking_budget) {
+        (Some(limit), Some(budget)) if limit <= budget => {
+            return Err(bad_request(format!(
+                "max_tokens ({limit}) must exceed the thinking budget of {budget} tokens that the reasoning effort gives Anthropic"
+            )));
+        }
+        (Some(limit), _) => limit,
+        // Thinking is spent from the output limit: room for the answer on top.
+        (None, Some(budget)) => budget + DEFAULT_MAX_TOKENS,
+        (None, None) => DEFAULT_MAX_TOKENS,
+    };
     Ok(MessagesRequest {
         model: model.to_owned(),
-        max_tokens: Some(request.max_output_tokens().unwrap_or(DEFAULT_MAX_TOKENS)),
+        max_tokens: Some(max_tokens),
+        thinking: thinking_budget.map(|budget| json!({"type": "enabled", "budget_tokens": budget})),
         system: (!system.is_empty()).then_some(messages::Content::Blocks(system)),
         messages: turns,
         temperature: request.temperature,
@@ -76,6 +89,33 @@ pub(super) fn translate(request: &ChatRequest, model: &str) -> Result<MessagesRe
         stream: request.is_stream().then_some(true),
         ..MessagesRequest::default()
     })
+}
+
+/// The thinking budget for OpenAI's `reasoning_effort` (LiteLLM's figures,
+/// so apps moving from it see the same spend); `minimal` and `none` think
+/// not at all. Anthropic's own `thinking` object, sent as an extra field,
+/// is taken as it is.
+///
+/// # Errors
+/// An effort OpenAI does not define.
+fn thinking_budget(request: &ChatRequest) -> Result<Option<u64>, ProviderError> {
+    if let Some(budget) = request
+        .extra
+        .get("thinking")
+        .filter(|t| t["type"] == "enabled")
+        .and_then(|t| t["budget_tokens"].as_u64())
+    {
+        return Ok(Some(budget));
+    }
+    match request.extra.get("reasoning_effort").and_then(Value::as_str) {
+        None | Some("none" | "minimal") => Ok(None),
+        Some("low") => Ok(Some(1024)),
+        Some("medium") => Ok(Some(2048)),
+        Some("high") => Ok(Some(4096)),
+        Some(other) => Err(bad_request(format!(
+            "reasoning_effort {other:?} is not one of none, minimal, low, medium, high"
+        ))),
+    }
 }
 
 /// The request a Messages app sent, for `model`: every field as the app
@@ -246,7 +286,14 @@ fn user_blocks(message: &Message) -> Result<Vec<Block>, ProviderError> {
 }
 
 fn assistant_blocks(message: &Message) -> Result<Vec<Block>, ProviderError> {
-    let mut blocks = content_blocks(message, |part| match part.kind.as_str() {
+    // Signed reasoning goes first, as Anthropic wrote the turn.
+    let mut blocks: Vec<Block> = message
+        .thinking_blocks()
+        .map_err(|e| bad_request(format!("an assistant message's thinking_blocks: {e}")))?
+        .into_iter()
+        .map(Block::from)
+        .collect();
+    blocks.extend(content_blocks(message, |part| match part.kind.as_str() {
         // A refusal the model gave earlier is still what it said.
         "text" | "refusal" => Ok(text_block(
             part.text
@@ -254,7 +301,7 @@ fn assistant_blocks(message: &Message) -> Result<Vec<Block>, ProviderError> {
                 .or(part.extra.get("refusal").and_then(Value::as_str)),
         )),
         other => Err(unsupported_part(other, "an assistant message")),
-    })?;
+    })?);
     for call in message.tool_calls.iter().flatten() {
         blocks.push(Block::ToolUse {
             id: call.id.clone(),
@@ -627,6 +674,69 @@ mod tests {
         assert!(
             body.get("stream").is_none() && body.get("tools").is_none() && body.get("tool_choice").is_none()
         );
+    }
+
+    #[test]
+    fn reasoning_effort_becomes_a_thinking_budget_with_room_for_the_answer() {
+        let ask = |extra: Value| {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]});
+            body.as_object_mut()
+                .expect("object")
+                .extend(extra.as_object().cloned().unwrap_or_default());
+            body
+        };
+        for (effort, budget) in [("low", 1024), ("medium", 2048), ("high", 4096)] {
+            let body = translated(ask(json!({"reasoning_effort": effort})));
+            assert_eq!(
+                body["thinking"],
+                json!({"type": "enabled", "budget_tokens": budget})
+            );
+            assert_eq!(body["max_tokens"], budget + DEFAULT_MAX_TOKENS);
+        }
+        let body = translated(ask(json!({"reasoning_effort": "minimal", "max_tokens": 64})));
+        assert!(body.get("thinking").is_none(), "{body}");
+        let body = translated(ask(
+            json!({"thinking": {"type": "enabled", "budget_tokens": 2000}, "max_tokens": 3000}),
+        ));
+        assert_eq!(body["thinking"]["budget_tokens"], 2000);
+        assert_eq!(body["max_tokens"], 3000);
+
+        let error = refused(ask(json!({"reasoning_effort": "high", "max_tokens": 1000})));
+        assert_eq!(error.kind, ErrorKind::BadRequest);
+        assert!(
+            error.message.contains("thinking budget of 4096"),
+            "{}",
+            error.message
+        );
+        assert_eq!(
+            refused(ask(json!({"reasoning_effort": "max"}))).kind,
+            ErrorKind::BadRequest
+        );
+    }
+
+    #[test]
+    fn an_assistant_turn_carries_its_signed_thinking_back_first() {
+        let body = translated(json!({"model": "m", "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": null,
+             "thinking_blocks": [{"type": "thinking", "thinking": "Need a tool.", "signature": "sig1"},
+                 {"type": "redacted_thinking", "data": "enc"}],
+             "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "21C"}
+        ]}));
+        assert_eq!(
+            body["messages"][1]["content"],
+            json!([
+                {"type": "thinking", "thinking": "Need a tool.", "signature": "sig1"},
+                {"type": "redacted_thinking", "data": "enc"},
+                {"type": "tool_use", "id": "call_1", "name": "weather", "input": {}}
+            ])
+        );
+        let error = refused(json!({"model": "m", "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello", "thinking_blocks": "not blocks"}
+        ]}));
+        assert!(error.message.contains("thinking_blocks"), "{}", error.message);
     }
 
     #[test]
