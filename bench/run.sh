@@ -3,17 +3,20 @@
 # upstream, with a plain nginx proxy hop measured in the same run as the
 # baseline for "one proxy hop". See docs/performance.md for the method.
 #
-#   bench/run.sh            full run (about 5 minutes of measurement)
+#   bench/run.sh            full run (about 5 minutes of measurement, then
+#                           bench/rates.sh's matrix, about 25 more)
 #   bench/run.sh --quick    ~2 s per phase, one round: a smoke test for CI
 #
 # Knobs (environment): BENCH_RATE (req/s of the latency phase, default 1000),
 # BENCH_CONCURRENCY (connections of the throughput phase, default 64),
 # BENCH_ROUNDS, BENCH_LOAD_CPU / BENCH_SERVER_CPU (CPU placement),
 # BENCH_SCHED (fifo, nice or none; see below), BENCH_SKIP_INSTALL=1 (use
-# what is on PATH, install nothing).
+# what is on PATH, install nothing), BENCH_SKIP_BUILD=1 (use the release
+# binaries as built), BENCH_MATRIX=0 (skip bench/rates.sh; its own knobs
+# apply otherwise).
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 
 mode=full
 while [[ $# -gt 0 ]]; do
@@ -42,124 +45,7 @@ latency_connections=8
 pace_ms=5
 throughput_connections=${BENCH_CONCURRENCY:-64}
 
-# CPU placement: the load generator, the stream probe and the mock upstream
-# share one core; the proxy under test (nginx or the sidecar) has the other to
-# itself, so both hops get the same machine.
-if [[ $(nproc) -ge 2 ]]; then
-    load_cpu=${BENCH_LOAD_CPU:-0} server_cpu=${BENCH_SERVER_CPU:-1}
-else
-    load_cpu=${BENCH_LOAD_CPU:-0} server_cpu=${BENCH_SERVER_CPU:-0}
-    echo "warning: one CPU only; load generator and proxy share it" >&2
-fi
-
-# Scheduling: other tenants of a shared machine (builds, fuzzers) otherwise
-# put their time slices, milliseconds long, into every tail. `fifo` runs the
-# latency and streaming phases under SCHED_FIFO, the throughput phase at nice
-# -20 (a saturated real-time core would starve the machine); `nice` runs all
-# at nice -20; `none` changes nothing. Needs root (or CAP_SYS_NICE).
-default_sched=none
-if [[ $(id -u) -eq 0 ]] && chrt -f 1 true 2>/dev/null; then default_sched=fifo; fi
-sched=${BENCH_SCHED:-$default_sched}
-case "$sched" in fifo | nice | none) ;; *) echo "BENCH_SCHED must be fifo, nice or none" >&2; exit 2 ;; esac
-
-log() { printf '\n== %s\n' "$*" >&2; }
-
-# --- Install what is missing --------------------------------------------------
-
-as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
-
-install_tools() {
-    local packages=()
-    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || packages+=(nginx-light)
-    command -v python3 >/dev/null || packages+=(python3)
-    command -v curl >/dev/null || packages+=(curl)
-    command -v taskset >/dev/null || packages+=(util-linux)
-    # Packet timestamps for the in-proxy phase; capturing needs root.
-    [[ $(id -u) -ne 0 ]] || command -v tcpdump >/dev/null || packages+=(tcpdump)
-    if [[ ${#packages[@]} -gt 0 ]]; then
-        log "installing ${packages[*]}"
-        as_root apt-get update
-        as_root apt-get install -y --no-install-recommends "${packages[@]}"
-    fi
-    if ! command -v oha >/dev/null; then
-        log "installing oha (slow: it is built from source)"
-        cargo install oha --locked
-    fi
-}
-
-export PATH="$HOME/.cargo/bin:$PATH:/usr/sbin"
-[[ ${BENCH_SKIP_INSTALL:-0} == 1 ]] || install_tools
-
-log "building release binaries"
-(cd "$repo" && cargo build --release -p llmesh-sidecar -p llmesh-test-support)
-target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-sidecar_bin="$target_dir/release/llmesh-sidecar"
-mock_bin="$target_dir/release/mock-upstream"
-
-# --- Start the three servers --------------------------------------------------
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/llmesh-bench.XXXXXX")
-pids=()
-
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do
-        # Bounded: a server that ignores TERM for 5 s is killed.
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# The command prefix that puts a process into the scheduling class of a
-# latency phase ("latency") or a throughput phase ("throughput").
-sched_prefix() {
-    case "$sched:$1" in
-        fifo:latency) echo "chrt -f 10" ;;
-        fifo:throughput | nice:*) echo "nice -n -20" ;;
-        none:*) echo "" ;;
-    esac
-}
-
-# Moves every thread of the running servers into a phase's class.
-sched_servers() {
-    [[ $sched == none ]] && return 0
-    local pid
-    for pid in "${pids[@]}" $(pgrep -P "$nginx_pid" || true); do
-        if [[ $sched:$1 == fifo:latency ]]; then
-            chrt -a -f -p 10 "$pid" >/dev/null
-        else
-            chrt -a -o -p 0 "$pid" >/dev/null
-            renice -n -20 -p $(ls "/proc/$pid/task") >/dev/null
-        fi
-    done
-}
-
-# Runs a command on a CPU in the scheduling class of a phase.
-pinned() {
-    local cpu=$1 phase=$2
-    shift 2
-    # shellcheck disable=SC2046 # the prefix is words by design
-    $(sched_prefix "$phase") taskset -c "$cpu" "$@"
-}
-
-# Starts a server pinned to a CPU; its PID goes to $started.
-start_pinned() {
-    local cpu=$1 logfile=$2
-    shift 2
-    # shellcheck disable=SC2046 # a simple command, so that $! is the server itself
-    $(sched_prefix latency) taskset -c "$cpu" "$@" >"$logfile" 2>&1 &
-    started=$!
-    pids+=("$started")
-}
+source "$bench/common.sh"
 
 body='{"model":"bench","messages":[{"role":"user","content":"Say hello"}]}'
 resilient_body='{"model":"resilient","messages":[{"role":"user","content":"Say hello"}]}'
@@ -355,16 +241,6 @@ start_pinned "$server_cpu" "$work/sidecar.log" "$sidecar_bin" --manifests "$work
 sidecar_pid=$started
 wait_answering sidecar "${urls[sidecar]}" "$sidecar_pid"
 
-vm_kib() { awk -v key="$2:" '$1 == key { print $2 }' "/proc/$1/status"; }
-# utime + stime of a process and its children (nginx's worker), in clock ticks.
-cpu_ticks() {
-    local total=0 pid
-    for pid in "$1" $(pgrep -P "$1" || true); do
-        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
-    done
-    echo "$total"
-}
-
 results="$work/results"
 mkdir -p "$results"
 sleep 1
@@ -482,3 +358,14 @@ python3 "$bench/summarize.py" "$results" \
     --load-cpu "$load_cpu" --server-cpu "$server_cpu" --sched "$sched" \
     --json-out "$bench/results/$stamp-$mode.json"
 cp "$bench/results/$stamp-$mode.json" "$bench/results/latest-$mode.json"
+
+# The rates a pod really sends, both placements, nginx as the upstream, the
+# access logs on and off: bench/rates.sh, with this run's servers stopped.
+if [[ ${BENCH_MATRIX:-1} == 1 ]]; then
+    cleanup
+    pids=()
+    log "rates, placements, upstreams and access logs (bench/rates.sh)"
+    quick_flag=()
+    [[ $mode == quick ]] && quick_flag=(--quick)
+    BENCH_SKIP_INSTALL=1 BENCH_SKIP_BUILD=1 "$bench/rates.sh" "${quick_flag[@]}"
+fi

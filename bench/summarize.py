@@ -17,6 +17,8 @@ TARGETS = ("direct", "nginx", "sidecar")
 # The chat APIs apps call, each against the same Anthropic-style upstream.
 APIS = ("chat", "messages", "responses")
 # Design targets (docs/performance.md).
+# ../shared/DESIGN.md: added p50 and p99 at most 1.5x the nginx hop's.
+ADDED_RATIO_MAX = 1.5
 THROUGHPUT_RATIO_MIN = 0.75
 IDLE_RSS_MAX_MIB = 20.0
 FIRST_CHUNK_ADDED_MAX_MS = 1.0
@@ -158,8 +160,8 @@ def main():
     rss_end_mib = idle_end["rss_kib"] / 1024
 
     checks = {
-        "added_p50_within_nginx": added["sidecar"]["p50_ms"] <= added["nginx"]["p50_ms"],
-        "added_p99_within_nginx": added["sidecar"]["p99_ms"] <= added["nginx"]["p99_ms"],
+        "added_p50_within_1_5x_nginx": added["sidecar"]["p50_ms"] <= ADDED_RATIO_MAX * added["nginx"]["p50_ms"],
+        "added_p99_within_1_5x_nginx": added["sidecar"]["p99_ms"] <= ADDED_RATIO_MAX * added["nginx"]["p99_ms"],
         "throughput_ratio_at_least_0_75": rps["sidecar"] / rps["nginx"] >= THROUGHPUT_RATIO_MIN,
         "idle_rss_at_most_20_mib": rss_start_mib <= IDLE_RSS_MAX_MIB,
         "first_chunk_within_1_ms_p50": stream["added"]["p50_ms"] <= FIRST_CHUNK_ADDED_MAX_MS,
@@ -226,8 +228,9 @@ def print_table(s, args):
         f"{rf['added_latency_ms']['p99_ms']:+.3f}; two 503s from the upstream, then the fallback)"
     )
     out += [
-        f"  sidecar/nginx added: p50 {fmt_ratio(ratio['p50_ms'])} [{verdict(checks['added_p50_within_nginx'])}], "
-        f"p99 {fmt_ratio(ratio['p99_ms'])} [{verdict(checks['added_p99_within_nginx'])}]  (target <= 1.00x)",
+        f"  sidecar/nginx added: p50 {fmt_ratio(ratio['p50_ms'])} [{verdict(checks['added_p50_within_1_5x_nginx'])}], "
+        f"p99 {fmt_ratio(ratio['p99_ms'])} [{verdict(checks['added_p99_within_1_5x_nginx'])}]  "
+        f"(target <= {ADDED_RATIO_MAX:.2f}x)",
     ]
     ip = s["in_proxy_us"]
     if ip:

@@ -171,6 +171,22 @@ impl LocalState {
         })
     }
 
+    /// Whether there is a state file to write.
+    pub fn has_file(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Resolves once something changed since the last write.
+    pub fn changed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let (budgets, rate_limits) = (self.budgets.clone(), self.rate_limits.clone());
+        async move {
+            tokio::select! {
+                () = budgets.changed() => {}
+                () = rate_limits.changed() => {}
+            }
+        }
+    }
+
     /// Writes the file if anything changed since the last write.
     ///
     /// # Errors

@@ -28,6 +28,7 @@ use crate::pricing;
 use crate::routing::{Estimate, Route};
 use crate::settle::Settle;
 use crate::state::file::{SavedSync, Spend};
+use crate::unsaved::Unsaved;
 
 /// The header that names an agent session for the per-session ceiling.
 pub const SESSION_HEADER: &str = "x-llmesh-session-id";
@@ -205,7 +206,7 @@ pub struct Budgets {
     metrics: Arc<Metrics>,
     state: Mutex<State>,
     /// Spend changed since the state file was last written.
-    dirty: AtomicBool,
+    dirty: Unsaved,
     /// Woken when there is spend to report.
     unreported: Notify,
 }
@@ -230,7 +231,7 @@ impl Budgets {
                 sessions,
                 ..State::default()
             }),
-            dirty: AtomicBool::new(false),
+            dirty: Unsaved::default(),
             unreported: Notify::new(),
         }
     }
@@ -536,12 +537,17 @@ impl Budgets {
     /// Whether anything changed since the last call; the state file is
     /// rewritten only then.
     pub fn take_changed(&self) -> bool {
-        self.dirty.swap(false, Ordering::AcqRel)
+        self.dirty.take()
     }
 
     /// Marks the state as not yet written (the write failed; the next flush retries).
     pub fn mark_changed(&self) {
-        self.dirty.store(true, Ordering::Release);
+        self.dirty.mark();
+    }
+
+    /// Returns once spend changed since the state file was last written.
+    pub async fn changed(&self) {
+        self.dirty.marked().await;
     }
 
     /// What the state file keeps.

@@ -40,6 +40,7 @@ pub mod shadow;
 pub mod state;
 pub mod sync;
 pub mod telemetry;
+pub mod unsaved;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -213,8 +214,11 @@ impl Gateway {
                 settings.connections,
                 signal.clone(),
             ),
-            flush_state(state.clone(), signal.clone()),
         ];
+        // Without a file, shutdown's flush is all there is to do.
+        if state.has_file() {
+            servers.push(flush_state(state.clone(), signal.clone()));
+        }
         // After the mounted configuration is in force: the operator only
         // ever replaces a configuration that already serves.
         let sync = match &settings.sync {
@@ -340,16 +344,23 @@ fn export_headers(pairs: &[(String, String)]) -> http::HeaderMap {
     headers
 }
 
-/// Writes the state file in batches until shutdown, then once more (after
-/// the servers' in-flight requests, which share the signal, had their turn).
+/// Writes the state file within `STATE_FLUSH_INTERVAL` of a change until
+/// shutdown, then once more (after the servers' in-flight requests, which
+/// share the signal, had their turn). The timer is armed by the first change
+/// after a write, so an idle sidecar does not wake for the file.
 fn flush_state(state: Arc<LocalState>, mut signal: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(STATE_FLUSH_INTERVAL);
         loop {
             let stopping = tokio::select! {
-                _ = ticks.tick() => false,
+                () = state.changed() => false,
                 _ = signal.wait_for(|stop| *stop) => true,
             };
+            // What changes within the interval goes into the same write.
+            let stopping = stopping
+                || tokio::select! {
+                    () = tokio::time::sleep(STATE_FLUSH_INTERVAL) => false,
+                    _ = signal.wait_for(|stop| *stop) => true,
+                };
             let writer = state.clone();
             match tokio::task::spawn_blocking(move || writer.flush()).await {
                 Ok(Ok(())) => {}

@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -23,6 +22,7 @@ use crate::api::Usage;
 use crate::auth::Key;
 use crate::settle::Settle;
 use crate::state::file::{SavedBucket, SavedLimits};
+use crate::unsaved::Unsaved;
 
 /// The one minute both limits are per.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -210,7 +210,7 @@ struct KeyBuckets {
 pub struct RateLimiter {
     keys: Mutex<HashMap<String, KeyBuckets>>,
     /// Buckets changed since the state file was last written.
-    dirty: AtomicBool,
+    dirty: Unsaved,
 }
 
 impl RateLimiter {
@@ -230,7 +230,7 @@ impl RateLimiter {
             .collect();
         Self {
             keys: Mutex::new(keys),
-            dirty: AtomicBool::new(false),
+            dirty: Unsaved::default(),
         }
     }
 
@@ -253,12 +253,17 @@ impl RateLimiter {
 
     /// Whether any bucket changed since the last call.
     pub fn take_changed(&self) -> bool {
-        self.dirty.swap(false, Ordering::AcqRel)
+        self.dirty.take()
     }
 
     /// Marks the buckets as not yet written (the write failed; the next flush retries).
     pub fn mark_changed(&self) {
-        self.dirty.store(true, Ordering::Release);
+        self.dirty.mark();
+    }
+
+    /// Returns once a bucket changed since the state file was last written.
+    pub async fn changed(&self) {
+        self.dirty.marked().await;
     }
 
     /// Admits one request of `key` expected to use `estimated_tokens`, or

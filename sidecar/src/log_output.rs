@@ -8,6 +8,8 @@
 //! Here a request only appends its line under an uncontended lock; the
 //! writer thread wakes on a timer, or at once for a warning or an error,
 //! and the request path never blocks on stdout however slow its reader.
+//! After a second without lines the timer stops (an idle sidecar has no
+//! periodic wake-up) and the next line wakes the thread.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -31,12 +33,21 @@ pub const MAX_BUFFERED_BYTES: usize = 4 * 1024 * 1024;
 /// A batch buffer kept for reuse is cut back to this after a burst.
 const KEPT_CAPACITY: usize = 256 * 1024;
 
+/// How long the timer runs on without lines before the thread sleeps until
+/// the next one: under traffic, even a few requests a second, no request
+/// pays the wake-up; idle, nothing ticks.
+const SLEEP_AFTER: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 struct Shared {
     pending: Mutex<Vec<u8>>,
     max_buffered: usize,
     dropped: AtomicU64,
     stopping: AtomicBool,
+    /// The thread sleeps without a timer; the next line clears it and wakes it.
+    asleep: AtomicBool,
+    /// A warning or an error is waiting: write without waiting for the interval.
+    urgent: AtomicBool,
 }
 
 /// The `MakeWriter` the log subscriber writes through.
@@ -68,6 +79,8 @@ pub fn batched(
         max_buffered,
         dropped: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
+        asleep: AtomicBool::new(false),
+        urgent: AtomicBool::new(false),
     });
     let flusher = std::thread::Builder::new().name("log-writer".to_owned()).spawn({
         let shared = shared.clone();
@@ -87,11 +100,21 @@ pub fn batched(
 }
 
 fn write_batches(shared: &Shared, mut out: impl Write, interval: Duration) {
+    let quiet_limit = (SLEEP_AFTER.as_nanos() / interval.as_nanos().max(1)).max(1);
+    let mut quiet = 0;
     let mut batch = Vec::new();
     loop {
-        std::thread::park_timeout(interval);
+        if quiet >= quiet_limit {
+            sleep_until_a_line(shared);
+            quiet = 0;
+        }
+        if !shared.stopping.load(Ordering::Acquire) && !shared.urgent.swap(false, Ordering::AcqRel) {
+            std::thread::park_timeout(interval);
+        }
+        shared.urgent.store(false, Ordering::Release);
         let stopping = shared.stopping.load(Ordering::Acquire);
         std::mem::swap(&mut *shared.pending.lock(), &mut batch);
+        quiet = if batch.is_empty() { quiet + 1 } else { 0 };
         let dropped = shared.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             // Written as a line of its own so that log pipelines see the gap.
@@ -107,6 +130,23 @@ fn write_batches(shared: &Shared, mut out: impl Write, interval: Duration) {
             batch.shrink_to(KEPT_CAPACITY);
         }
         if stopping {
+            return;
+        }
+    }
+}
+
+/// Parks without a timeout until a line arrives (or the writer stops).
+fn sleep_until_a_line(shared: &Shared) {
+    shared.asleep.store(true, Ordering::SeqCst);
+    loop {
+        // Checked under the lock lines are appended under: a line appended
+        // before saw no `asleep` and is here; one appended after clears it.
+        if !shared.pending.lock().is_empty() || shared.stopping.load(Ordering::Acquire) {
+            shared.asleep.store(false, Ordering::SeqCst);
+            return;
+        }
+        std::thread::park();
+        if !shared.asleep.load(Ordering::SeqCst) {
             return;
         }
     }
@@ -138,6 +178,11 @@ impl Write for LineWriter<'_> {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
         } else {
             pending.extend_from_slice(bytes);
+            let wake = shared.asleep.swap(false, Ordering::SeqCst);
+            drop(pending);
+            if wake {
+                self.writer.flusher.unpark();
+            }
         }
         Ok(bytes.len())
     }
@@ -150,6 +195,7 @@ impl Write for LineWriter<'_> {
 impl Drop for LineWriter<'_> {
     fn drop(&mut self) {
         if self.urgent {
+            self.writer.shared.urgent.store(true, Ordering::Release);
             self.writer.flusher.unpark();
         }
     }
@@ -261,6 +307,29 @@ mod tests {
             sink.text().contains("routine"),
             "earlier lines go with it, in order"
         );
+    }
+
+    #[test]
+    fn the_timer_stops_when_idle_and_the_next_line_wakes_the_writer() {
+        let sink = Sink::default();
+        let (writer, _flush) =
+            batched(sink.clone(), Duration::from_millis(20), MAX_BUFFERED_BYTES).expect("thread");
+        let shared = writer.shared.clone();
+        tracing::subscriber::with_default(subscriber(writer.clone()), || {
+            tracing::info!("before the pause");
+        });
+        sink.wait_for("before the pause");
+        let started = Instant::now();
+        while !shared.asleep.load(Ordering::SeqCst) {
+            assert!(
+                started.elapsed() < SLEEP_AFTER * 5,
+                "still ticking after a quiet second"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tracing::subscriber::with_default(subscriber(writer), || tracing::info!("after the pause"));
+        let waited = sink.wait_for("after the pause");
+        assert!(waited < Duration::from_secs(1), "{waited:?}");
     }
 
     #[test]

@@ -77,16 +77,20 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => subscriber.map_event_format(AccessLines).init(),
     }
 
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            let gateway = Gateway::start(&settings, std::env::vars()).await?;
-            shutdown_signal().await;
-            tracing::info!("shutting down; draining in-flight requests");
-            gateway.shutdown(settings.drain_timeout).await;
-            anyhow::Ok(())
-        })
+    let mut runtime = if settings.worker_threads.get() == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut pool = tokio::runtime::Builder::new_multi_thread();
+        pool.worker_threads(settings.worker_threads.get());
+        pool
+    };
+    runtime.enable_all().build()?.block_on(async {
+        let gateway = Gateway::start(&settings, std::env::vars()).await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down; draining in-flight requests");
+        gateway.shutdown(settings.drain_timeout).await;
+        anyhow::Ok(())
+    })
 }
 
 async fn shutdown_signal() {

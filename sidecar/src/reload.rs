@@ -26,9 +26,10 @@ use crate::settings::ConfigSource;
 /// save or a kubelet's symlink swap is several events.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// Reloads also run on this period, in case a filesystem (some network and
-/// overlay mounts) delivers no change events.
-const POLL_EVERY: Duration = Duration::from_secs(10);
+/// Reloads also run on this period, in case a filesystem (some network
+/// mounts) delivers no change events. Rare: each poll reads and compiles the
+/// source on a blocking thread, the one periodic work of an idle sidecar.
+const POLL_EVERY: Duration = Duration::from_secs(60);
 
 /// A configuration read from its source.
 #[derive(Debug)]

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,8 @@ pub const BODY_READ_TIMEOUT_MS: &str = "LLMESH_BODY_READ_TIMEOUT_MS";
 pub const MAX_CONNECTIONS: &str = "LLMESH_MAX_CONNECTIONS";
 /// Requests served at once; past it, 503 with `Retry-After`.
 pub const MAX_CONCURRENT_REQUESTS: &str = "LLMESH_MAX_CONCURRENT_REQUESTS";
+/// Threads serving requests (default 1: one thread, no hand-off between threads).
+pub const WORKER_THREADS: &str = "LLMESH_WORKER_THREADS";
 /// Largest complete answer read from an upstream, in bytes.
 pub const MAX_ANSWER_BYTES: &str = "LLMESH_MAX_ANSWER_BYTES";
 /// Upstream connect timeout, in milliseconds.
@@ -163,6 +166,9 @@ pub struct Settings {
     pub pod: Option<String>,
     /// Bytes of cached answers held at most.
     pub cache_max_bytes: u64,
+    /// Threads serving requests: 1 runs everything on one thread (tokio's
+    /// current-thread runtime), more a work-stealing pool of that many.
+    pub worker_threads: NonZeroUsize,
     /// Log filter.
     pub log_filter: String,
     /// Log format.
@@ -266,6 +272,9 @@ impl Settings {
             },
             // 10,000 slow streams measured within a sidecar's memory (docs/performance.md).
             max_concurrent_requests: parsed(env, MAX_CONCURRENT_REQUESTS, 10_000)?,
+            // A sidecar gets a fraction of a core: one thread serves its app's
+            // rates with no wake-up of a second thread per request.
+            worker_threads: parsed(env, WORKER_THREADS, NonZeroUsize::MIN)?,
             upstream: UpstreamSettings {
                 connect_timeout: millis(env, CONNECT_TIMEOUT_MS, defaults.connect_timeout)?,
                 request_timeout: millis(env, UPSTREAM_TIMEOUT_MS, defaults.request_timeout)?,
@@ -365,6 +374,20 @@ mod tests {
             Settings::from_env(&env(&[])),
             Err(SettingsError::NoSource)
         ));
+    }
+
+    #[test]
+    fn one_worker_thread_unless_told_otherwise() {
+        let source = (MANIFESTS_DIR, "m");
+        let default = Settings::from_env(&env(&[source])).expect("valid");
+        assert_eq!(default.worker_threads.get(), 1);
+        let four = Settings::from_env(&env(&[source, (WORKER_THREADS, "4")])).expect("valid");
+        assert_eq!(four.worker_threads.get(), 4);
+        let error = Settings::from_env(&env(&[source, (WORKER_THREADS, "0")])).expect_err("none");
+        assert!(
+            error.to_string().starts_with("LLMESH_WORKER_THREADS=\"0\""),
+            "{error}"
+        );
     }
 
     #[test]

@@ -329,6 +329,20 @@ async fn sigterm_ends_the_process_cleanly() {
     sidecar.terminate().await;
 }
 
+#[tokio::test]
+async fn a_pool_of_worker_threads_serves_as_one_thread_does() {
+    let manifests = [
+        provider("m", "{provider: mock}"),
+        route("smart", "{targets: [{provider: m, model: m}]}"),
+    ]
+    .concat();
+    let mut sidecar = spawn(&manifests, &[("LLMESH_WORKER_THREADS", "3".to_owned())]);
+    let request = ask();
+    let answers = futures::future::join_all((0..8).map(|_| sidecar.chat(&request))).await;
+    assert!(answers.iter().all(|a| a.status() == 200));
+    sidecar.terminate().await;
+}
+
 /// The bug report's case: three answers of $0.000141 sum to a number
 /// (0.00042300000000000004) that a lossy float parser reads one step off,
 /// which made the sidecar refuse the state file it had just written.
@@ -429,4 +443,55 @@ async fn budget_spend_survives_a_killed_sidecar() {
         429,
         "the spend from before the kill still counts"
     );
+}
+
+/// Times a process's threads were put on a CPU so far (`/proc/PID/task/*/schedstat`,
+/// third field): every wake-up counts one.
+fn times_scheduled(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// One sidecar per pod: with no traffic it must not tick. The log writer,
+/// the state file and the outbound pool all had work a moment ago.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_idle_sidecar_does_not_wake_up() {
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let manifests = [
+        provider("m", "{provider: mock}"),
+        route(
+            "smart",
+            "{targets: [{provider: m, model: m, price: {input: 1000, output: 1000}}]}",
+        ),
+        llmesh_test_support::harness::secret("k", "key", "sk-k"),
+        llmesh_test_support::harness::virtual_key("k", "{budget: b, rateLimits: {requestsPerMinute: 600}}"),
+        llmesh_test_support::harness::budget("b", "{limitUsd: 10, period: total}"),
+    ]
+    .concat();
+    let state = state_dir.path().join("state.json");
+    let sidecar = spawn(&manifests, &[("LLMESH_STATE_FILE", state.display().to_string())]);
+    let response = http_client()
+        .post(format!("{}/v1/chat/completions", sidecar.url))
+        .bearer_auth("sk-k")
+        .json(&ask())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    // The access line, the spend in the state file, then quiet.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(state.exists(), "the spend was written");
+
+    let pid = sidecar.child.id();
+    let before = times_scheduled(pid);
+    let window = Duration::from_secs(4);
+    tokio::time::sleep(window).await;
+    let wakeups = times_scheduled(pid) - before;
+    // A timer of 50 ms (the old log writer) alone made 80; the manifest
+    // poll (every 60 s, for filesystems without change events) may fall in.
+    assert!(wakeups <= 20, "{wakeups} wake-ups in {window:?} of idling");
 }
