@@ -121,8 +121,9 @@ async fn an_answer_far_larger_than_its_estimate_leaves_the_key_owing_all_of_it()
     // paid back at 20 tokens a second, not a minute at most.
     let retry_after: u64 = header(&refused, "retry-after").parse().expect("seconds");
     let owed_secs = (used - 1200).div_ceil(20);
+    // Less what refilled while the refused request was on its way.
     assert!(
-        (owed_secs..=owed_secs + 1).contains(&retry_after),
+        (owed_secs.saturating_sub(5)..=owed_secs + 1).contains(&retry_after),
         "Retry-After {retry_after}, owing {} tokens",
         used - 1200
     );
