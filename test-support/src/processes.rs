@@ -9,27 +9,25 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// A built binary of this workspace: next to the test executable's
-/// `deps/` folder, built first when it is not there yet.
+/// A binary of this workspace, next to the test executable's `deps/`
+/// folder, where `cargo test --workspace` builds every package's binaries
+/// before it runs a test (so it is never older than the code under test).
+/// Tests do not call cargo themselves: run from inside a test run, cargo
+/// rebuilt half the workspace instead of finding it fresh.
 ///
 /// # Panics
-/// The binary cannot be built.
+/// The binary is not there: run the tests with `--workspace`, or build it
+/// first (`cargo build --workspace --bins`).
 #[allow(clippy::unwrap_used)]
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let folder = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
     let path = folder.join(name);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    // Always ask cargo: a stale binary from before a change would test old
-    // code. Asked as `cargo test --workspace` builds (nothing to do after
-    // it): `build -p` would resolve dependencies' features for one package,
-    // without dev-dependencies, and build a second copy of half of them.
-    let status = Command::new(cargo)
-        .args(["test", "-q", "--workspace", "--no-run"])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "cargo test --workspace --no-run");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo test --workspace`, or `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
