@@ -399,6 +399,37 @@ def wait_until_ready(process: Process, url: str) -> None:
 
 
 @dataclass
+class Sidecar:
+    """A started sidecar and the URLs of its two ports."""
+
+    process: Process
+    url: str
+    admin_url: str
+
+
+def start_sidecar(work: Path, documents: list[dict], env: dict[str, str] | None = None) -> Sidecar:
+    """Writes `documents` as the manifests folder under `work`, starts a
+    sidecar serving them on free ports and returns it once ready."""
+    manifests_dir = work / "manifests"
+    manifests_dir.mkdir()
+    # JSON is YAML: one document per `---`, no YAML library needed.
+    (manifests_dir / "llmesh.yaml").write_text("".join(f"---\n{json.dumps(d)}\n" for d in documents))
+    api_addr, admin_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    process = start(
+        "llmesh-sidecar",
+        ["--manifests", str(manifests_dir), "--listen", api_addr, "--admin-listen", admin_addr],
+        work,
+        env,
+    )
+    try:
+        wait_until_ready(process, f"http://{admin_addr}/readyz")
+    except BaseException:
+        process.stop()
+        raise
+    return Sidecar(process, f"http://{api_addr}", f"http://{admin_addr}")
+
+
+@dataclass
 class Gateway:
     """The running sidecar and mock upstreams."""
 
@@ -442,23 +473,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         wait_until_ready(mock, f"{mock_url}/_mock/openai/calls")
 
         documents = manifests(mock_url)
-        manifests_dir = work / "manifests"
-        manifests_dir.mkdir()
-        # JSON is YAML: one document per `---`, no YAML library needed.
-        text = "".join(f"---\n{json.dumps(document)}\n" for document in documents)
-        (manifests_dir / "llmesh.yaml").write_text(text)
-
-        api_addr, admin_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-        sidecar = start(
-            "llmesh-sidecar",
-            ["--manifests", str(manifests_dir), "--listen", api_addr, "--admin-listen", admin_addr],
-            work,
-            {"LLMESH_MAX_BODY_BYTES": str(MAX_BODY_BYTES)},
-        )
-        processes.append(sidecar)
-        wait_until_ready(sidecar, f"http://{admin_addr}/readyz")
+        sidecar = start_sidecar(work, documents, {"LLMESH_MAX_BODY_BYTES": str(MAX_BODY_BYTES)})
+        processes.append(sidecar.process)
         aliases = [d["metadata"]["name"] for d in documents if d["kind"] == "LLMRoute"]
-        running = Gateway(f"http://{api_addr}", f"http://{admin_addr}", mock_url, aliases, sidecar, mock)
+        running = Gateway(sidecar.url, sidecar.admin_url, mock_url, aliases, sidecar.process, mock)
         yield running
         running.close()
     finally:

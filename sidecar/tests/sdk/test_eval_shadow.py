@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import statistics
 import threading
 import time
@@ -19,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import CLIENT_TIMEOUT_SECONDS, PROVIDERS, free_port, start, wait_until_ready
+from conftest import CLIENT_TIMEOUT_SECONDS, PROVIDERS, free_port, start, start_sidecar, wait_until_ready
 from otlp_collector import Collector
 from test_tracing import _doc, app_context
 
@@ -133,11 +132,7 @@ def sampled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sampled]:
     try:
         mock_url = f"http://{mock_addr}"
         wait_until_ready(processes[0], f"{mock_url}/_mock/openai/calls")
-        manifests_dir = work / "manifests"
-        manifests_dir.mkdir()
-        (manifests_dir / "llmesh.yaml").write_text("".join(f"---\n{json.dumps(d)}\n" for d in manifests(mock_url)))
         eval_file = work / "eval.jsonl"
-        api_addr, admin_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         env = {
             "LLMESH_EVAL_FILE": str(eval_file),
             "LLMESH_EVAL_URL": f"http://127.0.0.1:{receiver.port}/records",
@@ -146,15 +141,9 @@ def sampled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sampled]:
             "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
             "OTEL_BSP_SCHEDULE_DELAY": "20",
         }
-        sidecar = start(
-            "llmesh-sidecar",
-            ["--manifests", str(manifests_dir), "--listen", api_addr, "--admin-listen", admin_addr],
-            work,
-            env,
-        )
-        processes.append(sidecar)
-        wait_until_ready(sidecar, f"http://{admin_addr}/readyz")
-        yield Sampled(f"http://{api_addr}", f"http://{admin_addr}", mock_url, eval_file, receiver, collector)
+        sidecar = start_sidecar(work, manifests(mock_url), env)
+        processes.append(sidecar.process)
+        yield Sampled(sidecar.url, sidecar.admin_url, mock_url, eval_file, receiver, collector)
     finally:
         for process in reversed(processes):
             process.stop()

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Iterator
 
 import anthropic
 import openai
 import pytest
 
-from conftest import CLIENT_TIMEOUT_SECONDS, Process, free_port, start, wait_until_ready
+from conftest import CLIENT_TIMEOUT_SECONDS, Process, start_sidecar
 
 PROMPT = [{"role": "user", "content": "What does this cost?"}]
 
@@ -66,21 +65,11 @@ MANIFESTS = [
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Process]]:
     work = tmp_path_factory.mktemp("keys")
-    manifests = work / "manifests"
-    manifests.mkdir()
-    (manifests / "keys.yaml").write_text("".join(f"---\n{json.dumps(d)}\n" for d in MANIFESTS))
-    api_addr, admin_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    sidecar = start(
-        "llmesh-sidecar",
-        ["--manifests", str(manifests), "--listen", api_addr, "--admin-listen", admin_addr],
-        work,
-        {"LLMESH_STATE_FILE": str(work / "state.json")},
-    )
+    sidecar = start_sidecar(work, MANIFESTS, {"LLMESH_STATE_FILE": str(work / "state.json")})
     try:
-        wait_until_ready(sidecar, f"http://{admin_addr}/readyz")
-        yield f"http://{api_addr}/v1", sidecar
+        yield f"{sidecar.url}/v1", sidecar.process
     finally:
-        sidecar.stop()
+        sidecar.process.stop()
 
 
 @pytest.fixture

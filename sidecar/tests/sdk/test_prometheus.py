@@ -6,7 +6,6 @@ from docs/metrics.md with the numbers the traffic implies.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -16,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import CLIENT_TIMEOUT_SECONDS, Process, free_port, start, wait_until_ready
+from conftest import CLIENT_TIMEOUT_SECONDS, Process, free_port, start_sidecar, wait_until_ready
 
 PRICE = 1000.0  # USD per million input and output tokens: a few cents per answer
 SCRAPE_SECONDS = 1
@@ -53,20 +52,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
     if binary is None:
         pytest.skip("prometheus is not installed (scripts/test.sh installs Debian's package)")
     work = tmp_path_factory.mktemp("prometheus")
-    manifests = work / "manifests"
-    manifests.mkdir()
-    (manifests / "m.yaml").write_text("".join(f"---\n{json.dumps(d)}\n" for d in MANIFESTS))
-    api_addr, admin_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     processes: list[Process] = []
     try:
-        sidecar = start(
-            "llmesh-sidecar",
-            ["--manifests", str(manifests), "--listen", api_addr, "--admin-listen", admin_addr],
-            work,
-            {"LLMESH_WORKLOAD_NAMESPACE": "shop", "LLMESH_WORKLOAD_NAME": "checkout"},
+        sidecar = start_sidecar(
+            work, MANIFESTS, {"LLMESH_WORKLOAD_NAMESPACE": "shop", "LLMESH_WORKLOAD_NAME": "checkout"}
         )
-        processes.append(sidecar)
-        wait_until_ready(sidecar, f"http://{admin_addr}/readyz")
+        processes.append(sidecar.process)
+        admin_addr = sidecar.admin_url.removeprefix("http://")
 
         prometheus_addr = f"127.0.0.1:{free_port()}"
         config = work / "prometheus.yml"
@@ -89,7 +81,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
             )
         processes.append(Process("prometheus", popen, popen_log))
         wait_until_ready(processes[-1], f"http://{prometheus_addr}/-/ready")
-        yield f"http://{api_addr}/v1", f"http://{prometheus_addr}"
+        yield f"{sidecar.url}/v1", f"http://{prometheus_addr}"
     finally:
         for process in reversed(processes):
             process.stop()

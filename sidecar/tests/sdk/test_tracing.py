@@ -7,8 +7,6 @@ requests nothing."""
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import statistics
 import time
@@ -19,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import CLIENT_TIMEOUT_SECONDS, PROVIDERS, free_port, start, wait_until_ready
+from conftest import CLIENT_TIMEOUT_SECONDS, PROVIDERS, free_port, start, start_sidecar, wait_until_ready
 from otlp_collector import Collector, GrpcCollector, SpanStore, make_ca
 
 OPENAI = PROVIDERS["openai"]
@@ -87,11 +85,6 @@ def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     try:
         mock_url = f"http://{mock_addr}"
         wait_until_ready(processes[0], f"{mock_url}/_mock/openai/calls")
-        manifests_dir = work / "manifests"
-        manifests_dir.mkdir()
-        text = "".join(f"---\n{json.dumps(d)}\n" for d in manifests(mock_url))
-        (manifests_dir / "llmesh.yaml").write_text(text)
-        api_addr, admin_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         env = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
             "OTEL_EXPORTER_OTLP_PROTOCOL": collector.protocol,
@@ -101,15 +94,9 @@ def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             "OTEL_EXPORTER_OTLP_TIMEOUT": "300",
             **trust,
         }
-        sidecar = start(
-            "llmesh-sidecar",
-            ["--manifests", str(manifests_dir), "--listen", api_addr, "--admin-listen", admin_addr],
-            work,
-            env,
-        )
-        processes.append(sidecar)
-        wait_until_ready(sidecar, f"http://{admin_addr}/readyz")
-        yield Traced(f"http://{api_addr}", f"http://{admin_addr}", mock_url, collector)
+        sidecar = start_sidecar(work, manifests(mock_url), env)
+        processes.append(sidecar.process)
+        yield Traced(sidecar.url, sidecar.admin_url, mock_url, collector)
     finally:
         for process in reversed(processes):
             process.stop()
