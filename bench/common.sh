@@ -58,6 +58,7 @@ target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 sidecar_bin="$target_dir/release/llmesh-sidecar"
 mock_bin="$target_dir/release/mock-upstream"
+floor_bin="$target_dir/release/hyper-floor"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/llmesh-bench.XXXXXX")
 pids=()
@@ -128,11 +129,19 @@ start_pinned() {
 }
 
 vm_kib() { awk -v key="$2:" '$1 == key { print $2 }' "/proc/$1/status"; }
-# utime + stime of a process and its children (nginx's worker), in clock ticks.
-cpu_ticks() {
-    local total=0 pid
+# User and system time of a process and its children (nginx's worker), in
+# clock ticks: "USER SYSTEM".
+cpu_times() {
+    local user=0 system=0 pid u s
     for pid in "$1" $(pgrep -P "$1" || true); do
-        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+        read -r u s < <(awk '{ print $14, $15 }' "/proc/$pid/stat")
+        user=$((user + u)) system=$((system + s))
     done
-    echo "$total"
+    echo "$user $system"
+}
+# Both together.
+cpu_ticks() {
+    local user system
+    read -r user system < <(cpu_times "$1")
+    echo $((user + system))
 }

@@ -4,7 +4,10 @@
 # 20, 200 and 1,000 req/s; proxy pinned to its own core or not; our Rust mock
 # or nginx answering a fixed JSON body as the upstream; a realistic request
 # (system prompt, max_tokens, temperature); the access log on and off for
-# both the sidecar and nginx. See docs/performance.md ("Rates, placements").
+# both the sidecar and nginx. A third hop, `hyper-floor` (test-support), is
+# the least a hyper proxy does (forward bytes, no JSON): the gap from nginx to
+# it is hyper's and tokio's, from it to the sidecar llmesh's own. See
+# docs/performance.md ("Rates, placements").
 #
 #   bench/rates.sh            full run (about 25 minutes of measurement)
 #   bench/rates.sh --quick    200 req/s only, 1 s per phase: a smoke test
@@ -47,7 +50,7 @@ upstreams=${BENCH_UPSTREAMS:-mock nginx}
 latency_connections=10
 throughput_connections=32
 # direct: the upstream itself (the baseline "added" latency is taken from).
-hops=(direct nginx-log nginx-nolog sidecar-log sidecar-nolog)
+hops=(direct nginx-log nginx-nolog sidecar-log sidecar-nolog floor)
 
 source "$bench/common.sh"
 
@@ -102,7 +105,7 @@ wait_answering() {
 
 declare -A port
 for name in mock upstream-nginx nginx-log-mock nginx-nolog-mock nginx-log-nginx nginx-nolog-nginx \
-    sidecar-log sidecar-nolog admin-log admin-nolog; do
+    sidecar-log sidecar-nolog admin-log admin-nolog floor-mock floor-nginx; do
     port[$name]=$(free_port)
 done
 mkdir -p "$work/results" "$work/upstream-nginx" "$work/nginx" "$work/manifests"
@@ -217,6 +220,13 @@ LLMESH_LOG=info,llmesh::access=off start_server "$server_cpu" "$work/sidecar-nol
     --manifests "$work/manifests" --listen "127.0.0.1:${port[sidecar-nolog]}" \
     --admin-listen "127.0.0.1:${port[admin-nolog]}"
 sidecar_pid[nolog]=$started
+declare -A floor_pid
+start_server "$server_cpu" "$work/floor-mock.log" "$floor_bin" --listen "127.0.0.1:${port[floor-mock]}" \
+    --upstream "http://127.0.0.1:${port[mock]}"
+floor_pid[mock]=$started
+start_server "$server_cpu" "$work/floor-nginx.log" "$floor_bin" --listen "127.0.0.1:${port[floor-nginx]}" \
+    --upstream "http://127.0.0.1:${port[upstream-nginx]}"
+floor_pid[nginx]=$started
 
 # url HOP UPSTREAM, and the process that serves it (for CPU time).
 declare -A url hop_pid model
@@ -229,6 +239,8 @@ for upstream in mock nginx; do
         url[direct-$upstream]="http://127.0.0.1:${port[upstream-nginx]}/openai/v1/chat/completions"
         hop_pid[direct-$upstream]=$upstream_nginx_pid
     fi
+    url[floor-$upstream]="http://127.0.0.1:${port[floor-$upstream]}/openai/v1/chat/completions"
+    hop_pid[floor-$upstream]=${floor_pid[$upstream]}
     for log_mode in log nolog; do
         url[nginx-$log_mode-$upstream]="http://127.0.0.1:${port[nginx-$log_mode-$upstream]}/openai/v1/chat/completions"
         hop_pid[nginx-$log_mode-$upstream]=$nginx_pid
@@ -281,11 +293,11 @@ for round in $(seq "$rounds"); do
         for upstream in $upstreams; do
             log "throughput: $placement, $upstream upstream, $throughput_connections connections (round $round/$rounds)"
             for hop in "${hops[@]}"; do
-                before=$(cpu_ticks "${hop_pid[$hop-$upstream]}")
+                read -r user_before system_before < <(cpu_times "${hop_pid[$hop-$upstream]}")
                 oha_run "$placement" throughput "$results/throughput-$placement-$upstream-$hop-$round.json" \
                     "$upstream" "$hop" -z "${throughput_seconds}s" -c "$throughput_connections"
-                after=$(cpu_ticks "${hop_pid[$hop-$upstream]}")
-                echo "{\"cpu_ticks\": $((after - before)), \"ticks_per_second\": $(getconf CLK_TCK)}" \
+                read -r user_after system_after < <(cpu_times "${hop_pid[$hop-$upstream]}")
+                echo "{\"user_ticks\": $((user_after - user_before)), \"system_ticks\": $((system_after - system_before)), \"ticks_per_second\": $(getconf CLK_TCK)}" \
                     >"$results/cpu-$placement-$upstream-$hop-$round.json"
             done
         done

@@ -15,14 +15,18 @@ import statistics
 import sys
 from pathlib import Path
 
-HOPS = ("direct", "nginx-log", "nginx-nolog", "sidecar-log", "sidecar-nolog")
+HOPS = ("direct", "nginx-log", "nginx-nolog", "sidecar-log", "sidecar-nolog", "floor")
 # Each sidecar setting against its nginx counterpart, and the shipped
-# sidecar (log on) against the bare nginx hop (the outside reviewer's view).
+# sidecar (log on) against the bare nginx hop (the outside reviewer's view);
+# the first two are the checked ones. Last, the hyper floor against nginx:
+# how much of the gap any hyper proxy has.
 PAIRS = (
     ("sidecar-log", "nginx-log"),
     ("sidecar-nolog", "nginx-nolog"),
     ("sidecar-log", "nginx-nolog"),
+    ("floor", "nginx-nolog"),
 )
+CHECKED_PAIRS = PAIRS[:2]
 # ../shared/DESIGN.md: added p50 and p99 at most 1.5x the nginx hop's,
 # throughput at least 3/4 of it.
 ADDED_RATIO_MAX = 1.5
@@ -113,18 +117,25 @@ def main():
             # CPU time of the server under test per request answered: far less
             # disturbed by the machine's other tenants than latency.
             cpu_us = {
-                hop: statistics.median(
-                    c["cpu_ticks"] / c["ticks_per_second"] * 1e6 / max(1, o["ok"] + o["failed"])
-                    for c, o in zip(cpu[hop], runs[hop])
-                )
-                for hop in HOPS
+                kind: {
+                    hop: statistics.median(
+                        c[f"{kind}_ticks"] / c["ticks_per_second"] * 1e6 / max(1, o["ok"] + o["failed"])
+                        for c, o in zip(cpu[hop], runs[hop])
+                    )
+                    for hop in HOPS
+                }
+                for kind in ("user", "system")
             }
             throughput.append(
                 {
                     "placement": placement,
                     "upstream": upstream,
                     "requests_per_second": rps,
-                    "server_cpu_us_per_request": cpu_us,
+                    "server_cpu_us_per_request": {
+                        hop: cpu_us["user"][hop] + cpu_us["system"][hop] for hop in HOPS
+                    },
+                    "server_user_us_per_request": cpu_us["user"],
+                    "server_system_us_per_request": cpu_us["system"],
                     "ratios": {f"{a}/{b}": ratio(rps[a], rps[b]) for a, b in PAIRS},
                 }
             )
@@ -134,12 +145,12 @@ def main():
 
     checks = {
         f"added_within_{ADDED_RATIO_MAX}x_{a}_vs_{b}": all(latency_ok(row, f"{a}/{b}") for row in latency)
-        for a, b in PAIRS[:2]
+        for a, b in CHECKED_PAIRS
     } | {
         f"throughput_at_least_{THROUGHPUT_RATIO_MIN}x_{a}_vs_{b}": all(
             (row["ratios"][f"{a}/{b}"] or 0) >= THROUGHPUT_RATIO_MIN for row in throughput
         )
-        for a, b in PAIRS[:2]
+        for a, b in CHECKED_PAIRS
     } | {"no_failed_requests": failed == 0}
     summary = {
         "setup": {k: v for k, v in vars(args).items() if k not in ("raw", "json_out")},
@@ -162,7 +173,7 @@ def print_table(s, args):
         f"Added latency over the upstream alone, p50 / p99 (ms), {args.latency_connections} connections; ratios are "
         f"sidecar/nginx in the same run (target <= {ADDED_RATIO_MAX:.2f}x)",
         f"  {'placement':<9}{'rate':>6} {'upstream':<9}{'nginx log':>15}{'nginx off':>15}{'sidecar log':>15}"
-        f"{'sidecar off':>15}{'log/log':>14}{'off/off':>14}{'log/off':>14}",
+        f"{'sidecar off':>15}{'hyper floor':>15}{'log/log':>14}{'off/off':>14}{'log/off':>14}{'floor/off':>14}",
     ]
     for row in s["latency"]:
         a = row["added_ms"]
@@ -177,7 +188,7 @@ def print_table(s, args):
         f"ratios sidecar/nginx (target >= {THROUGHPUT_RATIO_MIN:.2f}x)",
         f"  {'placement':<9} {'upstream':<9}"
         + "".join(f"{h:>20}" for h in HOPS)
-        + f"{'log/log':>9}{'off/off':>9}{'log/off':>9}",
+        + f"{'log/log':>9}{'off/off':>9}{'log/off':>9}{'floor/off':>10}",
     ]
     for row in s["throughput"]:
         cells = "".join(
@@ -185,6 +196,15 @@ def print_table(s, args):
         )
         ratios = "".join(f"{fmt(row['ratios'][f'{x}/{y}']):>9}" for x, y in PAIRS)
         out.append(f"  {row['placement']:<9} {row['upstream']:<9}{cells}{ratios}")
+    out += [
+        "",
+        "Server CPU per request at max throughput, user + system (us)",
+        f"  {'placement':<9} {'upstream':<9}" + "".join(f"{h:>16}" for h in HOPS),
+    ]
+    for row in s["throughput"]:
+        user, system = row["server_user_us_per_request"], row["server_system_us_per_request"]
+        cells = "".join(f"{user[h]:>9.1f} +{system[h]:>5.1f}" for h in HOPS)
+        out.append(f"  {row['placement']:<9} {row['upstream']:<9}{cells}")
     out += ["", "Checks:"]
     out += [f"  {name}: {'PASS' if ok else 'MISS'}" for name, ok in s["checks"].items()]
     out += [f"Failed requests: {s['failed_requests']}", f"JSON: {args.json_out}"]

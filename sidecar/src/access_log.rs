@@ -367,6 +367,13 @@ impl AccessRecord {
     pub fn add_headers(&self, headers: &mut HeaderMap) {
         // Room for all of them at once rather than growing the map twice.
         headers.reserve(9 + self.rate_limit_headers.len());
+        // Fixed names: no check and no copy.
+        if !self.provider_kind.is_empty() {
+            headers.insert(PROVIDER, HeaderValue::from_static(self.provider_kind));
+        }
+        if let Some(status) = self.cache {
+            headers.insert(CACHE, HeaderValue::from_static(status.as_str()));
+        }
         let mut put = |name: HeaderName, value: &str| {
             if let Ok(value) = HeaderValue::from_str(value) {
                 headers.insert(name, value);
@@ -379,14 +386,8 @@ impl AccessRecord {
         if let Some(served) = &self.served_route {
             put(SERVED_ROUTE, served);
         }
-        if !self.provider_kind.is_empty() {
-            put(PROVIDER, self.provider_kind);
-        }
         if let Some(model) = &self.model {
             put(MODEL, model);
-        }
-        if let Some(status) = self.cache {
-            put(CACHE, status.as_str());
         }
         if let Some(cost) = self.cost() {
             put(COST_USD, &pricing::format_usd(cost));

@@ -35,9 +35,10 @@ pub enum Shape {
 
 impl Shape {
     /// The internal chat answer in this format.
-    fn body(&self, chat: &[u8]) -> Result<Bytes, serde_json::Error> {
+    fn body(&self, chat: &Bytes) -> Result<Bytes, serde_json::Error> {
         match self {
-            Self::OpenAi => Ok(Bytes::copy_from_slice(chat)),
+            // Forwarded untouched: the same buffer, not a copy.
+            Self::OpenAi => Ok(chat.clone()),
             Self::Messages => convert::messages::from_chat(chat).map(|m| to_json_bytes(&m)),
             Self::Responses(echo) => convert::responses::from_chat(chat, echo).map(|r| to_json_bytes(&r)),
         }
