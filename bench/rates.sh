@@ -19,20 +19,9 @@
 # (as bench/run.sh).
 set -euo pipefail
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
-
-mode=full
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --quick) mode=quick ;;
-        -h | --help) usage; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
-    esac
-    shift
-done
-
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bench="$repo/bench"
+source "$bench/args.sh"
 
 # Latency phases are long enough at each rate for a few hundred requests at
 # least, so that p99 is not one request's luck.

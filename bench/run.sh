@@ -5,7 +5,7 @@
 #
 #   bench/run.sh            full run (about 5 minutes of measurement, then
 #                           bench/rates.sh's matrix, about 25 more)
-#   bench/run.sh --quick    ~2 s per phase, one round: a smoke test for CI
+#   bench/run.sh --quick    ~2 s per phase, one round: a smoke test, run by hand
 #
 # Knobs (environment): BENCH_RATE (req/s of the latency phase, default 1000),
 # BENCH_CONCURRENCY (connections of the throughput phase, default 64),
@@ -16,20 +16,9 @@
 # apply otherwise).
 set -euo pipefail
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
-
-mode=full
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --quick) mode=quick ;;
-        -h | --help) usage; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
-    esac
-    shift
-done
-
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bench="$repo/bench"
+source "$bench/args.sh"
 
 if [[ $mode == quick ]]; then
     latency_duration=2s throughput_duration=2s warmup_duration=1s rounds=${BENCH_ROUNDS:-1} stream_requests=100

@@ -15,6 +15,9 @@ import statistics
 import sys
 from pathlib import Path
 
+# The oha figures and the design targets, as bench/run.sh's summary reads them.
+from summarize import ADDED_RATIO_MAX, THROUGHPUT_RATIO_MIN, load, oha_figures, verdict
+
 HOPS = ("direct", "nginx-log", "nginx-nolog", "sidecar-log", "sidecar-nolog", "floor")
 # Each sidecar setting against its nginx counterpart, and the shipped
 # sidecar (log on) against the bare nginx hop (the outside reviewer's view);
@@ -27,28 +30,6 @@ PAIRS = (
     ("floor", "nginx-nolog"),
 )
 CHECKED_PAIRS = PAIRS[:2]
-# ../shared/DESIGN.md: added p50 and p99 at most 1.5x the nginx hop's,
-# throughput at least 3/4 of it.
-ADDED_RATIO_MAX = 1.5
-THROUGHPUT_RATIO_MIN = 0.75
-
-
-def load(path):
-    return json.loads(Path(path).read_text())
-
-
-def oha_figures(report):
-    """The figures of one oha run; latencies in milliseconds."""
-    percentiles = report["latencyPercentiles"]
-    statuses = report.get("statusCodeDistribution", {})
-    errors = report.get("errorDistribution", {})
-    return {
-        "p50_ms": percentiles["p50"] * 1000,
-        "p99_ms": percentiles["p99"] * 1000,
-        "requests_per_second": report["summary"]["requestsPerSec"],
-        "ok": statuses.get("200", 0),
-        "failed": sum(n for code, n in statuses.items() if code != "200") + sum(errors.values()),
-    }
 
 
 def ratio(a, b):
@@ -206,7 +187,7 @@ def print_table(s, args):
         cells = "".join(f"{user[h]:>9.1f} +{system[h]:>5.1f}" for h in HOPS)
         out.append(f"  {row['placement']:<9} {row['upstream']:<9}{cells}")
     out += ["", "Checks:"]
-    out += [f"  {name}: {'PASS' if ok else 'MISS'}" for name, ok in s["checks"].items()]
+    out += [f"  {name}: {verdict(ok)}" for name, ok in s["checks"].items()]
     out += [f"Failed requests: {s['failed_requests']}", f"JSON: {args.json_out}"]
     print("\n".join(out))
 

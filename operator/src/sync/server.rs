@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::ledger::{Ledger, Spend};
+use super::ledger::{Ledger, Namespace, Spend};
 use super::metrics::SyncMetrics;
 use super::{Authenticator, Identity, Refused};
 
@@ -249,45 +249,51 @@ impl SyncServer {
     /// The spend of every VirtualKey in `namespace`'s configuration in its
     /// current period (its budget's calendar), from the ledger, at `now`.
     pub fn key_statuses(&self, namespace: &str, now: Timestamp) -> BTreeMap<String, VirtualKeyStatus> {
-        let configs = self.configs.borrow();
-        let Some(published) = configs.get(namespace) else {
-            return BTreeMap::new();
-        };
-        let space = self.ledger.namespace(namespace);
-        published
-            .config
-            .keys
-            .iter()
-            .map(|(name, key)| {
-                let budget = key.budget.as_ref().and_then(|b| published.config.budgets.get(b));
-                let (kind, zone) = period::of_key(budget);
-                let spend = PeriodSpend::at(kind, zone, space.keys.get(name), now);
-                let status = VirtualKeyStatus {
-                    spent_usd: Some(spend.spent_usd),
-                    period: Some(spend.period),
-                    period_end: spend.period_end,
-                    last_report_at: spend.last_report_at,
-                    ..VirtualKeyStatus::default()
-                };
-                (name.clone(), status)
-            })
-            .collect()
+        self.statuses(namespace, |config, space| {
+            config
+                .keys
+                .iter()
+                .map(|(name, key)| {
+                    let budget = key.budget.as_ref().and_then(|b| config.budgets.get(b));
+                    let (kind, zone) = period::of_key(budget);
+                    let spend = PeriodSpend::at(kind, zone, space.keys.get(name), now);
+                    let status = VirtualKeyStatus {
+                        spent_usd: Some(spend.spent_usd),
+                        period: Some(spend.period),
+                        period_end: spend.period_end,
+                        last_report_at: spend.last_report_at,
+                        ..VirtualKeyStatus::default()
+                    };
+                    (name.clone(), status)
+                })
+                .collect()
+        })
     }
 
     /// The status of every budget in `namespace`'s configuration, from the
     /// ledger's spend, at `now`.
     pub fn budget_statuses(&self, namespace: &str, now: Timestamp) -> BTreeMap<String, BudgetStatus> {
+        self.statuses(namespace, |config, space| {
+            config
+                .budgets
+                .iter()
+                .map(|(name, budget)| (name.clone(), budget_status(budget, space.budgets.get(name), now)))
+                .collect()
+        })
+    }
+
+    /// `read` over `namespace`'s published configuration and its spend in
+    /// the ledger; empty where nothing is published.
+    fn statuses<S>(
+        &self,
+        namespace: &str,
+        read: impl FnOnce(&SidecarConfig, &Namespace) -> BTreeMap<String, S>,
+    ) -> BTreeMap<String, S> {
         let configs = self.configs.borrow();
         let Some(published) = configs.get(namespace) else {
             return BTreeMap::new();
         };
-        let space = self.ledger.namespace(namespace);
-        published
-            .config
-            .budgets
-            .iter()
-            .map(|(name, config)| (name.clone(), budget_status(config, space.budgets.get(name), now)))
-            .collect()
+        read(&published.config, &self.ledger.namespace(namespace))
     }
 }
 
