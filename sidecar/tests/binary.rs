@@ -131,6 +131,23 @@ fn ask() -> Value {
     json!({"model": "smart", "messages": [{"role": "user", "content": "through the proxy"}]})
 }
 
+/// Route `smart` on a mock provider (`mock`: its spec) at `price`, reached
+/// with the key `sk-k`, whose VirtualKey `k` (`key`: its spec) spends from
+/// the budget `b` (`budget`: its spec).
+fn budgeted_route(mock: &str, price: &str, key: &str, budget: &str) -> String {
+    [
+        provider("m", mock),
+        route(
+            "smart",
+            &format!("{{targets: [{{provider: m, model: m, price: {price}}}]}}"),
+        ),
+        llmesh_test_support::harness::secret("k", "key", "sk-k"),
+        llmesh_test_support::harness::virtual_key("k", key),
+        llmesh_test_support::harness::budget("b", budget),
+    ]
+    .concat()
+}
+
 #[tokio::test]
 async fn egress_goes_through_http_proxy_except_for_no_proxy_hosts() {
     // The OpenAI mock doubles as the proxy: it answers absolute-form requests.
@@ -350,17 +367,12 @@ async fn a_pool_of_worker_threads_serves_as_one_thread_does() {
 async fn a_stopped_sidecar_restarts_from_its_own_state_file() {
     let state_dir = tempfile::tempdir().expect("tempdir");
     let state = state_dir.path().join("state.json");
-    let manifests = [
-        provider("m", "{provider: mock, mock: {reply: x}}"),
-        route(
-            "smart",
-            "{targets: [{provider: m, model: m, price: {input: 0, output: 141}}]}",
-        ),
-        llmesh_test_support::harness::secret("k", "key", "sk-k"),
-        llmesh_test_support::harness::virtual_key("k", "{budget: b}"),
-        llmesh_test_support::harness::budget("b", "{limitUsd: 0.0004, period: total}"),
-    ]
-    .concat();
+    let manifests = budgeted_route(
+        "{provider: mock, mock: {reply: x}}",
+        "{input: 0, output: 141}",
+        "{budget: b}",
+        "{limitUsd: 0.0004, period: total}",
+    );
     let env = [("LLMESH_STATE_FILE", state.display().to_string())];
     let one_word = json!({"model": "smart", "messages": [{"role": "user", "content": "hello"}]});
     let send = |url: String| {
@@ -403,17 +415,12 @@ async fn a_stopped_sidecar_restarts_from_its_own_state_file() {
 async fn budget_spend_survives_a_killed_sidecar() {
     let state_dir = tempfile::tempdir().expect("tempdir");
     let state = state_dir.path().join("state.json");
-    let manifests = [
-        provider("m", "{provider: mock}"),
-        route(
-            "smart",
-            "{targets: [{provider: m, model: m, price: {input: 1000, output: 1000}}]}",
-        ),
-        llmesh_test_support::harness::secret("k", "key", "sk-k"),
-        llmesh_test_support::harness::virtual_key("k", "{budget: b}"),
-        llmesh_test_support::harness::budget("b", "{limitUsd: 0.001, period: total}"),
-    ]
-    .concat();
+    let manifests = budgeted_route(
+        "{provider: mock}",
+        "{input: 1000, output: 1000}",
+        "{budget: b}",
+        "{limitUsd: 0.001, period: total}",
+    );
     let env = [("LLMESH_STATE_FILE", state.display().to_string())];
     let send = |url: String| async move {
         http_client()
@@ -461,17 +468,12 @@ fn times_scheduled(pid: u32) -> u64 {
 #[tokio::test]
 async fn an_idle_sidecar_does_not_wake_up() {
     let state_dir = tempfile::tempdir().expect("tempdir");
-    let manifests = [
-        provider("m", "{provider: mock}"),
-        route(
-            "smart",
-            "{targets: [{provider: m, model: m, price: {input: 1000, output: 1000}}]}",
-        ),
-        llmesh_test_support::harness::secret("k", "key", "sk-k"),
-        llmesh_test_support::harness::virtual_key("k", "{budget: b, rateLimits: {requestsPerMinute: 600}}"),
-        llmesh_test_support::harness::budget("b", "{limitUsd: 10, period: total}"),
-    ]
-    .concat();
+    let manifests = budgeted_route(
+        "{provider: mock}",
+        "{input: 1000, output: 1000}",
+        "{budget: b, rateLimits: {requestsPerMinute: 600}}",
+        "{limitUsd: 10, period: total}",
+    );
     let state = state_dir.path().join("state.json");
     let sidecar = spawn(&manifests, &[("LLMESH_STATE_FILE", state.display().to_string())]);
     let response = http_client()
