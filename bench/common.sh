@@ -1,6 +1,7 @@
 # Shared by bench/run.sh and bench/rates.sh (sourced, not run): CPU placement,
-# scheduling classes, installing the tools, the release build, starting and
-# stopping servers. Expects $repo and $bench.
+# scheduling classes, installing the tools, the release build, starting
+# servers, waiting until they answer, and stopping them. Expects $repo and
+# $bench.
 
 # CPU placement: the load generator, the stream probe and the mock upstream
 # share one core; the proxy under test (nginx or the sidecar) has the other to
@@ -75,6 +76,22 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# Waits until a server answers the request BODY at URL with a chat
+# completion; if it never does (or its process PID ends), prints its log
+# ($work/NAME.log) and fails.
+wait_answering() {
+    local name=$1 url=$2 pid=$3 body=$4 answer
+    for _ in $(seq 100); do
+        answer=$(curl -fsS --max-time 1 -H 'content-type: application/json' -d "$body" "$url" 2>/dev/null) &&
+            grep -q '"chat.completion"' <<<"$answer" && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "$name does not answer the benchmark request at $url; its log:" >&2
+    cat "$work/$name.log" >&2 || true
+    return 1
+}
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

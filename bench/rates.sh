@@ -77,19 +77,6 @@ EOF
 # The fixed answer nginx serves as an upstream: a complete chat completion.
 answer_json='{"id":"chatcmpl-bench","object":"chat.completion","created":1764892800,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Check whether a recent release raised memory use: compare the working set before and after it, and look for a leak in the new version."},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":96,"completion_tokens":31,"total_tokens":127}}'
 
-wait_answering() {
-    local name=$1 url=$2 pid=$3 answer
-    for _ in $(seq 100); do
-        answer=$(curl -fsS --max-time 1 -H 'content-type: application/json' -d "$(request_body bench)" "$url" 2>/dev/null) &&
-            grep -q '"chat.completion"' <<<"$answer" && return 0
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "$name does not answer at $url; its log:" >&2
-    cat "$work/$name.log" >&2 || true
-    return 1
-}
-
 # --- Servers ------------------------------------------------------------------
 
 declare -A port
@@ -239,7 +226,7 @@ for upstream in mock nginx; do
 done
 for upstream in $upstreams; do
     for hop in "${hops[@]}"; do
-        wait_answering "$hop-$upstream" "${url[$hop-$upstream]}" "${hop_pid[$hop-$upstream]}"
+        wait_answering "$hop-$upstream" "${url[$hop-$upstream]}" "${hop_pid[$hop-$upstream]}" "$(request_body bench)"
     done
 done
 

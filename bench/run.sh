@@ -51,20 +51,6 @@ declare -A api_bodies=(
 declare -A api_paths=([chat]=/v1/chat/completions [messages]=/v1/messages [responses]=/v1/responses)
 apis=(chat messages responses)
 
-# Waits until a server answers the benchmark request with a chat completion.
-wait_answering() {
-    local name=$1 url=$2 pid=$3 answer
-    for _ in $(seq 100); do
-        answer=$(curl -fsS --max-time 1 -H 'content-type: application/json' -d "$body" "$url" 2>/dev/null) &&
-            grep -q '"chat.completion"' <<<"$answer" && return 0
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "$name does not answer the benchmark request at $url; its log:" >&2
-    cat "$work/$name.log" >&2 || true
-    return 1
-}
-
 mock_port=$(free_port)
 nginx_port=$(free_port)
 sidecar_port=$(free_port)
@@ -78,7 +64,7 @@ targets=(direct nginx sidecar)
 
 start_pinned "$load_cpu" "$work/mock.log" "$mock_bin" --listen "127.0.0.1:$mock_port" --forget-calls
 mock_pid=$started
-wait_answering mock "${urls[direct]}" "$mock_pid"
+wait_answering mock "${urls[direct]}" "$mock_pid" "$body"
 
 mkdir -p "$work/nginx" "$work/manifests"
 cat >"$work/nginx/nginx.conf" <<EOF
@@ -112,7 +98,7 @@ chmod 755 "$work" "$work/nginx"
 start_pinned "$server_cpu" "$work/nginx.log" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" \
     -e "$work/nginx/error.log"
 nginx_pid=$started
-wait_answering nginx "${urls[nginx]}" "$nginx_pid"
+wait_answering nginx "${urls[nginx]}" "$nginx_pid" "$body"
 
 cat >"$work/manifests/bench.yaml" <<EOF
 apiVersion: llmesh.io/v1alpha1
@@ -228,7 +214,7 @@ EOF
 start_pinned "$server_cpu" "$work/sidecar.log" "$sidecar_bin" --manifests "$work/manifests" \
     --listen "127.0.0.1:$sidecar_port" --admin-listen "127.0.0.1:$admin_port"
 sidecar_pid=$started
-wait_answering sidecar "${urls[sidecar]}" "$sidecar_pid"
+wait_answering sidecar "${urls[sidecar]}" "$sidecar_pid" "$body"
 
 results="$work/results"
 mkdir -p "$results"
